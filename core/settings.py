@@ -1,0 +1,238 @@
+"""Process settings: one frozen object per process, read once at start.
+
+A component declares its settings as a frozen dataclass whose fields carry an
+:func:`option` (help text and, optionally, the environment variable's name).
+:func:`load` builds the ``argparse`` parser from those fields, takes each value
+from the command line, else the environment variable, else the default, and
+converts it with the field's type. A malformed value raises
+:class:`~core.errors.SettingsError` with one line naming the variable or flag.
+
+No other module reads ``os.environ``: entry points call :func:`load` and pass
+the result explicitly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeVar
+
+from core.errors import SettingsError
+
+__all__ = [
+    "CommonSettings",
+    "Secret",
+    "load",
+    "option",
+]
+
+T = TypeVar("T")
+
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class Secret:
+    """A string that never shows itself in ``repr``, ``str`` or logs.
+
+    Call :meth:`reveal` where the value is really needed (comparing a token).
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def option(help: str, *, env: str | None = None, flag: str | None = None) -> dict[str, Any]:
+    """Field metadata: ``field(default=..., metadata=option("help"))``.
+
+    ``env`` names the environment variable (default: the component's prefix
+    followed by the field name in upper case); ``flag`` the command-line flag
+    (default: ``--field-name``).
+    """
+    return {"help": help, "env": env, "flag": flag}
+
+
+@dataclasses.dataclass(frozen=True)
+class CommonSettings:
+    """Settings that every component has. Components subclass it."""
+
+    host: str = dataclasses.field(default="127.0.0.1", metadata=option("address to listen on"))
+    port: int = dataclasses.field(default=0, metadata=option("TCP port to listen on"))
+    redis_url: str = dataclasses.field(
+        default="redis://127.0.0.1:6379/0",
+        metadata=option("Redis server URL (shared by all components)", env="REDIS_URL"),
+    )
+    log_format: LogFormat = dataclasses.field(
+        default="text", metadata=option("log format: readable text or one JSON object a line")
+    )
+    log_level: LogLevel = dataclasses.field(default="info", metadata=option("log level"))
+    shutdown_timeout: float = dataclasses.field(
+        default=10.0, metadata=option("seconds to drain in-flight requests on SIGTERM/SIGINT")
+    )
+
+    def validate(self) -> None:
+        """Raise :class:`SettingsError` on a value that converts but makes no sense."""
+        if not 0 <= self.port <= 65535:
+            raise SettingsError(f"port: expected 0-65535, got {self.port}")
+        if self.shutdown_timeout <= 0:
+            raise SettingsError(f"shutdown_timeout: expected > 0, got {self.shutdown_timeout}")
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in {"1", "true", "yes", "on"}:
+        return True
+    if low in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected a boolean (true/false), got {text!r}")
+
+
+def _converter(tp: Any) -> tuple[Callable[[str], Any], tuple[str, ...] | None]:
+    """The function that turns one string into a value of type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = tuple(str(c) for c in typing.get_args(tp))
+
+        def pick(text: str) -> str:
+            if text not in choices:
+                raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+            return text
+
+        return pick, choices
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        inner, inner_choices = _converter(args[0])
+
+        def optional(text: str) -> Any:
+            return None if text == "" else inner(text)
+
+        return optional, inner_choices
+    if tp is bool:
+        return _bool, None
+    if tp is int:
+
+        def integer(text: str) -> int:
+            try:
+                return int(text)
+            except ValueError:
+                raise ValueError(f"expected an integer, got {text!r}") from None
+
+        return integer, None
+    if tp is float:
+
+        def number(text: str) -> float:
+            try:
+                return float(text)
+            except ValueError:
+                raise ValueError(f"expected a number, got {text!r}") from None
+
+        return number, None
+    if tp is Secret:
+        return Secret, None
+    if tp is str:
+        return str, None
+    raise TypeError(f"unsupported settings type {tp!r}")
+
+
+def _names(cls: type[Any], prefix: str) -> list[tuple[dataclasses.Field[Any], str, str]]:
+    out = []
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        env = meta.get("env") or f"{prefix}{f.name.upper()}"
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        out.append((f, env, flag))
+    return out
+
+
+def build_parser(
+    cls: type[Any], prefix: str, prog: str, description: str
+) -> argparse.ArgumentParser:
+    """The ``argparse`` parser for ``cls``; ``--help`` shows each flag's variable and default."""
+    hints = typing.get_type_hints(cls)
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Each flag defaults to its environment variable, then to the default shown.",
+    )
+    for f, env, flag in _names(cls, prefix):
+        _, choices = _converter(hints[f.name])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        shown = "''" if default in ("", None) else default
+        if hints[f.name] is Secret:
+            shown = "unset"
+        help_text = f"{f.metadata.get('help', '')} [env {env}; default {shown}]"
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            metavar=f.name.upper() if choices is None else "{" + ",".join(choices) + "}",
+            default=None,
+            help=help_text.replace("%", "%%"),
+        )
+    return parser
+
+
+def load(
+    cls: type[T],
+    *,
+    prefix: str,
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    prog: str = "",
+    description: str = "",
+) -> T:
+    """Read ``cls`` from flags over environment variables over defaults.
+
+    ``argv`` defaults to ``sys.argv[1:]`` and ``environ`` to ``os.environ``;
+    ``--help`` prints and exits 0, an unknown flag exits 2 (argparse's
+    contract). A value that doesn't convert raises :class:`SettingsError`
+    naming the flag or the variable it came from.
+    """
+    environ = os.environ if environ is None else environ
+    parser = build_parser(cls, prefix, prog or cls.__module__, description)
+    parsed = parser.parse_args(argv)
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f, env, flag in _names(cls, prefix):
+        convert, _ = _converter(hints[f.name])
+        raw = getattr(parsed, f.name)
+        source = flag
+        if raw is None and env in environ:
+            raw, source = environ[env], env
+        if raw is None:
+            continue
+        try:
+            values[f.name] = convert(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{source}: {exc}") from None
+    try:
+        settings = cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(str(exc)) from None
+    check = getattr(settings, "validate", None)
+    if callable(check):
+        check()
+    return settings
