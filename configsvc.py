@@ -1,0 +1,551 @@
+"""The config service: ``python -m configsvc``.
+
+An HTTP API over config documents kept in Redis (:mod:`core.config_store`):
+the merged config of an app and profile, raw documents with their versions,
+history and rollback, and the import of the config directory
+(:mod:`core.config_files`) at start and on ``POST /v1/reload``. Every change
+is published on the change channel, which :class:`core.config_client.ConfigClient`
+follows to apply it without a restart.
+
+The process holds no state of its own beyond where its directory is: a
+restart loses nothing. When it finds its Redis emptied (restarted without
+persistence), it imports the directory again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import ipaddress
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from aiohttp import web
+from prometheus_client import Counter, Gauge
+
+from core import log
+from core.config_document import MAX_BYTES, Format, check_name, parse
+from core.config_files import ImportReport, import_directory
+from core.config_store import ConfigStore, Version, WriteResult
+from core.errors import (
+    BadRequest,
+    NotFound,
+    ServiceUnavailable,
+    SettingsError,
+    Unauthorized,
+    Unprocessable,
+    UnsupportedMediaType,
+    problem_middleware,
+)
+from core.http import json_response, read_body
+from core.metrics import HTTPMetrics
+from core.redis import REDIS_ERRORS, Backoff, Redis, connect
+from core.runner import Site, run
+from core.settings import CommonSettings, Secret, load, option
+
+logger = log.get("configsvc")
+
+MEDIA_TYPES: dict[str, Format] = {
+    "application/json": "json",
+    "application/toml": "toml",
+}
+REVISION_HEADER = "X-Config-Rev"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings(CommonSettings):
+    """The config service's settings (prefix ``CONFIGSVC_``)."""
+
+    port: int = dataclasses.field(default=8888, metadata=option("TCP port to listen on"))
+    token: Secret = dataclasses.field(
+        default=Secret(""),
+        metadata=option("bearer token required for writes; required off loopback"),
+    )
+    config_dir: str = dataclasses.field(
+        default="./config",
+        metadata=option("directory of TOML documents imported at start and on POST /v1/reload"),
+    )
+    import_check_interval: float = dataclasses.field(
+        default=2.0,
+        metadata=option("seconds between checks that Redis still holds the imported directory"),
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.import_check_interval <= 0:
+            raise SettingsError(
+                f"CONFIGSVC_IMPORT_CHECK_INTERVAL: expected > 0, got {self.import_check_interval}"
+            )
+        if not self.token and not _is_loopback(self.host):
+            raise SettingsError(
+                f"CONFIGSVC_TOKEN: required when listening on {self.host} (not loopback): "
+                "anyone who can write config can change every service's behaviour"
+            )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Importer:
+    """Imports the config directory: at start, on reload, and when Redis lost it.
+
+    Imports never run concurrently. ``last`` is the last import's report
+    (None before the first one ran); its errors show in ``/health``.
+    """
+
+    def __init__(self, store: ConfigStore, directory: Path, check_interval: float) -> None:
+        self.store = store
+        self.directory = directory
+        self.check_interval = check_interval
+        self.last: ImportReport | None = None
+        self.last_time: float | None = None
+        self.imports = 0
+        self._lock = asyncio.Lock()
+
+    async def run(self, reason: str) -> ImportReport:
+        """Import the directory now; raises the Redis errors when Redis is away."""
+        async with self._lock:
+            report = await import_directory(self.store, self.directory)
+            self.last, self.last_time = report, time.time()
+            self.imports += 1
+        if report.errors:
+            for error in report.errors:
+                logger.error("config directory %s: %s", self.directory, error)
+            logger.error(
+                "%s: import of %s refused (%d broken file(s)); nothing changed",
+                reason, self.directory, len(report.errors),
+            )  # fmt: skip
+        else:
+            logger.info(
+                "%s: imported %s: %d written, %d unchanged, %d deleted (rev %d)",
+                reason, self.directory, len(report.written), len(report.unchanged),
+                len(report.deleted), report.rev,
+            )  # fmt: skip
+        return report
+
+    async def keep_imported(self, *, done_once: bool) -> None:
+        """Import (unless ``done_once``), then again whenever Redis no longer holds the import.
+
+        Redis being away is not an error: it waits and tries again.
+        """
+        backoff = Backoff(base=0.1, cap=self.check_interval)
+        while True:
+            try:
+                if not done_once:
+                    await self.run("start")
+                    done_once = True
+                elif not await self.store.imported():
+                    logger.warning("Redis no longer holds the config (emptied?): importing again")
+                    await self.run("Redis emptied")
+                backoff.reset()
+                await asyncio.sleep(self.check_interval)
+            except REDIS_ERRORS as exc:
+                if backoff.attempt == 0:
+                    logger.warning("import: Redis unavailable (%s); retrying", exc)
+                await backoff.sleep()
+
+    def describe(self) -> dict[str, Any]:
+        last = self.last
+        return {
+            "directory": str(self.directory),
+            "imports": self.imports,
+            "last_import": self.last_time,
+            "errors": [e.to_dict() for e in last.errors] if last else [],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Meters:
+    writes: Counter
+    reloads: Counter
+    import_errors: Gauge
+
+
+# Typed application keys.
+SETTINGS = web.AppKey("settings", Settings)
+REDIS = web.AppKey("redis", Redis)
+STORE = web.AppKey("store", ConfigStore)
+IMPORTER = web.AppKey("importer", Importer)
+METRICS = web.AppKey("metrics", HTTPMetrics)
+METERS = web.AppKey("meters", Meters)
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _require_token(request: web.Request) -> None:
+    token = request.app[SETTINGS].token
+    if not token:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.reveal().encode()
+    ):
+        raise Unauthorized(
+            "this write requires 'Authorization: Bearer <CONFIGSVC_TOKEN>'",
+            headers={"WWW-Authenticate": 'Bearer realm="essaim-configsvc"'},
+        )
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    """Whether an ``If-None-Match``/``If-Match`` header lists ``etag`` (weak or strong) or ``*``."""
+    if not header:
+        return False
+    for candidate in header.split(","):
+        candidate = candidate.strip().removeprefix("W/")
+        if candidate in ("*", etag):
+            return True
+    return False
+
+
+def _document_etag(version: Version) -> str:
+    return f'"{version.version}.{(version.hash or "")[:16]}"'
+
+
+def _document_name(request: web.Request) -> str:
+    return check_name(request.match_info["name"])
+
+
+def _write_body(result: WriteResult, hash_: str | None, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": result.name,
+        "version": result.version,
+        "hash": hash_,
+        "changed": result.changed,
+        "rev": result.rev,
+        **extra,
+    }
+
+
+def _count(request: web.Request, result: WriteResult) -> None:
+    request.app[METERS].writes.labels("written" if result.changed else "unchanged").inc()
+
+
+# ----------------------------------------------------------------------------- handlers
+
+
+async def get_config(request: web.Request) -> web.Response:
+    """``GET /v1/config/{app}/{profile}``: the merged config; 304 when ``If-None-Match`` matches."""
+    app_name = check_name(request.match_info["app"], "app")
+    profile = check_name(request.match_info["profile"], "profile")
+    store = request.app[STORE]
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match:
+        rev, version = await store.merged_head(app_name, profile)
+        etag = f'"{version}"'
+        if _etag_matches(if_none_match, etag):
+            return web.Response(status=304, headers={"ETag": etag, REVISION_HEADER: str(rev)})
+    merged = await store.merged(app_name, profile)
+    return json_response(
+        merged.to_dict(),
+        headers={
+            "ETag": f'"{merged.version}"',
+            REVISION_HEADER: str(merged.rev),
+            "Cache-Control": "no-cache",
+        },
+    )
+
+
+async def list_documents(request: web.Request) -> web.Response:
+    """``GET /v1/documents``: every current document's name and version."""
+    store = request.app[STORE]
+    documents = []
+    for name in await store.names():
+        current = await store.get(name)
+        if current is not None:
+            documents.append({"name": name, **current.meta()})
+    return json_response({"rev": await store.rev(), "documents": documents})
+
+
+def _wanted_format(request: web.Request) -> Format:
+    fmt = request.query.get("format")
+    if fmt is not None:
+        if fmt not in ("json", "toml"):
+            raise BadRequest(f"'format' must be json or toml, got {fmt[:20]!r}")
+        return "toml" if fmt == "toml" else "json"
+    accept = request.headers.get("Accept", "")
+    return "toml" if "application/toml" in accept and "application/json" not in accept else "json"
+
+
+async def get_document(request: web.Request) -> web.Response:
+    """``GET /v1/documents/{name}[?version=N]``: the raw document, as JSON or TOML.
+
+    Its version, hash and origin are in headers (``ETag``, ``X-Config-Version``,
+    ``X-Config-Hash``, ``X-Config-Origin``, ``Last-Modified``).
+    """
+    name = _document_name(request)
+    store = request.app[STORE]
+    fmt = _wanted_format(request)
+    raw_version = request.query.get("version")
+    if raw_version is None:
+        current = await store.get(name)
+        if current is None:
+            raise NotFound(f"no document named {name!r}")
+    else:
+        number = _version_number(raw_version)
+        current = await store.version(name, number)
+        if current is None:
+            raise NotFound(f"document {name!r} has no retained version {number}")
+        if current.deleted:
+            raise NotFound(f"version {number} of {name!r} is its deletion: it has no content")
+    etag = _document_etag(current)
+    headers = {
+        "ETag": etag,
+        "X-Config-Version": str(current.version),
+        "X-Config-Hash": current.hash or "",
+        "X-Config-Origin": current.origin,
+        "Last-Modified": formatdate(current.time / 1000, usegmt=True),
+        "Cache-Control": "no-cache",
+    }
+    if _etag_matches(request.headers.get("If-None-Match"), etag):
+        return web.Response(status=304, headers=headers)
+    content = dict(current.content or {})
+    if fmt == "toml":
+        return web.Response(
+            text=tomli_w.dumps(content), content_type="application/toml", headers=headers
+        )
+    return json_response(content, headers=headers)
+
+
+def _version_number(raw: str) -> int:
+    try:
+        number = int(raw)
+    except ValueError:
+        raise BadRequest(f"'version' must be a version number, got {raw[:40]!r}") from None
+    if number < 1:
+        raise BadRequest(f"'version' must be >= 1, got {number}")
+    return number
+
+
+async def put_document(request: web.Request) -> web.Response:
+    """``PUT /v1/documents/{name}``: a new version from a JSON or TOML body (201 when new)."""
+    _require_token(request)
+    name = _document_name(request)
+    fmt = MEDIA_TYPES.get(request.content_type)
+    if fmt is None:
+        raise UnsupportedMediaType(
+            f"send the document as application/json or application/toml, not {request.content_type}"
+        )
+    body = await read_body(request, MAX_BYTES)
+    content = parse(body, fmt)
+    store = request.app[STORE]
+    result = await store.write(name, content, origin="api")
+    _count(request, result)
+    stored = await store.get(name)
+    hash_ = stored.hash if stored else None
+    headers = {"ETag": _document_etag(stored)} if stored else None
+    if result.changed:
+        logger.info("document %s: version %d (rev %d)", name, result.version, result.rev)
+    return json_response(
+        _write_body(result, hash_, created=result.created),
+        status=201 if result.created else 200,
+        headers=headers,
+    )
+
+
+async def delete_document(request: web.Request) -> web.Response:
+    """``DELETE /v1/documents/{name}``: delete it (a version in its history); 404 when absent."""
+    _require_token(request)
+    name = _document_name(request)
+    result = await request.app[STORE].delete(name)
+    if not result.found:
+        raise NotFound(f"no document named {name!r}")
+    _count(request, result)
+    logger.info("document %s: deleted as version %d (rev %d)", name, result.version, result.rev)
+    return json_response(_write_body(result, None, deleted=True))
+
+
+async def history(request: web.Request) -> web.Response:
+    """``GET /v1/documents/{name}/history``: retained versions, newest first, without content."""
+    name = _document_name(request)
+    versions = await request.app[STORE].history(name)
+    if not versions:
+        raise NotFound(f"no document named {name!r} was ever written")
+    return json_response({"name": name, "versions": [v.meta() for v in versions]})
+
+
+async def rollback(request: web.Request) -> web.Response:
+    """``POST /v1/documents/{name}/rollback?version=N``: make N's content current again.
+
+    The content of N becomes a new version (none when it is already the
+    current content). 404 when N is not retained; 422 when N was a deletion.
+    """
+    _require_token(request)
+    name = _document_name(request)
+    raw = request.query.get("version")
+    if raw is None:
+        raise BadRequest("give the version to roll back to: ?version=N")
+    number = _version_number(raw)
+    store = request.app[STORE]
+    target = await store.version(name, number)
+    if target is None:
+        raise NotFound(f"document {name!r} has no retained version {number}")
+    if target.deleted or target.content is None:
+        raise Unprocessable(
+            f"version {number} of {name!r} is its deletion; use DELETE to delete the document"
+        )
+    result = await store.write(name, target.content, origin=f"rollback:{number}")
+    _count(request, result)
+    if result.changed:
+        logger.info("document %s: rolled back to %d as version %d", name, number, result.version)
+    return json_response(_write_body(result, target.hash, rolled_back_to=number))
+
+
+async def reload(request: web.Request) -> web.Response:
+    """``POST /v1/reload``: import the config directory again; 422 listing broken files."""
+    _require_token(request)
+    report = await request.app[IMPORTER].run("reload")
+    meters = request.app[METERS]
+    meters.import_errors.set(len(report.errors))
+    if report.errors:
+        meters.reloads.labels("refused").inc()
+        raise Unprocessable(
+            f"{len(report.errors)} file(s) in the config directory can't be imported; "
+            "nothing changed: " + "; ".join(str(e) for e in report.errors),
+            errors=[e.to_dict() for e in report.errors],
+        )
+    meters.reloads.labels("imported").inc()
+    return json_response(report.to_dict())
+
+
+async def health(request: web.Request) -> web.Response:
+    app = request.app
+    try:
+        await asyncio.wait_for(app[REDIS].ping(), 1.0)
+        redis_ok = True
+    except REDIS_ERRORS:
+        redis_ok = False
+    body = {
+        "status": "UP" if redis_ok else "DEGRADED",
+        "redis": "UP" if redis_ok else "DOWN",
+        "import": app[IMPORTER].describe(),
+    }
+    return json_response(body, status=200 if redis_ok else 503)
+
+
+@web.middleware
+async def redis_unavailable(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Redis away: 503 with ``Retry-After`` rather than a 500."""
+    try:
+        return await handler(request)
+    except REDIS_ERRORS as exc:
+        raise ServiceUnavailable(
+            f"the config service's Redis is unavailable: {exc}", headers={"Retry-After": "1"}
+        ) from None
+
+
+# ----------------------------------------------------------------------------- app
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    client = connect(app[SETTINGS].redis_url)
+    app[REDIS] = client
+    app[STORE] = ConfigStore(client)
+    yield
+    await client.aclose()
+
+
+async def _importer_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The directory importer: started here, cancelled and awaited at stop."""
+    settings = app[SETTINGS]
+    importer = Importer(app[STORE], Path(settings.config_dir), settings.import_check_interval)
+    app[IMPORTER] = importer
+    # The first import happens before the port opens when Redis is there, so
+    # that a client's first fetch sees the directory; otherwise it happens
+    # in the background as soon as Redis answers.
+    try:
+        await asyncio.wait_for(importer.run("start"), 10.0)
+        done = True
+    except REDIS_ERRORS as exc:
+        logger.warning("Redis unavailable at start (%s): the directory is imported when it is", exc)
+        done = False
+    task = asyncio.create_task(importer.keep_imported(done_once=done), name="configsvc:import")
+    task.add_done_callback(_crashed)
+    yield
+    task.remove_done_callback(_crashed)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _crashed(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.critical("background task %s crashed", task.get_name(), exc_info=task.exception())
+
+
+def build_app(settings: Settings) -> web.Application:
+    """The config service application; Redis is connected in its cleanup context."""
+    metrics = HTTPMetrics("configsvc")
+    app = web.Application(
+        middlewares=[metrics.middleware, problem_middleware, redis_unavailable],
+        client_max_size=MAX_BYTES + 1024,
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[METERS] = Meters(
+        writes=Counter(
+            "configsvc_document_writes",
+            "document writes by result (written: a new version; unchanged: same content)",
+            ["result"],
+            registry=metrics.registry,
+        ),
+        reloads=Counter(
+            "configsvc_reloads",
+            "POST /v1/reload by result (imported, refused)",
+            ["result"],
+            registry=metrics.registry,
+        ),
+        import_errors=Gauge(
+            "configsvc_import_errors",
+            "broken files found by the last reload",
+            registry=metrics.registry,
+        ),
+    )
+    app.cleanup_ctx.append(_redis_ctx)
+    app.cleanup_ctx.append(_importer_ctx)
+    app.router.add_get("/v1/config/{app}/{profile}", get_config)
+    app.router.add_get("/v1/documents", list_documents)
+    app.router.add_get("/v1/documents/{name}", get_document)
+    app.router.add_put("/v1/documents/{name}", put_document)
+    app.router.add_delete("/v1/documents/{name}", delete_document)
+    app.router.add_get("/v1/documents/{name}/history", history)
+    app.router.add_post("/v1/documents/{name}/rollback", rollback)
+    app.router.add_post("/v1/reload", reload)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics.handle)
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load(
+            Settings,
+            prefix="CONFIGSVC_",
+            argv=argv,
+            prog="python -m configsvc",
+            description="Essaim config service: every component's configuration, hot-reloaded.",
+        )
+    except SettingsError as exc:
+        print(f"configsvc: {exc}", file=sys.stderr)
+        return 2
+    log.configure(settings.log_format, settings.log_level)
+    return run([Site(build_app(settings), settings.host, settings.port, "configsvc")],
+               shutdown_timeout=settings.shutdown_timeout)  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
