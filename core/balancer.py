@@ -1,0 +1,212 @@
+"""Load balancers: which eligible endpoint takes the next attempt.
+
+A balancer holds the eligible endpoints of one upstream, given by
+:meth:`Balancer.set_endpoints` whenever that set changes (an update from
+discovery, an ejection, a return), and answers :meth:`Balancer.pick` in O(1)
+on the first attempt of a request. ``pick(exclude)`` skips endpoints whose key
+is in ``exclude`` (those a request already tried) as long as another one
+exists; that path is the retry path and may cost O(n).
+
+- ``round_robin`` (:class:`RoundRobin`): each endpoint in turn, from a random
+  start (so that gateways started together do not move in step). A retry does
+  not advance the rotation, and after an update the rotation goes on after
+  the endpoint it last served.
+- ``least_request`` (:class:`LeastRequest`): power of two random choices on
+  outstanding requests (Mitzenmacher; Envoy's LEAST_REQUEST): two distinct
+  endpoints at random, the one with fewer requests in flight per unit of weight
+  wins; ties go to the first drawn, so ties are random.
+- ``weighted`` (:class:`Weighted`): nginx's smooth weighted round robin. The
+  sequence repeats with a period of ``sum(weights) / gcd(weights)``; it is
+  computed once per change of the set, so a pick is an index. For very large
+  periods it runs nginx's O(n) loop per pick instead, with the same result.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Collection, Sequence
+from typing import Generic, Protocol, TypeVar
+
+__all__ = [
+    "BALANCERS",
+    "Balanced",
+    "Balancer",
+    "LeastRequest",
+    "RoundRobin",
+    "Weighted",
+    "make_balancer",
+]
+
+
+class Balanced(Protocol):
+    """What a balancer reads of an endpoint."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def weight(self) -> int: ...
+    @property
+    def outstanding(self) -> int: ...
+
+
+E = TypeVar("E", bound=Balanced)
+
+
+class Balancer(Generic[E]):
+    """Base of the balancers: holds the eligible endpoints in a stable order."""
+
+    name = ""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+        self._eps: list[E] = []
+
+    @property
+    def endpoints(self) -> Sequence[E]:
+        return self._eps
+
+    def set_endpoints(self, endpoints: Sequence[E]) -> None:
+        """Replace the eligible endpoints (O(n); not on the request path)."""
+        self._eps = list(endpoints)
+
+    def pick(self, exclude: Collection[str] = ()) -> E | None:
+        """The endpoint for the next attempt, avoiding ``exclude`` while another exists; None when empty."""
+        raise NotImplementedError
+
+
+class RoundRobin(Balancer[E]):
+    name = "round_robin"
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        super().__init__(rng)
+        self._next = 0
+
+    def set_endpoints(self, endpoints: Sequence[E]) -> None:
+        old, n = self._eps, len(endpoints)
+        self._eps = list(endpoints)
+        if not n:
+            self._next = 0
+        elif not old:
+            self._next = self._rng.randrange(n)
+        else:
+            last = old[(self._next - 1) % len(old)].key
+            where = next((i for i, ep in enumerate(self._eps) if ep.key == last), None)
+            self._next = (where + 1) % n if where is not None else self._next % n
+
+    def pick(self, exclude: Collection[str] = ()) -> E | None:
+        eps = self._eps
+        n = len(eps)
+        if not n:
+            return None
+        i = self._next
+        ep = eps[i]
+        if exclude:
+            # A retry: the next one in turn that was not tried; the rotation
+            # itself does not move, so retries do not skew first attempts.
+            for k in range(n):
+                candidate = eps[(i + k) % n]
+                if candidate.key not in exclude:
+                    return candidate
+            return ep
+        self._next = i + 1 if i + 1 < n else 0
+        return ep
+
+
+class LeastRequest(Balancer[E]):
+    name = "least_request"
+
+    def pick(self, exclude: Collection[str] = ()) -> E | None:
+        eps: Sequence[E] = self._eps
+        if exclude:
+            eps = [ep for ep in eps if ep.key not in exclude] or eps
+        n = len(eps)
+        if n < 2:
+            return eps[0] if n else None
+        rand = self._rng.random
+        i = int(rand() * n)
+        j = int(rand() * (n - 1))
+        if j >= i:
+            j += 1
+        a, b = eps[i], eps[j]
+        # a.outstanding / a.weight <= b.outstanding / b.weight, in integers;
+        # +1 so that an idle heavy endpoint beats an idle light one.
+        if (a.outstanding + 1) * b.weight <= (b.outstanding + 1) * a.weight:
+            return a
+        return b
+
+
+class Weighted(Balancer[E]):
+    name = "weighted"
+
+    MAX_SCHEDULE_WORK = 1 << 15
+    """Above this period x endpoints, picks run nginx's loop rather than a precomputed schedule."""
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        super().__init__(rng)
+        self._weights: list[int] = []
+        self._current: list[int] = []
+        self._total = 0
+        self._schedule: list[E] = []
+        self._pos = 0
+
+    def set_endpoints(self, endpoints: Sequence[E]) -> None:
+        self._eps = eps = list(endpoints)
+        weights = [max(1, ep.weight) for ep in eps]
+        divisor = math.gcd(*weights) if weights else 1
+        self._weights = [w // divisor for w in weights]
+        self._total = sum(self._weights)
+        self._current = [0] * len(eps)
+        self._schedule = []
+        self._pos = 0
+        if eps and self._total * len(eps) <= self.MAX_SCHEDULE_WORK:
+            self._schedule = [eps[self._step(())] for _ in range(self._total)]
+            self._pos = self._rng.randrange(self._total)
+
+    def pick(self, exclude: Collection[str] = ()) -> E | None:
+        schedule = self._schedule
+        if schedule:
+            pos = self._pos
+            if exclude:
+                period = len(schedule)
+                for k in range(period):
+                    candidate = schedule[(pos + k) % period]
+                    if candidate.key not in exclude:
+                        return candidate
+                return schedule[pos]
+            self._pos = pos + 1 if pos + 1 < len(schedule) else 0
+            return schedule[pos]
+        if not self._eps:
+            return None
+        if exclude and all(ep.key in exclude for ep in self._eps):
+            exclude = ()
+        return self._eps[self._step(exclude)]
+
+    def _step(self, exclude: Collection[str]) -> int:
+        """One round of nginx's smooth weighted round robin; the index chosen."""
+        current, weights, eps = self._current, self._weights, self._eps
+        best, total = -1, 0
+        for i, w in enumerate(weights):
+            if exclude and eps[i].key in exclude:
+                continue
+            current[i] += w
+            total += w
+            if best < 0 or current[i] > current[best]:
+                best = i
+        current[best] -= total
+        return best
+
+
+BALANCERS = (RoundRobin.name, LeastRequest.name, Weighted.name)
+"""The balancer names a policy may use."""
+
+
+def make_balancer(name: str, rng: random.Random | None = None) -> Balancer[E]:
+    """A new balancer of kind ``name`` (one of :data:`BALANCERS`); KeyError for another."""
+    if name == RoundRobin.name:
+        return RoundRobin(rng)
+    if name == LeastRequest.name:
+        return LeastRequest(rng)
+    if name == Weighted.name:
+        return Weighted(rng)
+    raise KeyError(name)
