@@ -89,7 +89,7 @@ _WRITE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local keep = tonumber(ARGV[1])
-if ARGV[2] == '1' then redis.call('SET', 'essaim:cfg:imported', now) end
+if ARGV[2] == '1' then redis.call('SET', 'essaim:cfg:imported', now, 'NX') end
 local out = {}
 for i = 3, #ARGV, 6 do
   local name, op, hash, origin, content, file = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
