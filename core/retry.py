@@ -162,7 +162,8 @@ class RetryBudget:
         now = self._clock()
         if now >= self._slot_end:
             self._advance(now)
-        if self._deposits * self.ratio + self._reserve - self._withdrawals < 1.0:
+        # The epsilon keeps 10 x 0.1 from being less than 1.
+        if self._deposits * self.ratio + self._reserve - self._withdrawals < 1.0 - 1e-9:
             self.exhausted += 1
             return False
         self._wd[self._slot_index] += 1
