@@ -7,9 +7,11 @@ format is documented in ``docs/routes.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import re
+import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -20,7 +22,6 @@ from core.route_policies import (
     OutlierPolicy,
     RetryPolicy,
     UpstreamPolicy,
-    build_policy,
 )
 from core.routes import (
     RewriteTemplate,
@@ -30,7 +31,7 @@ from core.routes import (
     UrlTarget,
 )
 
-__all__ = ["BALANCERS", "RESERVED_HEADERS", "parse_table"]
+__all__ = ["BALANCERS", "RESERVED_HEADERS", "build_policy", "parse_table"]
 
 BALANCERS = ("round_robin", "least_request", "weighted")
 # Headers a route may neither add nor remove: they belong to the connection
@@ -189,7 +190,9 @@ def _check_ambiguous(routes: list[Route]) -> None:
 
 def _route(raw: Any, order: int, defaults: Mapping[str, Any]) -> Route:
     f = _Fields(f"routes[{order}]")
-    spec = f.table(raw, f"routes[{order}]" if not isinstance(raw, Mapping) else "route")
+    if not isinstance(raw, Mapping):
+        raise f.error(None, f"expected a route table, got {_show(raw)}")
+    spec: Mapping[str, Any] = raw
     if "id" not in spec:
         raise f.error("id", "required")
     route_id = f.typed(spec["id"], str, "id", "a string")
@@ -495,6 +498,48 @@ def _timeouts(f: _Fields, raw: Mapping[str, Any]) -> Timeouts:
     if timeouts.connect > timeouts.per_try:
         raise f.error("timeouts.connect", f"{timeouts.connect} is over per_try {timeouts.per_try}")
     return timeouts
+
+
+def build_policy(cls: type[T], doc: Mapping[str, Any]) -> T:
+    """``cls(**doc)`` for a frozen dataclass of plain fields, checking each value's type.
+
+    Fields may be ``bool``, ``int``, ``float``, ``str``, ``X | None`` and
+    ``frozenset[X]`` (given as a list). Raises ``ValueError`` naming the key;
+    the dataclass's own checks (``__post_init__``) raise theirs.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for key, value in doc.items():
+        if key not in names:
+            raise ValueError(f"unknown key {key!r}; expected one of {', '.join(sorted(names))}")
+        values[key] = _convert(hints[key], value, key)
+    return cls(**values)
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    args = typing.get_args(tp)
+    if type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        return None if value is None else _convert(inner[0], value, key)
+    if typing.get_origin(tp) is frozenset:
+        if not isinstance(value, list):
+            raise ValueError(f"{key}: expected a list, got {_show(value)}")
+        return frozenset(_convert(args[0], item, key) for item in value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    ok = isinstance(value, tp) and (tp is bool or not isinstance(value, bool))
+    if not ok or (tp is float and not math.isfinite(value)):
+        raise ValueError(f"{key}: expected {_KIND.get(tp, tp.__name__)}, got {_show(value)}")
+    return value
+
+
+_KIND: dict[Any, str] = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+}
 
 
 def _policy(f: _Fields, cls: type[T], raw: Mapping[str, Any], field: str) -> T:

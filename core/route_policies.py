@@ -1,21 +1,14 @@
 """Interim policy types for routes, until core/upstream.py and core/retry.py land.
 
-Plain frozen dataclasses with the sections' keys; :func:`build_policy` makes
-any such dataclass from a config mapping, rejecting unknown keys and values of
-the wrong type.
+Plain frozen dataclasses with the sections' keys, built by
+:func:`core.route_config.build_policy`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
-from collections.abc import Mapping
-from typing import Any, TypeVar
 
-__all__ = ["BreakerPolicy", "OutlierPolicy", "RetryPolicy", "UpstreamPolicy", "build_policy"]
-
-T = TypeVar("T")
+__all__ = ["BreakerPolicy", "OutlierPolicy", "RetryPolicy", "UpstreamPolicy"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -51,23 +44,3 @@ class UpstreamPolicy:
     balancer: str = "round_robin"
     breaker: BreakerPolicy = BreakerPolicy()
     outlier: OutlierPolicy = OutlierPolicy()
-
-
-def build_policy(cls: type[T], doc: Mapping[str, Any]) -> T:
-    """``cls(**doc)`` for a dataclass of scalar fields; ValueError naming the bad key."""
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    for key, value in doc.items():
-        if key not in fields:
-            raise ValueError(f"unknown key {key!r}; expected one of {', '.join(sorted(fields))}")
-        tp = hints[key]
-        if tp is float:
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            ok = ok and math.isfinite(value) and value >= 0
-        elif tp is int:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-        else:
-            ok = isinstance(value, tp)
-        if not ok:
-            raise ValueError(f"{key}: expected a non-negative {tp.__name__}, got {value!r}")
-    return cls(**doc)

@@ -170,37 +170,50 @@ class Route:
         return path
 
     def describe(self) -> dict[str, Any]:
-        """The route as plain JSON-able data (the admin ``/routes`` view)."""
-        doc: dict[str, Any] = {
-            "id": self.id,
-            "path": self.path,
-            "methods": sorted(self.methods) if self.methods is not None else None,
-            "host": self.host,
-            "headers": dict(self.headers),
-        }
+        """The route in the config format, as JSON-able data (the admin ``/routes`` view).
+
+        Keys left at their "absent" value are omitted; policies are complete.
+        ``RouteTable.parse({"routes": [route.describe()]})`` gives the route back.
+        """
+        doc: dict[str, Any] = {"id": self.id, "path": self.path}
+        if self.methods is not None:
+            doc["methods"] = sorted(self.methods)
+        if self.host is not None:
+            doc["host"] = self.host
+        if self.headers:
+            doc["headers"] = dict(self.headers)
         if self.service is not None:
             doc["service"] = self.service
         else:
             doc["urls"] = [{"url": u.url, "weight": u.weight} for u in self.urls]
+        if self.strip_prefix:
+            doc["strip_prefix"] = self.strip_prefix
+        if self.rewrite is not None:
+            doc["rewrite"] = self.rewrite
+        for name, add, remove in (
+            ("request_headers", self.request_headers_add, self.request_headers_remove),
+            ("response_headers", self.response_headers_add, self.response_headers_remove),
+        ):
+            if add or remove:
+                doc[name] = {"add": dict(add), "remove": sorted(remove)}
         doc.update(
-            strip_prefix=self.strip_prefix,
-            rewrite=self.rewrite,
-            request_headers={
-                "add": dict(self.request_headers_add),
-                "remove": sorted(self.request_headers_remove),
-            },
-            response_headers={
-                "add": dict(self.response_headers_add),
-                "remove": sorted(self.response_headers_remove),
-            },
-            timeouts=dataclasses.asdict(self.timeouts),
-            retry=dataclasses.asdict(self.retry),
+            timeouts=_plain(self.timeouts),
+            retry=_plain(self.retry),
             balancer=self.upstream.balancer,
-            breaker=dataclasses.asdict(self.upstream.breaker),
-            outlier=dataclasses.asdict(self.upstream.outlier),
+            breaker=_plain(self.upstream.breaker),
+            outlier=_plain(self.upstream.outlier),
             auth=self.auth,
         )
         return doc
+
+
+def _plain(policy: Any) -> dict[str, Any]:
+    """A policy dataclass as JSON-able data: sets become sorted lists."""
+    return {
+        f.name: sorted(value) if isinstance(value, frozenset | set) else value
+        for f in dataclasses.fields(policy)
+        for value in (getattr(policy, f.name),)
+    }
 
 
 def _tail(path: str, fixed: int) -> str:
