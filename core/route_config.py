@@ -16,13 +16,11 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from core.balancer import BALANCERS
+from core.breaker import BreakerPolicy
+from core.outlier import OutlierPolicy
 from core.registry_store import HOSTNAME_RE, SERVICE_RE
-from core.route_policies import (
-    BreakerPolicy,
-    OutlierPolicy,
-    RetryPolicy,
-    UpstreamPolicy,
-)
+from core.retry import RetryPolicy
 from core.routes import (
     RewriteTemplate,
     Route,
@@ -30,10 +28,9 @@ from core.routes import (
     Timeouts,
     UrlTarget,
 )
+from core.upstream import MAX_WEIGHT, UpstreamPolicy
 
-__all__ = ["BALANCERS", "RESERVED_HEADERS", "build_policy", "parse_table"]
-
-BALANCERS = ("round_robin", "least_request", "weighted")
+__all__ = ["RESERVED_HEADERS", "RETRY_BUDGET_KEYS", "build_policy", "parse_table"]
 # Headers a route may neither add nor remove: they belong to the connection
 # (RFC 9110 7.6.1) or to the framing and addressing, which the proxy owns.
 RESERVED_HEADERS = frozenset(
@@ -52,7 +49,11 @@ ROUTE_KEYS = frozenset(
 DEFAULT_KEYS = frozenset(("timeouts", "retry", "balancer", "breaker", "outlier", "auth"))
 TABLE_KEYS = frozenset(("routes", "defaults"))
 MAX_SEGMENTS = 32
-MAX_WEIGHT = 10_000
+# Keys of the retry section that configure the upstream's retry budget.
+RETRY_BUDGET_KEYS = {
+    "budget_ratio": "retry_budget_ratio",
+    "budget_min_per_second": "retry_budget_min_per_second",
+}
 
 ROUTE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -221,6 +222,13 @@ def _route(raw: Any, order: int, defaults: Mapping[str, Any]) -> Route:
     if balancer not in BALANCERS:
         raise f.error("balancer", f"expected one of {', '.join(BALANCERS)}, got {_show(balancer)}")
     auth = _auth(f, spec.get("auth", defaults.get("auth", "public")))
+    timeouts = _timeouts(f, merged["timeouts"])
+    retry_doc = dict(merged["retry"])
+    if "per_try_timeout" in retry_doc:
+        raise f.error("retry.per_try_timeout", "set timeouts.per_try instead")
+    budget = {k: retry_doc.pop(k) for k in RETRY_BUDGET_KEYS if k in retry_doc}
+    retry_doc["per_try_timeout"] = timeouts.per_try
+    retry = _policy(f, RetryPolicy, retry_doc, "retry")
 
     return Route(
         id=route_id,
@@ -236,13 +244,9 @@ def _route(raw: Any, order: int, defaults: Mapping[str, Any]) -> Route:
         request_headers_remove=req_remove,
         response_headers_add=resp_add,
         response_headers_remove=resp_remove,
-        timeouts=_timeouts(f, merged["timeouts"]),
-        retry=_policy(f, RetryPolicy, merged["retry"], "retry"),
-        upstream=UpstreamPolicy(
-            balancer=balancer,
-            breaker=_policy(f, BreakerPolicy, merged["breaker"], "breaker"),
-            outlier=_policy(f, OutlierPolicy, merged["outlier"], "outlier"),
-        ),
+        timeouts=timeouts,
+        retry=retry,
+        upstream=_upstream(f, balancer, retry, budget, merged),
         auth=auth,
         order=order,
         _params=tuple(params),
@@ -546,7 +550,32 @@ def _policy(f: _Fields, cls: type[T], raw: Mapping[str, Any], field: str) -> T:
     try:
         return build_policy(cls, raw)
     except (TypeError, ValueError) as exc:
-        raise f.error(field, str(exc)) from None
+        reason = str(exc)
+        # The policies' own checks start their messages with the section's name.
+        raise f.error(field, reason.removeprefix(f"{field}: ")) from None
+
+
+def _upstream(
+    f: _Fields,
+    balancer: str,
+    retry: RetryPolicy,
+    budget: Mapping[str, Any],
+    merged: Mapping[str, Mapping[str, Any]],
+) -> UpstreamPolicy:
+    """The upstream policy; ``budget`` holds the retry section's ``budget_*`` keys."""
+    try:
+        limits = {RETRY_BUDGET_KEYS[k]: _convert(float, v, k) for k, v in budget.items()}
+        return UpstreamPolicy(
+            balancer=balancer,
+            breaker=_policy(f, BreakerPolicy, merged["breaker"], "breaker"),
+            outlier=_policy(f, OutlierPolicy, merged["outlier"], "outlier"),
+            retry=retry,
+            **limits,
+        )
+    except ValueError as exc:
+        if isinstance(exc, RouteError):
+            raise
+        raise f.error("retry", str(exc).removeprefix("upstream: ")) from None
 
 
 def _auth(f: _Fields, raw: Any) -> str:

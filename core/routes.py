@@ -32,8 +32,9 @@ from os import PathLike
 from typing import Any
 
 from core.errors import EssaimError
-from core.route_policies import RetryPolicy, UpstreamPolicy
+from core.retry import RetryPolicy
 from core.route_trie import Headers, Trie, split_path
+from core.upstream import UpstreamPolicy
 
 __all__ = [
     "RewriteTemplate",
@@ -198,12 +199,19 @@ class Route:
                 doc[name] = {"add": dict(add), "remove": sorted(remove)}
         doc.update(
             timeouts=_plain(self.timeouts),
-            retry=_plain(self.retry),
+            retry=self._retry_doc(),
             balancer=self.upstream.balancer,
             breaker=_plain(self.upstream.breaker),
             outlier=_plain(self.upstream.outlier),
             auth=self.auth,
         )
+        return doc
+
+    def _retry_doc(self) -> dict[str, Any]:
+        doc = _plain(self.retry)
+        del doc["per_try_timeout"]  # timeouts.per_try
+        doc["budget_ratio"] = self.upstream.retry_budget_ratio
+        doc["budget_min_per_second"] = self.upstream.retry_budget_min_per_second
         return doc
 
 

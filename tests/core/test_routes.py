@@ -431,6 +431,40 @@ def test_without_defaults_routes_get_the_documented_defaults() -> None:
     assert route.rewrite is None
 
 
+def test_policies_come_from_the_route_with_the_per_try_timeout_of_its_timeouts() -> None:
+    route = table(
+        r(
+            "a",
+            "/a",
+            timeouts={"per_try": 2.5},
+            retry={
+                "attempts": 4,
+                "retry_on": ["connect", "5xx"],
+                "retriable_statuses": [503],
+                "budget_ratio": 0.1,
+                "budget_min_per_second": 5,
+            },
+            breaker={"failure_rate_threshold": 25, "enabled": False},
+            outlier={"consecutive_failures": 0},
+            balancer="least_request",
+        )
+    ).routes[0]
+    assert route.retry.attempts == 4
+    assert route.retry.retry_on == frozenset({"connect", "5xx"})
+    assert route.retry.retriable_statuses == frozenset({503})
+    assert route.retry.per_try_timeout == 2.5
+    assert route.upstream.retry == route.retry
+    assert (route.upstream.retry_budget_ratio, route.upstream.retry_budget_min_per_second) == (
+        0.1,
+        5.0,
+    )
+    assert route.upstream.breaker.failure_rate_threshold == 25.0
+    assert route.upstream.breaker.enabled is False
+    assert route.upstream.outlier.consecutive_failures == 0
+    assert route.upstream.balancer == "least_request"
+    assert RouteTable.parse({"routes": [route.describe()]}).routes[0] == route
+
+
 def test_route_errors_are_essaim_errors_and_value_errors() -> None:
     with pytest.raises(RouteError) as info:
         table(r("a", "/a", service="Bad"))
@@ -526,7 +560,19 @@ BAD_ROUTES: list[tuple[str, dict[str, Any], str]] = [
     ("zero attempts", r("a", "/a", retry={"attempts": 0}), "field 'retry'"),
     ("retry key", r("a", "/a", retry={"tries": 2}), "field 'retry': unknown key 'tries'"),
     ("retry type", r("a", "/a", retry={"attempts": "2"}), "field 'retry': attempts: expected"),
+    (
+        "retry kind",
+        r("a", "/a", retry={"retry_on": ["boom"]}),
+        "field 'retry': retry_on has unknown",
+    ),
+    ("retry statuses", r("a", "/a", retry={"retriable_statuses": ["x"]}), "retriable_statuses"),
+    ("retry per try", r("a", "/a", retry={"per_try_timeout": 1}), "set timeouts.per_try instead"),
+    ("retry budget", r("a", "/a", retry={"budget_ratio": -1}), "field 'retry': retry budget"),
+    ("retry budget type", r("a", "/a", retry={"budget_ratio": "x"}), "budget_ratio: expected"),
     ("breaker key", r("a", "/a", breaker={"colour": 1}), "field 'breaker': unknown key"),
+    ("breaker value", r("a", "/a", breaker={"sliding_window_size": 0}), "sliding_window_size must"),
+    ("breaker type", r("a", "/a", breaker={"enabled": 1}), "enabled: expected true or false"),
+    ("outlier value", r("a", "/a", outlier={"max_ejection_percent": 101}), "field 'outlier'"),
     ("outlier key", r("a", "/a", outlier={"colour": 1}), "field 'outlier': unknown key"),
     ("balancer", r("a", "/a", balancer="random"), "field 'balancer': expected one of"),
     ("auth", r("a", "/a", auth="admin"), "field 'auth': expected 'public'"),
