@@ -398,6 +398,18 @@ def test_one_dead_endpoint_of_two_costs_no_request() -> None:
     assert breaker_state(up) is State.CLOSED
 
 
+@pytest.mark.parametrize("balancer", ["round_robin", "least_request", "weighted"])
+def test_one_dead_endpoint_of_two_under_load_leaves_the_breaker_closed(balancer: str) -> None:
+    """A refused connection looks idle to P2C; the default window outlasts ejection's 5 failures."""
+    for seed in range(20):
+        up = make(Clock(), 2, UpstreamPolicy(balancer=balancer), seed=seed)
+        for _ in range(3):  # slow requests in flight on the live endpoint
+            up.begin(up.endpoints["i1"])
+        results = [request(up, lambda ep: ep.key == "i1") for _ in range(100)]
+        assert all(ok for ok, _ in results)
+        assert up.breaker.opened == 0
+
+
 def test_whole_service_down_opens_the_breaker_then_recovers() -> None:
     clock = Clock()
     up = make(clock, 3)
