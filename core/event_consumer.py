@@ -53,9 +53,10 @@ class Consumer:
     message already delivered more than ``max_deliveries`` times (its
     consumers kept dying on it) is dead-lettered without running again.
 
-    Groups are created on first use at ``start_from`` (``"0"``: every event
-    still in the stream; ``"$"``: only new ones), and again when Redis comes
-    back empty. While Redis is away the consumer waits and retries; ``connected``
+    A group that does not exist yet is created at ``start_from`` (``"0"``:
+    every event still in the stream; ``"$"``: only new ones); one that
+    vanished meanwhile (Redis came back empty) is created again at ``"0"``, so
+    that nothing published since is skipped. While Redis is away the consumer waits and retries; ``connected``
     is set while it can read. Counters: ``handled``, ``duplicates``,
     ``failures``, ``dead_lettered``.
     """
@@ -137,12 +138,13 @@ class Consumer:
         loop = asyncio.get_running_loop()
         backoff = Backoff()
         ready = False
+        first = True  # a group missing later was lost with Redis: recreate it from "0"
         next_claim = next_prune = 0.0
         while not self._stopping:
             try:
                 if not ready:
-                    await self._create_groups()
-                    ready = True
+                    await self._create_groups(self.start_from if first else "0")
+                    ready, first = True, False
                     self.connected.set()
                     backoff.reset()
                     next_claim = 0.0
@@ -174,8 +176,8 @@ class Consumer:
                     )
                 ready = False
             except REDIS_ERRORS as exc:
-                if self.connected.is_set():
-                    logger.warning("consumer %s: lost Redis (%s); retrying", self.group, exc)
+                if self.connected.is_set() or backoff.attempt == 0:
+                    logger.warning("consumer %s: no Redis (%s); retrying", self.group, exc)
                 self.connected.clear()
                 ready = False
                 await backoff.sleep()
@@ -183,12 +185,12 @@ class Consumer:
                 logger.exception("consumer %s: unexpected error; retrying", self.group)
                 await backoff.sleep()
 
-    async def _create_groups(self) -> None:
+    async def _create_groups(self, start: str) -> None:
         for stream in self.streams:
+            # Replays are only ever added for an existing group: never skip them.
+            at = "0" if stream == self.streams[-1] else start
             try:
-                await self.redis.xgroup_create(
-                    stream, self.group, id=self.start_from, mkstream=True
-                )
+                await self.redis.xgroup_create(stream, self.group, id=at, mkstream=True)
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise

@@ -55,8 +55,9 @@ class OutboxRelay:
     """Publishes the outbox of ``db`` through ``bus``; start with :meth:`start`.
 
     ``published`` counts the events it published; ``connected`` is cleared
-    while Redis refuses them. Published rows are deleted after ``retention``
-    seconds.
+    when publishing fails and set again when a round (publishing whatever
+    the outbox held, maybe nothing) succeeds. Published rows are deleted
+    after ``retention`` seconds.
     """
 
     def __init__(
