@@ -12,7 +12,9 @@ the routes whose pattern is a prefix ending at the node (``prefix``, written
 ``{param}`` child, then the node's prefix routes; so a literal beats a
 parameter, which beats a prefix, segment by segment, and a longer prefix beats
 a shorter one. A route that matches the path but not the method or headers
-lets the walk go on to the next candidate in that order.
+lets the walk go on to the next candidate in that order. Each node knows how
+many more segments the routes below it can take, so the walk does not enter
+a subtree that can't match the rest of the path.
 
 Paths are compared as segments of the raw path with one normalisation:
 percent-encoded unreserved characters (``A-Z a-z 0-9 - . _ ~``) are decoded
@@ -74,13 +76,26 @@ R = TypeVar("R", bound=Matchable)
 
 
 class _Node(Generic[R]):
-    __slots__ = ("exact", "literal", "param", "prefix")
+    """``lo`` and ``hi``: how many more segments the routes at and below this node take."""
+
+    __slots__ = ("exact", "hi", "literal", "lo", "param", "prefix")
 
     def __init__(self) -> None:
         self.literal: dict[str, _Node[R]] = {}
         self.param: _Node[R] | None = None
         self.exact: list[R] = []
         self.prefix: list[R] = []
+        self.lo = _UNBOUNDED
+        self.hi = -1
+
+
+_UNBOUNDED = 1 << 30
+
+
+def _reach(node: _Node[R], rest: int, prefix: bool) -> None:
+    """Widen ``node``'s bounds for a route taking ``rest`` more segments (or more, for a prefix)."""
+    node.lo = min(node.lo, rest)
+    node.hi = max(node.hi, _UNBOUNDED if prefix else rest)
 
 
 def _pick(candidates: list[R], method: str, headers: Headers) -> R | None:
@@ -104,13 +119,15 @@ def _find(node: _Node[R], segments: list[str], i: int, method: str, headers: Hea
                 return hit
     else:
         segment = segments[i]
+        rest = len(segments) - i - 1
         child = node.literal.get(segment)
-        if child is not None:
+        if child is not None and child.lo <= rest <= child.hi:
             hit = _find(child, segments, i + 1, method, headers)
             if hit is not None:
                 return hit
-        if node.param is not None and segment:
-            hit = _find(node.param, segments, i + 1, method, headers)
+        child = node.param
+        if child is not None and segment and child.lo <= rest <= child.hi:
+            hit = _find(child, segments, i + 1, method, headers)
             if hit is not None:
                 return hit
     if node.prefix:
@@ -132,7 +149,8 @@ class Trie(Generic[R]):
 
     def add(self, pattern: Sequence[str | None], prefix: bool, route: R) -> None:
         node = self.root
-        for segment in pattern:
+        for depth, segment in enumerate(pattern):
+            _reach(node, len(pattern) - depth, prefix)
             if segment is None:
                 if node.param is None:
                     node.param = _Node()
@@ -142,6 +160,7 @@ class Trie(Generic[R]):
                 if child is None:
                     child = node.literal[segment] = _Node()
                 node = child
+        _reach(node, 0, prefix)
         (node.prefix if prefix else node.exact).append(route)
 
     def sort(self, key: Callable[[R], tuple[int, ...]]) -> None:

@@ -247,6 +247,9 @@ def _host_of(host: str) -> str:
     return name.rstrip(".").lower()
 
 
+HOST_CACHE_SIZE = 1024
+
+
 class RouteTable:
     """An immutable, validated set of routes and its matcher.
 
@@ -271,6 +274,8 @@ class RouteTable:
             trie.add(pattern, prefix, route)
         for trie in (self._any, *self._hosts.values(), *self._suffixes.values()):
             trie.sort(_specificity)
+        self._by_host = bool(self._hosts or self._suffixes)
+        self._host_tries: dict[str, tuple[Trie[Route], ...]] = {}
 
     def __len__(self) -> int:
         return len(self.routes)
@@ -327,26 +332,38 @@ class RouteTable:
         segments = split_path(path)
         if segments is None:
             return None
-        if host is not None and (self._hosts or self._suffixes):
-            name = _host_of(host)
-            trie = self._hosts.get(name)
-            if trie is not None:
+        if host is not None and self._by_host:
+            tries = self._host_tries.get(host)
+            if tries is None:
+                tries = self._tries_for(host)
+            for trie in tries:
                 hit = trie.find(segments, method, headers)
                 if hit is not None:
                     return hit, hit.params(segments)
-            if self._suffixes:
-                dot = name.find(".")
-                while dot >= 0:
-                    trie = self._suffixes.get(name[dot + 1 :])
-                    if trie is not None:
-                        hit = trie.find(segments, method, headers)
-                        if hit is not None:
-                            return hit, hit.params(segments)
-                    dot = name.find(".", dot + 1)
         hit = self._any.find(segments, method, headers)
         if hit is None:
             return None
         return hit, hit.params(segments)
+
+    def _tries_for(self, host: str) -> tuple[Trie[Route], ...]:
+        """The host tries to try for a Host header, most specific first; cached per header value."""
+        name = _host_of(host)
+        tries = []
+        if name in self._hosts:
+            tries.append(self._hosts[name])
+        dot = name.find(".")
+        while dot >= 0:
+            trie = self._suffixes.get(name[dot + 1 :])
+            if trie is not None:
+                tries.append(trie)
+            dot = name.find(".", dot + 1)
+        found = tuple(tries)
+        if len(self._host_tries) >= HOST_CACHE_SIZE:
+            # Many distinct Host values (a scan, or an attack): start over
+            # rather than grow without bound.
+            self._host_tries.clear()
+        self._host_tries[host] = found
+        return found
 
     def describe(self) -> dict[str, Any]:
         """The table as plain JSON-able data, routes in declaration order."""

@@ -182,6 +182,21 @@ def test_backtracking_finds_a_parameter_route_behind_a_literal_dead_end() -> Non
     assert hit(t, "/a/b/c/d") == "deep-literal"
 
 
+def test_subtrees_too_short_or_too_long_for_the_path_are_passed_over() -> None:
+    t = table(
+        r("short", "/a/b"),
+        r("param", "/a/{x}/c"),
+        r("long", "/a/{x}/c/d/e"),
+        r("deep-prefix", "/a/b/c/d/**"),
+    )
+    assert hit(t, "/a/b") == "short"
+    assert hit(t, "/a/b/c") == "param"
+    assert hit(t, "/a/b/c/d") == "deep-prefix"
+    assert hit(t, "/a/b/c/d/e") == "deep-prefix"
+    assert hit(t, "/a/z/c/d/e") == "long"
+    assert hit(t, "/a/z/c/d") is None
+
+
 def test_parameters_are_returned_by_name() -> None:
     t = table(r("item", "/users/{user}/orders/{order_id}"))
     found = t.match("GET", None, "/users/ann/orders/17", {})
