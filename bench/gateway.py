@@ -1,0 +1,710 @@
+"""``python -m bench gateway``: the routing path, side by side, on loopback.
+
+One upstream process answers 1 KiB on two ports (nginx when installed, else
+the asyncio server of :mod:`bench._http_load`); both ports are registered as
+the two instances of the service ``bench-upstream`` in a private Redis. The
+same load (wrk when installed, else the built-in generator, as reported) goes,
+at a fixed number of keep-alive connections, to:
+
+- ``direct``: the upstream itself;
+- ``nginx``: an nginx ``proxy_pass`` to both ports with upstream keepalive,
+  one process (``master_process off``) to compare with the single-process
+  gateway (when nginx is installed);
+- ``gateway``: ``python -m gateway`` with one static route to the service;
+- ``gateway-1000``: the same with 1,000 routes, the one hit declared last.
+
+Cases run interleaved, ``--repeat`` times each, after a warm-up; each figure
+is the median over the runs. Per case: requests/s, p50/p99 latency, and the
+CPU time of the proxy process (and of the upstream) per request, from
+``/proc/<pid>/stat`` (utime + stime) over the run divided by the requests
+served. Then, at half of the gateway's saturation rate, an open-loop
+constant-rate run (:mod:`bench._http_load`) against ``direct`` and the
+gateway gives the p99 latency the gateway adds. Last, the cost of one
+:meth:`core.routes.RouteTable.match` with 1 and with 1,000 routes.
+
+Results: a table on stdout and JSON in ``--output`` (by default
+``bench/results/gateway.json``; ``--quick`` writes only when asked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import functools
+import importlib.util
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE = "bench-upstream"
+PATH = "/bench/item"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+TARGETS = {
+    "cpu_vs_nginx": 2.0,
+    "cpu_vs_nginx_aim": 1.5,
+    "routes_1000_vs_1": 1.10,
+    "added_p99_ms": 1.0,
+}
+
+WRK_SCRIPT = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %d, "duration_us": %d, "p50_us": %.1f, "p99_us": %.1f, ' ..
+    '"errors": %d}\\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    quick: bool
+    duration: float
+    warmup: float
+    repeat: int
+    rate_duration: float
+    connections: int
+    threads: int
+    use_nginx: bool
+    use_wrk: bool
+    output: Path | None
+
+
+def parse_args(argv: list[str]) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench gateway",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    parser.add_argument("--quick", action="store_true", help="1 s runs, once: a smoke test")
+    parser.add_argument("--duration", type=float, help="seconds per run (default 10; quick 1)")
+    parser.add_argument("--repeat", type=int, help="runs per case, interleaved (default 3)")
+    parser.add_argument("--connections", type=int, default=32, help="keep-alive connections")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument("--no-nginx", action="store_true", help="act as if nginx were absent")
+    parser.add_argument("--no-wrk", action="store_true", help="act as if wrk were absent")
+    parser.add_argument("--output", type=Path, help="JSON results file")
+    args = parser.parse_args(argv)
+    quick = bool(args.quick)
+    duration = args.duration or (1.0 if quick else 10.0)
+    output = args.output
+    if output is None and not quick:
+        output = ROOT / "bench" / "results" / "gateway.json"
+    return Options(
+        quick=quick,
+        duration=duration,
+        warmup=0.3 if quick else min(3.0, duration),
+        repeat=args.repeat or (1 if quick else 3),
+        rate_duration=duration,
+        connections=args.connections,
+        threads=args.threads,
+        use_nginx=not args.no_nginx and nginx_binary() is not None,
+        use_wrk=not args.no_wrk and shutil.which("wrk") is not None,
+        output=output,
+    )
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
+
+
+def version_of(cmd: list[str]) -> str:
+    """The first line of ``cmd``'s output, without a copyright notice."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=False)
+    except OSError:
+        return "absent"
+    first = (done.stdout + done.stderr).strip().splitlines()[0]
+    return first.split(" Copyright")[0].replace("nginx version: ", "")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far, from ``/proc/<pid>/stat``."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def free_port() -> int:
+    from core.testing import free_port as pick
+
+    return pick()
+
+
+async def wait_port(port: int, process: subprocess.Popen[bytes], what: str, log: Path) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{_tail(log)}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    raise RuntimeError(f"{what} did not listen on {port} within 20 s:\n{_tail(log)}")
+
+
+async def wait_http(url: str, process: subprocess.Popen[bytes], what: str, log: Path) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"{what} exited with {process.returncode}:\n{_tail(log)}")
+            try:
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as r:
+                    if r.status == 200:
+                        return
+            except (TimeoutError, aiohttp.ClientError):
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{what}: {url} did not answer 200 within 30 s:\n{_tail(log)}")
+
+
+def _tail(log: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
+            env=env,
+            start_new_session=True,
+        )
+
+
+# ----------------------------------------------------------------------------- nginx
+
+NGINX_MAIN = """
+daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/tmp/body;
+    proxy_temp_path {dir}/tmp/proxy;
+    fastcgi_temp_path {dir}/tmp/fastcgi;
+    uwsgi_temp_path {dir}/tmp/uwsgi;
+    scgi_temp_path {dir}/tmp/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    default_type application/octet-stream;
+{body}
+}}
+"""
+
+NGINX_UPSTREAM = """
+    server {{
+{listens}
+        location / {{ return 200 "{payload}"; }}
+    }}
+"""
+
+NGINX_PROXY = """
+    upstream bench {{
+        server 127.0.0.1:{p1};
+        server 127.0.0.1:{p2};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+"""
+
+
+def start_nginx(binary: str, workdir: Path, name: str, body: str) -> subprocess.Popen[bytes]:
+    """nginx with a private prefix and config, one process in the foreground."""
+    prefix = workdir / name
+    for sub in ("tmp", "logs"):
+        (prefix / sub).mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(NGINX_MAIN.format(dir=prefix, body=body))
+    cmd = [binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
+    return spawn(cmd, prefix / "stdout.log")
+
+
+# ----------------------------------------------------------------------------- routes
+
+
+def routes_toml(count: int) -> str:
+    """``count`` routes; the one that bench requests hit (``/bench/**``) is the last."""
+    out = []
+    for i in range(count - 1):
+        kind = i % 4
+        if kind == 0:
+            out.append(
+                f'[[routes]]\nid = "items-{i}"\npath = "/api/v1/svc{i}/items/{{id}}"\n'
+                f'methods = ["GET"]\nservice = "svc-{i}"\nrewrite = "/items/{{id}}"\n'
+            )
+        elif kind == 1:
+            out.append(
+                f'[[routes]]\nid = "svc-{i}"\nprefix = "/svc{i}"\nservice = "svc-{i}"\n'
+                "strip_prefix = 1\n"
+            )
+        elif kind == 2:
+            out.append(
+                f'[[routes]]\nid = "bench-sibling-{i}"\npath = "/bench/x{i}"\n'
+                f'urls = ["http://127.0.0.1:9"]\n'
+            )
+        elif i == 3:
+            # A parameter beside the hit: /bench/item walks into it and backtracks.
+            out.append(
+                '[[routes]]\nid = "bench-detail"\npath = "/bench/{id}/detail"\n'
+                'service = "svc-detail"\n'
+            )
+        else:
+            out.append(
+                f'[[routes]]\nid = "tenant-{i}"\nprefix = "/"\nhost = "t{i}.example.com"\n'
+                f'service = "svc-{i}"\n'
+            )
+    out.append(f'[[routes]]\nid = "bench"\nprefix = "/bench"\nservice = "{SERVICE}"\n')
+    return "\n".join(out)
+
+
+def matcher_cost(tables: dict[str, Path], rounds: int = 15) -> dict[str, float]:
+    """Nanoseconds per :meth:`RouteTable.match` of the benchmark's request, per table.
+
+    The tables are timed in turns and each keeps its best round, so that a
+    noisy neighbour slows both rather than one.
+    """
+    from core.routes import RouteTable
+
+    calls: dict[str, Callable[[], object]] = {}
+    for name, path in tables.items():
+        table = RouteTable.load_file(path)
+        found = table.match("GET", "127.0.0.1", PATH, {})
+        if found is None or found[0].id != "bench":
+            raise RuntimeError(f"{path}: the benchmark's request matched {found}")
+        headers: dict[str, str] = {}
+        calls[name] = functools.partial(table.match, "GET", "127.0.0.1:8080", PATH, headers)
+    number = 10_000
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(rounds):
+        for name, call in calls.items():
+            best[name] = min(best[name], timeit.timeit(call, number=number))
+    return {name: round(t / number * 1e9, 1) for name, t in best.items()}
+
+
+# ----------------------------------------------------------------------------- load
+
+
+async def run_load(
+    url: str, opts: Options, duration: float, rate: float | None = None
+) -> dict[str, Any]:
+    """One run: wrk (closed loop) when available, else the built-in generator."""
+    if rate is None and opts.use_wrk:
+        script = Path(tempfile.gettempdir()) / f"essaim-bench-wrk-{os.getpid()}.lua"
+        script.write_text(WRK_SCRIPT)
+        cmd = [
+            "wrk", "-t", str(opts.threads), "-c", str(opts.connections),
+            "-d", f"{max(1, round(duration))}s", "-s", str(script), url,
+        ]  # fmt: skip
+        out = await _run(cmd, duration)
+        line = next((x for x in out.splitlines() if x.startswith("WRKJSON ")), None)
+        if line is None:
+            raise RuntimeError(f"wrk gave no result:\n{out}")
+        raw = orjson.loads(line[8:])
+        seconds = raw["duration_us"] / 1e6
+        return {
+            "requests": raw["requests"],
+            "errors": raw["errors"],
+            "duration": round(seconds, 3),
+            "rps": round(raw["requests"] / seconds, 1),
+            "p50_ms": round(raw["p50_us"] / 1000, 4),
+            "p99_ms": round(raw["p99_us"] / 1000, 4),
+        }
+    cmd = [
+        sys.executable, "-m", "bench._http_load", "load", "--url", url,
+        "--connections", str(opts.connections), "--duration", str(duration),
+    ]  # fmt: skip
+    if rate is not None:
+        cmd += ["--rate", str(rate)]
+    out = await _run(cmd, duration)
+    return dict(orjson.loads(out.strip().splitlines()[-1]))
+
+
+async def _run(cmd: list[str], duration: float) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=str(ROOT)
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), duration + 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({proc.returncode}):\n{out.decode(errors='replace')}")
+    return out.decode()
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    url: str
+    proxy_pid: int | None
+    upstream_pid: int
+    runs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+async def measure(
+    case: Case, opts: Options, duration: float, rate: float | None = None
+) -> dict[str, Any]:
+    """One run of ``case`` with the CPU time its proxy and upstream spent per request."""
+    pids = {"proxy": case.proxy_pid, "upstream": case.upstream_pid}
+    before = {k: cpu_seconds(p) for k, p in pids.items() if p is not None}
+    result = await run_load(case.url, opts, duration, rate)
+    after = {k: cpu_seconds(p) for k, p in pids.items() if p is not None}
+    served = max(1, int(result["requests"]))
+    for key in ("proxy", "upstream"):
+        result[f"{key}_cpu_us"] = (
+            round((after[key] - before[key]) / served * 1e6, 2) if key in before else None
+        )
+    return result
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("rps", "p50_ms", "p99_ms", "proxy_cpu_us", "upstream_cpu_us"):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        out[key] = round(statistics.median(values), 4) if values else None
+    out["requests"] = sum(int(r["requests"]) for r in runs)
+    out["errors"] = sum(int(r["errors"]) for r in runs)
+    return out
+
+
+# ----------------------------------------------------------------------------- the setup
+
+
+@contextlib.asynccontextmanager
+async def system(opts: Options, workdir: Path, notes: list[str]) -> AsyncIterator[dict[str, Any]]:
+    """Start the upstream, nginx, Redis with the two instances, and the gateways."""
+    stack = contextlib.ExitStack()
+    astack = contextlib.AsyncExitStack()
+    info: dict[str, Any] = {"cases": [], "tables": {}}
+    for name, count in (("gateway", 1), ("gateway-1000", 1000)):
+        info["tables"][name] = workdir / f"routes-{count}.toml"
+        info["tables"][name].write_text(routes_toml(count))
+    try:
+        p1, p2 = free_port(), free_port()
+        nginx = nginx_binary() if opts.use_nginx else None
+        if nginx:
+            listens = "\n".join(f"        listen 127.0.0.1:{p};" for p in (p1, p2))
+            body = NGINX_UPSTREAM.format(listens=listens, payload="x" * 1024)
+            upstream = start_nginx(nginx, workdir, "upstream", body)
+            info["upstream"] = f"{version_of([nginx, '-v'])}, 1 process, 2 ports"
+            up_log = workdir / "upstream" / "error.log"
+        else:
+            up_log = workdir / "upstream.log"
+            upstream = spawn(
+                [sys.executable, "-m", "bench._http_load", "serve", str(p1), str(p2)], up_log
+            )
+            info["upstream"] = "asyncio server (bench._http_load serve), 1 process, 2 ports"
+            notes.append(
+                "nginx not installed or disabled: upstream is the asyncio server; no nginx row"
+            )
+        stack.callback(stop, upstream)
+        for port in (p1, p2):
+            await wait_port(port, upstream, "upstream", up_log)
+        info["cases"].append(Case("direct", f"http://127.0.0.1:{p1}{PATH}", None, upstream.pid))
+
+        if nginx:
+            port = free_port()
+            proxy = start_nginx(
+                nginx, workdir, "proxy", NGINX_PROXY.format(p1=p1, p2=p2, port=port)
+            )
+            stack.callback(stop, proxy)
+            await wait_port(port, proxy, "nginx proxy", workdir / "proxy" / "error.log")
+            info["cases"].append(
+                Case("nginx", f"http://127.0.0.1:{port}{PATH}", proxy.pid, upstream.pid)
+            )
+
+        if importlib.util.find_spec("gateway") is None:
+            notes.append("gateway.py not found: no gateway rows")
+        else:
+            await astack.enter_async_context(gateways(info, workdir, stack, (p1, p2), upstream.pid))
+        yield info
+    finally:
+        await astack.aclose()
+        stack.close()
+
+
+@contextlib.asynccontextmanager
+async def gateways(
+    info: dict[str, Any],
+    workdir: Path,
+    stack: contextlib.ExitStack,
+    ports: tuple[int, int],
+    upstream_pid: int,
+) -> AsyncIterator[None]:
+    from core.discovery import Registration
+    from core.redis import connect
+    from core.registry_store import Instance
+    from core.testing import RedisServer
+
+    redis_server = RedisServer().start()
+    stack.callback(redis_server.close)
+    redis = connect(redis_server.url)
+    registrations = [
+        Registration(redis, Instance(SERVICE, f"bench-{i}", "127.0.0.1", port, ttl=30))
+        for i, port in enumerate(ports)
+    ]
+    try:
+        for reg in registrations:
+            await reg.start(wait=5)
+            if not reg.registered.is_set():
+                raise RuntimeError("could not register the upstream instances in Redis")
+        for name in ("gateway", "gateway-1000"):
+            routes = info["tables"][name]
+            port, admin = free_port(), free_port()
+            log = workdir / f"{name}.log"
+            env = {
+                k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "REDIS_URL"))
+            }
+            env["PYTHONUNBUFFERED"] = "1"
+            cmd = [
+                sys.executable, "-m", "gateway", "--port", str(port), "--admin-port", str(admin),
+                "--redis-url", redis_server.url, "--routes", str(routes), "--log-level", "warning",
+            ]  # fmt: skip
+            proc = spawn(cmd, log, env)
+            stack.callback(stop, proc)
+            await wait_http(f"http://127.0.0.1:{admin}/health", proc, name, log)
+            url = f"http://127.0.0.1:{port}{PATH}"
+            await wait_http(url, proc, f"{name} routing to the upstream", log)
+            info["cases"].append(Case(name, url, proc.pid, upstream_pid))
+        yield
+    finally:
+        for reg in registrations:
+            await reg.stop()
+        await redis.aclose()
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+async def bench(opts: Options) -> dict[str, Any]:
+    notes: list[str] = []
+    if not opts.use_wrk:
+        notes.append(
+            "wrk not installed or disabled: closed-loop load from the built-in Python generator "
+            "(bench._http_load), which saturates before wrk would; compare ratios, not req/s"
+        )
+    with tempfile.TemporaryDirectory(prefix="essaim-bench-gw-") as tmp:
+        workdir = Path(tmp)
+        async with system(opts, workdir, notes) as info:
+            cases: list[Case] = info["cases"]
+            for case in cases:
+                await measure(case, opts, opts.warmup)
+            for _ in range(opts.repeat):
+                for case in cases:
+                    case.runs.append(await measure(case, opts, opts.duration))
+            summary = {case.name: {**median_of(case.runs), "runs": case.runs} for case in cases}
+
+            fixed: dict[str, Any] = {}
+            gateway_rps = summary.get("gateway", {}).get("rps")
+            if gateway_rps:
+                rate = round(gateway_rps / 2)
+                fixed = {"rate": rate, "generator": "built-in open loop (bench._http_load --rate)"}
+                rated = [c for c in cases if c.name in ("direct", "nginx", "gateway")]
+                runs: dict[str, list[dict[str, Any]]] = {c.name: [] for c in rated}
+                for _ in range(opts.repeat):
+                    for case in rated:
+                        runs[case.name].append(await measure(case, opts, opts.rate_duration, rate))
+                for name, each in runs.items():
+                    fixed[name] = {
+                        **median_of(each),
+                        "late_p99_ms": statistics.median(r["late_p99_ms"] for r in each),
+                        "runs": each,
+                    }
+                fixed["added_p99_ms"] = round(
+                    fixed["gateway"]["p99_ms"] - fixed["direct"]["p99_ms"], 4
+                )
+            matcher = matcher_cost(info["tables"])
+            upstream_desc = info["upstream"]
+
+    ratios = _ratios(summary, fixed)
+    return {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu": _cpu_model(),
+            "python": platform.python_version(),
+            "kernel": platform.release(),
+        },
+        "settings": {
+            "connections": opts.connections,
+            "duration_s": opts.duration,
+            "repeat": opts.repeat,
+            "warmup_s": opts.warmup,
+            "load": f"{version_of(['wrk', '-v'])}, {opts.threads} thread(s)"
+            if opts.use_wrk
+            else "built-in Python closed-loop generator (bench._http_load)",
+            "upstream": upstream_desc,
+            "response_bytes": 1024,
+            "path": PATH,
+            "quick": opts.quick,
+        },
+        "cases": summary,
+        "ratios": ratios,
+        "fixed_rate": fixed,
+        "matcher_ns": matcher,
+        "targets": TARGETS,
+        "notes": notes,
+    }
+
+
+def _ratios(summary: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
+    def ratio(a: str, b: str, key: str) -> float | None:
+        x, y = summary.get(a, {}).get(key), summary.get(b, {}).get(key)
+        return round(x / y, 3) if x and y else None
+
+    return {
+        "gateway_vs_nginx_cpu": ratio("gateway", "nginx", "proxy_cpu_us"),
+        "gateway_vs_nginx_rps": ratio("gateway", "nginx", "rps"),
+        "routes_1000_vs_1_cpu": ratio("gateway-1000", "gateway", "proxy_cpu_us"),
+        "routes_1000_vs_1_rps": ratio("gateway-1000", "gateway", "rps"),
+        "added_p99_ms": fixed.get("added_p99_ms"),
+    }
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
+    s = result["settings"]
+    out(
+        f"Gateway routing path: {s['connections']} connections, {s['duration_s']:g} s x "
+        f"{s['repeat']} run(s) per case, interleaved, medians"
+    )
+    out(f"  load: {s['load']}; upstream: {s['upstream']}; {s['response_bytes']} B answers")
+    out(
+        f"  machine: {result['machine']['cpus']} CPUs, {result['machine']['cpu']}, Python {result['machine']['python']}"
+    )
+    out("")
+    out(
+        f"{'case':<14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'proxy CPU':>12}{'upstream CPU':>14}{'errors':>8}"
+    )
+    for name, row in result["cases"].items():
+        out(
+            f"{name:<14}{row['rps']:>10,.0f}{row['p50_ms']:>9.3f}{row['p99_ms']:>9.3f}"
+            f"{_us(row['proxy_cpu_us']):>12}{_us(row['upstream_cpu_us']):>14}{row['errors']:>8}"
+        )
+    r = result["ratios"]
+    t = result["targets"]
+    out("")
+    if r["gateway_vs_nginx_cpu"] is not None:
+        out(
+            f"gateway / nginx CPU per request: {r['gateway_vs_nginx_cpu']:.2f}x "
+            f"(target <= {t['cpu_vs_nginx']}x, aim {t['cpu_vs_nginx_aim']}x: "
+            f"{_verdict(r['gateway_vs_nginx_cpu'] <= t['cpu_vs_nginx'])}); "
+            f"req/s {r['gateway_vs_nginx_rps']:.2f}x"
+        )
+    if r["routes_1000_vs_1_cpu"] is not None:
+        out(
+            f"1,000 routes / 1 route: CPU per request {r['routes_1000_vs_1_cpu']:.3f}x, "
+            f"req/s {r['routes_1000_vs_1_rps']:.3f}x (target within 10%: "
+            f"{_verdict(abs(r['routes_1000_vs_1_cpu'] - 1) <= 0.10)})"
+        )
+    fixed = result["fixed_rate"]
+    if fixed:
+        out(f"at {fixed['rate']:,} req/s (half the gateway's saturation), {fixed['generator']}:")
+        for name in ("direct", "nginx", "gateway"):
+            if name in fixed:
+                row = fixed[name]
+                out(
+                    f"  {name:<10} p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms  "
+                    f"(sends late by p99 {row['late_p99_ms']:.3f} ms)"
+                )
+        out(
+            f"  added p99 over direct: {fixed['added_p99_ms']:.3f} ms "
+            f"(target < {t['added_p99_ms']} ms: {_verdict(fixed['added_p99_ms'] < t['added_p99_ms'])})"
+        )
+    if result["matcher_ns"]:
+        costs = ", ".join(f"{k}: {v / 1000:.2f} us" for k, v in result["matcher_ns"].items())
+        out(f"RouteTable.match of the request, in process: {costs}")
+    for note in result["notes"]:
+        out(f"note: {note}")
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} us"
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def main(argv: list[str]) -> int:
+    opts = parse_args(argv)
+    try:
+        result = asyncio.run(bench(opts))
+    except RuntimeError as exc:
+        print(f"bench gateway: {exc}", file=sys.stderr)
+        return 1
+    report(result)
+    if opts.output is not None:
+        opts.output.parent.mkdir(parents=True, exist_ok=True)
+        opts.output.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+        print(f"results written to {opts.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import orjson
+
+from bench.gateway import routes_toml
+from core.routes import RouteTable
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path: Path) -> None:
+    """The CI path: neither nginx nor wrk, so the fallbacks run and the report says so."""
+    output = tmp_path / "gateway.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "gateway",
+            "--quick",
+            "--no-nginx",
+            "--no-wrk",
+            "--output",
+            str(output),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = orjson.loads(output.read_bytes())
+
+    assert "built-in" in result["settings"]["load"]
+    assert "asyncio server" in result["settings"]["upstream"]
+    assert any("wrk not installed or disabled" in n for n in result["notes"])
+    assert any("nginx not installed or disabled" in n for n in result["notes"])
+    assert "nginx" not in result["cases"]
+
+    cases = result["cases"]
+    expected = (
+        {"direct", "gateway", "gateway-1000"} if (ROOT / "gateway.py").exists() else {"direct"}
+    )
+    assert set(cases) == expected
+    for name, row in cases.items():
+        assert row["requests"] > 0, name
+        assert row["errors"] == 0, name
+        assert row["rps"] > 0, name
+        assert 0 < row["p50_ms"] <= row["p99_ms"], name
+        assert row["upstream_cpu_us"] is not None, name
+    if "gateway" in cases:
+        assert cases["gateway"]["proxy_cpu_us"] > 0
+        assert result["ratios"]["routes_1000_vs_1_cpu"] is not None
+        fixed = result["fixed_rate"]
+        assert fixed["rate"] == round(cases["gateway"]["rps"] / 2)
+        assert fixed["gateway"]["requests"] > 0
+        assert "added_p99_ms" in fixed
+    assert set(result["matcher_ns"]) == {"gateway", "gateway-1000"}
+
+    out = done.stdout
+    assert "req/s" in out
+    assert "direct" in out
+    assert f"results written to {output}" in out
+
+
+def test_bench_route_file_has_1000_routes_and_the_hit_is_the_last() -> None:
+    table = RouteTable.parse(tomllib.loads(routes_toml(1000)))
+    assert len(table) == 1000
+    assert table.routes[-1].id == "bench"
+    found = table.match("GET", "127.0.0.1:8080", "/bench/item", {})
+    assert found is not None
+    assert found[0].id == "bench"
+    assert found[0].service == "bench-upstream"
+    one = RouteTable.parse(tomllib.loads(routes_toml(1)))
+    assert [r.id for r in one.routes] == ["bench"]
