@@ -504,6 +504,18 @@ def _timeouts(f: _Fields, raw: Mapping[str, Any]) -> Timeouts:
     return timeouts
 
 
+_FIELDS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _fields_of(cls: type[Any]) -> dict[str, Any]:
+    """A dataclass's fields and their types (evaluating annotations is slow: once per class)."""
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        hints = typing.get_type_hints(cls)
+        fields = _FIELDS[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return fields
+
+
 def build_policy(cls: type[T], doc: Mapping[str, Any]) -> T:
     """``cls(**doc)`` for a frozen dataclass of plain fields, checking each value's type.
 
@@ -511,8 +523,8 @@ def build_policy(cls: type[T], doc: Mapping[str, Any]) -> T:
     ``frozenset[X]`` (given as a list). Raises ``ValueError`` naming the key;
     the dataclass's own checks (``__post_init__``) raise theirs.
     """
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = _fields_of(cls)
+    names = hints.keys()
     values: dict[str, Any] = {}
     for key, value in doc.items():
         if key not in names:
