@@ -16,9 +16,10 @@ exists; that path is the retry path and may cost O(n).
   endpoints at random, the one with fewer requests in flight per unit of weight
   wins; ties go to the first drawn, so ties are random.
 - ``weighted`` (:class:`Weighted`): nginx's smooth weighted round robin. The
-  sequence repeats with a period of ``sum(weights) / gcd(weights)``; it is
-  computed once per change of the set, so a pick is an index. For very large
-  periods it runs nginx's O(n) loop per pick instead, with the same result.
+  sequence repeats with a period of ``sum(weights) / gcd(weights)``: the first
+  period of picks runs nginx's O(n) loop and records it, later picks read the
+  record, so a change of the set costs O(n) and no pause. Periods longer than
+  :attr:`Weighted.MAX_SCHEDULE` are not recorded (each pick runs the loop).
 """
 
 from __future__ import annotations
@@ -139,8 +140,8 @@ class LeastRequest(Balancer[E]):
 class Weighted(Balancer[E]):
     name = "weighted"
 
-    MAX_SCHEDULE_WORK = 1 << 15
-    """Above this period x endpoints, picks run nginx's loop rather than a precomputed schedule."""
+    MAX_SCHEDULE = 4096
+    """Longest period kept as a schedule; above it every pick runs nginx's O(n) loop."""
 
     def __init__(self, rng: random.Random | None = None) -> None:
         super().__init__(rng)
@@ -149,51 +150,70 @@ class Weighted(Balancer[E]):
         self._total = 0
         self._schedule: list[E] = []
         self._pos = 0
+        self._keep = False
 
     def set_endpoints(self, endpoints: Sequence[E]) -> None:
-        self._eps = eps = list(endpoints)
+        eps = list(endpoints)
+        if len(eps) > 1:
+            # A random rotation, so that gateways started together do not move in step.
+            k = self._rng.randrange(len(eps))
+            eps = eps[k:] + eps[:k]
+        self._eps = eps
         weights = [max(1, ep.weight) for ep in eps]
         divisor = math.gcd(*weights) if weights else 1
         self._weights = [w // divisor for w in weights]
         self._total = sum(self._weights)
         self._current = [0] * len(eps)
-        self._schedule = []
+        # Equal weights: nginx's sequence is the list itself.
+        self._schedule = list(eps) if self._total == len(eps) else []
         self._pos = 0
-        if eps and self._total * len(eps) <= self.MAX_SCHEDULE_WORK:
-            self._schedule = [eps[self._step(())] for _ in range(self._total)]
-            self._pos = self._rng.randrange(self._total)
+        self._keep = self._total <= self.MAX_SCHEDULE
 
     def pick(self, exclude: Collection[str] = ()) -> E | None:
-        schedule = self._schedule
-        if schedule:
-            pos = self._pos
-            if exclude:
-                period = len(schedule)
-                for k in range(period):
-                    candidate = schedule[(pos + k) % period]
-                    if candidate.key not in exclude:
-                        return candidate
-                return schedule[pos]
-            self._pos = pos + 1 if pos + 1 < len(schedule) else 0
-            return schedule[pos]
         if not self._eps:
             return None
-        if exclude and all(ep.key in exclude for ep in self._eps):
-            exclude = ()
-        return self._eps[self._step(exclude)]
+        if exclude:
+            return self._pick_excluding(exclude)
+        pos, schedule = self._pos, self._schedule
+        if pos < len(schedule):
+            ep = schedule[pos]
+        else:
+            # The first period runs nginx's loop and records it: the currents
+            # are all back to zero after one period, so the sequence repeats.
+            ep = self._eps[self._step()]
+            if self._keep:
+                schedule.append(ep)
+        pos += 1
+        self._pos = 0 if pos >= self._total else pos
+        return ep
 
-    def _step(self, exclude: Collection[str]) -> int:
-        """One round of nginx's smooth weighted round robin; the index chosen."""
-        current, weights, eps = self._current, self._weights, self._eps
-        best, total = -1, 0
-        for i, w in enumerate(weights):
-            if exclude and eps[i].key in exclude:
-                continue
-            current[i] += w
-            total += w
-            if best < 0 or current[i] > current[best]:
+    def _pick_excluding(self, exclude: Collection[str]) -> E:
+        """The next endpoint in the sequence that is not excluded; the sequence does not move."""
+        schedule, eps = self._schedule, self._eps
+        if len(schedule) == self._total:
+            for k in range(self._total):
+                candidate = schedule[(self._pos + k) % self._total]
+                if candidate.key not in exclude:
+                    return candidate
+            return schedule[self._pos]
+        # Mid-period: the untried endpoint nginx's next round would favour.
+        best = -1
+        for i, (current, weight) in enumerate(zip(self._current, self._weights, strict=True)):
+            if eps[i].key not in exclude and (
+                best < 0 or current + weight > self._current[best] + self._weights[best]
+            ):
                 best = i
-        current[best] -= total
+        return eps[best] if best >= 0 else eps[0]
+
+    def _step(self) -> int:
+        """One round of nginx's smooth weighted round robin; the index chosen."""
+        current, weights = self._current, self._weights
+        best = 0
+        for i, w in enumerate(weights):
+            current[i] += w
+            if current[i] > current[best]:
+                best = i
+        current[best] -= self._total
         return best
 
 
