@@ -33,7 +33,7 @@ from prometheus_client import Counter, Gauge
 from core import log
 from core.config_document import MAX_BYTES, Format, check_name, parse
 from core.config_files import ImportReport, import_directory
-from core.config_store import ConfigStore, Version, WriteResult
+from core.config_store import ConfigStore, NotImported, Version, WriteResult
 from core.errors import (
     BadRequest,
     NotFound,
@@ -118,9 +118,19 @@ class Importer:
     async def run(self, reason: str) -> ImportReport:
         """Import the directory now; raises the Redis errors when Redis is away."""
         async with self._lock:
-            report = await import_directory(self.store, self.directory)
-            self.last, self.last_time = report, time.time()
-            self.imports += 1
+            return await self._run(reason)
+
+    async def ensure(self) -> None:
+        """Import now unless Redis holds an import (it was emptied since the last check)."""
+        async with self._lock:
+            if not await self.store.imported():
+                logger.warning("Redis no longer holds the config (emptied?): importing again")
+                await self._run("Redis emptied")
+
+    async def _run(self, reason: str) -> ImportReport:
+        report = await import_directory(self.store, self.directory)
+        self.last, self.last_time = report, time.time()
+        self.imports += 1
         if report.errors:
             for error in report.errors:
                 logger.error("config directory %s: %s", self.directory, error)
@@ -147,9 +157,8 @@ class Importer:
                 if not done_once:
                     await self.run("start")
                     done_once = True
-                elif not await self.store.imported():
-                    logger.warning("Redis no longer holds the config (emptied?): importing again")
-                    await self.run("Redis emptied")
+                else:
+                    await self.ensure()
                 backoff.reset()
                 await asyncio.sleep(self.check_interval)
             except REDIS_ERRORS as exc:
@@ -229,6 +238,15 @@ def _write_body(result: WriteResult, hash_: str | None, **extra: Any) -> dict[st
     }
 
 
+async def _write(request: web.Request, write: Callable[[], Awaitable[WriteResult]]) -> WriteResult:
+    """Run ``write``; when Redis was emptied, import the directory first so it can't undo it."""
+    try:
+        return await write()
+    except NotImported:
+        await request.app[IMPORTER].ensure()
+        return await write()
+
+
 def _count(request: web.Request, result: WriteResult) -> None:
     request.app[METERS].writes.labels("written" if result.changed else "unchanged").inc()
 
@@ -243,11 +261,15 @@ async def get_config(request: web.Request) -> web.Response:
     store = request.app[STORE]
     if_none_match = request.headers.get("If-None-Match")
     if if_none_match:
-        rev, version = await store.merged_head(app_name, profile)
+        rev, version, imported = await store.merged_head(app_name, profile)
         etag = f'"{version}"'
-        if _etag_matches(if_none_match, etag):
+        if imported and _etag_matches(if_none_match, etag):
             return web.Response(status=304, headers={"ETag": etag, REVISION_HEADER: str(rev)})
     merged = await store.merged(app_name, profile)
+    if not merged.imported:
+        # Redis was emptied: serve the directory, never an empty config.
+        await request.app[IMPORTER].ensure()
+        merged = await store.merged(app_name, profile)
     return json_response(
         merged.to_dict(),
         headers={
@@ -341,7 +363,7 @@ async def put_document(request: web.Request) -> web.Response:
     body = await read_body(request, MAX_BYTES)
     content = parse(body, fmt)
     store = request.app[STORE]
-    result = await store.write(name, content, origin="api")
+    result = await _write(request, lambda: store.write(name, content, "api", if_imported=True))
     _count(request, result)
     stored = await store.get(name)
     hash_ = stored.hash if stored else None
@@ -359,7 +381,8 @@ async def delete_document(request: web.Request) -> web.Response:
     """``DELETE /v1/documents/{name}``: delete it (a version in its history); 404 when absent."""
     _require_token(request)
     name = _document_name(request)
-    result = await request.app[STORE].delete(name)
+    store = request.app[STORE]
+    result = await _write(request, lambda: store.delete(name, if_imported=True))
     if not result.found:
         raise NotFound(f"no document named {name!r}")
     _count(request, result)
@@ -396,7 +419,10 @@ async def rollback(request: web.Request) -> web.Response:
         raise Unprocessable(
             f"version {number} of {name!r} is its deletion; use DELETE to delete the document"
         )
-    result = await store.write(name, target.content, origin=f"rollback:{number}")
+    content = target.content
+    result = await _write(
+        request, lambda: store.write(name, content, f"rollback:{number}", if_imported=True)
+    )
     _count(request, result)
     if result.changed:
         logger.info("document %s: rolled back to %d as version %d", name, number, result.version)

@@ -42,6 +42,7 @@ __all__ = [
     "HISTORY_KEPT",
     "ConfigStore",
     "Merged",
+    "NotImported",
     "Version",
     "Write",
     "WriteResult",
@@ -78,18 +79,23 @@ def iso(ms: int) -> str:
     )
 
 
-# ARGV: keep, mark_imported, then per document 6 values:
+# ARGV: keep, mode, then per document 6 values:
 #   name, op ('put'|'del'|'file'), hash, origin, content JSON,
 #   file ('' leave the file record, '-' forget it, else the file's hash)
 # Returns {now, {status, version, rev, ...}}: status 2 created, 1 written, 0 unchanged,
 # -1 unknown (del).
-# Op 'file' changes the file record only.
+# Op 'file' changes the file record only. Mode '1': an import (marks Redis imported);
+# '2': refuse ({now, {}, 0}) unless Redis is marked imported; '0': no condition.
 # Names, hashes and origins are checked by the caller, so they are safe inside JSON text.
 _WRITE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local keep = tonumber(ARGV[1])
-if ARGV[2] == '1' then redis.call('SET', 'essaim:cfg:imported', now, 'NX') end
+if ARGV[2] == '1' then
+  redis.call('SET', 'essaim:cfg:imported', now, 'NX')
+elseif ARGV[2] == '2' and redis.call('EXISTS', 'essaim:cfg:imported') == 0 then
+  return {now, {}, 0}
+end
 local out = {}
 for i = 3, #ARGV, 6 do
   local name, op, hash, origin, content, file = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
@@ -140,7 +146,7 @@ for i = 3, #ARGV, 6 do
     out[#out + 1] = rev
   end
 end
-return {now, out}
+return {now, out, 1}
 """
 
 
@@ -213,6 +219,7 @@ class Merged:
     version: str
     sources: tuple[Version, ...]
     config: dict[str, Any]
+    imported: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -244,6 +251,10 @@ def merged_version(sources: Sequence[Version]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+class NotImported(Exception):
+    """A conditional write found Redis without the config directory's import."""
+
+
 class ConfigStore:
     """Every read and write of the config service's Redis state.
 
@@ -263,20 +274,35 @@ class ConfigStore:
     # -- writing -----------------------------------------------------------------
 
     async def write(
-        self, name: str, content: Mapping[str, Any], origin: str = "api"
+        self,
+        name: str,
+        content: Mapping[str, Any],
+        origin: str = "api",
+        *,
+        if_imported: bool = False,
     ) -> WriteResult:
         """Make ``content`` the current version of ``name`` (no new version when identical)."""
-        return (await self.write_many([Write(name, content, origin)]))[0]
+        writes = [Write(name, content, origin)]
+        return (await self.write_many(writes, if_imported=if_imported))[0]
 
-    async def delete(self, name: str, origin: str = "api") -> WriteResult:
+    async def delete(
+        self, name: str, origin: str = "api", *, if_imported: bool = False
+    ) -> WriteResult:
         """Delete ``name`` (recorded as a version); ``found`` False when it did not exist."""
-        return (await self.write_many([Write(name, None, origin)]))[0]
+        return (await self.write_many([Write(name, None, origin)], if_imported=if_imported))[0]
 
     async def write_many(
-        self, writes: Sequence[Write], *, mark_imported: bool = False
+        self, writes: Sequence[Write], *, mark_imported: bool = False, if_imported: bool = False
     ) -> list[WriteResult]:
-        """Apply ``writes`` atomically, in order; one result per write."""
-        args: list[str | int | bytes] = [self.keep, "1" if mark_imported else "0"]
+        """Apply ``writes`` atomically, in order; one result per write.
+
+        ``mark_imported`` records that this is a directory import. With
+        ``if_imported`` nothing is written and :class:`NotImported` raised
+        when Redis holds no import (it was emptied): the caller imports first,
+        so that the import can't overwrite this write.
+        """
+        mode = "1" if mark_imported else "2" if if_imported else "0"
+        args: list[str | int | bytes] = [self.keep, mode]
         for w in writes:
             if not _ORIGIN_RE.match(w.origin):
                 raise ValueError(f"invalid origin {w.origin!r}")
@@ -293,7 +319,9 @@ class ConfigStore:
                     canonical(w.content),
                     w.file,
                 ]
-        now, flat = await self._write(args=args)
+        now, flat, done = await self._write(args=args)
+        if not int(done):
+            raise NotImported("Redis holds no import of the config directory")
         results = []
         for i, w in enumerate(writes):
             status, version, rev = (int(x) for x in flat[3 * i : 3 * i + 3])
@@ -358,10 +386,11 @@ class ConfigStore:
         """
         names = sources_of(app, profile)
         pipe = self.redis.pipeline(transaction=True)
+        pipe.exists(IMPORTED_KEY)
         pipe.get(REV_KEY)
         for name in names:
             pipe.hgetall(doc_key(name))
-        rev_raw, *docs = await pipe.execute()
+        imported, rev_raw, *docs = await pipe.execute()
         sources: list[Version] = []
         layers: list[dict[str, Any]] = []
         for name, fields in zip(names, docs, strict=True):
@@ -376,22 +405,24 @@ class ConfigStore:
             version=merged_version(sources),
             sources=tuple(sources),
             config=deep_merge(*layers),
+            imported=bool(imported),
         )
 
-    async def merged_head(self, app: str, profile: str) -> tuple[int, str]:
-        """``(rev, version)`` of the merged config without reading any content (for 304s)."""
+    async def merged_head(self, app: str, profile: str) -> tuple[int, str, bool]:
+        """``(rev, version, imported)`` of the merged config, reading no content (for 304s)."""
         names = sources_of(app, profile)
         pipe = self.redis.pipeline(transaction=True)
+        pipe.exists(IMPORTED_KEY)
         pipe.get(REV_KEY)
         for name in names:
             pipe.hmget(doc_key(name), ["version", "hash"])
-        rev_raw, *heads = await pipe.execute()
+        imported, rev_raw, *heads = await pipe.execute()
         sources = [
             Version(n, int(h[0]), h[1], 0, "")
             for n, h in zip(names, heads, strict=True)
             if h[0] is not None
         ]
-        return int(rev_raw or 0), merged_version(sources)
+        return int(rev_raw or 0), merged_version(sources), bool(imported)
 
     # -- decoding ----------------------------------------------------------------
 

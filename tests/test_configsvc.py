@@ -288,6 +288,25 @@ async def test_redis_emptied_is_noticed_and_the_directory_imported_again(
     assert (await config(client, "billing", "prod"))["config"]["log"]["level"] == "warning"
 
 
+async def test_right_after_redis_was_emptied_reads_serve_the_directory(
+    client: Client, redis: aioredis.Redis
+) -> None:
+    await redis.flushall()
+    body = await config(client, "billing", "prod")
+    assert body["config"]["log"]["level"] == "warning"
+
+
+async def test_a_write_right_after_redis_was_emptied_is_not_undone_by_the_import(
+    client: Client, redis: aioredis.Redis
+) -> None:
+    await redis.flushall()
+    resp = await put_json(client, "billing", {"billing": {"currency": "HUF"}})
+    assert resp.status in (200, 201)
+    body = await config(client, "billing", "prod")
+    assert body["config"]["billing"]["currency"] == "HUF"
+    assert body["config"]["log"]["level"] == "warning"  # the rest of the directory is back
+
+
 # ----------------------------------------------------------------------------- documents and versions
 
 
