@@ -25,7 +25,7 @@ logger = log.get("runner")
 
 STARTUP_FAILURE = 3
 
-__all__ = ["STARTUP_FAILURE", "Site", "install_uvloop", "run"]
+__all__ = ["STARTUP_FAILURE", "ProtocolSite", "Site", "install_uvloop", "run"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,23 @@ class Site:
     host: str
     port: int
     name: str = "http"
+
+
+@dataclass(frozen=True)
+class ProtocolSite:
+    """A raw asyncio protocol server bound to one address.
+
+    ``factory`` makes one protocol per connection. ``start`` is awaited just
+    before listening; ``drain(timeout)`` after the listener stopped accepting,
+    to let connections finish within ``timeout`` seconds.
+    """
+
+    factory: Callable[[], asyncio.BaseProtocol]
+    host: str
+    port: int
+    name: str = "proxy"
+    start: Callable[[], Awaitable[None]] | None = None
+    drain: Callable[[float], Awaitable[None]] | None = None
 
 
 def install_uvloop() -> bool:
@@ -49,7 +66,7 @@ def install_uvloop() -> bool:
 
 
 async def _serve(
-    sites: Sequence[Site],
+    sites: Sequence[Site | ProtocolSite],
     shutdown_timeout: float,
     on_started: Callable[[list[tuple[str, str, int]]], Awaitable[None]] | None,
 ) -> int:
@@ -71,9 +88,13 @@ async def _serve(
         loop.add_signal_handler(sig, on_signal, sig.name)
 
     runners: list[web.AppRunner] = []
+    servers: list[tuple[ProtocolSite, asyncio.Server]] = []
+    started: list[ProtocolSite] = []
     bound: list[tuple[str, str, int]] = []
     try:
         for site in sites:
+            if isinstance(site, ProtocolSite):
+                continue
             runner = web.AppRunner(
                 site.app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout
             )
@@ -89,16 +110,45 @@ async def _serve(
             host, port = _address(runner, site)
             bound.append((site.name, host, port))
             logger.info("%s listening on http://%s:%d", site.name, host, port)
+        for psite in sites:
+            if not isinstance(psite, ProtocolSite):
+                continue
+            if psite.start is not None:
+                await psite.start()
+            started.append(psite)
+            try:
+                server = await loop.create_server(
+                    psite.factory, psite.host, psite.port, backlog=1024, reuse_address=True
+                )
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen on {psite.host}:{psite.port}: {exc.strerror}"
+                ) from None
+            servers.append((psite, server))
+            host, port = server.sockets[0].getsockname()[:2]
+            bound.append((psite.name, str(host), int(port)))
+            logger.info("%s listening on http://%s:%d", psite.name, host, port)
         if on_started is not None:
             await on_started(bound)
     except (StartupError, OSError) as exc:
         logger.error("failed to start: %s", exc)
+        for _, server in servers:
+            server.close()
+        for psite in started:
+            if psite.drain is not None:
+                with contextlib.suppress(Exception):
+                    await psite.drain(0)
         for runner in reversed(runners):
             with contextlib.suppress(Exception):
                 await runner.cleanup()
         return STARTUP_FAILURE
 
     await stop.wait()
+    for _, server in servers:
+        server.close()
+    for psite, _ in servers:
+        if psite.drain is not None:
+            await psite.drain(shutdown_timeout)
     for runner in runners:
         # Stop accepting first on every site, then drain.
         for s in list(runner.sites):
@@ -119,7 +169,7 @@ def _address(runner: web.AppRunner, site: Site) -> tuple[str, int]:
 
 
 def run(
-    sites: Sequence[Site],
+    sites: Sequence[Site | ProtocolSite],
     *,
     shutdown_timeout: float = 10.0,
     on_started: Callable[[list[tuple[str, str, int]]], Awaitable[None]] | None = None,

@@ -1,0 +1,725 @@
+"""One proxied request, from its parsed head to the last byte of its response.
+
+An :class:`Exchange` is made by the client connection when a request head is
+parsed, and started when it is the oldest unanswered request of its
+connection (pipelining). It then runs as callbacks, never as a task: pick an
+endpoint (:meth:`core.upstream.Upstream.choose`), take a breaker permit, take
+an idle pooled connection or open one, write the request head (one
+``bytes.join``) with whatever body has arrived, stream the rest of the body,
+and stream the response back as it is parsed.
+
+Retries follow :meth:`core.upstream.Upstream.retry_allowed`: a connect
+failure on any method; a reset, a timeout, or a 502/503/504 only for an
+idempotent method, only before the response head was written to the client,
+and only while the request body can be sent again (no body, or one that fit
+in the replay buffer). Each retry goes to an endpoint not tried yet while
+one exists.
+
+Every ``begin`` on the upstream is closed by exactly one of ``succeeded``
+(a non-5xx head), ``failed`` (connect, reset, timeout, 5xx) or ``released``
+(the client left, or the request was refused for the client's fault).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING
+
+from core import log
+from core.errors import (
+    BadGateway,
+    BadRequest,
+    GatewayTimeout,
+    HTTPProblem,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+)
+from core.proxy.pool import Address, UpstreamConnection
+from core.proxy.wire import (
+    STATUS_PREFIXES,
+    chunk,
+    connection_tokens,
+    problem_response,
+    scan_request,
+    scan_response,
+    status_line,
+)
+from core.upstream import Endpoint
+
+if TYPE_CHECKING:
+    from core.proxy.router import Plan
+    from core.proxy.server import ClientConnection
+
+logger = log.get("gateway.proxy")
+
+__all__ = ["Exchange"]
+
+# Phases.
+QUEUED, CONNECTING, WAITING, STREAMING, TUNNEL, DONE = range(6)
+
+# How the response body goes to the client.
+NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = range(4)
+
+_CRLF = b"\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_VIA = b"via: 1.1 essaim\r\n"
+_CLOSE = b"connection: close\r\n"
+_KEEP_ALIVE = b"connection: keep-alive\r\n"
+
+
+class Exchange:
+    """The state of one request through the gateway; see the module docstring."""
+
+    __slots__ = (
+        "attempt_open",
+        "attempts",
+        "body_done",
+        "body_kept",
+        "body_parts",
+        "body_size",
+        "chunked",
+        "client",
+        "close_after",
+        "conn",
+        "connecting",
+        "continue_",
+        "endpoint",
+        "failure",
+        "head_only",
+        "head_tail",
+        "headers",
+        "http11",
+        "keep_alive",
+        "method",
+        "method_name",
+        "out",
+        "path",
+        "phase",
+        "plan",
+        "problem",
+        "proxy",
+        "request_id",
+        "request_line",
+        "resp_mode",
+        "sent",
+        "started",
+        "started_at",
+        "status",
+        "total_deadline",
+        "tried",
+        "unsent",
+        "unsent_size",
+        "upgrade",
+        "upstream_eof",
+    )
+
+    def __init__(
+        self,
+        client: ClientConnection,
+        method: bytes,
+        url: bytes,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        keep_alive: bool,
+        http11: bool,
+        upgrade: bool,
+    ) -> None:
+        proxy = client.proxy
+        self.client = client
+        self.proxy = proxy
+        self.started_at = proxy.loop.time()
+        self.method = method
+        self.method_name = method.decode("ascii")
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.http11 = http11
+        self.upgrade = upgrade
+        self.head_only = method == b"HEAD"
+        self.phase = QUEUED
+        self.started = False
+        self.status = 0
+        self.problem: HTTPProblem | None = None
+        self.failure: HTTPProblem | None = None
+        self.plan: Plan | None = None
+        self.conn: UpstreamConnection | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.endpoint: Endpoint | None = None
+        self.attempt_open = False
+        self.attempts = 0
+        self.tried: tuple[str, ...] = ()
+        self.out: list[bytes] = []
+        self.resp_mode = NO_BODY
+        self.upstream_eof = False
+        self.close_after = not keep_alive
+        self.sent = False
+        self.unsent: list[bytes] = []
+        self.unsent_size = 0
+        self.body_parts: list[bytes] | None = []
+        self.body_kept = 0
+        self.body_size = 0
+        self.total_deadline = math.inf
+        self.request_line = b""
+        self.head_tail = b""
+
+        lines, host, length, xff, rid, expect, connection, via = scan_request(headers)
+        if connection:
+            drop = connection_tokens(connection)
+            if drop:
+                lines, host, length, xff, rid, expect, _, via = scan_request(headers, drop)
+        self.request_id = proxy.ids.keep_or_new(rid)
+        query_at = url.find(b"?")
+        raw_path = url if query_at < 0 else url[:query_at]
+        self.path = raw_path.decode("latin-1")
+        self.chunked = False
+        self.body_done = False
+        self.continue_ = False
+        if length is not None:
+            size = int(length)
+            if size > proxy.limits.max_body:
+                self.refuse(
+                    PayloadTooLarge(
+                        f"the request body is {size} bytes; the limit is {proxy.limits.max_body}"
+                    )
+                )
+                return
+            self.body_done = size == 0
+        elif self._has_chunked_body():
+            self.chunked = True
+        else:
+            self.body_done = True
+        if expect is not None:
+            if expect.lower() != b"100-continue":
+                self.refuse(HTTPProblem("only 'Expect: 100-continue' is supported", status=417))
+                return
+            self.continue_ = not self.body_done
+        if upgrade and method == b"CONNECT":
+            self.refuse(
+                HTTPProblem("CONNECT is not supported by this gateway", status=405),
+                allow=b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+            )
+            return
+        if not raw_path.startswith(b"/"):
+            self.refuse(BadRequest("the request target must be a path (origin-form)"))
+            return
+        try:
+            plan, upstream_path, prefix = proxy.router.resolve(
+                self.method_name, host, self.path, headers
+            )
+        except HTTPProblem as problem:
+            self.refuse(problem)
+            return
+        self.plan = plan
+        if plan.request_drop is not None:
+            drop = plan.request_drop | (
+                connection_tokens(connection) if connection else frozenset()
+            )
+            lines = scan_request(headers, drop)[0]
+        target = upstream_path.encode("latin-1")
+        if query_at >= 0:
+            target += url[query_at:]
+        self.request_line = method + b" " + target + b" HTTP/1.1\r\n"
+        peer = client.peer
+        parts = lines
+        parts.extend(plan.request_add)
+        parts.append(b"x-forwarded-for: " + (peer if xff is None else xff + b", " + peer) + _CRLF)
+        parts.append(b"x-forwarded-proto: http\r\n")
+        if host is not None:
+            parts.append(b"x-forwarded-host: " + host + _CRLF)
+        if prefix:
+            parts.append(b"x-forwarded-prefix: " + prefix.encode("latin-1") + _CRLF)
+        parts.append(b"x-request-id: " + self.request_id + _CRLF)
+        parts.append(_VIA if via is None else b"via: " + via + b", 1.1 essaim\r\n")
+        if length is not None:
+            parts.append(b"content-length: " + length + _CRLF)
+        elif self.chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        if upgrade:
+            parts.append(b"connection: upgrade\r\nupgrade: " + self._header(b"upgrade") + _CRLF)
+        parts.append(_CRLF)
+        self.head_tail = b"".join(parts)
+
+    def _has_chunked_body(self) -> bool:
+        # llhttp accepted the framing; a body without Content-Length is chunked.
+        for name, value in self.headers:
+            if name.lower() == b"transfer-encoding":
+                return value.rstrip().lower().endswith(b"chunked")
+        return False
+
+    def _header(self, wanted: bytes) -> bytes:
+        for name, value in self.headers:
+            if name.lower() == wanted:
+                return value
+        return b""
+
+    def refuse(self, problem: HTTPProblem, allow: bytes | None = None) -> None:
+        """Answer ``problem`` instead of proxying (decided before any upstream is involved)."""
+        if allow is not None:
+            problem.headers["Allow"] = allow.decode()
+        self.problem = problem
+
+    # -- starting ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin: the exchange is now the oldest unanswered request of its connection."""
+        self.started = True
+        self.proxy.active += 1
+        if self.problem is not None:
+            self.respond_problem(self.problem)
+            return
+        plan = self.plan
+        assert plan is not None
+        if self.continue_:
+            self.client.transport.write(_CONTINUE)
+        plan.upstream.budget.deposit()
+        self.total_deadline = self.started_at + plan.total_timeout
+        self.attempt()
+
+    def attempt(self) -> None:
+        """One try: choose an endpoint, take a permit, then a pooled or new connection."""
+        plan = self.plan
+        assert plan is not None
+        upstream = plan.upstream
+        ep = upstream.choose(self.tried)
+        if ep is None:
+            if self.failure is None:
+                self.failure = ServiceUnavailable(
+                    f"no instance of {plan.service!r} is available", headers={"Retry-After": "1"}
+                )
+            self.respond_problem(self.failure)
+            return
+        if not upstream.breaker.try_acquire():
+            if self.failure is None:
+                wait = max(1, math.ceil(upstream.breaker.retry_after()))
+                self.failure = ServiceUnavailable(
+                    f"the circuit breaker of {plan.service!r} is open",
+                    headers={"Retry-After": str(wait)},
+                )
+            self.respond_problem(self.failure)
+            return
+        upstream.begin(ep)
+        self.attempt_open = True
+        self.endpoint = ep
+        self.attempts += 1
+        self.tried += (ep.key,)
+        address = (ep.host, ep.port, ep.scheme)
+        conn = None if self.upgrade else self.proxy.pool.acquire(address)
+        if conn is not None:
+            self.attach(conn)
+            return
+        self.phase = CONNECTING
+        self.client.deadline = min(
+            self.proxy.loop.time() + plan.connect_timeout, self.total_deadline
+        )
+        self.connecting = self.proxy.loop.create_task(self._connect(address))
+
+    async def _connect(self, address: Address) -> None:
+        try:
+            conn = await self.proxy.pool.connect(address)
+        except OSError as exc:
+            self.connecting = None
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            self.attempt_failed(
+                "connect", BadGateway(f"cannot connect to {self._service()}: {reason}")
+            )
+            return
+        except Exception as exc:  # a bad address, a TLS setup error: still a connect failure
+            self.connecting = None
+            logger.warning("connecting to %s failed: %r", self._service(), exc)
+            self.attempt_failed("connect", BadGateway(f"cannot connect to {self._service()}"))
+            return
+        self.connecting = None
+        if self.phase != CONNECTING:  # pragma: no cover - the task is cancelled first
+            self.proxy.pool.release(conn, self.proxy.loop.time())
+            return
+        self.attach(conn)
+
+    def attach(self, conn: UpstreamConnection) -> None:
+        """Write the request head and the body received so far on ``conn``."""
+        assert self.endpoint is not None
+        self.conn = conn
+        self.phase = WAITING
+        data = [self.request_line + self.proxy.host_line(self.endpoint) + self.head_tail]
+        if self.unsent:
+            data.extend(self.unsent)
+            self.unsent = []
+            self.unsent_size = 0
+            self.client.pause(PAUSE_BUFFER, False)
+        self.sent = True
+        conn.send(self, data, head_only=self.head_only)
+        if self.client.write_paused:
+            conn.pause_reading(True)
+        self._waiting_deadline()
+
+    def _waiting_deadline(self) -> None:
+        plan = self.plan
+        assert plan is not None
+        now = self.proxy.loop.time()
+        if self.body_done:
+            self.client.deadline = min(now + plan.per_try_timeout, self.total_deadline)
+        else:
+            self.client.deadline = now + self.proxy.limits.body_timeout
+
+    # -- the request body, from the client connection ----------------------------------------
+
+    def request_body(self, data: bytes) -> None:
+        if self.phase == DONE:
+            return
+        self.body_size += len(data)
+        if self.body_size > self.proxy.limits.max_body:
+            self.body_too_large()
+            return
+        self._forward(chunk(data) if self.chunked else data)
+
+    def request_end(self) -> None:
+        self.body_done = True
+        if self.phase == DONE:
+            return
+        if self.chunked:
+            self._forward(_LAST_CHUNK)
+        if self.phase == WAITING:
+            self._waiting_deadline()
+
+    def _forward(self, piece: bytes) -> None:
+        parts = self.body_parts
+        if parts is not None:
+            self.body_kept += len(piece)
+            if self.body_kept <= self.proxy.limits.replay_buffer:
+                parts.append(piece)
+            else:
+                self.body_parts = None
+        conn = self.conn
+        if conn is not None and (self.phase == WAITING or self.phase == STREAMING):
+            conn.write(piece)
+            if self.phase == WAITING and not self.body_done:
+                self.client.deadline = self.proxy.loop.time() + self.proxy.limits.body_timeout
+        elif self.phase != DONE:
+            self.unsent.append(piece)
+            self.unsent_size += len(piece)
+            if self.unsent_size > self.proxy.limits.replay_buffer:
+                self.client.pause(PAUSE_BUFFER, True)
+
+    def body_too_large(self) -> None:
+        limit = self.proxy.limits.max_body
+        problem = PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
+        if self.phase == QUEUED:
+            self.refuse(problem)
+            self.body_parts = None
+            self.unsent = []
+            return
+        self._abandon_attempt()
+        self.respond_problem(problem)
+
+    # -- the response, from the upstream connection --------------------------------------------
+
+    def upstream_head(self, status: int, block: bytes, close: bool) -> None:
+        plan = self.plan
+        ep = self.endpoint
+        assert plan is not None
+        assert ep is not None
+        upstream = plan.upstream
+        self.attempt_open = False
+        if status >= 500:
+            upstream.failed(ep, "5xx")
+            self.proxy.stats.upstream_error(plan.service, "5xx")
+            if status in _RETRY_STATUSES and self._may_retry("5xx", status):
+                conn = self.conn
+                self.conn = None
+                if conn is not None:
+                    conn.close()
+                self._retry("5xx")
+                return
+        else:
+            upstream.succeeded(ep)
+        self.status = status
+        self.phase = STREAMING
+        kept, length, chunked, upgrade, via = scan_response(block, plan.response_drop)
+        out = [STATUS_PREFIXES.get(status) or status_line(status)[:-2], kept]
+        if plan.response_add:
+            out.extend(plan.response_add)
+        if status == 101:
+            self.resp_mode = NO_BODY
+            out.append(b"connection: upgrade\r\nupgrade: " + upgrade + _CRLF)
+        elif self.head_only or status == 204 or status == 304:
+            self.resp_mode = NO_BODY
+        elif length is not None:
+            self.resp_mode = LENGTH
+        else:
+            self.upstream_eof = not chunked
+            if self.http11:
+                self.resp_mode = CHUNKED
+                out.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.resp_mode = UNTIL_CLOSE
+                self.close_after = True
+        if (self.upgrade and status != 101) or self.proxy.draining:
+            self.close_after = True
+        tail = b"x-request-id: " + self.request_id + _CRLF
+        tail += _VIA if via is None else b"via: " + via + b", 1.1 essaim\r\n"
+        if status != 101:
+            if self.close_after:
+                tail += _CLOSE
+            elif not self.http11:
+                tail += _KEEP_ALIVE
+        out.append(tail + _CRLF)
+        self.out.append(b"".join(out))
+
+    def upstream_interim(self, status: int, block: bytes) -> None:
+        # 100 Continue was the gateway's to send (Expect is not forwarded); others
+        # (103 Early Hints) go on to HTTP/1.1 clients.
+        if status == 100 or not self.http11:
+            return
+        kept = scan_response(block)[0]
+        self.out.append((STATUS_PREFIXES.get(status) or status_line(status)[:-2]) + kept + _CRLF)
+
+    def upstream_body(self, data: bytes) -> None:
+        if self.resp_mode == CHUNKED:
+            self.out.append(chunk(data))
+        elif self.resp_mode != NO_BODY:
+            self.out.append(data)
+
+    def upstream_flush(self) -> None:
+        out = self.out
+        if out:
+            # One write of joined bytes: uvloop's writelines goes through a
+            # queued uv_write (a loop iteration and a completion callback),
+            # write tries the socket at once.
+            self.client.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+            if self.phase == STREAMING:
+                self.client.deadline = (
+                    self.proxy.loop.time() + self.proxy.limits.stream_idle_timeout
+                )
+
+    def upstream_done(self, conn: UpstreamConnection) -> None:
+        if self.resp_mode == CHUNKED:
+            self.out.append(_LAST_CHUNK)
+        out = self.out
+        if out:
+            self.client.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+        self.conn = None
+        if self.body_done:
+            self.proxy.pool.release(conn, self.proxy.loop.time())
+        else:
+            # The upstream answered before the whole request body was sent: the
+            # connection's framing is unknown from here, and the client's too.
+            conn.close()
+            self.close_after = True
+        self.finish()
+
+    def upstream_lost(self, conn: UpstreamConnection, reason: str) -> None:
+        self.conn = None
+        if self.phase == WAITING:
+            self.attempt_failed(
+                "reset",
+                BadGateway(f"{self._service()} closed the connection before answering"),
+            )
+        elif self.phase == STREAMING:
+            if self.upstream_eof:
+                # A body delimited by the connection's end: complete.
+                if self.resp_mode == CHUNKED:
+                    self.client.transport.write(_LAST_CHUNK)
+                self.finish()
+                return
+            assert self.plan is not None
+            self.proxy.stats.upstream_error(self.plan.service, "reset")
+            logger.info(
+                "%s closed the connection mid-response (request %s)",
+                self._service(),
+                self.request_id.decode(),
+            )
+            self.close_after = True
+            self.client.transport.abort()
+            self.finish()
+        elif self.phase == TUNNEL:
+            self.close_after = True
+            self.client.transport.close()
+            self.finish()
+
+    def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
+        self.phase = TUNNEL
+        self.client.tunnel_to(conn, rest)
+
+    def upstream_data(self, data: bytes) -> None:
+        self.client.transport.write(data)
+        self.client.deadline = self.proxy.loop.time() + self.proxy.limits.stream_idle_timeout
+
+    def pause_client(self, paused: bool) -> None:
+        self.client.pause(PAUSE_UPSTREAM, paused)
+
+    # -- failures and retries ---------------------------------------------------------------
+
+    def _may_retry(self, kind: str, status: int = 0) -> bool:
+        plan = self.plan
+        assert plan is not None
+        if kind != "connect" and self.sent and self.body_parts is None:
+            return False  # the body went out and was not kept: it can't be sent again
+        if self.proxy.loop.time() >= self.total_deadline or self.proxy.draining:
+            return False
+        return plan.upstream.retry_allowed(
+            plan.retry, kind, self.method_name, self.attempts, False, status
+        )
+
+    def _retry(self, kind: str) -> None:
+        assert self.plan is not None
+        self.proxy.stats.retry(self.plan.service, kind)
+        if self.sent:
+            assert self.body_parts is not None
+            self.unsent = list(self.body_parts)
+            self.unsent_size = self.body_kept
+            self.sent = False
+        self.phase = QUEUED
+        self.attempt()
+
+    def attempt_failed(self, kind: str, problem: HTTPProblem) -> None:
+        """The current attempt failed with ``kind`` before any response byte reached the client."""
+        plan = self.plan
+        ep = self.endpoint
+        assert plan is not None
+        assert ep is not None
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.close()
+        if self.attempt_open:
+            self.attempt_open = False
+            plan.upstream.failed(ep, kind)
+        self.proxy.stats.upstream_error(plan.service, kind)
+        self.failure = problem
+        if self._may_retry(kind):
+            self._retry(kind)
+        else:
+            self.respond_problem(problem)
+
+    def _abandon_attempt(self) -> None:
+        """Drop the current attempt without a verdict on the upstream (the client's fault)."""
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.close()
+        if self.attempt_open:
+            self.attempt_open = False
+            assert self.plan is not None
+            assert self.endpoint is not None
+            self.plan.upstream.released(self.endpoint)
+
+    def expired(self, now: float) -> None:
+        """The client connection's deadline passed while this exchange was current."""
+        phase = self.phase
+        if phase == CONNECTING:
+            if self.connecting is not None:
+                self.connecting.cancel()
+                self.connecting = None
+            self.attempt_failed(
+                "connect", GatewayTimeout(f"timed out connecting to {self._service()}")
+            )
+        elif phase == WAITING:
+            if not self.body_done:
+                self._abandon_attempt()
+                self.close_after = True
+                self.respond_problem(RequestTimeout("the request body stopped arriving"))
+            else:
+                self.attempt_failed(
+                    "timeout", GatewayTimeout(f"{self._service()} did not answer in time")
+                )
+        elif phase in (STREAMING, TUNNEL):
+            if phase == STREAMING:
+                assert self.plan is not None
+                self.proxy.stats.upstream_error(self.plan.service, "timeout")
+            self._abandon_attempt()
+            self.close_after = True
+            self.client.transport.abort()
+            self.finish()
+
+    def client_lost(self) -> None:
+        """The client connection closed: stop everything, record 499 unless answered."""
+        if self.phase == DONE:
+            return
+        self._abandon_attempt()
+        if not self.started:
+            self.phase = DONE
+            return
+        if self.phase != STREAMING and self.phase != TUNNEL:
+            self.status = 499
+        self.close_after = True
+        self.finish()
+
+    # -- answering -------------------------------------------------------------------------
+
+    def respond_problem(self, problem: HTTPProblem) -> None:
+        """Answer ``problem`` as problem details, or cut the response if one was begun."""
+        if self.phase == STREAMING or self.phase == TUNNEL:
+            self.close_after = True
+            self.client.transport.abort()
+            self.finish()
+            return
+        self.status = problem.status
+        if (
+            not self.body_done
+            or self.upgrade  # the client's bytes after the head are not HTTP any more
+            or problem.status in _CLOSING_STATUSES
+            or self.proxy.draining
+        ):
+            self.close_after = True
+        self.client.transport.write(
+            problem_response(
+                problem,
+                instance=self.path,
+                request_id=self.request_id,
+                date=self.proxy.clock.date(),
+                close=self.close_after,
+                head_only=self.head_only,
+            )
+        )
+        self.finish()
+
+    def finish(self) -> None:
+        if self.phase == DONE:
+            return
+        self.phase = DONE
+        proxy = self.proxy
+        proxy.active -= 1
+        plan = self.plan
+        if plan is not None:
+            proxy.stats.request(
+                plan.route, plan.service, self.status, proxy.loop.time() - self.started_at
+            )
+        else:
+            proxy.stats.request(
+                "unmatched", "unmatched", self.status, proxy.loop.time() - self.started_at
+            )
+        self.client.exchange_done(self, self.close_after or not self.body_done)
+
+    def _service(self) -> str:
+        ep = self.endpoint
+        name = self.plan.service if self.plan is not None else "the upstream"
+        return f"{name} at {ep.host}:{ep.port}" if ep is not None else name
+
+
+# Reasons for the client connection to stop reading (see ClientConnection.pause).
+PAUSE_BUFFER = 1  # body bytes wait for an upstream connection
+PAUSE_UPSTREAM = 2  # the upstream takes the body slower than the client sends it
+
+_RETRY_STATUSES = frozenset((502, 503, 504))
+# Answers after which the rest of the client's input can't be trusted or read.
+_CLOSING_STATUSES = frozenset((400, 408, 413, 431))
+
+
+def _find(headers: list[tuple[bytes, bytes]], wanted: bytes) -> bytes:
+    for name, value in headers:
+        if name.lower() == wanted:
+            return value
+    return b""
+
+
+def _chunked(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name.lower() == b"transfer-encoding":
+            return value.rstrip().lower().endswith(b"chunked")
+    return False

@@ -1,0 +1,345 @@
+"""Upstream connections and the pool of idle keep-alive connections per endpoint.
+
+An :class:`UpstreamConnection` carries one request at a time. While it does,
+it hands what it parses to its :class:`Receiver` (the exchange); between
+requests it sits idle in the :class:`Pool`, which closes it after
+``idle_timeout`` or when the upstream closes it first. A connection goes back
+to the pool only when its response was complete, the request was wholly
+sent, and both sides allow keep-alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import httptools
+
+from core import log
+
+logger = log.get("gateway.pool")
+
+__all__ = ["Address", "Pool", "Receiver", "UpstreamConnection"]
+
+#: ``(host, port, scheme)`` of an upstream endpoint.
+Address = tuple[str, int, str]
+
+#: The largest response head accepted from an upstream (bytes).
+MAX_RESPONSE_HEAD = 64 * 1024
+
+
+class Receiver(Protocol):
+    """What an :class:`UpstreamConnection` reports to while it carries a request.
+
+    Calls happen inside the connection's ``data_received``. Once the parser
+    is done with the data comes ``upstream_done`` when the whole response was
+    parsed, else ``upstream_flush``: the receiver writes what it collected.
+    """
+
+    def upstream_head(self, status: int, block: bytes, close: bool) -> None: ...
+
+    def upstream_interim(self, status: int, block: bytes) -> None: ...
+
+    def upstream_body(self, data: bytes) -> None: ...
+
+    def upstream_flush(self) -> None: ...
+
+    def upstream_done(self, conn: UpstreamConnection) -> None: ...
+
+    def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None: ...
+
+    def upstream_lost(self, conn: UpstreamConnection, reason: str) -> None: ...
+
+    def upstream_data(self, data: bytes) -> None: ...
+
+    def pause_client(self, paused: bool) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One TCP (or TLS) connection to an upstream endpoint."""
+
+    __slots__ = (
+        "_complete",
+        "_head_only",
+        "_heads",
+        "_interim",
+        "_parser",
+        "_partial",
+        "_want_head",
+        "address",
+        "close_after",
+        "idle_since",
+        "lost",
+        "pool",
+        "receiver",
+        "requests",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, pool: Pool, address: Address) -> None:
+        self.pool = pool
+        self.address = address
+        self.transport: asyncio.Transport | None = None
+        self.receiver: Receiver | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._heads: list[bytes] = []
+        self._partial = b""
+        self._want_head = False
+        self._head_only = False
+        self._interim = False
+        self._complete = False
+        self.close_after = False
+        self.lost = False
+        self.tunnel = False
+        self.idle_since = 0.0
+        self.requests = 0
+
+    # -- asyncio.Protocol ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        receiver = self.receiver
+        if receiver is None:
+            # Bytes on an idle connection: the upstream is confused; drop it.
+            self.close()
+            return
+        if self.tunnel:
+            receiver.upstream_data(data)
+            return
+        if self._want_head and not self._find_heads(data):
+            logger.info("response head from %s:%d is too large", self.address[0], self.address[1])
+            self.receiver = None
+            self.close()
+            receiver.upstream_lost(self, "protocol")
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            receiver.upstream_flush()
+            self.tunnel = True
+            receiver.upstream_upgraded(self, data[exc.args[0] :])
+            return
+        except httptools.HttpParserError as exc:
+            logger.info("malformed response from %s:%d: %s", self.address[0], self.address[1], exc)
+            self.receiver = None
+            self.close()
+            receiver.upstream_lost(self, "protocol")
+            return
+        if self.receiver is not receiver:
+            return  # the receiver gave this connection up while it was parsed
+        if self._complete:
+            self._complete = False
+            self.receiver = None
+            if self._head_only:
+                # llhttp cannot know that the response to HEAD has no body.
+                self._parser = httptools.HttpResponseParser(self)
+            receiver.upstream_done(self)
+        else:
+            receiver.upstream_flush()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.pool.forget(self)
+        receiver = self.receiver
+        self.receiver = None
+        if receiver is not None:
+            receiver.upstream_lost(self, "eof" if exc is None else "reset")
+
+    def pause_writing(self) -> None:
+        if self.receiver is not None:
+            self.receiver.pause_client(True)
+
+    def resume_writing(self) -> None:
+        if self.receiver is not None:
+            self.receiver.pause_client(False)
+
+    def _find_heads(self, data: bytes) -> bool:
+        """Cut the response heads out of the raw bytes, before llhttp parses them.
+
+        llhttp checks the syntax and frames the body; the header block is
+        taken whole from the bytes (a head ends at the first CRLFCRLF, which
+        llhttp's strict parsing guarantees), so no Python call is made per
+        header. Interim (1xx) heads come before the final one, without a body.
+        False when a head grows past :data:`MAX_RESPONSE_HEAD`.
+        """
+        buf = self._partial + data if self._partial else data
+        start = 0
+        while True:
+            end = buf.find(b"\r\n\r\n", start)
+            if end < 0:
+                self._partial = buf[start:]
+                return len(self._partial) <= MAX_RESPONSE_HEAD
+            self._heads.append(buf[buf.find(b"\r\n", start) : end + 2])
+            status = buf[start + 9 : start + 12]
+            if status[:1] == b"1" and status != b"101":
+                start = end + 4
+                continue
+            self._want_head = False
+            self._partial = b""
+            return True
+
+    # -- httptools callbacks -----------------------------------------------------------
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        block = self._heads.pop(0) if self._heads else b"\r\n"
+        receiver = self.receiver
+        assert receiver is not None
+        if status < 200 and status != 101:
+            self._interim = True
+            receiver.upstream_interim(status, block)
+            return
+        self.close_after = not parser.should_keep_alive()
+        receiver.upstream_head(status, block, self.close_after)
+        if self._head_only:
+            self._complete = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.receiver is not None and not self._complete:
+            self.receiver.upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        self._complete = True
+
+    # -- use ---------------------------------------------------------------------
+
+    def send(self, receiver: Receiver, data: list[bytes], *, head_only: bool) -> None:
+        """Carry a request for ``receiver``: write ``data`` (its head and any body so far)."""
+        self.receiver = receiver
+        self._head_only = head_only
+        self._complete = False
+        self._want_head = True
+        self._partial = b""
+        self._heads.clear()
+        self.requests += 1
+        assert self.transport is not None
+        self.transport.write(data[0] if len(data) == 1 else b"".join(data))
+
+    def write(self, data: bytes) -> None:
+        """More of the current request's body."""
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def pause_reading(self, paused: bool) -> None:
+        if self.transport is not None and not self.lost:
+            if paused:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def close(self) -> None:
+        """Close at once, forgetting any request it carried (no callback to the receiver)."""
+        self.receiver = None
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Pool:
+    """Idle keep-alive connections per endpoint address, most recently used first.
+
+    ``acquire`` is synchronous (an idle connection or None); ``connect``
+    opens a new connection. At most ``max_idle`` idle connections are kept
+    per address; each is closed after ``idle_timeout`` seconds unused, which
+    should be below the upstreams' own keep-alive timeout so that the
+    gateway, not the upstream, closes idle connections.
+    """
+
+    def __init__(self, *, max_idle: int = 64, idle_timeout: float = 30.0) -> None:
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.idle: dict[Address, list[UpstreamConnection]] = {}
+        self.connects = 0
+        self.reuses = 0
+        self.open = 0
+        self._ssl: ssl.SSLContext | None = None
+
+    def acquire(self, address: Address) -> UpstreamConnection | None:
+        conns = self.idle.get(address)
+        while conns:
+            conn = conns.pop()
+            if not conn.lost:
+                self.reuses += 1
+                return conn
+        return None
+
+    async def connect(self, address: Address) -> UpstreamConnection:
+        """A new connection to ``address``; ``OSError`` when it can't be made.
+
+        The caller bounds the wait (it cancels the call at its connect timeout).
+        """
+        host, port, scheme = address
+        loop = asyncio.get_running_loop()
+        tls: dict[str, Any] = {}
+        if scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            tls = {"ssl": self._ssl, "server_hostname": host}
+        factory: Callable[[], UpstreamConnection] = lambda: UpstreamConnection(self, address)  # noqa: E731
+        _, conn = await loop.create_connection(factory, host, port, **tls)
+        self.connects += 1
+        self.open += 1
+        return conn
+
+    def release(self, conn: UpstreamConnection, now: float) -> None:
+        """Take back ``conn`` after a complete exchange; close it if it can't be reused."""
+        if conn.lost or conn.close_after:
+            self.discard(conn)
+            return
+        conns = self.idle.get(conn.address)
+        if conns is None:
+            conns = self.idle[conn.address] = []
+        if len(conns) >= self.max_idle:
+            self.discard(conn)
+            return
+        conn.idle_since = now
+        conns.append(conn)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        """Close ``conn`` for good."""
+        if not conn.lost:
+            conn.close()
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """``conn`` was closed (by either side): count it and drop it from the idle list."""
+        self.open -= 1
+        conns = self.idle.get(conn.address)
+        if conns and conn in conns:
+            conns.remove(conn)
+
+    def sweep(self, now: float) -> None:
+        """Close connections idle for longer than ``idle_timeout``."""
+        limit = now - self.idle_timeout
+        for address, conns in list(self.idle.items()):
+            if conns and conns[0].idle_since < limit:
+                stale = [c for c in conns if c.idle_since < limit]
+                conns[:] = [c for c in conns if c.idle_since >= limit]
+                for conn in stale:
+                    conn.close()
+            if not conns:
+                del self.idle[address]
+
+    def close(self) -> None:
+        for conns in self.idle.values():
+            for conn in conns:
+                conn.close()
+        self.idle.clear()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "open": self.open,
+            "idle": sum(len(c) for c in self.idle.values()),
+            "connects": self.connects,
+            "reuses": self.reuses,
+        }

@@ -1,0 +1,388 @@
+"""Where a request goes: the route table in force, discovery routes, one upstream per target.
+
+:class:`Router` is what the data plane asks on every request
+(:meth:`Router.resolve`) and what the control plane feeds: a new static
+route table (:meth:`Router.install`, swapped whole) and registry changes
+(:meth:`Router.registry_changed`, from the discovery watcher). Neither
+awaits anything; a request sees either the old table or the new one.
+
+A request goes to the first of:
+
+1. the static route the table matches (``core.routes.RouteTable.match``);
+2. the discovery route ``/{service}/rest``: ``service`` as registered,
+   ``/{service}`` stripped; an unknown service is 404, and 503 while no
+   registry snapshot was ever loaded (Redis away since the start).
+
+Upstreams: one :class:`core.upstream.Upstream` per service and policy
+(routes to a service with the same balancer, breaker and outlier settings
+share its endpoint health and breaker), and one per static route with a URL
+list. They survive table reloads while their key stays, so breaker state and
+ejections are kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, Metric
+
+from core import log
+from core.breaker import BreakerPolicy, State
+from core.discovery import Watcher
+from core.errors import BadRequest, NotFound, ServiceUnavailable
+from core.outlier import OutlierPolicy
+from core.proxy.wire import header_pattern
+from core.registry_store import SERVICE_RE
+from core.retry import RetryPolicy
+from core.routes import Route, RouteTable, Timeouts
+from core.upstream import Target, Upstream, UpstreamPolicy
+
+logger = log.get("gateway.router")
+
+__all__ = ["DISCOVERY_ROUTE", "Plan", "Router"]
+
+#: The ``route`` label of requests that took a discovery route.
+DISCOVERY_ROUTE = "discovery"
+
+DEFAULT_POLICY = UpstreamPolicy()
+DEFAULT_RETRY = RetryPolicy()
+DEFAULT_TIMEOUTS = Timeouts()
+
+
+@dataclasses.dataclass(slots=True, eq=False)
+class Plan:
+    """How requests that one route matched are proxied; built once per route and table.
+
+    ``route`` and ``service`` are the metrics labels; header edits are
+    precomputed as lower-case names and ``name: value\\r\\n`` lines (an added
+    header replaces one of the same name, so its name is dropped too).
+    """
+
+    route: str
+    service: str
+    upstream: Upstream
+    retry: RetryPolicy
+    connect_timeout: float
+    per_try_timeout: float
+    total_timeout: float
+    source: Route | None = None
+    request_add: tuple[bytes, ...] = ()
+    request_drop: frozenset[bytes] | None = None
+    response_add: tuple[bytes, ...] = ()
+    response_drop: re.Pattern[bytes] | None = None
+
+
+def _edits(
+    add: tuple[tuple[str, str], ...], remove: frozenset[str]
+) -> tuple[tuple[bytes, ...], frozenset[bytes] | None]:
+    lines = tuple(f"{name}: {value}\r\n".encode("latin-1") for name, value in add)
+    drop = frozenset(n.lower().encode("latin-1") for n in remove) | frozenset(
+        name.lower().encode("latin-1") for name, _ in add
+    )
+    return lines, (drop or None)
+
+
+def _response_edits(
+    add: tuple[tuple[str, str], ...], remove: frozenset[str]
+) -> tuple[tuple[bytes, ...], re.Pattern[bytes] | None]:
+    lines, drop = _edits(add, remove)
+    return lines, (header_pattern(drop) if drop else None)
+
+
+def _header_getter(headers: list[tuple[bytes, bytes]]) -> Callable[[str], str | None]:
+    def get(name: str) -> str | None:
+        wanted = name.encode("latin-1")
+        for key, value in headers:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return None
+
+    return get
+
+
+class Router:
+    """The routing decision and the upstreams it leads to.
+
+    ``watcher`` feeds service endpoints; ``policy``, ``retry`` and
+    ``timeouts`` apply to discovery routes (static routes carry their own).
+    """
+
+    def __init__(
+        self,
+        watcher: Watcher | None,
+        *,
+        policy: UpstreamPolicy = DEFAULT_POLICY,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
+    ) -> None:
+        self.watcher = watcher
+        self.policy = policy
+        self.retry = retry
+        self.timeouts = timeouts
+        self.table = RouteTable(())
+        self.source = "none"
+        self.installed_at = 0.0
+        self.rejected: dict[str, Any] | None = None
+        self.reloads = {"applied": 0, "rejected": 0}
+        self.transitions: dict[tuple[str, str, str], int] = {}
+        self._upstreams: dict[tuple[str, ...], Upstream] = {}
+        self._by_service: dict[str, list[Upstream]] = {}
+        self._plans: dict[str, Plan] = {}
+        self._discovery: dict[str, Plan] = {}
+
+    # -- the request path --------------------------------------------------------------
+
+    def resolve(
+        self, method: str, host: bytes | None, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[Plan, str, str]:
+        """``(plan, upstream path, stripped prefix)`` for a request; an ``HTTPProblem`` if none.
+
+        ``path`` is the raw request path without its query.
+        """
+        table = self.table
+        if table.routes:
+            hit = table.match(
+                method,
+                host.decode("latin-1") if host is not None else None,
+                path,
+                _header_getter(headers),
+            )
+            if hit is not None:
+                route, params = hit
+                plan = self._plans[route.id]
+                upstream_path = route.upstream_path(params, path)
+                return plan, upstream_path, _stripped(route, path)
+        end = path.find("/", 1)
+        service = path[1:end] if end > 0 else path[1:]
+        plan_or_none = self._discovery.get(service)
+        watcher = self.watcher
+        if plan_or_none is None or (watcher is not None and not watcher.known(service)):
+            plan_or_none = self._discovery_plan(service)
+        rest = path[end:] if end > 0 else "/"
+        if "/." in rest and any(seg in (".", "..") for seg in rest.split("/")):
+            raise BadRequest("a path with '.' or '..' segments is not routed")
+        return plan_or_none, rest, "/" + service
+
+    def _discovery_plan(self, service: str) -> Plan:
+        watcher = self.watcher
+        if watcher is None or not SERVICE_RE.match(service):
+            raise NotFound("no route matches this path")
+        if not watcher.known(service):
+            if watcher.relists == 0:
+                raise ServiceUnavailable(
+                    "the gateway has not loaded the service registry yet",
+                    headers={"Retry-After": "1"},
+                )
+            raise NotFound(f"no service named {service!r} is registered")
+        upstream = self._upstream_for_service(service, self.policy, service)
+        plan = Plan(
+            route=DISCOVERY_ROUTE,
+            service=service,
+            upstream=upstream,
+            retry=self.retry,
+            connect_timeout=self.timeouts.connect,
+            per_try_timeout=self.timeouts.per_try,
+            total_timeout=self.timeouts.total,
+        )
+        self._discovery[service] = plan
+        return plan
+
+    # -- the control plane ------------------------------------------------------------
+
+    def install(self, table: RouteTable, *, source: str, at: float) -> None:
+        """Put ``table`` in force, with its plans and upstreams; upstreams still used are kept."""
+        plans: dict[str, Plan] = {}
+        keep: set[tuple[str, ...]] = set()
+        for route in table.routes:
+            policy, retry = _policies(route)
+            if route.service is not None:
+                upstream = self._upstream_for_service(route.service, policy, route.id)
+                keep.add(self._service_key(route.service, policy))
+                service = route.service
+            else:
+                upstream = self._upstream_for_urls(route, policy)
+                keep.add(("urls", route.id))
+                service = upstream.name
+            request_add, request_drop = _edits(
+                route.request_headers_add, route.request_headers_remove
+            )
+            response_add, response_drop = _response_edits(
+                route.response_headers_add, route.response_headers_remove
+            )
+            plans[route.id] = Plan(
+                route=route.id,
+                service=service,
+                upstream=upstream,
+                retry=retry,
+                connect_timeout=route.timeouts.connect,
+                per_try_timeout=route.timeouts.per_try,
+                total_timeout=route.timeouts.total,
+                source=route,
+                request_add=request_add,
+                request_drop=request_drop,
+                response_add=response_add,
+                response_drop=response_drop,
+            )
+        for plan in self._discovery.values():
+            keep.add(self._service_key(plan.service, self.policy))
+        self._plans = plans
+        self.table = table
+        self.source = source
+        self.installed_at = at
+        self.reloads["applied"] += 1
+        for key in [k for k in self._upstreams if k not in keep]:
+            dropped = self._upstreams.pop(key)
+            if key[0] == "service":
+                self._by_service[key[1]].remove(dropped)
+        logger.info(
+            "route table %s in force: %d routes (from %s)", table.version, len(table), source
+        )
+
+    def reject(self, reason: str, *, source: str, version: str | None, at: float) -> None:
+        """Record a rejected table (the one in force stays); shown on ``/routes``."""
+        self.rejected = {"reason": reason, "source": source, "version": version, "at": at}
+        self.reloads["rejected"] += 1
+        logger.error("route table from %s rejected, previous kept: %s", source, reason)
+
+    def registry_changed(self, services: set[str]) -> None:
+        """Watcher callback: refresh the endpoints of the upstreams of ``services``."""
+        watcher = self.watcher
+        if watcher is None:
+            return
+        for service in services:
+            for upstream in self._by_service.get(service, ()):
+                upstream.update_instances(watcher.instances(service))
+
+    @staticmethod
+    def _service_key(service: str, policy: UpstreamPolicy) -> tuple[str, ...]:
+        return ("service", service, repr(policy))
+
+    def _upstream_for_service(self, service: str, policy: UpstreamPolicy, owner: str) -> Upstream:
+        key = self._service_key(service, policy)
+        upstream = self._upstreams.get(key)
+        if upstream is None:
+            siblings = self._by_service.setdefault(service, [])
+            name = service if not siblings and policy == self.policy else f"{service}@{owner}"
+            if any(u.name == name for u in siblings):
+                name = f"{service}@{owner}"
+            upstream = self._new_upstream(key, name, policy)
+            siblings.append(upstream)
+            if self.watcher is not None:
+                upstream.update_instances(self.watcher.instances(service))
+        return upstream
+
+    def _upstream_for_urls(self, route: Route, policy: UpstreamPolicy) -> Upstream:
+        key = ("urls", route.id)
+        targets = [Target(u.url, u.host, u.port, u.scheme, u.weight) for u in route.urls]
+        upstream = self._upstreams.get(key)
+        if upstream is None:
+            upstream = self._new_upstream(key, f"route:{route.id}", policy)
+        elif upstream.policy != policy:
+            upstream.set_policy(policy)
+        upstream.update(targets)
+        return upstream
+
+    def _new_upstream(self, key: tuple[str, ...], name: str, policy: UpstreamPolicy) -> Upstream:
+        upstream = Upstream(name, policy)
+        upstream.breaker.on_transition(self._transition)
+        self._upstreams[key] = upstream
+        return upstream
+
+    def _transition(self, name: str, old: State, new: State) -> None:
+        key = (name, str(old), str(new))
+        self.transitions[key] = self.transitions.get(key, 0) + 1
+        logger.warning("circuit breaker of %s: %s -> %s", name, old, new)
+
+    # -- inspection ---------------------------------------------------------------------
+
+    def upstreams(self) -> list[Upstream]:
+        return sorted(self._upstreams.values(), key=lambda u: u.name)
+
+    def describe_routes(self) -> dict[str, Any]:
+        """The table in force, its version and source, and the last rejected one."""
+        doc = self.table.describe()
+        doc["source"] = self.source
+        doc["installed_at"] = self.installed_at
+        doc["discovery"] = {
+            "pattern": "/{service}/**",
+            "strip": "/{service}",
+            "services": sorted(self._discovery),
+        }
+        doc["last_rejected"] = self.rejected
+        doc["reloads"] = dict(self.reloads)
+        return doc
+
+    def describe_upstreams(self) -> dict[str, Any]:
+        routes: dict[int, list[str]] = {}
+        for plan in [*self._plans.values(), *self._discovery.values()]:
+            routes.setdefault(id(plan.upstream), []).append(plan.route)
+        out = []
+        for upstream in self.upstreams():
+            doc = upstream.describe()
+            doc["routes"] = sorted(set(routes.get(id(upstream), [])))
+            out.append(doc)
+        return {"upstreams": out}
+
+    def metrics(self) -> Iterator[Metric]:
+        """Breaker transitions and table reloads, for the Prometheus collector."""
+        transitions = CounterMetricFamily(
+            "gateway_breaker_transitions",
+            "circuit breaker state changes by upstream",
+            labels=["upstream", "from", "to"],
+        )
+        for (name, old, new), count in sorted(self.transitions.items()):
+            transitions.add_metric([name, old, new], count)
+        yield transitions
+        reloads = CounterMetricFamily(
+            "gateway_route_table_reloads",
+            "route tables applied or rejected",
+            labels=["result"],
+        )
+        for result, count in sorted(self.reloads.items()):
+            reloads.add_metric([result], count)
+        yield reloads
+
+
+def _policies(route: Route) -> tuple[UpstreamPolicy, RetryPolicy]:
+    """The route's upstream and retry policies as :mod:`core.upstream` and :mod:`core.retry` types.
+
+    ``core.routes`` still builds its own interim policy types; their values
+    are carried over by name until it builds these directly.
+    """
+    upstream: Any = route.upstream
+    retry: Any = route.retry
+    if not isinstance(upstream, UpstreamPolicy):
+        b, o = upstream.breaker, upstream.outlier
+        upstream = UpstreamPolicy(
+            balancer=upstream.balancer,
+            breaker=BreakerPolicy(
+                sliding_window_size=b.window,
+                failure_rate_threshold=b.failure_rate_threshold,
+                minimum_number_of_calls=b.minimum_calls,
+                wait_duration_in_open_state=b.wait_in_open,
+                permitted_number_of_calls_in_half_open_state=b.permitted_half_open_calls,
+            ),
+            outlier=OutlierPolicy(
+                consecutive_failures=o.consecutive_failures,
+                base_ejection_time=o.base_ejection,
+                max_ejection_time=max(o.max_ejection, o.base_ejection),
+            ),
+        )
+    if not isinstance(retry, RetryPolicy):
+        retry = RetryPolicy(attempts=retry.attempts)
+    return upstream, retry
+
+
+def _stripped(route: Route, path: str) -> str:
+    """The part of ``path`` that ``strip_prefix`` removed ('' when nothing was)."""
+    if not route.strip_prefix:
+        return ""
+    i = 0
+    for _ in range(route.strip_prefix):
+        i = path.find("/", i + 1)
+        if i < 0:
+            return path.rstrip("/")
+    return path[:i]
