@@ -213,10 +213,13 @@ class ComponentFactory:
         env: Mapping[str, str] | None = None,
         health: str | None = "/health",
         timeout: float = 20.0,
+        health_port: int | None = None,
     ) -> Component:
         """Run ``python -m module --port PORT *args`` and wait until ``health`` answers 200.
 
         With ``health=None`` it returns as soon as the process is spawned.
+        ``health_port`` is where ``health`` is served when it is not ``port``
+        (the gateway's admin port).
         """
         port = port or free_port()
         log = self.workdir / f"{module.replace('.', '_')}-{port}-{len(self.started)}.log"
@@ -234,11 +237,14 @@ class ComponentFactory:
         comp = Component(module, port, process, log)
         self.started.append(comp)
         if health is not None:
-            await self.wait_healthy(comp, health, timeout)
+            await self.wait_healthy(comp, health, timeout, port=health_port)
         return comp
 
     @staticmethod
-    async def wait_healthy(comp: Component, path: str = "/health", timeout: float = 20.0) -> None:
+    async def wait_healthy(
+        comp: Component, path: str = "/health", timeout: float = 20.0, *, port: int | None = None
+    ) -> None:
+        base = comp.url if port is None else f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as session:
 
             async def healthy() -> bool:
@@ -248,7 +254,7 @@ class ComponentFactory:
                     )
                 try:
                     async with session.get(
-                        comp.url + path, timeout=aiohttp.ClientTimeout(total=1)
+                        base + path, timeout=aiohttp.ClientTimeout(total=1)
                     ) as r:
                         return r.status == 200
                 except (TimeoutError, aiohttp.ClientError):

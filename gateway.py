@@ -1,0 +1,389 @@
+"""The API gateway: ``python -m gateway``.
+
+Two listeners. The traffic port (``--port``, 8080) is the data plane, a raw
+asyncio protocol server (:mod:`core.proxy`) that routes each request by the
+static route table, else by service name (``/{service}/rest``), to an
+instance from the in-memory registry snapshot. The admin port
+(``--admin-port``, 8081, loopback by default) is a small aiohttp app:
+``/routes``, ``/upstreams``, ``/health``, ``/metrics``.
+
+Only Redis is needed to start (for the registry snapshot); the config
+service is optional. With ``--config-url`` the routes come from the
+``gateway`` config document and follow its changes; else from ``--routes``
+(a TOML file, checked every second); else there are only discovery routes.
+Nothing on the request path awaits Redis or the config service: with either
+away the gateway routes on what it last knew.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client.exposition import generate_latest
+
+from core import log
+from core.config_client import ConfigClient
+from core.discovery import Watcher
+from core.errors import SettingsError, problem_middleware
+from core.http import json_response
+from core.proxy.pool import Pool
+from core.proxy.router import Router
+from core.proxy.server import Limits, ProxyServer
+from core.proxy.stats import StatsCollector
+from core.redis import REDIS_ERRORS, Redis, connect
+from core.retry import RetryPolicy
+from core.route_sources import ConfigRoutes, RouteFile
+from core.routes import Timeouts
+from core.runner import ProtocolSite, Site, run
+from core.settings import CommonSettings, Secret, load, option
+from core.upstream import UpstreamPolicy
+
+logger = log.get("gateway")
+
+Balancer = Literal["round_robin", "least_request", "weighted"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings(CommonSettings):
+    """The gateway's settings (prefix ``GATEWAY_``).
+
+    The traffic port listens on every interface by default: it is the edge
+    that clients must reach. The admin port, which tells everything about
+    the system behind, listens on loopback only unless told otherwise.
+    """
+
+    host: str = dataclasses.field(
+        default="0.0.0.0", metadata=option("address of the traffic port (all interfaces)")
+    )
+    port: int = dataclasses.field(default=8080, metadata=option("traffic port"))
+    admin_host: str = dataclasses.field(
+        default="127.0.0.1", metadata=option("address of the admin port (loopback)")
+    )
+    admin_port: int = dataclasses.field(
+        default=8081, metadata=option("admin port: /routes, /upstreams, /health, /metrics")
+    )
+    config_url: str = dataclasses.field(
+        default="",
+        metadata=option("config service URL; routes then come from its 'gateway' document"),
+    )
+    config_token: Secret = dataclasses.field(
+        default=Secret(""), metadata=option("bearer token for the config service, if it wants one")
+    )
+    profile: str = dataclasses.field(default="default", metadata=option("config profile"))
+    config_cache_dir: str = dataclasses.field(
+        default="",
+        metadata=option("directory for the last-known config (used when configsvc is away)"),
+    )
+    routes: str = dataclasses.field(
+        default="",
+        metadata=option("TOML route file, used without --config-url; reloaded on change"),
+    )
+    routes_poll: float = dataclasses.field(
+        default=1.0, metadata=option("seconds between checks of the route file for changes")
+    )
+    max_body: int = dataclasses.field(
+        default=10 * 1024 * 1024, metadata=option("largest request body in bytes (413 beyond)")
+    )
+    max_header: int = dataclasses.field(
+        default=16 * 1024, metadata=option("largest request head in bytes (431 beyond)")
+    )
+    head_timeout: float = dataclasses.field(
+        default=10.0, metadata=option("seconds for a client to send a request head (408 after)")
+    )
+    body_timeout: float = dataclasses.field(
+        default=30.0,
+        metadata=option("seconds a request body may pause before 408 (between two reads)"),
+    )
+    keepalive_timeout: float = dataclasses.field(
+        default=60.0, metadata=option("seconds an idle client connection is kept open")
+    )
+    stream_idle_timeout: float = dataclasses.field(
+        default=300.0,
+        metadata=option("seconds a response or upgraded stream may stay silent before it is cut"),
+    )
+    connect_timeout: float = dataclasses.field(
+        default=1.0, metadata=option("discovery routes: seconds to connect to an instance")
+    )
+    per_try_timeout: float = dataclasses.field(
+        default=10.0,
+        metadata=option("discovery routes: seconds for one try to get a response head (504 after)"),
+    )
+    total_timeout: float = dataclasses.field(
+        default=30.0, metadata=option("discovery routes: seconds for all tries together")
+    )
+    retry_attempts: int = dataclasses.field(
+        default=3, metadata=option("discovery routes: tries per request, the first included")
+    )
+    balancer: Balancer = dataclasses.field(
+        default="round_robin", metadata=option("discovery routes: how instances share the load")
+    )
+    pool_max_idle: int = dataclasses.field(
+        default=64, metadata=option("idle keep-alive connections kept per upstream instance")
+    )
+    pool_idle_timeout: float = dataclasses.field(
+        default=4.0,
+        metadata=option(
+            "seconds an idle upstream connection is kept; below the upstreams' own keep-alive"
+        ),
+    )
+    replay_buffer: int = dataclasses.field(
+        default=64 * 1024,
+        metadata=option("request body bytes kept to retry with; a larger body is not retried"),
+    )
+    max_pipeline: int = dataclasses.field(
+        default=16, metadata=option("pipelined requests queued per connection before reading stops")
+    )
+    resync_interval: float = dataclasses.field(
+        default=30.0, metadata=option("seconds between full re-reads of the registry")
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("admin_port",):
+            value = getattr(self, name)
+            if not 0 <= value <= 65535:
+                raise SettingsError(f"GATEWAY_{name.upper()}: expected 0-65535, got {value}")
+        positive = (
+            "routes_poll", "head_timeout", "body_timeout", "keepalive_timeout",
+            "stream_idle_timeout", "connect_timeout", "per_try_timeout", "total_timeout",
+            "pool_idle_timeout", "resync_interval",
+        )  # fmt: skip
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(
+                    f"GATEWAY_{name.upper()}: expected > 0, got {getattr(self, name)}"
+                )
+        for name in ("max_body", "max_header", "retry_attempts", "max_pipeline"):
+            if getattr(self, name) < 1:
+                raise SettingsError(
+                    f"GATEWAY_{name.upper()}: expected >= 1, got {getattr(self, name)}"
+                )
+        for name in ("pool_max_idle", "replay_buffer"):
+            if getattr(self, name) < 0:
+                raise SettingsError(
+                    f"GATEWAY_{name.upper()}: expected >= 0, got {getattr(self, name)}"
+                )
+        if not self.connect_timeout <= self.per_try_timeout <= self.total_timeout:
+            raise SettingsError(
+                "GATEWAY_CONNECT_TIMEOUT <= GATEWAY_PER_TRY_TIMEOUT <= GATEWAY_TOTAL_TIMEOUT expected"
+            )
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_head=self.max_header,
+            max_body=self.max_body,
+            head_timeout=self.head_timeout,
+            body_timeout=self.body_timeout,
+            keepalive_timeout=self.keepalive_timeout,
+            stream_idle_timeout=self.stream_idle_timeout,
+            replay_buffer=self.replay_buffer,
+            max_pipeline=self.max_pipeline,
+        )
+
+
+# Typed application keys.
+SETTINGS = web.AppKey("settings", Settings)
+REDIS = web.AppKey("redis", Redis)
+WATCHER = web.AppKey("watcher", Watcher)
+ROUTER = web.AppKey("router", Router)
+PROXY = web.AppKey("proxy", ProxyServer)
+CONFIG = web.AppKey("config", ConfigClient)
+METRICS = web.AppKey("metrics", CollectorRegistry)
+
+# ----------------------------------------------------------------------------- admin handlers
+
+
+async def routes(request: web.Request) -> web.Response:
+    """``GET /routes``: the static table in force, its version and source, discovery routes."""
+    doc = request.app[ROUTER].describe_routes()
+    config = request.app.get(CONFIG)
+    if config is not None:
+        doc["config"] = config.describe()
+    return json_response(doc)
+
+
+async def upstreams(request: web.Request) -> web.Response:
+    """``GET /upstreams``: every upstream's endpoints, ejections, breaker, outstanding, counts."""
+    doc = request.app[ROUTER].describe_upstreams()
+    doc["pool"] = request.app[PROXY].pool.describe()
+    return json_response(doc)
+
+
+async def health(request: web.Request) -> web.Response:
+    """``GET /health``: 200 while serving; ``DEGRADED`` when Redis or the config service is away."""
+    app = request.app
+    try:
+        await asyncio.wait_for(app[REDIS].ping(), 1.0)
+        redis_ok = True
+    except REDIS_ERRORS:
+        redis_ok = False
+    watcher = app[WATCHER]
+    router = app[ROUTER]
+    body: dict[str, Any] = {
+        "status": "UP" if redis_ok else "DEGRADED",
+        "redis": "UP" if redis_ok else "DOWN",
+        "registry": watcher.describe(),
+        "routes": {"version": router.table.version, "count": len(router.table)},
+        "proxy": app[PROXY].describe(),
+    }
+    config = app.get(CONFIG)
+    if config is not None:
+        body["config"] = {"version": config.version, "source": config.source}
+        if config.source != "server":
+            body["status"] = "DEGRADED"
+    return json_response(body)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=generate_latest(request.app[METRICS]), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+# ----------------------------------------------------------------------------- resources
+
+
+async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    client = connect(app[SETTINGS].redis_url)
+    app[REDIS] = client
+    yield
+    await client.aclose()
+
+
+async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The registry snapshot: started here; Redis away is not fatal (the router says 503)."""
+    watcher = Watcher(app[REDIS], resync_interval=app[SETTINGS].resync_interval)
+    app[WATCHER] = watcher
+    router = app[ROUTER]
+    router.watcher = watcher
+    watcher.on_change(router.registry_changed)
+    await watcher.start(wait=3.0)
+    if not watcher.connected:
+        logger.warning("Redis unreachable at start: serving static routes; discovery waits for it")
+    yield
+    await watcher.stop()
+
+
+async def _routes_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The static route table: from the config service, or a file, or none."""
+    settings = app[SETTINGS]
+    router = app[ROUTER]
+    if settings.config_url:
+        client = ConfigClient(
+            settings.config_url,
+            "gateway",
+            settings.profile,
+            redis=app[REDIS],
+            cache_dir=Path(settings.config_cache_dir) if settings.config_cache_dir else None,
+            token=settings.config_token or None,
+        )
+        source = ConfigRoutes(client, router)
+        source.attach()
+        app[CONFIG] = client
+        await client.start()
+        source.install_current()
+        yield
+        await client.stop()
+    elif settings.routes:
+        route_file = RouteFile(settings.routes, router, interval=settings.routes_poll)
+        await route_file.start()
+        yield
+        await route_file.stop()
+    else:
+        router.source = "discovery only"
+        yield
+
+
+def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
+    """The admin application and the data plane's protocol factory, sharing one router.
+
+    Redis, the watcher and the route source start in the admin app's cleanup
+    contexts, before the traffic port opens (see :mod:`core.runner`).
+    """
+    router = Router(
+        None,
+        policy=UpstreamPolicy(balancer=settings.balancer),
+        retry=RetryPolicy(attempts=settings.retry_attempts),
+        timeouts=Timeouts(
+            settings.connect_timeout, settings.per_try_timeout, settings.total_timeout
+        ),
+    )
+    pool = Pool(max_idle=settings.pool_max_idle, idle_timeout=settings.pool_idle_timeout)
+    proxy = ProxyServer(router, settings.limits, pool=pool)
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(
+        StatsCollector(
+            proxy.stats,
+            gauges=lambda: {
+                "client_connections": ("open client connections", len(proxy.connections)),
+                "requests_in_flight": ("requests being answered", proxy.active),
+                "upstream_connections": ("open upstream connections", proxy.pool.open),
+                "upstream_connections_idle": (
+                    "idle pooled upstream connections",
+                    sum(len(c) for c in proxy.pool.idle.values()),
+                ),
+            },
+            extra=router.metrics,
+        )
+    )
+    app = web.Application(middlewares=[problem_middleware])
+    app[SETTINGS] = settings
+    app[ROUTER] = router
+    app[PROXY] = proxy
+    app[METRICS] = registry
+    app.cleanup_ctx.append(_redis_ctx)
+    app.cleanup_ctx.append(_watcher_ctx)
+    app.cleanup_ctx.append(_routes_ctx)
+    app.router.add_get("/routes", routes)
+    app.router.add_get("/upstreams", upstreams)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    return app, proxy
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load(
+            Settings,
+            prefix="GATEWAY_",
+            argv=argv,
+            prog="python -m gateway",
+            description=(
+                "Essaim API gateway: routes requests to services by the static route table,\n"
+                "else by name (/{service}/rest), with load balancing, outlier ejection,\n"
+                "circuit breakers, retries and timeouts. Needs Redis; configsvc is optional."
+            ),
+        )
+    except SettingsError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    log.configure(settings.log_format, settings.log_level)
+    app, proxy = build_app(settings)
+    started = time.monotonic()
+
+    async def on_started(bound: list[tuple[str, str, int]]) -> None:
+        logger.info("gateway ready in %.2fs", time.monotonic() - started)
+
+    return run(
+        [
+            Site(app, settings.admin_host, settings.admin_port, "admin"),
+            ProtocolSite(
+                proxy, settings.host, settings.port, "gateway", start=proxy.start, drain=proxy.drain
+            ),
+        ],
+        shutdown_timeout=settings.shutdown_timeout,
+        on_started=on_started,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
