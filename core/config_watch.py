@@ -20,7 +20,7 @@ import dataclasses
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,9 @@ class Settings:
     fail_fast: bool = dataclasses.field(
         default=False, metadata=option("exit 3 when the config service can't be reached")
     )
+    retries: int = dataclasses.field(
+        default=5, metadata=option("times the first fetch is retried before falling back")
+    )
     resync_interval: float = dataclasses.field(
         default=30.0, metadata=option("seconds between full re-fetches (or polls without Redis)")
     )
@@ -67,6 +70,8 @@ class Settings:
     def validate(self) -> None:
         if not 1 <= self.clients <= 1000:
             raise SettingsError(f"--clients: expected 1-1000, got {self.clients}")
+        if self.retries < 0:
+            raise SettingsError(f"--retries: expected >= 0, got {self.retries}")
         if self.resync_interval <= 0:
             raise SettingsError(f"--resync-interval: expected > 0, got {self.resync_interval}")
 
@@ -94,6 +99,7 @@ async def watch(settings: Settings) -> int:
                     cache_dir=Path(settings.cache_dir) if settings.cache_dir else None,
                     fail_fast=settings.fail_fast,
                     resync_interval=settings.resync_interval,
+                    retries=settings.retries,
                     session=session,
                 )
                 client.on_change(_printer(index, client, settings.print_config))
@@ -137,6 +143,129 @@ def _printer(index: int, client: ConfigClient, with_config: bool) -> Any:
         _emit(line)
 
     return printed
+
+
+_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+@dataclasses.dataclass
+class _Seen:
+    version: str | None = None
+    time: float = 0.0
+    history: list[tuple[str | None, float]] = dataclasses.field(default_factory=list)
+
+
+class WatcherProcesses:
+    """Runs ``python -m core.config_watch`` processes and collects what their clients apply.
+
+    For tests and benchmarks: :meth:`start` spawns ``processes`` processes of
+    ``clients`` clients each and waits until every one is ready;
+    :meth:`wait_applied` waits until every client has applied a version and
+    returns the wall-clock time at which each did; :meth:`stop` sends SIGTERM
+    and returns the exit codes.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        app: str,
+        *,
+        redis_url: str = "",
+        processes: int = 1,
+        clients: int = 1,
+        args: Sequence[str] = (),
+    ) -> None:
+        self.argv = [
+            sys.executable, "-m", "core.config_watch", "--url", url, "--app", app,
+            "--redis-url", redis_url, "--clients", str(clients), *args,
+        ]  # fmt: skip
+        self.processes = processes
+        self.clients = clients
+        self.procs: list[asyncio.subprocess.Process] = []
+        self.seen: dict[tuple[int, int], _Seen] = {}
+        self.ready: set[int] = set()
+        self.output: list[list[str]] = []
+        self._changed = asyncio.Condition()
+        self._readers: list[asyncio.Task[None]] = []
+
+    async def start(self, timeout: float = 30.0) -> None:
+        for index in range(self.processes):
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                cwd=_ROOT,
+            )
+            self.procs.append(proc)
+            self.output.append([])
+            self._readers.append(asyncio.create_task(self._read(index, proc)))
+        try:
+            await self._wait(lambda: len(self.ready) == self.processes, timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"{self.processes - len(self.ready)} watcher process(es) not ready in {timeout}s: "
+                + " | ".join(" ".join(lines[-3:]) for lines in self.output)
+            ) from None
+
+    async def _read(self, index: int, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode(errors="replace").strip()
+            self.output[index].append(line)
+            try:
+                event = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a log line
+            if event.get("event") == "ready":
+                self.ready.add(index)
+            elif event.get("event") in ("start", "applied"):
+                seen = self.seen.setdefault((index, int(event["client"])), _Seen())
+                seen.version, seen.time = event["version"], float(event["time"])
+                seen.history.append((seen.version, seen.time))
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _wait(self, predicate: Callable[[], bool], timeout: float) -> None:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(predicate), timeout)
+
+    def versions(self) -> dict[tuple[int, int], str | None]:
+        """The version each client (process index, client index) applied last."""
+        return {key: seen.version for key, seen in self.seen.items()}
+
+    async def wait_applied(self, version: str, timeout: float) -> list[float]:
+        """Wait until every client applied ``version``; the time at which each did."""
+        total = self.processes * self.clients
+
+        def done() -> bool:
+            return len(self.seen) == total and all(s.version == version for s in self.seen.values())
+
+        try:
+            await self._wait(done, timeout)
+        except TimeoutError:
+            behind = sum(1 for s in self.seen.values() if s.version != version)
+            raise TimeoutError(
+                f"{behind + total - len(self.seen)} of {total} clients had not applied "
+                f"{version} within {timeout}s"
+            ) from None
+        return [next(t for v, t in reversed(s.history) if v == version) for s in self.seen.values()]
+
+    async def stop(self, timeout: float = 10.0) -> list[int]:
+        """SIGTERM every process (SIGKILL after ``timeout``); their exit codes."""
+        for proc in self.procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        codes = []
+        for proc in self.procs:
+            try:
+                codes.append(await asyncio.wait_for(proc.wait(), timeout))
+            except TimeoutError:
+                proc.kill()
+                codes.append(await proc.wait())
+        for task in self._readers:
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        return codes
 
 
 def main(argv: Sequence[str] | None = None) -> int:
