@@ -516,7 +516,8 @@ async def gateways(
             }
             env["PYTHONUNBUFFERED"] = "1"
             cmd = [
-                sys.executable, "-m", "gateway", "--port", str(port), "--admin-port", str(admin),
+                sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(port),
+                "--admin-host", "127.0.0.1", "--admin-port", str(admin),
                 "--redis-url", redis_server.url, "--routes", str(routes), "--log-level", "warning",
             ]  # fmt: skip
             proc = spawn(cmd, log, env)
