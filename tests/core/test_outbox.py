@@ -211,3 +211,37 @@ async def test_nothing_is_lost_while_redis_is_down(
         await relay.stop()
         await client.aclose()
         await consumer_db.close()
+
+
+async def test_a_handler_can_emit_the_next_event_with_its_change(
+    redis: Redis, tmp_path: Path, db: Database
+) -> None:
+    """A saga step: billing handles item.created and, in the same transaction, emits invoice.created."""
+    billing_db = await Database.open(tmp_path / "billing", "billing", MIGRATIONS)
+
+    def bill(conn: sqlite3.Connection, event: Event) -> None:
+        count_handler(conn, event)
+        add_to_outbox(conn, Event("invoice.created", "billing", {"item": event.data["item"]}))
+
+    bus = EventBus(redis)
+    relays = [
+        OutboxRelay(db, bus, poll_interval=60),
+        OutboxRelay(billing_db, bus, poll_interval=60),
+    ]
+    consumer = Consumer(
+        redis, billing_db, group="billing", consumer="b", types=["item.created"], handler=bill,
+        visibility_timeout=0.3, block_ms=50,
+    )  # fmt: skip
+    try:
+        for relay in relays:
+            await relay.start()
+        await consumer.start(wait=5)
+        await db.transaction(lambda conn: add_items(conn, 3))
+        await wait_until(lambda: relays[1].published == 3, 5, message="invoices published")
+        invoices = await redis.xrange("essaim:events:invoice.created")
+        assert sorted(Event.from_fields(f).data["item"] for _, f in invoices) == [1, 2, 3]
+    finally:
+        await consumer.stop()
+        for relay in relays:
+            await relay.stop()
+        await billing_db.close()
