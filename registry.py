@@ -46,6 +46,7 @@ from core.registry_store import (
 )
 from core.runner import Site, run
 from core.settings import CommonSettings, Secret, load, option
+from core.tasks import TaskSet
 
 logger = log.get("registry")
 
@@ -420,7 +421,7 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The expirer and the event hub: started here, cancelled and awaited at stop."""
+    """The expirer and the event hub: started here, stopped and awaited at stop."""
     hub = EventHub(app[REDIS])
     expired = Counter(
         "registry_instances_expired",
@@ -430,23 +431,14 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
     expirer = Expirer(app[REDIS], app[STORE], app[SETTINGS].sweep_interval, expired)
     app[HUB] = hub
     app[EXPIRER] = expirer
-    tasks = [
-        asyncio.create_task(hub.subscription.run(), name="registry:hub"),
-        asyncio.create_task(expirer.subscription.run(), name="registry:expiry"),
-        asyncio.create_task(expirer.sweep_forever(), name="registry:sweep"),
-    ]
-    for task in tasks:
-        task.add_done_callback(_crashed)
+    tasks = TaskSet("registry")
+    tasks.spawn(hub.subscription.run(), "events")
+    tasks.spawn(expirer.subscription.run(), "expiry")
+    tasks.spawn(expirer.sweep_forever(), "sweep")
     yield
-    for task in tasks:
-        task.remove_done_callback(_crashed)
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _crashed(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.critical("background task %s crashed", task.get_name(), exc_info=task.exception())
+    hub.subscription.stop()
+    expirer.subscription.stop()
+    await tasks.stop()
 
 
 async def _on_shutdown(app: web.Application) -> None:

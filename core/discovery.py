@@ -25,6 +25,7 @@ from typing import Any
 from core import log
 from core.redis import REDIS_ERRORS, Backoff, Redis, Subscription
 from core.registry_store import CHANNEL, Event, Instance, RegistryStore
+from core.tasks import TaskSet
 
 logger = log.get("discovery")
 
@@ -43,7 +44,7 @@ class Registration:
         self.instance = instance
         self.registered = asyncio.Event()
         self.registrations = 0
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = TaskSet("registration")
 
     @property
     def interval(self) -> float:
@@ -54,7 +55,7 @@ class Registration:
 
         It does not fail when Redis is away: the loop keeps trying.
         """
-        self._task = asyncio.create_task(self._run(), name=f"registration:{self.instance.service}")
+        self._tasks.spawn(self._run(), self.instance.service)
         if wait:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.registered.wait(), wait)
@@ -96,11 +97,7 @@ class Registration:
 
     async def stop(self, *, deregister: bool = True) -> None:
         """Stop heartbeating and, unless told otherwise, deregister (best effort, bounded)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._tasks.stop()
         if deregister:
             try:
                 await asyncio.wait_for(
@@ -139,7 +136,7 @@ class Watcher:
         self.subscription = Subscription(
             redis, [CHANNEL], self._on_message, on_connect=self.relist, name="watcher"
         )
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = TaskSet("watcher")
 
     # -- reading -----------------------------------------------------------------
 
@@ -174,21 +171,15 @@ class Watcher:
         Redis being away is not an error: the watcher keeps trying and serves
         an empty snapshot until it can read one.
         """
-        self._tasks = [
-            asyncio.create_task(self.subscription.run(), name="watcher:subscription"),
-            asyncio.create_task(self._periodic(), name="watcher:resync"),
-        ]
+        self._tasks.spawn(self.subscription.run(), "subscription")
+        self._tasks.spawn(self._periodic(), "resync")
         if wait:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.subscription.connected.wait(), wait)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        self.subscription.stop()
+        await self._tasks.stop()
 
     # -- keeping current -------------------------------------------------------------
 

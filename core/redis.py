@@ -116,10 +116,13 @@ class Subscription:
         self.name = name
         self.connected = asyncio.Event()
         self.connections = 0
+        self.poll_interval = 0.5
+        self._stopping = False
 
     async def run(self) -> None:
         backoff = Backoff()
-        while True:
+        self._stopping = False
+        while not self._stopping:
             pubsub: PubSub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(*self.channels)
@@ -130,8 +133,10 @@ class Subscription:
                 if self.connections > 1:
                     logger.info("%s: reconnected to Redis", self.name)
                 backoff.reset()
-                while True:
-                    msg = await pubsub.get_message(timeout=None)
+                while not self._stopping:
+                    # A bounded wait: redis-py can swallow a cancellation that lands
+                    # in a blocking read, so the loop also checks `_stopping`.
+                    msg = await pubsub.get_message(timeout=self.poll_interval)
                     if msg is None or msg.get("type") != "message":
                         continue
                     await self.on_message(msg["channel"], msg["data"])
@@ -145,7 +150,12 @@ class Subscription:
             finally:
                 self.connected.clear()
                 await _close_quietly(pubsub)
-            await backoff.sleep()
+            if not self._stopping:
+                await backoff.sleep()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return within ``poll_interval`` (then cancel its task)."""
+        self._stopping = True
 
 
 async def _close_quietly(pubsub: PubSub) -> None:

@@ -1,0 +1,415 @@
+"""The registry over real HTTP and a real Redis: API, expiry, SSE, bad input, tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
+
+import registry
+from core.registry_store import CHANNEL, EVENTS_KEY
+from core.settings import Secret
+from core.testing import ComponentFactory, RedisServer, wait_until
+
+Client = TestClient[Any, Any]
+
+
+@pytest.fixture
+async def make_client(
+    aiohttp_client: Callable[..., Awaitable[Client]], redis_url: str
+) -> Callable[..., Awaitable[Client]]:
+    async def make(**overrides: Any) -> Client:
+        settings = registry.Settings(redis_url=redis_url, sweep_interval=0.1, **overrides)
+        return await aiohttp_client(registry.build_app(settings))
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client: Callable[..., Awaitable[Client]]) -> Client:
+    return await make_client()
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield r
+    await r.aclose()
+
+
+async def put(client: Client, service: str, iid: str, **body: Any) -> ClientResponse:
+    body.setdefault("host", "127.0.0.1")
+    body.setdefault("port", 9000)
+    return await client.put(f"/v1/services/{service}/instances/{iid}", json=body)
+
+
+async def dump(r: aioredis.Redis) -> dict[str, Any]:
+    """Every key with its type and value: to prove a bad request changed nothing."""
+    out: dict[str, Any] = {}
+    for key in sorted(await r.keys("*")):
+        kind = await r.type(key)
+        if kind == "string":
+            out[key] = await r.get(key)
+        elif kind == "hash":
+            out[key] = await r.hgetall(key)
+        elif kind == "set":
+            out[key] = sorted(await r.smembers(key))
+        elif kind == "stream":
+            out[key] = await r.xrange(key)
+    return out
+
+
+async def test_register_then_list_shows_the_instance(client: Client) -> None:
+    resp = await put(client, "customers", "c1", port=9001, metadata={"zone": "a"})
+    assert resp.status == 201
+    body = await resp.json()
+    assert body["instance"]["host"] == "127.0.0.1"
+    assert body["instance"]["port"] == 9001
+    assert body["instance"]["status"] == "UP"
+    assert body["instance"]["ttl"] == 10
+    assert "last_heartbeat" in body["instance"]
+
+    listing = await (await client.get("/v1/services/customers")).json()
+    assert [i["id"] for i in listing["instances"]] == ["c1"]
+    assert listing["instances"][0]["metadata"] == {"zone": "a"}
+
+    services = await (await client.get("/v1/services")).json()
+    assert services["services"] == {"customers": {"instances": 1, "up": 1}}
+
+
+async def test_registering_again_replaces_and_answers_200(client: Client) -> None:
+    assert (await put(client, "customers", "c1", port=9001)).status == 201
+    resp = await put(client, "customers", "c1", port=9002)
+    assert resp.status == 200
+    listing = await (await client.get("/v1/services/customers")).json()
+    assert [i["port"] for i in listing["instances"]] == [9002]
+
+
+async def test_heartbeat_of_a_registered_instance_answers_204(client: Client) -> None:
+    await put(client, "customers", "c1")
+    resp = await client.put("/v1/services/customers/instances/c1/heartbeat")
+    assert resp.status == 204
+
+
+async def test_heartbeat_of_an_unknown_instance_is_404(client: Client) -> None:
+    resp = await client.put("/v1/services/customers/instances/nope/heartbeat")
+    assert resp.status == 404
+    assert resp.content_type == "application/problem+json"
+    assert (await resp.json())["status"] == 404
+
+
+async def test_patch_status_hides_instance_from_default_listing(client: Client) -> None:
+    await put(client, "customers", "c1")
+    await put(client, "customers", "c2")
+    resp = await client.patch(
+        "/v1/services/customers/instances/c1", json={"status": "OUT_OF_SERVICE"}
+    )
+    assert resp.status == 200
+    assert (await resp.json())["instance"]["status"] == "OUT_OF_SERVICE"
+    up = await (await client.get("/v1/services/customers")).json()
+    assert [i["id"] for i in up["instances"]] == ["c2"]
+    everything = await (await client.get("/v1/services/customers?all=1")).json()
+    assert {i["id"]: i["status"] for i in everything["instances"]} == {
+        "c1": "OUT_OF_SERVICE",
+        "c2": "UP",
+    }
+
+
+async def test_patch_metadata_replaces_it(client: Client) -> None:
+    await put(client, "customers", "c1", metadata={"a": "1"})
+    resp = await client.patch("/v1/services/customers/instances/c1", json={"metadata": {"b": "2"}})
+    assert (await resp.json())["instance"]["metadata"] == {"b": "2"}
+
+
+async def test_deregister_removes_the_instance(client: Client) -> None:
+    await put(client, "customers", "c1")
+    assert (await client.delete("/v1/services/customers/instances/c1")).status == 204
+    listing = await (await client.get("/v1/services/customers")).json()
+    assert listing["instances"] == []
+    assert (await client.delete("/v1/services/customers/instances/c1")).status == 404
+
+
+async def test_unknown_service_listing_is_404(client: Client) -> None:
+    resp = await client.get("/v1/services/nobody")
+    assert resp.status == 404
+    assert (await resp.json())["title"] == "Not Found"
+
+
+async def test_expired_instance_is_published_down_within_a_second_of_its_ttl(
+    client: Client, redis: aioredis.Redis
+) -> None:
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(CHANNEL)
+    await put(client, "customers", "c1", ttl=1)
+    loop = asyncio.get_running_loop()
+    registered_at = loop.time()
+
+    async def down_event() -> dict[str, Any] | None:
+        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if msg and orjson.loads(msg["data"])["type"] == "down":
+            return dict(orjson.loads(msg["data"]))
+        return None
+
+    event = await wait_until(down_event, timeout=2.0, message="down event")
+    assert event["instance"]["id"] == "c1"
+    assert loop.time() - registered_at <= 2.0
+    await pubsub.aclose()
+    listing = await (await client.get("/v1/services/customers")).json()
+    assert listing["instances"] == []
+
+
+async def test_heartbeat_after_expiry_returns_404_and_does_not_revive(
+    client: Client, redis: aioredis.Redis
+) -> None:
+    await put(client, "customers", "c1", ttl=1)
+
+    async def gone() -> bool:
+        listing = await (await client.get("/v1/services/customers")).json()
+        return listing["instances"] == []
+
+    await wait_until(gone, timeout=3.0)
+    resp = await client.put("/v1/services/customers/instances/c1/heartbeat")
+    assert resp.status == 404
+    listing = await (await client.get("/v1/services/customers?all=1")).json()
+    assert listing["instances"] == []
+
+
+async def test_expiry_is_published_by_the_sweep_without_keyspace_events(
+    make_client: Callable[..., Awaitable[Client]], redis: aioredis.Redis
+) -> None:
+    """The sweep alone finds an expired instance (a server that refuses CONFIG)."""
+    client = await make_client()
+    await put(client, "customers", "c1", ttl=1)
+    # Turn notifications off behind the registry's back: only the sweep can see it now.
+    await redis.config_set("notify-keyspace-events", "")
+
+    async def down_seen() -> bool:
+        entries = await redis.xrange(EVENTS_KEY)
+        return any(orjson.loads(f["e"])["type"] == "down" for _, f in entries)
+
+    await wait_until(down_seen, timeout=3.0, message="down from the sweep")
+
+
+async def test_events_stream_replays_in_revision_order_then_follows(client: Client) -> None:
+    for iid in ("a", "b", "c"):
+        await put(client, "customers", iid)
+    resp = await client.get("/v1/events?since=0")
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+
+    async def next_event() -> tuple[str, dict[str, Any]]:
+        kind = ""
+        while True:
+            line = (await asyncio.wait_for(resp.content.readline(), 5)).decode().rstrip("\n")
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                return kind, orjson.loads(line[6:])
+
+    seen = [await next_event() for _ in range(3)]
+    assert [e["rev"] for _, e in seen] == [1, 2, 3]
+    assert [e["instance"]["id"] for _, e in seen] == ["a", "b", "c"]
+    await client.delete("/v1/services/customers/instances/b")
+    kind, live = await next_event()
+    assert (kind, live["rev"], live["type"]) == ("change", 4, "deregister")
+    resp.close()
+
+
+async def test_events_since_beyond_retention_sends_resync(
+    client: Client, redis: aioredis.Redis
+) -> None:
+    for iid in ("a", "b", "c"):
+        await put(client, "customers", iid)
+    await redis.xtrim(
+        EVENTS_KEY, maxlen=1, approximate=False
+    )  # revisions 1 and 2 are no longer retained
+    resp = await client.get("/v1/events?since=0")
+    lines = []
+    while not any(line.startswith("data: ") for line in lines):
+        lines.append((await asyncio.wait_for(resp.content.readline(), 5)).decode().strip())
+    assert "event: resync" in lines
+    assert 'data: {"rev":3}' in lines
+    resp.close()
+
+
+async def test_last_event_id_resumes_after_it(client: Client) -> None:
+    for iid in ("a", "b"):
+        await put(client, "customers", iid)
+    resp = await client.get("/v1/events", headers={"Last-Event-ID": "1"})
+    while True:
+        line = (await asyncio.wait_for(resp.content.readline(), 5)).decode()
+        if line.startswith("data: "):
+            assert orjson.loads(line[6:])["rev"] == 2
+            break
+    resp.close()
+
+
+BAD_INPUTS: list[tuple[str, str, Any, int]] = [
+    ("PUT", "/v1/services/customers/instances/c1", b"{not json", 400),
+    ("PUT", "/v1/services/customers/instances/c1", {"host": "h", "port": "80"}, 400),
+    ("PUT", "/v1/services/customers/instances/c1", {"host": 12, "port": 80}, 400),
+    ("PUT", "/v1/services/customers/instances/c1", [1, 2], 400),
+    ("PUT", "/v1/services/customers/instances/c1", {"host": "h", "port": 80, "ttl": "5"}, 400),
+    (
+        "PUT",
+        "/v1/services/customers/instances/c1",
+        {"host": "h", "port": 80, "metadata": {"a": 1}},
+        400,
+    ),
+    ("PUT", "/v1/services/Customers/instances/c1", {"host": "h", "port": 80}, 422),
+    ("PUT", "/v1/services/-x/instances/c1", {"host": "h", "port": 80}, 422),
+    ("PUT", "/v1/services/" + "a" * 64 + "/instances/c1", {"host": "h", "port": 80}, 422),
+    ("PUT", "/v1/services/customers/instances/" + "i" * 129, {"host": "h", "port": 80}, 422),
+    ("PUT", "/v1/services/customers/instances/c1", {"host": "h", "port": 0}, 422),
+    ("PUT", "/v1/services/customers/instances/c1", {"host": "h", "port": 65536}, 422),
+    (
+        "PUT",
+        "/v1/services/customers/instances/c1",
+        {"host": "h", "port": 80, "status": "GONE"},
+        422,
+    ),
+    (
+        "PUT",
+        "/v1/services/customers/instances/c1",
+        {"host": "h", "port": 80, "metadata": {"k": "v" * 4100}},
+        422,
+    ),
+    ("PUT", "/v1/services/customers/instances/c1", {"host": "h", "port": 80, "ttl": 0}, 422),
+    ("PUT", "/v1/services/customers/instances/c1", {"host": "h", "port": 80, "ttl": 301}, 422),
+    ("PUT", "/v1/services/customers/instances/c1", {"host": "bad host!", "port": 80}, 422),
+    ("PUT", "/v1/services/customers/instances/c1", {"port": 80}, 422),
+    ("PUT", "/v1/services/customers/instances/c1", b"x" * (65 * 1024), 413),
+    ("PATCH", "/v1/services/customers/instances/c1", {"status": "GONE"}, 422),
+    ("PATCH", "/v1/services/customers/instances/c1", {"port": 1}, 422),
+    ("PATCH", "/v1/services/customers/instances/nope", {"status": "UP"}, 404),
+    ("DELETE", "/v1/services/customers/instances/nope", None, 404),
+    ("PUT", "/v1/services/customers/instances/nope/heartbeat", None, 404),
+    ("GET", "/v1/events?since=abc", None, 400),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status"), BAD_INPUTS)
+async def test_bad_input_gets_problem_details_and_changes_nothing(
+    client: Client, redis: aioredis.Redis, method: str, path: str, body: Any, status: int
+) -> None:
+    await put(client, "customers", "c1", port=9001)
+    before = await dump(redis)
+    kwargs: dict[str, Any] = {}
+    if isinstance(body, bytes):
+        kwargs["data"] = body
+    elif body is not None:
+        kwargs["json"] = body
+    resp = await client.request(method, path, **kwargs)
+    assert resp.status == status
+    assert resp.content_type == "application/problem+json"
+    problem = await resp.json()
+    assert problem["status"] == status
+    assert problem["title"]
+    assert problem.get("detail")
+    after = await dump(redis)
+    after.pop("essaim:reg:hb:customers", None)
+    before.pop("essaim:reg:hb:customers", None)
+    assert after == before
+
+
+async def test_writes_require_the_token_when_one_is_set(
+    make_client: Callable[..., Awaitable[Client]], redis: aioredis.Redis
+) -> None:
+    client = await make_client(token=Secret("s3cret"))
+    body = {"host": "127.0.0.1", "port": 9000}
+    path = "/v1/services/customers/instances/c1"
+    resp = await client.put(path, json=body)
+    assert resp.status == 401
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    resp = await client.put(path, json=body, headers={"Authorization": "Bearer wrong"})
+    assert resp.status == 401
+    assert await redis.keys("*") == []
+    ok = {"Authorization": "Bearer s3cret"}
+    assert (await client.put(path, json=body, headers=ok)).status == 201
+    assert (await client.put(path + "/heartbeat")).status == 401
+    assert (await client.patch(path, json={"status": "DOWN"})).status == 401
+    assert (await client.delete(path)).status == 401
+    # Reads stay open.
+    assert (await client.get("/v1/services/customers")).status == 200
+    assert (await client.delete(path, headers=ok)).status == 204
+
+
+async def test_redis_down_answers_503_and_heals(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    server = redis_factory()
+    client = await aiohttp_client(
+        registry.build_app(registry.Settings(redis_url=server.url, sweep_interval=0.1))
+    )
+    assert (await put(client, "customers", "c1")).status == 201
+    server.kill()
+    resp = await put(client, "customers", "c2")
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "1"
+    assert (await resp.json())["title"] == "Service Unavailable"
+    assert (await client.get("/health")).status == 503
+    server.start()
+
+    async def healed() -> bool:
+        return (await put(client, "customers", "c2")).status == 201
+
+    await wait_until(healed, timeout=10.0, message="registry healed")
+    assert (await client.get("/health")).status == 200
+
+
+def test_refuses_to_listen_off_loopback_without_a_token(capsys: pytest.CaptureFixture[str]) -> None:
+    assert registry.main(["--host", "0.0.0.0"]) == 2
+    err = capsys.readouterr().err
+    assert "REGISTRY_TOKEN" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_malformed_setting_fails_with_one_line_naming_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REGISTRY_DEFAULT_TTL", "ten")
+    assert registry.main([]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "registry: REGISTRY_DEFAULT_TTL: expected an integer, got 'ten'"
+    )
+
+
+def test_help_lists_every_flag() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "registry", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for flag in ("--host", "--port", "--redis-url", "--log-format", "--token", "--default-ttl"):
+        assert flag in out
+    assert "REGISTRY_PORT" in out
+    assert "REDIS_URL" in out
+
+
+async def test_sigterm_stops_the_process_with_exit_0(
+    components: ComponentFactory, redis_url: str
+) -> None:
+    comp = await components.start("registry", "--redis-url", redis_url, "--log-format", "json")
+    comp.process.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(comp.process.wait, 15) == 0
+    lines = [orjson.loads(line) for line in comp.log.splitlines() if line.startswith("{")]
+    assert any(rec["msg"] == "stopped" for rec in lines)
+    assert all({"ts", "level", "logger", "msg"} <= rec.keys() for rec in lines)
+
+
+async def test_a_port_in_use_fails_start_with_exit_3(
+    components: ComponentFactory, redis_url: str
+) -> None:
+    first = await components.start("registry", "--redis-url", redis_url)
+    second = await components.start(
+        "registry", "--redis-url", redis_url, port=first.port, health=None
+    )
+    assert await asyncio.to_thread(second.process.wait, 15) == 3
+    assert "cannot listen on" in second.log
