@@ -81,9 +81,12 @@ class Upstreams:
             srv.close()
             for w in writers:
                 w.close()
-            for t in list(tasks):
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if tasks:
+                # Handlers end when their connection closes; cancel only the stubborn.
+                _, pending = await asyncio.wait(set(tasks), timeout=1.0)
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await srv.wait_closed()
 

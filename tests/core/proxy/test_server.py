@@ -356,3 +356,92 @@ async def test_large_body_streams_both_ways(upstreams: Upstreams, gateway: Gatew
         async for chunk in resp.content.iter_chunked(65536):
             received += len(chunk)
         assert received == size
+
+
+# ----------------------------------------------------------------------------- limits
+
+
+async def test_malformed_request_is_400_problem_and_closes(gateway: GatewayFactory) -> None:
+    gw = await gateway([])
+    raw = await raw_exchange(gw.port, b"GET / HTTP/1.1\r\nHost: h\r\nBad Header\r\n\r\n")
+    [(status, headers, body)] = parse_responses(raw)
+    assert status == 400
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["connection"] == "close"
+    assert b'"title":"Bad Request"' in body
+
+
+async def test_head_over_16_kib_is_431(upstreams: Upstreams, gateway: GatewayFactory) -> None:
+    up = await upstreams.app(echo_app())
+    gw = await gateway(route_to(up.url))
+    # Many headers, and one huge header line sent in pieces: both refused.
+    many = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(200))
+    raw = await raw_exchange(gw.port, b"GET / HTTP/1.1\r\nHost: h\r\n" + many + b"\r\n")
+    assert parse_responses(raw)[0][0] == 431
+    pieces = [b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: "] + [b"a" * 4096] * 8
+    raw = await raw_exchange(gw.port, pieces, pause=lambda: asyncio.sleep(0.01))
+    [(status, _, body)] = parse_responses(raw)
+    assert status == 431
+    assert b"16384" in body
+    # Just under the limit goes through.
+    fine = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(100))
+    raw = await raw_exchange(
+        gw.port, b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n" + fine + b"\r\n"
+    )
+    assert parse_responses(raw)[0][0] == 200
+
+
+async def test_body_over_limit_is_413_by_length_or_while_streaming(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    up = await upstreams.app(echo_app())
+    gw = await gateway(route_to(up.url), limits=Limits(max_body=1000))
+    raw = await raw_exchange(gw.port, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1001\r\n\r\n")
+    assert parse_responses(raw)[0][0] == 413
+    chunked = b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    six_hundred = b"258\r\n" + b"x" * 600 + b"\r\n"
+    raw = await raw_exchange(gw.port, [chunked, six_hundred, six_hundred])
+    [(status, headers, _)] = parse_responses(raw)
+    assert status == 413
+    assert headers["connection"] == "close"
+    # At the limit is fine.
+    raw = await raw_exchange(
+        gw.port,
+        b"POST / HTTP/1.1\r\nHost: h\r\nConnection: close\r\nContent-Length: 1000\r\n\r\n"
+        + b"x" * 1000,
+    )
+    [(status, _, body)] = parse_responses(raw)
+    assert status == 200
+    assert b'"body": 1000' in body
+
+
+async def test_client_too_slow_to_send_its_head_gets_408(gateway: GatewayFactory) -> None:
+    gw = await gateway([], limits=Limits(head_timeout=0.2))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n")
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    [(status, headers, _)] = parse_responses(raw)
+    assert status == 408
+    assert headers["connection"] == "close"
+
+
+async def test_client_too_slow_to_send_its_body_gets_408(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    up = await upstreams.app(echo_app())
+    gw = await gateway(route_to(up.url), limits=Limits(body_timeout=0.2))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\nonly-some")
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert parse_responses(raw)[0][0] == 408
+
+
+async def test_idle_keep_alive_connection_is_closed_quietly(gateway: GatewayFactory) -> None:
+    gw = await gateway([], limits=Limits(head_timeout=0.2, keepalive_timeout=0.2))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()

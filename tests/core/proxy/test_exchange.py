@@ -1,0 +1,333 @@
+"""Upstream behaviour of one request: errors, retries, timeouts, breaker, ejection, budget.
+
+Every upstream is a real server on loopback; discovery cases use the private
+Redis and a real watcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest_asyncio
+from aiohttp import web
+
+from core.breaker import BreakerPolicy
+from core.discovery import Registration, Watcher
+from core.outlier import OutlierPolicy
+from core.redis import Redis, connect
+from core.registry_store import Instance
+from core.retry import RetryPolicy
+from core.routes import Timeouts
+from core.testing import free_port
+from core.upstream import UpstreamPolicy
+from tests.core.proxy.conftest import GatewayFactory, Server, Upstreams, raw_exchange
+
+
+def counting_app(status: int = 200, body: bytes = b"ok") -> tuple[web.Application, list[bytes]]:
+    """An upstream answering ``status``; it records the bodies it received."""
+    received: list[bytes] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(status=status, body=body)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app, received
+
+
+async def reset_after_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read a request head, then drop the connection without answering."""
+    await reader.readuntil(b"\r\n\r\n")
+    writer.transport.abort()
+
+
+def urls(*servers: Server | str) -> list[str]:
+    return [s if isinstance(s, str) else s.url for s in servers]
+
+
+def dead_url() -> str:
+    return f"http://127.0.0.1:{free_port()}"
+
+
+async def send(url: str, method: str = "GET", data: bytes | None = None) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession() as session, session.request(method, url, data=data) as r:
+        return r.status, await r.read()
+
+
+# ----------------------------------------------------------------------------- errors and retries
+
+
+async def test_connect_failure_is_retried_on_another_instance_for_any_method(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    app, received = counting_app()
+    live = await upstreams.app(app)
+    gw = await gateway([{"id": "r", "prefix": "/", "urls": urls(dead_url(), live)}])
+    for method in ("POST", "PATCH", "GET"):
+        for _ in range(4):
+            assert await send(gw.url + "/x", method, b"payload") == (200, b"ok")
+    assert received == [b"payload"] * 12
+    stats = gw.proxy.stats
+    assert stats.upstream_errors[("route:r", "connect")] >= 1
+    assert stats.retries[("route:r", "connect")] >= 1
+
+
+async def test_every_instance_refusing_is_502_problem(gateway: GatewayFactory) -> None:
+    gw = await gateway([{"id": "r", "prefix": "/", "urls": urls(dead_url(), dead_url())}])
+    async with aiohttp.ClientSession() as session, session.get(gw.url + "/x") as resp:
+        assert resp.status == 502
+        assert resp.headers["Content-Type"] == "application/problem+json"
+        problem = await resp.json(content_type=None)
+    assert problem["status"] == 502
+    assert "cannot connect" in problem["detail"]
+    assert problem["instance"] == "/x"
+    assert problem["request_id"] == resp.headers["X-Request-ID"]
+
+
+async def test_503_is_retried_elsewhere_for_get_but_passed_on_for_post(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    bad_app, bad_got = counting_app(503, b"busy")
+    good_app, good_got = counting_app()
+    bad, good = await upstreams.app(bad_app), await upstreams.app(good_app)
+    gw = await gateway([{"id": "r", "prefix": "/", "urls": urls(bad, good)}])
+    for _ in range(6):
+        assert await send(gw.url + "/x") == (200, b"ok")
+    post_statuses = [(await send(gw.url + "/x", "POST", b"p"))[0] for _ in range(6)]
+    # Round robin sends every other POST to the failing instance: its 503 reaches the client.
+    assert sorted(set(post_statuses)) == [200, 503]
+    assert gw.proxy.stats.retries[("route:r", "5xx")] >= 3
+    assert len(good_got) == 6 + post_statuses.count(200)
+    assert len(bad_got) == 6 + post_statuses.count(503)
+
+
+async def test_reset_before_answer_is_retried_for_get_and_502_for_post(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    resetter = await upstreams.raw(reset_after_request)
+    good_app, _ = counting_app()
+    good = await upstreams.app(good_app)
+    gw = await gateway([{"id": "r", "prefix": "/", "urls": urls(resetter, good)}])
+    for _ in range(4):
+        assert await send(gw.url + "/x") == (200, b"ok")
+    post_statuses = {(await send(gw.url + "/x", "POST", b"p"))[0] for _ in range(4)}
+    assert post_statuses == {200, 502}
+
+
+async def test_a_retry_never_goes_back_to_the_instance_that_failed(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    apps = [counting_app(503) for _ in range(3)]
+    servers = [await upstreams.app(app) for app, _ in apps]
+    gw = await gateway([{"id": "r", "prefix": "/", "urls": urls(*servers)}])
+    status, _ = await send(gw.url + "/x")
+    assert status == 503  # three attempts, all failed: the last answer is passed on
+    assert [len(got) for _, got in apps] == [1, 1, 1]
+
+
+async def test_small_body_is_sent_again_on_retry_large_body_is_not(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    resetter = await upstreams.raw(reset_after_request)
+    good_app, good_got = counting_app()
+    good = await upstreams.app(good_app)
+    gw = await gateway([{"id": "r", "prefix": "/", "urls": urls(resetter, good)}])
+    body = b"b" * 5000
+    statuses = [(await send(gw.url + "/x", "PUT", body))[0] for _ in range(4)]
+    assert statuses == [200] * 4
+    assert good_got == [body] * 4
+    big = b"B" * (200 * 1024)  # over the 64 KiB replay buffer: sent once, not kept
+    statuses = [(await send(gw.url + "/x", "PUT", big))[0] for _ in range(4)]
+    assert sorted(set(statuses)) == [200, 502]
+
+
+async def test_no_retry_once_the_response_has_begun(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    hits = 0
+
+    async def half_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal hits
+        await reader.readuntil(b"\r\n\r\n")
+        hits += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await writer.drain()
+        writer.transport.abort()
+
+    one, two = await upstreams.raw(half_answer), await upstreams.raw(half_answer)
+    gw = await gateway([{"id": "r", "prefix": "/", "urls": urls(one, two)}])
+    raw = await raw_exchange(gw.port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 200 OK")
+    assert raw.endswith(b"partial")  # cut short: the client can tell
+    assert hits == 1
+    assert gw.proxy.stats.upstream_errors[("route:r", "reset")] == 1
+
+
+# ----------------------------------------------------------------------------- timeouts
+
+
+async def test_upstream_too_slow_is_504_after_per_try_timeouts(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.read()  # never answers; ends when the gateway gives up
+
+    slow = await upstreams.raw(silent)
+    route = {
+        "id": "r",
+        "prefix": "/",
+        "urls": urls(slow),
+        "timeouts": {"connect": 0.2, "per_try": 0.2, "total": 0.5},
+    }
+    gw = await gateway([route])
+    started = time.monotonic()
+    async with aiohttp.ClientSession() as session, session.get(gw.url + "/x") as resp:
+        assert resp.status == 504
+        problem = await resp.json(content_type=None)
+    assert problem["status"] == 504
+    assert "in time" in problem["detail"]
+    assert time.monotonic() - started < 5
+    assert gw.proxy.stats.upstream_errors[("route:r", "timeout")] >= 1
+
+
+async def test_slow_answer_on_one_instance_is_retried_on_another_for_get(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.read()  # never answers; ends when the gateway gives up
+
+    slow = await upstreams.raw(silent)
+    good_app, _ = counting_app()
+    good = await upstreams.app(good_app)
+    route = {
+        "id": "r",
+        "prefix": "/",
+        "urls": urls(slow, good),
+        "timeouts": {"connect": 0.2, "per_try": 0.3, "total": 2.0},
+    }
+    gw = await gateway([route])
+    for _ in range(2):
+        assert await send(gw.url + "/x") == (200, b"ok")
+
+
+# ----------------------------------------------------------------------------- discovery: breaker, ejection, budget
+
+
+@pytest_asyncio.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = connect(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def watcher(redis: Redis) -> AsyncIterator[Watcher]:
+    w = Watcher(redis)
+    await w.start(wait=5)
+    yield w
+    await w.stop()
+
+
+Register = Callable[[str, Server], Awaitable[Registration]]
+
+
+@pytest_asyncio.fixture
+async def register(redis: Redis, watcher: Watcher) -> AsyncIterator[Register]:
+    made: list[Registration] = []
+
+    async def add(service: str, server: Server) -> Registration:
+        reg = Registration(
+            redis, Instance(service, f"{service}-{server.port}", server.host, server.port)
+        )
+        await reg.start(wait=5)
+        made.append(reg)
+        await watcher.wait_for(
+            lambda w: any(i.port == server.port for i in w.instances(service)), 5
+        )
+        return reg
+
+    yield add
+    for reg in made:
+        await reg.stop(deregister=False)
+
+
+async def test_open_breaker_answers_503_with_retry_after_at_once(
+    upstreams: Upstreams, gateway: GatewayFactory, watcher: Watcher, register: Register
+) -> None:
+    app, received = counting_app(500, b"boom")
+    up = await upstreams.app(app)
+    await register("billing", up)
+    policy = UpstreamPolicy(
+        breaker=BreakerPolicy(
+            sliding_window_size=4, minimum_number_of_calls=4, wait_duration_in_open_state=30
+        ),
+        outlier=OutlierPolicy(consecutive_failures=0),
+    )
+    gw = await gateway(watcher=watcher, policy=policy)
+    for _ in range(4):
+        assert (await send(gw.url + "/billing/x"))[0] == 500
+    assert len(received) == 4
+    async with aiohttp.ClientSession() as session, session.get(gw.url + "/billing/x") as resp:
+        assert resp.status == 503
+        assert 25 <= int(resp.headers["Retry-After"]) <= 30
+        problem = await resp.json(content_type=None)
+    assert "circuit breaker" in problem["detail"]
+    assert len(received) == 4  # the upstream was not called
+    assert gw.router.transitions[("billing", "CLOSED", "OPEN")] == 1
+
+
+async def test_failing_instance_is_ejected_and_others_take_the_traffic(
+    upstreams: Upstreams, gateway: GatewayFactory, watcher: Watcher, register: Register
+) -> None:
+    bad_app, bad_got = counting_app(500, b"boom")
+    good_app, good_got = counting_app()
+    await register("inventory", await upstreams.app(bad_app))
+    await register("inventory", await upstreams.app(good_app))
+    policy = UpstreamPolicy(
+        outlier=OutlierPolicy(consecutive_failures=3, base_ejection_time=30),
+        breaker=BreakerPolicy(enabled=False),
+    )
+    gw = await gateway(watcher=watcher, policy=policy)
+    statuses = [(await send(gw.url + "/inventory/x"))[0] for _ in range(30)]
+    assert len(bad_got) == 3  # ejected after its third consecutive failure
+    assert statuses.count(500) == 3
+    assert len(good_got) == 27
+    upstream = gw.router.describe_upstreams()["upstreams"][0]
+    assert [e["ejected"] for e in upstream["endpoints"]].count(True) == 1
+
+
+async def test_spent_retry_budget_passes_the_failure_on(
+    upstreams: Upstreams, gateway: GatewayFactory, watcher: Watcher, register: Register
+) -> None:
+    bad_app, bad_got = counting_app(503, b"busy")
+    good_app, _ = counting_app()
+    await register("search", await upstreams.app(bad_app))
+    await register("search", await upstreams.app(good_app))
+    policy = UpstreamPolicy(
+        retry_budget_ratio=0.0,
+        retry_budget_min_per_second=0.0,
+        breaker=BreakerPolicy(enabled=False),
+        outlier=OutlierPolicy(consecutive_failures=0),
+    )
+    gw = await gateway(watcher=watcher, policy=policy, retry=RetryPolicy(attempts=3))
+    statuses = [(await send(gw.url + "/search/x"))[0] for _ in range(6)]
+    assert statuses.count(503) == 3  # no budget: the 503s were not retried
+    assert len(bad_got) == 3
+
+
+async def test_unknown_service_is_404_and_bad_path_400(
+    gateway: GatewayFactory, watcher: Watcher
+) -> None:
+    gw = await gateway(watcher=watcher, timeouts=Timeouts())
+    async with aiohttp.ClientSession() as session:
+        async with session.get(gw.url + "/nobody/here") as resp:
+            assert resp.status == 404
+            assert (await resp.json(content_type=None))["title"] == "Not Found"
+        async with session.get(gw.url + "/") as resp:
+            assert resp.status == 404
