@@ -11,7 +11,8 @@ the schedule.
   than wrk, so its figures are reported as coming from it.
 - With ``--rate R`` it is an open loop at a constant rate: request i is due
   at ``i / R`` seconds and goes out on the first idle connection at the next
-  timer tick (about 1 ms); with no idle connection it waits for one. Latency
+  timer tick (1 to 2 ms: shorter timers would spin the loop and take a core
+  from the process under test); with no idle connection it waits for one. Latency
   runs from the moment the request is written to the end of the answer;
   ``late_p99_ms`` is how late sends were against the schedule (wrk2 would add
   that lateness to the latency; here it is reported beside it).
@@ -35,6 +36,9 @@ from typing import cast
 from urllib.parse import urlsplit
 
 import orjson
+
+TICK = 0.001
+"""Seconds between the constant-rate sender's wake-ups (at most)."""
 
 BODY = b"x" * 1024
 RESPONSE = (
@@ -215,7 +219,9 @@ async def load(
                     backlog.append(intended)
                     queued += 1
                 sent += 1
-            await asyncio.sleep(max(0.0, start + (sent + 1) / rate - time.perf_counter()))
+            # Never less than a tick: shorter timers round to 0 ms in libuv and
+            # the loop would spin, taking a core from the process under test.
+            await asyncio.sleep(max(TICK, start + (sent + 1) / rate - time.perf_counter()))
     running = False
     elapsed = time.perf_counter() - start
     for client in clients:
