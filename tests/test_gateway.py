@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,7 +20,7 @@ import gateway
 from core.discovery import Registration
 from core.redis import connect
 from core.registry_store import Instance
-from core.testing import Component, ComponentFactory, free_port, wait_until
+from core.testing import Component, ComponentFactory, RedisServer, free_port, wait_until
 
 
 @dataclasses.dataclass
@@ -225,3 +227,361 @@ async def test_known_service_without_up_instance_is_503_with_retry_after(
         assert resp.headers["Retry-After"] == "1"
         assert resp.headers["Content-Type"] == "application/problem+json"
         assert (await resp.json(content_type=None))["status"] == 503
+
+
+# ----------------------------------------------------------------------------- static routes
+
+
+def write_routes(path: Path, *routes: dict[str, Any]) -> None:
+    lines = []
+    for route in routes:
+        lines.append("[[routes]]")
+        for key, value in route.items():
+            if isinstance(value, list):
+                lines.append(f"{key} = [{', '.join(repr(v) for v in value)}]".replace("'", '"'))
+            else:
+                lines.append(f'{key} = "{value}"')
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)  # atomic, as an editor or a deploy tool would
+
+
+async def test_route_file_is_hot_reloaded_and_a_bad_one_rejected_whole(
+    redis_url: str,
+    tmp_path: Path,
+    start_gateway: StartGateway,
+    upstream_factory: Callable[[str], Awaitable[Upstream]],
+) -> None:
+    a, b = await upstream_factory("a"), await upstream_factory("b")
+    routes = tmp_path / "routes.toml"
+    write_routes(routes, {"id": "shop", "prefix": "/shop", "urls": [f"http://127.0.0.1:{a.port}"]})
+    gw = await start_gateway(redis_url, "--routes", str(routes), "--routes-poll", "0.05")
+    async with aiohttp.ClientSession() as session:
+        assert (await get_json(session, gw.url + "/shop/cart"))[1]["instance"] == "a"
+        _, table = await get_json(session, gw.admin + "/routes")
+        first_version = table["version"]
+        assert [r["id"] for r in table["routes"]] == ["shop"]
+
+        write_routes(
+            routes, {"id": "shop", "prefix": "/shop", "urls": [f"http://127.0.0.1:{b.port}"]}
+        )
+
+        async def moved_to_b() -> bool:
+            return (await get_json(session, gw.url + "/shop/cart"))[1]["instance"] == "b"
+
+        await wait_until(moved_to_b, 10, message="route to b")
+
+        # Two routes with one id: the whole table is refused, the last one stays.
+        write_routes(
+            routes,
+            {"id": "shop", "prefix": "/shop", "urls": [f"http://127.0.0.1:{a.port}"]},
+            {"id": "shop", "prefix": "/other", "urls": [f"http://127.0.0.1:{a.port}"]},
+        )
+
+        async def rejected() -> Any:
+            _, doc = await get_json(session, gw.admin + "/routes")
+            return doc["last_rejected"]
+
+        rejection = await wait_until(rejected, 10, message="rejection shown")
+        assert "duplicate" in rejection["reason"]
+        _, table = await get_json(session, gw.admin + "/routes")
+        assert table["version"] not in (None, first_version)
+        assert (await get_json(session, gw.url + "/shop/cart"))[1]["instance"] == "b"
+
+
+async def test_routes_from_the_config_service_follow_it_and_survive_its_absence(
+    redis_url: str,
+    tmp_path: Path,
+    components: ComponentFactory,
+    start_gateway: StartGateway,
+    upstream_factory: Callable[[str], Awaitable[Upstream]],
+) -> None:
+    a, b = await upstream_factory("a"), await upstream_factory("b")
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    configsvc = await components.start(
+        "configsvc", "--config-dir", str(config_dir), env={"REDIS_URL": redis_url}
+    )
+
+    def doc(port: int, route_id: str = "api") -> dict[str, Any]:
+        return {
+            "routes": [{"id": route_id, "prefix": "/api", "urls": [f"http://127.0.0.1:{port}"]}]
+        }
+
+    async with aiohttp.ClientSession() as session:
+
+        async def put(body: Any) -> None:
+            async with session.put(configsvc.url + "/v1/documents/gateway", json=body) as resp:
+                assert resp.status in (200, 201), await resp.text()
+
+        await put(doc(a.port))
+        cache = tmp_path / "cache"
+        gw = await start_gateway(
+            redis_url, "--config-url", configsvc.url, "--config-cache-dir", str(cache)
+        )
+        assert (await get_json(session, gw.url + "/api/x"))[1]["instance"] == "a"
+
+        await put(doc(b.port))
+
+        async def moved_to_b() -> bool:
+            return (await get_json(session, gw.url + "/api/x"))[1]["instance"] == "b"
+
+        await wait_until(moved_to_b, 10, message="route to b")
+
+        await put({"routes": [{"id": "api", "prefix": "/api"}]})  # no target: invalid
+
+        async def rejected() -> Any:
+            _, table = await get_json(session, gw.admin + "/routes")
+            return table["last_rejected"]
+
+        rejection = await wait_until(rejected, 10, message="rejection shown")
+        assert "api" in rejection["reason"]
+        assert (await get_json(session, gw.url + "/api/x"))[1]["instance"] == "b"
+
+        # The config service goes away: a gateway started now uses the last-known copy.
+        configsvc.terminate()
+        assert (await get_json(session, gw.url + "/api/x"))[1]["instance"] == "b"
+        again = await start_gateway(
+            redis_url, "--config-url", configsvc.url, "--config-cache-dir", str(cache)
+        )
+        assert (await get_json(session, again.url + "/api/x"))[1]["instance"] == "b"
+        _, health = await get_json(session, again.admin + "/health")
+        assert health["status"] == "DEGRADED"
+
+
+# ----------------------------------------------------------------------------- degraded dependencies
+
+
+async def test_redis_away_the_gateway_keeps_routing_on_its_snapshot(
+    redis_factory: Callable[..., RedisServer],
+    start_gateway: StartGateway,
+    upstream_factory: Callable[[str], Awaitable[Upstream]],
+) -> None:
+    server = redis_factory()
+    a = await upstream_factory("a")
+    client = connect(server.url)
+    reg = Registration(client, a.instance("billing", ttl=30))
+    await reg.start(wait=5)
+    gw = await start_gateway(server.url)
+    async with aiohttp.ClientSession() as session:
+        assert (await get_json(session, gw.url + "/billing/x"))[0] == 200
+        await reg.stop(deregister=False)
+        await client.aclose()
+        server.kill()
+        for _ in range(20):
+            status, body = await get_json(session, gw.url + "/billing/x")
+            assert status == 200
+            assert body["instance"] == "a"
+        _, health = await get_json(session, gw.admin + "/health")
+        assert health["status"] == "DEGRADED"
+        assert health["redis"] == "DOWN"
+        assert health["registry"]["connected"] is False
+
+
+# ----------------------------------------------------------------------------- admin
+
+
+async def test_admin_shows_routes_upstreams_health_and_metrics(
+    redis_url: str,
+    tmp_path: Path,
+    start_gateway: StartGateway,
+    upstream_factory: Callable[[str], Awaitable[Upstream]],
+    registrations: Callable[[Instance], Awaitable[Registration]],
+) -> None:
+    a = await upstream_factory("a")
+    await registrations(a.instance("billing"))
+    routes = tmp_path / "routes.toml"
+    write_routes(routes, {"id": "pay", "prefix": "/pay", "service": "billing"})
+    gw = await start_gateway(redis_url, "--routes", str(routes))
+    async with aiohttp.ClientSession() as session:
+        for path in ("/pay/1", "/pay/2", "/billing/3", "/nosuch/4"):
+            await get_json(session, gw.url + path)
+
+        status, table = await get_json(session, gw.admin + "/routes")
+        assert status == 200
+        assert table["version"].startswith("sha256:")
+        assert table["routes"][0]["id"] == "pay"
+        assert table["discovery"]["services"] == ["billing"]
+
+        _, ups = await get_json(session, gw.admin + "/upstreams")
+        # One upstream per service and policy: "pay" shares "billing"'s unless its
+        # breaker or balancer settings differ from the discovery routes'.
+        billing = [u for u in ups["upstreams"] if u["name"].startswith("billing")]
+        assert sorted(r for u in billing for r in u["routes"]) == ["discovery", "pay"]
+        endpoints = [e for u in billing for e in u["endpoints"]]
+        assert {e["key"] for e in endpoints} == {"a"}
+        assert sum(e["requests"] for e in endpoints) == 3
+        assert all(e["outstanding"] == 0 and e["ejected"] is False for e in endpoints)
+        assert {u["breaker"]["state"] for u in billing} == {"CLOSED"}
+
+        status, health = await get_json(session, gw.admin + "/health")
+        assert status == 200
+        assert health["status"] == "UP"
+        assert health["routes"]["version"] == table["version"]
+
+        async with session.get(gw.admin + "/metrics") as resp:
+            text = await resp.text()
+        assert 'gateway_requests_total{route="pay",service="billing",status="200"} 2.0' in text
+        assert (
+            'gateway_requests_total{route="discovery",service="billing",status="200"} 1.0' in text
+        )
+        assert (
+            'gateway_requests_total{route="unmatched",service="unmatched",status="404"} 1.0' in text
+        )
+        assert 'gateway_request_duration_seconds_count{route="pay"} 2.0' in text
+        assert "gateway_upstream_errors_total" in text
+        assert "gateway_retries_total" in text
+        assert "gateway_breaker_transitions_total" in text
+
+        # The admin port is not the traffic port, and the traffic port has no admin.
+        async with session.get(gw.url + "/metrics") as resp:
+            assert resp.status == 404
+
+
+# ----------------------------------------------------------------------------- under load
+
+
+async def test_an_upstream_killed_under_load_fails_no_idempotent_request(
+    redis_url: str,
+    components: ComponentFactory,
+    start_gateway: StartGateway,
+    registrations: Callable[[Instance], Awaitable[Registration]],
+) -> None:
+    procs = {}
+    for name in ("a", "b"):
+        port = free_port()
+        procs[name] = await components.start(
+            "tests.upstream_server", "--name", name, "--delay", "0.005", port=port
+        )
+        await registrations(Instance("orders", name, "127.0.0.1", port, ttl=30))
+    gw = await start_gateway(redis_url)
+    statuses: list[int] = []
+    served: list[str] = []
+    stop = False
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while not stop:
+            async with session.get(gw.url + "/orders/list") as resp:
+                statuses.append(resp.status)
+                if resp.status == 200:
+                    served.append((await resp.json())["instance"])
+
+    async with aiohttp.ClientSession() as session:
+        workers = [asyncio.create_task(worker(session)) for _ in range(16)]
+        await wait_until(lambda: served.count("a") > 50, 20, message="load on a")
+        procs["a"].kill()
+        killed_at = len(statuses)
+        await wait_until(lambda: len(statuses) > killed_at + 500, 30, message="load after kill")
+        stop = True
+        await asyncio.gather(*workers)
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+    assert set(served[killed_at + 100 :]) == {"b"}
+
+
+async def test_200_mib_stream_both_ways_with_bounded_gateway_memory(
+    redis_url: str,
+    tmp_path: Path,
+    start_gateway: StartGateway,
+) -> None:
+    size = 200 * 1024 * 1024
+    block = b"z" * (1024 * 1024)
+
+    async def download(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_length = size
+        await resp.prepare(request)
+        for _ in range(size // len(block)):
+            await resp.write(block)
+        return resp
+
+    async def upload(request: web.Request) -> web.Response:
+        total = 0
+        async for chunk in request.content.iter_any():
+            total += len(chunk)
+        return web.json_response({"received": total})
+
+    app = web.Application(client_max_size=size * 2)
+    app.router.add_get("/files/down", download)
+    app.router.add_post("/files/up", upload)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    routes = tmp_path / "routes.toml"
+    write_routes(routes, {"id": "files", "prefix": "/files", "urls": [f"http://127.0.0.1:{port}"]})
+    gw = await start_gateway(
+        redis_url, "--routes", str(routes), "--max-body", str(size), "--per-try-timeout", "30",
+        "--total-timeout", "60",
+    )  # fmt: skip
+    pid = gw.comp.process.pid
+
+    def rss() -> int:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    baseline = rss()
+    peak = baseline
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+            received = 0
+            async with session.get(gw.url + "/files/down") as resp:
+                assert resp.status == 200
+                async for chunk in resp.content.iter_chunked(1024 * 1024):
+                    received += len(chunk)
+                    peak = max(peak, rss())
+            assert received == size
+
+            async def body() -> Any:
+                nonlocal peak
+                for _ in range(size // len(block)):
+                    peak = max(peak, rss())
+                    yield block
+
+            async with session.post(gw.url + "/files/up", data=body()) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["received"] == size
+    finally:
+        await runner.cleanup()
+    # Buffered, 200 MiB would be in memory; streamed, a few socket buffers are.
+    assert peak - baseline < 48 * 1024 * 1024, (baseline, peak)
+
+
+async def test_sigterm_lets_a_request_in_flight_finish_and_exits_0(
+    redis_url: str,
+    tmp_path: Path,
+    start_gateway: StartGateway,
+) -> None:
+    started = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        started.set()
+        await asyncio.sleep(0.5)
+        return web.Response(text="finished")
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    routes = tmp_path / "routes.toml"
+    write_routes(routes, {"id": "s", "prefix": "/", "urls": [f"http://127.0.0.1:{port}"]})
+    gw = await start_gateway(redis_url, "--routes", str(routes))
+    try:
+        async with aiohttp.ClientSession() as session:
+            request = asyncio.create_task(session.get(gw.url + "/slow"))
+            await asyncio.wait_for(started.wait(), 10)
+            gw.comp.process.send_signal(signal.SIGTERM)
+            resp = await request
+            assert resp.status == 200
+            assert await resp.text() == "finished"
+            resp.release()
+        code = await asyncio.get_running_loop().run_in_executor(None, gw.comp.process.wait, 15)
+        assert code == 0
+    finally:
+        await runner.cleanup()
