@@ -127,6 +127,7 @@ class Watcher:
         self.rev = 0
         self.services: dict[str, dict[str, Instance]] = {}
         self._up: dict[str, tuple[Instance, ...]] = {}
+        self._parsed: dict[str, Instance] = {}
         self._callbacks: list[ChangeCallback] = []
         self._lock = asyncio.Lock()
         self._changed = asyncio.Condition()
@@ -187,7 +188,7 @@ class Watcher:
         """Replace the snapshot by a full, atomic read of the registry."""
         async with self._lock:
             started = time.perf_counter()
-            rev, services = await self.store.snapshot()
+            rev, services = await self.store.snapshot(self._parsed)
             changed = {
                 name
                 for name in services.keys() | self.services.keys()

@@ -47,14 +47,18 @@ __all__ = [
 ]
 
 
-def connect(url: str, *, timeout: float = 2.0) -> Redis:
+def connect(url: str, *, timeout: float = 2.0, max_connections: int = 64) -> Redis:
     """A client for ``url`` with string replies and bounded retries on connection errors.
 
     Nothing is sent until the first command; a server that is down makes that
     command raise after about ``timeout`` seconds and a few quick retries.
+    Past ``max_connections`` concurrent commands, callers wait for a free
+    connection (up to ``timeout``) instead of failing.
     """
-    return aioredis.Redis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=timeout,
         decode_responses=True,
         socket_connect_timeout=timeout,
         socket_timeout=max(timeout, 5.0),
@@ -62,6 +66,7 @@ def connect(url: str, *, timeout: float = 2.0) -> Redis:
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         health_check_interval=30,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 class Backoff:

@@ -509,16 +509,34 @@ class RegistryStore:
         """Expire every instance whose key is gone; how many were."""
         return int(await self._sweep(args=[self.retained]))
 
-    async def snapshot(self) -> tuple[int, dict[str, dict[str, Instance]]]:
-        """``(rev, {service: {id: instance}})`` of every live instance, read atomically."""
+    async def snapshot(
+        self, parsed: dict[str, Instance] | None = None
+    ) -> tuple[int, dict[str, dict[str, Instance]]]:
+        """``(rev, {service: {id: instance}})`` of every live instance, read atomically.
+
+        ``parsed`` maps stored JSON to the instance parsed from it; it is used
+        to skip parsing instances that did not change since the last call (the
+        same objects come back, so comparing snapshots is cheap) and is
+        replaced in place by the entries of this snapshot.
+        """
         flat = await self._snapshot()
         rev = int(flat[0])
+        previous = parsed if parsed is not None else {}
+        seen: dict[str, Instance] = {}
         services: dict[str, dict[str, Instance]] = {}
         for i in range(1, len(flat), 2):
             pairs = flat[i + 1]
-            services[flat[i]] = {
-                pairs[j]: Instance.from_json(pairs[j + 1]) for j in range(0, len(pairs), 2)
-            }
+            insts: dict[str, Instance] = {}
+            for j in range(0, len(pairs), 2):
+                raw = pairs[j + 1]
+                inst = previous.get(raw)
+                if inst is None:
+                    inst = Instance.from_json(raw)
+                insts[pairs[j]] = seen[raw] = inst
+            services[flat[i]] = insts
+        if parsed is not None:
+            parsed.clear()
+            parsed.update(seen)
         return rev, services
 
     async def instances(self, service: str) -> list[Instance]:
