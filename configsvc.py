@@ -20,7 +20,6 @@ import dataclasses
 import hmac
 import ipaddress
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from email.utils import formatdate
 from pathlib import Path
@@ -32,7 +31,8 @@ from prometheus_client import Counter, Gauge
 
 from core import log
 from core.config_document import MAX_BYTES, Format, check_name, parse
-from core.config_files import ImportReport, import_directory
+from core.config_files import Importer
+from core.config_reads import SharedReads
 from core.config_store import ConfigStore, NotImported, Version, WriteResult
 from core.errors import (
     BadRequest,
@@ -46,7 +46,7 @@ from core.errors import (
 )
 from core.http import json_response, read_body
 from core.metrics import HTTPMetrics
-from core.redis import REDIS_ERRORS, Backoff, Redis, connect
+from core.redis import REDIS_ERRORS, Redis, connect
 from core.runner import Site, run
 from core.settings import CommonSettings, Secret, load, option
 
@@ -99,83 +99,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class Importer:
-    """Imports the config directory: at start, on reload, and when Redis lost it.
-
-    Imports never run concurrently. ``last`` is the last import's report
-    (None before the first one ran); its errors show in ``/health``.
-    """
-
-    def __init__(self, store: ConfigStore, directory: Path, check_interval: float) -> None:
-        self.store = store
-        self.directory = directory
-        self.check_interval = check_interval
-        self.last: ImportReport | None = None
-        self.last_time: float | None = None
-        self.imports = 0
-        self._lock = asyncio.Lock()
-
-    async def run(self, reason: str) -> ImportReport:
-        """Import the directory now; raises the Redis errors when Redis is away."""
-        async with self._lock:
-            return await self._run(reason)
-
-    async def ensure(self) -> None:
-        """Import now unless Redis holds an import (it was emptied since the last check)."""
-        async with self._lock:
-            if not await self.store.imported():
-                logger.warning("Redis no longer holds the config (emptied?): importing again")
-                await self._run("Redis emptied")
-
-    async def _run(self, reason: str) -> ImportReport:
-        report = await import_directory(self.store, self.directory)
-        self.last, self.last_time = report, time.time()
-        self.imports += 1
-        if report.errors:
-            for error in report.errors:
-                logger.error("config directory %s: %s", self.directory, error)
-            logger.error(
-                "%s: import of %s refused (%d broken file(s)); nothing changed",
-                reason, self.directory, len(report.errors),
-            )  # fmt: skip
-        else:
-            logger.info(
-                "%s: imported %s: %d written, %d unchanged, %d deleted (rev %d)",
-                reason, self.directory, len(report.written), len(report.unchanged),
-                len(report.deleted), report.rev,
-            )  # fmt: skip
-        return report
-
-    async def keep_imported(self, *, done_once: bool) -> None:
-        """Import (unless ``done_once``), then again whenever Redis no longer holds the import.
-
-        Redis being away is not an error: it waits and tries again.
-        """
-        backoff = Backoff(base=0.1, cap=self.check_interval)
-        while True:
-            try:
-                if not done_once:
-                    await self.run("start")
-                    done_once = True
-                else:
-                    await self.ensure()
-                backoff.reset()
-                await asyncio.sleep(self.check_interval)
-            except REDIS_ERRORS as exc:
-                if backoff.attempt == 0:
-                    logger.warning("import: Redis unavailable (%s); retrying", exc)
-                await backoff.sleep()
-
-    def describe(self) -> dict[str, Any]:
-        last = self.last
-        return {
-            "directory": str(self.directory),
-            "imports": self.imports,
-            "last_import": self.last_time,
-            "errors": [e.to_dict() for e in last.errors] if last else [],
-        }
-
-
 @dataclasses.dataclass(frozen=True)
 class Meters:
     writes: Counter
@@ -188,6 +111,7 @@ SETTINGS = web.AppKey("settings", Settings)
 REDIS = web.AppKey("redis", Redis)
 STORE = web.AppKey("store", ConfigStore)
 IMPORTER = web.AppKey("importer", Importer)
+READS = web.AppKey("reads", SharedReads)
 METRICS = web.AppKey("metrics", HTTPMetrics)
 METERS = web.AppKey("meters", Meters)
 
@@ -258,26 +182,17 @@ async def get_config(request: web.Request) -> web.Response:
     """``GET /v1/config/{app}/{profile}``: the merged config; 304 when ``If-None-Match`` matches."""
     app_name = check_name(request.match_info["app"], "app")
     profile = check_name(request.match_info["profile"], "profile")
-    store = request.app[STORE]
-    if_none_match = request.headers.get("If-None-Match")
-    if if_none_match:
-        rev, version, imported = await store.merged_head(app_name, profile)
-        etag = f'"{version}"'
-        if imported and _etag_matches(if_none_match, etag):
-            return web.Response(status=304, headers={"ETag": etag, REVISION_HEADER: str(rev)})
-    merged = await store.merged(app_name, profile)
+    store, reads = request.app[STORE], request.app[READS]
+    merged = await reads.merged(app_name, profile)
     if not merged.imported:
         # Redis was emptied: serve the directory, never an empty config.
         await request.app[IMPORTER].ensure()
-        merged = await store.merged(app_name, profile)
-    return json_response(
-        merged.to_dict(),
-        headers={
-            "ETag": f'"{merged.version}"',
-            REVISION_HEADER: str(merged.rev),
-            "Cache-Control": "no-cache",
-        },
-    )
+        merged = await reads.merged(app_name, profile)
+    etag = f'"{merged.version}"'
+    headers = {"ETag": etag, REVISION_HEADER: str(merged.rev), "Cache-Control": "no-cache"}
+    if _etag_matches(request.headers.get("If-None-Match"), etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=store.render(merged), content_type="application/json", headers=headers)
 
 
 async def list_documents(request: web.Request) -> web.Response:
@@ -481,7 +396,9 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     client = connect(app[SETTINGS].redis_url)
     app[REDIS] = client
     app[STORE] = ConfigStore(client)
+    app[READS] = SharedReads(app[STORE])
     yield
+    await app[READS].close()
     await client.aclose()
 
 

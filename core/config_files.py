@@ -19,14 +19,26 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
+from core import log
 from core.config_document import MAX_BYTES, NAME_RE, parse
 from core.config_store import ConfigStore, Write
 from core.errors import HTTPProblem
+from core.redis import REDIS_ERRORS, Backoff
 
-__all__ = ["DirectoryContents", "FileError", "ImportReport", "import_directory", "read_directory"]
+__all__ = [
+    "DirectoryContents",
+    "FileError",
+    "ImportReport",
+    "Importer",
+    "import_directory",
+    "read_directory",
+]
+
+logger = log.get("configsvc")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -165,3 +177,80 @@ async def import_directory(store: ConfigStore, path: Path) -> ImportReport:
     revs = [r.rev for r in results if r.rev]
     report.rev = max(revs) if revs else await store.rev()
     return report
+
+
+class Importer:
+    """Imports the config directory: at start, on reload, and when Redis lost it.
+
+    Imports never run concurrently. ``last`` is the last import's report
+    (None before the first one ran); its errors show in ``/health``.
+    """
+
+    def __init__(self, store: ConfigStore, directory: Path, check_interval: float) -> None:
+        self.store = store
+        self.directory = directory
+        self.check_interval = check_interval
+        self.last: ImportReport | None = None
+        self.last_time: float | None = None
+        self.imports = 0
+        self._lock = asyncio.Lock()
+
+    async def run(self, reason: str) -> ImportReport:
+        """Import the directory now; raises the Redis errors when Redis is away."""
+        async with self._lock:
+            return await self._run(reason)
+
+    async def ensure(self) -> None:
+        """Import now unless Redis holds an import (it was emptied since the last check)."""
+        async with self._lock:
+            if not await self.store.imported():
+                logger.warning("Redis no longer holds the config (emptied?): importing again")
+                await self._run("Redis emptied")
+
+    async def _run(self, reason: str) -> ImportReport:
+        report = await import_directory(self.store, self.directory)
+        self.last, self.last_time = report, time.time()
+        self.imports += 1
+        if report.errors:
+            for error in report.errors:
+                logger.error("config directory %s: %s", self.directory, error)
+            logger.error(
+                "%s: import of %s refused (%d broken file(s)); nothing changed",
+                reason, self.directory, len(report.errors),
+            )  # fmt: skip
+        else:
+            logger.info(
+                "%s: imported %s: %d written, %d unchanged, %d deleted (rev %d)",
+                reason, self.directory, len(report.written), len(report.unchanged),
+                len(report.deleted), report.rev,
+            )  # fmt: skip
+        return report
+
+    async def keep_imported(self, *, done_once: bool) -> None:
+        """Import (unless ``done_once``), then again whenever Redis no longer holds the import.
+
+        Redis being away is not an error: it waits and tries again.
+        """
+        backoff = Backoff(base=0.1, cap=self.check_interval)
+        while True:
+            try:
+                if not done_once:
+                    await self.run("start")
+                    done_once = True
+                else:
+                    await self.ensure()
+                backoff.reset()
+                await asyncio.sleep(self.check_interval)
+            except REDIS_ERRORS as exc:
+                if backoff.attempt == 0:
+                    logger.warning("import: Redis unavailable (%s); retrying", exc)
+                await backoff.sleep()
+
+    def describe(self) -> dict[str, Any]:
+        last = self.last
+        return {
+            "directory": str(self.directory),
+            "imports": self.imports,
+            "last_import": self.last_time,
+            "errors": [e.to_dict() for e in last.errors] if last else [],
+        }

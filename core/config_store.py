@@ -23,13 +23,14 @@ version, no revision, no message.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import re
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -49,6 +50,8 @@ __all__ = [
     "merged_version",
     "sources_of",
 ]
+
+T = TypeVar("T")
 
 PREFIX = "essaim:cfg:"
 REV_KEY = PREFIX + "rev"
@@ -150,6 +153,18 @@ return {now, out, 1}
 """
 
 
+# ARGV: document names. Returns {imported, rev, {version, hash, time, origin, content}...}
+# (fields false/None for an absent document): one command instead of a MULTI pipeline.
+_READ = """
+local out = {redis.call('EXISTS', 'essaim:cfg:imported'), redis.call('GET', 'essaim:cfg:rev')}
+for i = 1, #ARGV do
+  out[#out + 1] = redis.call('HMGET', 'essaim:cfg:d:' .. ARGV[i],
+                             'version', 'hash', 'time', 'origin', 'content')
+end
+return out
+"""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Version:
     """One version of a document. A deletion is a version with ``deleted`` and no content."""
@@ -211,15 +226,24 @@ class WriteResult:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Merged:
-    """The merged config of one app and profile, read atomically at revision ``rev``."""
+    """The merged config of one app and profile, read atomically at revision ``rev``.
+
+    ``layers`` are the sources' contents, lowest precedence first (shared with
+    the store's cache: never mutate them); ``config`` merges them.
+    ``imported`` is False when Redis holds no import of the config directory.
+    """
 
     app: str
     profile: str
     rev: int
     version: str
     sources: tuple[Version, ...]
-    config: dict[str, Any]
+    layers: tuple[Mapping[str, Any], ...] = ()
     imported: bool = True
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return deep_merge(*self.layers)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -264,12 +288,32 @@ class ConfigStore:
     parses each version once.
     """
 
-    def __init__(self, redis: Redis, *, keep: int = HISTORY_KEPT, cache_size: int = 512) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        keep: int = HISTORY_KEPT,
+        cache_size: int = 512,
+        concurrency: int = 32,
+    ) -> None:
         self.redis = redis
         self.keep = keep
+        self._limit = asyncio.Semaphore(concurrency)
         self._write = redis.register_script(_WRITE)
+        self._read = redis.register_script(_READ)
         self._parsed: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._rendered: OrderedDict[str, bytes] = OrderedDict()
         self._cache_size = cache_size
+
+    async def _call(self, command: Awaitable[T]) -> T:
+        """Await one Redis command or pipeline, at most ``concurrency`` at a time.
+
+        A burst of requests (every client refetching after a change) then
+        queues here instead of exhausting the client's connection pool, which
+        fails with "Too many connections" past its limit.
+        """
+        async with self._limit:
+            return await command
 
     # -- writing -----------------------------------------------------------------
 
@@ -319,7 +363,7 @@ class ConfigStore:
                     canonical(w.content),
                     w.file,
                 ]
-        now, flat, done = await self._write(args=args)
+        now, flat, done = await self._call(self._write(args=args))
         if not int(done):
             raise NotImported("Redis holds no import of the config directory")
         results = []
@@ -342,12 +386,13 @@ class ConfigStore:
 
     async def get(self, name: str) -> Version | None:
         """The current version of ``name`` with its content; None when absent or deleted."""
-        fields: dict[str, str] = await self.redis.hgetall(doc_key(name))  # type: ignore[assignment]
+        # decode_responses: replies are str.
+        fields: dict[str, str] = await self._call(self.redis.hgetall(doc_key(name)))  # type: ignore[arg-type]
         return self._version(name, fields)
 
     async def history(self, name: str) -> list[Version]:
         """The retained versions of ``name``, newest first (with content)."""
-        raw = await self.redis.lrange(history_key(name), 0, -1)
+        raw = await self._call(self.redis.lrange(history_key(name), 0, -1))
         return [self._entry(name, str(item)) for item in raw]
 
     async def version(self, name: str, number: int) -> Version | None:
@@ -359,70 +404,67 @@ class ConfigStore:
 
     async def names(self) -> list[str]:
         """The names of the current documents, sorted."""
-        return sorted(str(n) for n in await self.redis.smembers(NAMES_KEY))
+        return sorted(str(n) for n in await self._call(self.redis.smembers(NAMES_KEY)))
 
     async def rev(self) -> int:
-        return int(await self.redis.get(REV_KEY) or 0)
+        return int(await self._call(self.redis.get(REV_KEY)) or 0)
 
     async def files(self) -> dict[str, str]:
         """Document name -> hash of the file it was last imported from."""
-        return {str(k): str(v) for k, v in (await self.redis.hgetall(FILES_KEY)).items()}
+        return {
+            str(k): str(v) for k, v in (await self._call(self.redis.hgetall(FILES_KEY))).items()
+        }
 
     async def origins(self, names: Sequence[str]) -> dict[str, str | None]:
         """The origin of each current document in ``names`` (None when absent)."""
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
             pipe.hget(doc_key(name), "origin")
-        return dict(zip(names, await pipe.execute(), strict=True))
+        return dict(zip(names, await self._call(pipe.execute()), strict=True))
 
     async def imported(self) -> bool:
         """Whether a directory import ever ran against this Redis (False after it was emptied)."""
-        return bool(await self.redis.exists(IMPORTED_KEY))
+        return bool(await self._call(self.redis.exists(IMPORTED_KEY)))
 
     async def merged(self, app: str, profile: str) -> Merged:
         """The deep merge ``application < app < app-profile``, read at one revision.
 
-        The config shares arrays with the parsed-content cache: don't mutate it.
+        One round trip; the contents are parsed once per hash (cached).
         """
         names = sources_of(app, profile)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.exists(IMPORTED_KEY)
-        pipe.get(REV_KEY)
-        for name in names:
-            pipe.hgetall(doc_key(name))
-        imported, rev_raw, *docs = await pipe.execute()
+        imported, rev_raw, *docs = await self._call(self._read(args=names))
         sources: list[Version] = []
-        layers: list[dict[str, Any]] = []
-        for name, fields in zip(names, docs, strict=True):
-            version = self._version(name, fields, content=False)
+        layers: list[Mapping[str, Any]] = []
+        for name, (version, hash_, at, origin, content) in zip(names, docs, strict=True):
             if version is not None:
-                sources.append(version)
-                layers.append(self._content(fields["hash"], fields["content"]))
+                sources.append(Version(name, int(version), hash_, int(at), origin or "api"))
+                layers.append(self._content(hash_, content))
         return Merged(
             app=app,
             profile=profile,
             rev=int(rev_raw or 0),
             version=merged_version(sources),
             sources=tuple(sources),
-            config=deep_merge(*layers),
+            layers=tuple(layers),
             imported=bool(imported),
         )
 
-    async def merged_head(self, app: str, profile: str) -> tuple[int, str, bool]:
-        """``(rev, version, imported)`` of the merged config, reading no content (for 304s)."""
-        names = sources_of(app, profile)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.exists(IMPORTED_KEY)
-        pipe.get(REV_KEY)
-        for name in names:
-            pipe.hmget(doc_key(name), ["version", "hash"])
-        imported, rev_raw, *heads = await pipe.execute()
-        sources = [
-            Version(n, int(h[0]), h[1], 0, "")
-            for n, h in zip(names, heads, strict=True)
-            if h[0] is not None
-        ]
-        return int(rev_raw or 0), merged_version(sources), bool(imported)
+    def render(self, merged: Merged) -> bytes:
+        """The JSON of ``merged`` as served (``Merged.to_dict``), cached per app, profile and version.
+
+        Every client of an app asks for the same version after a change: it
+        is merged and serialised once.
+        """
+        key = f"{merged.app}/{merged.profile}/{merged.version}"
+        body = self._rendered.get(key)
+        if body is None:
+            body = orjson.dumps(merged.to_dict())
+            self._rendered[key] = body
+            if len(self._rendered) > self._cache_size:
+                self._rendered.popitem(last=False)
+        else:
+            self._rendered.move_to_end(key)
+        return body
 
     # -- decoding ----------------------------------------------------------------
 
