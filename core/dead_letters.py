@@ -72,6 +72,7 @@ class DeadLetter:
 
     @classmethod
     def from_entry(cls, entry_id: str, flat: Mapping[str, str]) -> DeadLetter:
+        """The dead letter stored as entry ``entry_id`` with fields ``flat``."""
         return cls(
             id=entry_id,
             group=flat.get("group", ""),
@@ -102,6 +103,7 @@ class DeadLetter:
 def dead_fields(
     group: str, stream: str, message_id: str, deliveries: int, error: str, fields: Mapping[str, str]
 ) -> dict[str, str]:
+    """A dead-letter entry: where the message came from, why it failed, its fields as ``e.*``."""
     return {
         "group": group,
         "stream": stream,
