@@ -389,7 +389,8 @@ class ConfigClient:
         await self._apply(
             body["config"], version, "server", body.get("sources", []), notify=not initial
         )
-        await asyncio.to_thread(self._write_cache, body)
+        if self.cache_dir is not None:
+            await asyncio.to_thread(self._write_cache, body)
 
     async def _fetch(self) -> tuple[int, int | None, dict[str, Any] | None]:
         """``(status, rev, body)`` of one GET of the merged config (body None for a 304)."""

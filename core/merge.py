@@ -53,6 +53,8 @@ def changed_paths(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = 
     for key in old.keys() | new.keys():
         path = f"{prefix}{key}"
         a, b = old.get(key, _MISSING), new.get(key, _MISSING)
+        if type(a) in _SCALARS and type(b) is type(a) and a == b:
+            continue
         a_table, b_table = isinstance(a, Mapping), isinstance(b, Mapping)
         if a_table and b_table:
             out |= changed_paths(a, b, path + ".")
@@ -88,11 +90,19 @@ _MISSING: Any = _Missing()
 
 def freeze(value: Any) -> Any:
     """A deeply read-only copy: mappings become ``MappingProxyType``, lists tuples."""
-    if isinstance(value, Mapping):
+    kind = type(value)
+    if kind in _SCALARS:
+        return value
+    if kind is dict or isinstance(value, Mapping):
         return MappingProxyType({k: freeze(v) for k, v in value.items()})
-    if isinstance(value, list | tuple):
+    if kind is list or kind is tuple:
         return tuple(freeze(v) for v in value)
     return value
+
+
+# Exact types that freeze returns as they are (the checks above are hot: one
+# per value of every config version applied).
+_SCALARS = frozenset({str, int, float, bool})
 
 
 def thaw(value: Any) -> Any:
