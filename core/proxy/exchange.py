@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from core import log
@@ -108,6 +109,7 @@ class Exchange:
         "started",
         "started_at",
         "status",
+        "t0",
         "total_deadline",
         "tried",
         "unsent",
@@ -130,7 +132,10 @@ class Exchange:
         proxy = client.proxy
         self.client = client
         self.proxy = proxy
+        # The loop's clock (uvloop: milliseconds, read once per loop iteration)
+        # is for deadlines; latency is measured with perf_counter.
         self.started_at = proxy.loop.time()
+        self.t0 = perf_counter()
         self.method = method
         self.method_name = method.decode("ascii")
         self.headers = headers
@@ -164,11 +169,11 @@ class Exchange:
         self.request_line = b""
         self.head_tail = b""
 
-        lines, host, length, xff, rid, expect, connection, via = scan_request(headers)
+        lines, host, length, chunked, xff, rid, expect, connection, via = scan_request(headers)
         if connection:
             drop = connection_tokens(connection)
             if drop:
-                lines, host, length, xff, rid, expect, _, via = scan_request(headers, drop)
+                lines, host, length, chunked, xff, rid, expect, _, via = scan_request(headers, drop)
         self.request_id = proxy.ids.keep_or_new(rid)
         query_at = url.find(b"?")
         raw_path = url if query_at < 0 else url[:query_at]
@@ -186,7 +191,7 @@ class Exchange:
                 )
                 return
             self.body_done = size == 0
-        elif self._has_chunked_body():
+        elif chunked:
             self.chunked = True
         else:
             self.body_done = True
@@ -240,13 +245,6 @@ class Exchange:
             parts.append(b"connection: upgrade\r\nupgrade: " + self._header(b"upgrade") + _CRLF)
         parts.append(_CRLF)
         self.head_tail = b"".join(parts)
-
-    def _has_chunked_body(self) -> bool:
-        # llhttp accepted the framing; a body without Content-Length is chunked.
-        for name, value in self.headers:
-            if name.lower() == b"transfer-encoding":
-                return value.rstrip().lower().endswith(b"chunked")
-        return False
 
     def _header(self, wanted: bytes) -> bytes:
         for name, value in self.headers:
@@ -687,13 +685,9 @@ class Exchange:
         proxy.active -= 1
         plan = self.plan
         if plan is not None:
-            proxy.stats.request(
-                plan.route, plan.service, self.status, proxy.loop.time() - self.started_at
-            )
+            proxy.stats.request(plan.route, plan.service, self.status, perf_counter() - self.t0)
         else:
-            proxy.stats.request(
-                "unmatched", "unmatched", self.status, proxy.loop.time() - self.started_at
-            )
+            proxy.stats.request("unmatched", "unmatched", self.status, perf_counter() - self.t0)
         self.client.exchange_done(self, self.close_after or not self.body_done)
 
     def _service(self) -> str:

@@ -30,10 +30,9 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from core import log
-from core.breaker import BreakerPolicy, State
+from core.breaker import State
 from core.discovery import Watcher
 from core.errors import BadRequest, NotFound, ServiceUnavailable
-from core.outlier import OutlierPolicy
 from core.proxy.wire import header_pattern
 from core.registry_store import SERVICE_RE
 from core.retry import RetryPolicy
@@ -197,7 +196,7 @@ class Router:
         plans: dict[str, Plan] = {}
         keep: set[tuple[str, ...]] = set()
         for route in table.routes:
-            policy, retry = _policies(route)
+            policy, retry = route.upstream, route.retry
             if route.service is not None:
                 upstream = self._upstream_for_service(route.service, policy, route.id)
                 keep.add(self._service_key(route.service, policy))
@@ -344,36 +343,6 @@ class Router:
         for result, count in sorted(self.reloads.items()):
             reloads.add_metric([result], count)
         yield reloads
-
-
-def _policies(route: Route) -> tuple[UpstreamPolicy, RetryPolicy]:
-    """The route's upstream and retry policies as :mod:`core.upstream` and :mod:`core.retry` types.
-
-    ``core.routes`` still builds its own interim policy types; their values
-    are carried over by name until it builds these directly.
-    """
-    upstream: Any = route.upstream
-    retry: Any = route.retry
-    if not isinstance(upstream, UpstreamPolicy):
-        b, o = upstream.breaker, upstream.outlier
-        upstream = UpstreamPolicy(
-            balancer=upstream.balancer,
-            breaker=BreakerPolicy(
-                sliding_window_size=b.window,
-                failure_rate_threshold=b.failure_rate_threshold,
-                minimum_number_of_calls=b.minimum_calls,
-                wait_duration_in_open_state=b.wait_in_open,
-                permitted_number_of_calls_in_half_open_state=b.permitted_half_open_calls,
-            ),
-            outlier=OutlierPolicy(
-                consecutive_failures=o.consecutive_failures,
-                base_ejection_time=o.base_ejection,
-                max_ejection_time=max(o.max_ejection, o.base_ejection),
-            ),
-        )
-    if not isinstance(retry, RetryPolicy):
-        retry = RetryPolicy(attempts=retry.attempts)
-    return upstream, retry
 
 
 def _stripped(route: Route, path: str) -> str:

@@ -108,6 +108,7 @@ def scan_request(
     list[bytes],
     bytes | None,
     bytes | None,
+    bool,
     bytes | None,
     bytes | None,
     bytes | None,
@@ -116,16 +117,17 @@ def scan_request(
 ]:
     """One pass over a request's headers.
 
-    Returns ``(lines, host, content_length, x_forwarded_for, x_request_id,
-    expect, connection)``: ``lines`` are the ``name: value\\r\\n`` lines to
-    forward as they are (hop-by-hop headers, the ones the gateway sets, and
-    the names in ``drop`` left out; ``Via`` lines are kept, the gateway adds its
-    own after them); the others are the values the gateway
-    needs (None when absent). Repeated ``X-Forwarded-For`` headers are joined
-    with ``", "``; ``connection`` joins every ``Connection`` value.
+    Returns ``(lines, host, content_length, chunked, x_forwarded_for,
+    x_request_id, expect, connection, via)``: ``lines`` are the
+    ``name: value\r\n`` lines to forward as they are (hop-by-hop headers,
+    the ones the gateway sets itself and the names in ``drop`` left out); the
+    others are what the gateway needs (None when absent). Repeated
+    ``X-Forwarded-For`` and ``Via`` values are joined with ``", "``,
+    ``Connection`` values with ``","``.
     """
     lines: list[bytes] = []
     host = length = xff = rid = expect = via = None
+    chunked = False
     connection = b""
     special = _REQUEST_SPECIAL if drop is None else _REQUEST_SPECIAL | drop
     for name, value in headers:
@@ -136,6 +138,8 @@ def scan_request(
             host = value
         elif low == b"content-length":
             length = value
+        elif low == b"transfer-encoding":
+            chunked = value.rstrip().lower().endswith(b"chunked")
         elif low == b"x-forwarded-for":
             xff = value if xff is None else xff + b", " + value
         elif low == b"x-request-id":
@@ -146,19 +150,12 @@ def scan_request(
             expect = value
         elif low == b"via":
             via = value if via is None else via + b", " + value
-    return lines, host, length, xff, rid, expect, connection, via
+    return lines, host, length, chunked, xff, rid, expect, connection, via
 
 
-# Response headers other than Connection, Content-Length and Transfer-Encoding
-# that the gateway removes; rare, so one regex search that usually fails.
-_RARE_RESPONSE = re.compile(
-    rb"\r\n(?:keep-alive|proxy-connection|te|trailer|upgrade|proxy-authenticate"
-    rb"|proxy-authorization|x-request-id):"
-)
-_RARE_RESPONSE_LINES = re.compile(
-    rb"\r\n(?:keep-alive|proxy-connection|te|trailer|upgrade|proxy-authenticate"
-    rb"|proxy-authorization|x-request-id):[^\r]*",
-    re.IGNORECASE,
+_RESPONSE_SPECIAL = re.compile(
+    rb"\r\n(content-length|connection|keep-alive|proxy-connection|te|trailer|transfer-encoding"
+    rb"|upgrade|proxy-authenticate|proxy-authorization|x-request-id|via):[ \t]*([^\r]*)"
 )
 
 
@@ -180,47 +177,39 @@ def scan_response(
     is the block without hop-by-hop headers, headers listed in
     ``Connection``, ``X-Request-ID`` (the gateway sets its own), ``Via`` (its
     values are returned joined, for the gateway to append itself) and the
-    lines ``drop`` matches; ``Content-Length`` stays as it was. Working on the raw block
-    (one ``lower()`` and a few ``find``) instead of header by header is what
-    keeps this cheap: a response costs no Python call per header.
+    lines ``drop`` matches; ``Content-Length`` stays as it was. Working on
+    the raw block (one ``lower()``, one regex scan, one join) instead of
+    header by header is what keeps this cheap: a response costs no Python
+    call per header.
     """
     low = block.lower()
-    length = None
+    length = via = None
     chunked = False
     upgrade = b""
-    at = low.find(b"\r\ncontent-length:")
-    if at >= 0:
-        end = low.find(b"\r", at + 17)
-        length = block[at + 17 : end].strip()
-    listed: frozenset[bytes] = frozenset()
-    at = low.find(b"\r\nconnection:")
-    while at >= 0:
-        end = low.find(b"\r", at + 13)
-        listed = listed | connection_tokens(low[at + 13 : end].strip())
-        block = block[:at] + block[end:]
-        low = low[:at] + low[end:]
-        at = low.find(b"\r\nconnection:", at)
-    at = low.find(b"\r\ntransfer-encoding:")
-    while at >= 0:
-        end = low.find(b"\r", at + 20)
-        chunked = low[at + 20 : end].rstrip().endswith(b"chunked")
-        block = block[:at] + block[end:]
-        low = low[:at] + low[end:]
-        at = low.find(b"\r\ntransfer-encoding:", at)
-    via = None
-    at = low.find(b"\r\nvia:")
-    while at >= 0:
-        end = low.find(b"\r", at + 6)
-        value = block[at + 6 : end].strip()
-        via = value if via is None else via + b", " + value
-        block = block[:at] + block[end:]
-        low = low[:at] + low[end:]
-        at = low.find(b"\r\nvia:", at)
-    if _RARE_RESPONSE.search(low) is not None:
-        at = low.find(b"\r\nupgrade:")
-        if at >= 0:
-            upgrade = block[at + 10 : low.find(b"\r", at + 10)].strip()
-        block = _RARE_RESPONSE_LINES.sub(b"", block)
+    listed: frozenset[bytes] | None = None
+    parts = []
+    at = 0
+    for m in _RESPONSE_SPECIAL.finditer(low):
+        name, value = m.group(1, 2)
+        if name == b"content-length":
+            length = value.rstrip()
+            continue
+        start, end = m.span()
+        parts.append(block[at:start])
+        at = end
+        if name == b"connection":
+            if value != b"keep-alive" and value != b"close":
+                listed = connection_tokens(value.rstrip()) | (listed or frozenset())
+        elif name == b"transfer-encoding":
+            chunked = value.rstrip().endswith(b"chunked")
+        elif name == b"via":
+            original = block[m.start(2) : end].rstrip()
+            via = original if via is None else via + b", " + original
+        elif name == b"upgrade":
+            upgrade = block[m.start(2) : end].rstrip()
+    if parts:
+        parts.append(block[at:])
+        block = b"".join(parts)
     if listed:
         block = header_pattern(listed).sub(b"", block)
     if drop is not None:
