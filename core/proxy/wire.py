@@ -66,8 +66,6 @@ _REQUEST_SPECIAL = HOP_BY_HOP | frozenset(
     )
 )
 
-#: Response headers the gateway sets itself or reads for framing (besides hop-by-hop).
-_RESPONSE_SPECIAL = HOP_BY_HOP | frozenset((b"content-length", b"x-request-id"))
 
 #: Methods a retry may repeat (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
@@ -153,6 +151,7 @@ def scan_request(
     return lines, host, length, chunked, xff, rid, expect, connection, via
 
 
+#: Response header lines the gateway removes, or reads (Content-Length stays).
 _RESPONSE_SPECIAL = re.compile(
     rb"\r\n(content-length|connection|keep-alive|proxy-connection|te|trailer|transfer-encoding"
     rb"|upgrade|proxy-authenticate|proxy-authorization|x-request-id|via):[ \t]*([^\r]*)"
