@@ -29,6 +29,7 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import aiohttp
@@ -49,7 +50,7 @@ __all__ = ["CallResponse", "Calls", "Timeouts", "forwarding_middleware"]
 FORWARDED = ("X-Request-ID", "Authorization")
 
 _incoming: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
-    "essaim_incoming_headers", default={}
+    "essaim_incoming_headers", default=MappingProxyType({})
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
