@@ -17,12 +17,14 @@ import hmac
 import ipaddress
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 
 import orjson
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
 from core import log
+from core.config_client import ConfigClient, TypedView
 from core.errors import (
     BadRequest,
     NotFound,
@@ -70,6 +72,16 @@ class Settings(CommonSettings):
     sweep_interval: float = dataclasses.field(
         default=0.5, metadata=option("seconds between sweeps for expired instances")
     )
+    config_url: str | None = dataclasses.field(
+        default=None,
+        metadata=option("configsvc URL; default_ttl and sweep_interval then follow it live"),
+    )
+    config_profile: str = dataclasses.field(
+        default="default", metadata=option("profile of the registry's config in configsvc")
+    )
+    config_cache_dir: str | None = dataclasses.field(
+        default=None, metadata=option("directory for the last-known config copy (none: no copy)")
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -82,6 +94,20 @@ class Settings(CommonSettings):
                 f"REGISTRY_TOKEN: required when listening on {self.host} (not loopback): "
                 "anyone who can register can steal a service's traffic"
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class Dynamic:
+    """The settings that configsvc may change while the registry runs (document ``registry``)."""
+
+    default_ttl: int = 10
+    sweep_interval: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.default_ttl <= 300:
+            raise ValueError(f"default_ttl: expected 1-300, got {self.default_ttl}")
+        if not 0 < self.sweep_interval <= 60:
+            raise ValueError(f"sweep_interval: expected (0, 60] seconds, got {self.sweep_interval}")
 
 
 def _is_loopback(host: str) -> bool:
@@ -135,11 +161,15 @@ class Expirer:
     """Publishes ``down`` for expired instances: keyspace notifications plus a sweep."""
 
     def __init__(
-        self, redis: Redis, store: RegistryStore, sweep_interval: float, expired: Counter
+        self,
+        redis: Redis,
+        store: RegistryStore,
+        sweep_interval: Callable[[], float],
+        expired: Counter,
     ) -> None:
         self.redis = redis
         self.store = store
-        self.sweep_interval = sweep_interval
+        self._sweep_interval = sweep_interval
         self.expired = expired
         self.notifications = False
         self._warned = False
@@ -168,7 +198,7 @@ class Expirer:
             if not self._warned:
                 logger.warning(
                     "keyspace notifications unavailable (%s); expiry relies on the %.1fs sweep",
-                    exc, self.sweep_interval,
+                    exc, self._sweep_interval(),
                 )  # fmt: skip
                 self._warned = True
             self.notifications = False
@@ -190,7 +220,7 @@ class Expirer:
                     self.expired.inc(count)
                     logger.info("sweep: %d expired instance(s) published down", count)
                 backoff.reset()
-                await asyncio.sleep(self.sweep_interval)
+                await asyncio.sleep(self._sweep_interval())
             except REDIS_ERRORS as exc:
                 if backoff.attempt == 0:
                     logger.warning("sweep: Redis unavailable (%s)", exc)
@@ -205,6 +235,8 @@ HUB = web.AppKey("hub", EventHub)
 METRICS = web.AppKey("metrics", HTTPMetrics)
 EXPIRER = web.AppKey("expirer", Expirer)
 SSE_CLIENTS = web.AppKey("sse_clients", Gauge)
+CONFIG = web.AppKey("config", ConfigClient)
+DYNAMIC = web.AppKey("dynamic", TypedView[Dynamic])
 
 # ----------------------------------------------------------------------------- handlers
 
@@ -235,7 +267,8 @@ async def register(request: web.Request) -> web.Response:
     _require_token(request)
     service, instance_id = _names(request)
     body = await read_json(request, BODY_LIMIT)
-    instance = parse_registration(service, instance_id, body, request.app[SETTINGS].default_ttl)
+    default_ttl = request.app[DYNAMIC].current.default_ttl
+    instance = parse_registration(service, instance_id, body, default_ttl)
     rev, created = await request.app[STORE].register(instance)
     stored = await request.app[STORE].get(service, instance_id)
     doc = (stored or instance).to_dict()
@@ -392,6 +425,7 @@ async def health(request: web.Request) -> web.Response:
         "status": "UP" if redis_ok else "DEGRADED",
         "redis": "UP" if redis_ok else "DOWN",
         "keyspace_notifications": app[EXPIRER].notifications,
+        "config": app[CONFIG].describe(),
     }
     return json_response(body, status=200 if redis_ok else 503)
 
@@ -420,6 +454,24 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     await client.aclose()
 
 
+async def _config_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The dynamic settings: the flags' values, overridden live by configsvc when configured."""
+    settings = app[SETTINGS]
+    client = ConfigClient(
+        settings.config_url,
+        "registry",
+        settings.config_profile,
+        redis=app[REDIS],
+        cache_dir=Path(settings.config_cache_dir) if settings.config_cache_dir else None,
+        defaults={"default_ttl": settings.default_ttl, "sweep_interval": settings.sweep_interval},
+    )
+    app[CONFIG] = client
+    app[DYNAMIC] = client.typed(Dynamic)
+    await client.start()
+    yield
+    await client.stop()
+
+
 async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
     """The expirer and the event hub: started here, stopped and awaited at stop."""
     hub = EventHub(app[REDIS])
@@ -428,7 +480,8 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
         "instances that stopped heartbeating and were published down",
         registry=app[METRICS].registry,
     )
-    expirer = Expirer(app[REDIS], app[STORE], app[SETTINGS].sweep_interval, expired)
+    dynamic = app[DYNAMIC]
+    expirer = Expirer(app[REDIS], app[STORE], lambda: dynamic.current.sweep_interval, expired)
     app[HUB] = hub
     app[EXPIRER] = expirer
     tasks = TaskSet("registry")
@@ -458,6 +511,7 @@ def build_app(settings: Settings) -> web.Application:
         "registry_sse_clients", "open /v1/events streams", registry=metrics.registry
     )
     app.cleanup_ctx.append(_redis_ctx)
+    app.cleanup_ctx.append(_config_ctx)
     app.cleanup_ctx.append(_background_ctx)
     app.on_shutdown.append(_on_shutdown)
     base = "/v1/services/{service}/instances/{id}"

@@ -7,8 +7,10 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -413,3 +415,43 @@ async def test_a_port_in_use_fails_start_with_exit_3(
     )
     assert await asyncio.to_thread(second.process.wait, 15) == 3
     assert "cannot listen on" in second.log
+
+
+async def test_dynamic_settings_follow_configsvc_without_restart(
+    make_client: Callable[..., Awaitable[Client]],
+    components: ComponentFactory,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "config").mkdir()
+    configsvc = await components.start(
+        "configsvc", "--redis-url", redis_url, "--config-dir", str(tmp_path / "config")
+    )
+    client = await make_client(config_url=configsvc.url)
+
+    async def ttl_given_by_default() -> int:
+        body = await (await put(client, "customers", "c1")).json()
+        return int(body["instance"]["ttl"])
+
+    assert await ttl_given_by_default() == 10
+    document = configsvc.url + "/v1/documents/registry"
+    async with aiohttp.ClientSession() as http:
+        async with http.put(document, json={"default_ttl": 42}) as resp:
+            assert resp.status in (200, 201)
+        await wait_until(lambda: _equals(ttl_given_by_default(), 42), timeout=5)
+
+        # A version the registry can't use is rejected; the last good one stays.
+        async with http.put(document, json={"default_ttl": 0}) as resp:
+            assert resp.status in (200, 201)
+
+        async def rejection_reported() -> bool:
+            health = await (await client.get("/health")).json()
+            rejected = health["config"]["last_rejection"]
+            return rejected is not None and "default_ttl" in rejected["reason"]
+
+        await wait_until(rejection_reported, timeout=5)
+        assert await ttl_given_by_default() == 42
+
+
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
