@@ -367,3 +367,27 @@ async def test_a_change_message_is_published_for_every_write(
     assert event["document"] == "billing"
     assert event["version"] == 2
     await pubsub.aclose()
+
+
+async def test_a_config_rejected_at_start_falls_back_and_is_reported(
+    service: TestServer, redis: Redis
+) -> None:
+    client = ConfigClient(
+        url_of(service), "billing", redis=redis, defaults={"billing": {"currency": "USD"}}
+    )
+
+    def never_eur(config: Mapping[str, Any]) -> None:
+        if config["billing"]["currency"] == "EUR":
+            raise ValueError("EUR is refused here")
+
+    client.add_validator(never_eur)
+    try:
+        await client.start()
+        assert (client.source, client.get("billing.currency")) == ("defaults", "USD")
+        assert client.describe()["last_rejection"]["reason"] == "EUR is refused here"
+    finally:
+        await client.stop()
+    strict = ConfigClient(url_of(service), "billing", redis=redis, fail_fast=True)
+    strict.add_validator(never_eur)
+    with pytest.raises(StartupError, match="EUR is refused here"):
+        await strict.start()
