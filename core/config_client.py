@@ -27,6 +27,7 @@ read-only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -234,7 +235,7 @@ class ConfigClient:
         can't be reached (or its config is rejected) after the retries.
         """
         if self.url is None:
-            await self._commit(dict(self.defaults), None, "defaults", [], notify=False)
+            await self._use_defaults()
             logger.info("%s: no config service: built-in defaults", self.app)
             return
         if self._own_session:
@@ -285,6 +286,7 @@ class ConfigClient:
         if self.fail_fast:
             raise StartupError(f"config for {self.app}/{self.profile} from {self.url}: {error}")
         self._wanted.set()  # keep trying in the background
+        why = "rejected" if isinstance(error, _Rejected) else "unavailable"
         cached = await asyncio.to_thread(self._read_cache)
         if cached is not None:
             try:
@@ -292,17 +294,24 @@ class ConfigClient:
                     cached["config"], cached["version"], "disk", cached["sources"], notify=False
                 )
                 logger.warning(
-                    "%s: config service unavailable: using the last-known copy %s (version %s)",
-                    self.app, self._cache_path(), cached["version"],
+                    "%s: config from the service %s: using the last-known copy %s (version %s)",
+                    self.app, why, self._cache_path(), cached["version"],
                 )  # fmt: skip
                 return
             except _Rejected:
                 pass
-        await self._commit(dict(self.defaults), None, "defaults", [], notify=False)
+        await self._use_defaults()
         logger.warning(
-            "%s: config service unavailable and no usable last-known copy: built-in defaults",
-            self.app,
-        )
+            "%s: config from the service %s and no usable last-known copy: built-in defaults",
+            self.app, why,
+        )  # fmt: skip
+
+    async def _use_defaults(self) -> None:
+        """Make the built-in defaults the config in force (they are trusted: no validator runs)."""
+        for view in self._views:
+            with contextlib.suppress(ValueError):
+                view.set(view.build(self.defaults), None)
+        await self._commit(dict(self.defaults), None, "defaults", [], notify=False)
 
     # -- following changes -------------------------------------------------------------
 
