@@ -133,7 +133,7 @@ def _require_token(request: web.Request) -> None:
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
-    """Whether an ``If-None-Match``/``If-Match`` header lists ``etag`` (weak or strong) or ``*``."""
+    """Whether an ``If-None-Match`` header lists ``etag`` (weak or strong) or ``*``."""
     if not header:
         return False
     for candidate in header.split(","):
