@@ -137,7 +137,9 @@ async def expiry(store: RegistryStore, child: ChildWatcher, ttl: int, count: int
     started = {}
     for n in range(count):
         iid = f"crash-{ttl}-{n}"
-        await store.register(Instance(service="bench", id=iid, host="127.0.0.1", port=9000, ttl=ttl))
+        await store.register(
+            Instance(service="bench", id=iid, host="127.0.0.1", port=9000, ttl=ttl)
+        )
         started[iid] = time.time()
     delays = []
     for iid, t0 in started.items():
@@ -160,7 +162,9 @@ async def relist(url: str, count: int, rounds: int) -> dict[str, Any]:
         await asyncio.gather(
             *(
                 store.register(
-                    Instance(service=f"svc-{n % 100}", id=f"i-{n}", host="10.0.0.1", port=8000, ttl=300)
+                    Instance(
+                        service=f"svc-{n % 100}", id=f"i-{n}", host="10.0.0.1", port=8000, ttl=300
+                    )
                 )
                 for n in range(start, min(count, start + pipe_batch))
             )
@@ -187,7 +191,9 @@ async def relist(url: str, count: int, rounds: int) -> dict[str, Any]:
     }
 
 
-async def heartbeat_rate(url: str, registry_url: str, seconds: float, concurrency: int = 32) -> dict[str, Any]:
+async def heartbeat_rate(
+    url: str, registry_url: str, seconds: float, concurrency: int = 32
+) -> dict[str, Any]:
     client = connect(url)
     store = RegistryStore(client)
     ids = [f"hb-{n}" for n in range(concurrency)]
@@ -285,7 +291,11 @@ def report(results: dict[str, Any]) -> None:
     width = max(len(r[0]) for r in rows)
     print(f"{'measure'.ljust(width)}  result  [target]")
     for name, value, target in rows:
-        print(f"{name.ljust(width)}  {value}  [{target}]" if target else f"{name.ljust(width)}  {value}")
+        print(
+            f"{name.ljust(width)}  {value}  [{target}]"
+            if target
+            else f"{name.ljust(width)}  {value}"
+        )
 
 
 def main(argv: list[str]) -> int:
