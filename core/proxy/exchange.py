@@ -124,7 +124,6 @@ class Exchange:
         method: bytes,
         url: bytes,
         headers: list[tuple[bytes, bytes]],
-        *,
         keep_alive: bool,
         http11: bool,
         upgrade: bool,
@@ -174,7 +173,7 @@ class Exchange:
             drop = connection_tokens(connection)
             if drop:
                 lines, host, length, chunked, xff, rid, expect, _, via = scan_request(headers, drop)
-        self.request_id = proxy.ids.keep_or_new(rid)
+        self.request_id = proxy.ids.new() if rid is None else proxy.ids.keep_or_new(rid)
         query_at = url.find(b"?")
         raw_path = url if query_at < 0 else url[:query_at]
         self.path = raw_path.decode("latin-1")
@@ -346,10 +345,16 @@ class Exchange:
             self.unsent_size = 0
             self.client.pause(PAUSE_BUFFER, False)
         self.sent = True
-        conn.send(self, data, head_only=self.head_only)
-        if self.client.write_paused:
+        conn.send(self, data, self.head_only)
+        client = self.client
+        if client.write_paused:
             conn.pause_reading(True)
-        self._waiting_deadline()
+        if self.body_done:
+            deadline = self.proxy.loop.time() + self.plan.per_try_timeout  # type: ignore[union-attr]
+            total = self.total_deadline
+            client.deadline = deadline if deadline < total else total
+        else:
+            client.deadline = self.proxy.loop.time() + self.proxy.limits.body_timeout
 
     def _waiting_deadline(self) -> None:
         plan = self.plan

@@ -215,7 +215,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- use ---------------------------------------------------------------------
 
-    def send(self, receiver: Receiver, data: list[bytes], *, head_only: bool) -> None:
+    def send(self, receiver: Receiver, data: list[bytes], head_only: bool) -> None:
         """Carry a request for ``receiver``: write ``data`` (its head and any body so far)."""
         self.receiver = receiver
         self._head_only = head_only

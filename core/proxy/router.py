@@ -47,6 +47,8 @@ __all__ = ["DISCOVERY_ROUTE", "Plan", "Router"]
 DISCOVERY_ROUTE = "discovery"
 
 DEFAULT_POLICY = UpstreamPolicy()
+_NO_HEADERS: dict[str, str] = {}
+_DOTS = frozenset((".", ".."))
 DEFAULT_RETRY = RetryPolicy()
 DEFAULT_TIMEOUTS = Timeouts()
 
@@ -131,6 +133,7 @@ class Router:
         self._by_service: dict[str, list[Upstream]] = {}
         self._plans: dict[str, Plan] = {}
         self._discovery: dict[str, Plan] = {}
+        self._header_routes = False
 
     # -- the request path --------------------------------------------------------------
 
@@ -147,23 +150,22 @@ class Router:
                 method,
                 host.decode("latin-1") if host is not None else None,
                 path,
-                _header_getter(headers),
+                _header_getter(headers) if self._header_routes else _NO_HEADERS,
             )
             if hit is not None:
                 route, params = hit
                 plan = self._plans[route.id]
                 upstream_path = route.upstream_path(params, path)
-                return plan, upstream_path, _stripped(route, path)
+                return plan, upstream_path, _stripped(route, path) if route.strip_prefix else ""
+        if "/." in path and not _DOTS.isdisjoint(path.split("/")):
+            raise BadRequest("a path with '.' or '..' segments is not routed")
         end = path.find("/", 1)
         service = path[1:end] if end > 0 else path[1:]
-        plan_or_none = self._discovery.get(service)
+        plan = self._discovery.get(service)
         watcher = self.watcher
-        if plan_or_none is None or (watcher is not None and not watcher.known(service)):
-            plan_or_none = self._discovery_plan(service)
-        rest = path[end:] if end > 0 else "/"
-        if "/." in rest and any(seg in (".", "..") for seg in rest.split("/")):
-            raise BadRequest("a path with '.' or '..' segments is not routed")
-        return plan_or_none, rest, "/" + service
+        if plan is None or (watcher is not None and not watcher.known(service)):
+            plan = self._discovery_plan(service)
+        return plan, path[end:] if end > 0 else "/", "/" + service
 
     def _discovery_plan(self, service: str) -> Plan:
         watcher = self.watcher
@@ -228,6 +230,7 @@ class Router:
         for plan in self._discovery.values():
             keep.add(self._service_key(plan.service, self.policy))
         self._plans = plans
+        self._header_routes = any(route.headers for route in table.routes)
         self.table = table
         self.source = source
         self.installed_at = at

@@ -235,9 +235,9 @@ class ClientConnection(asyncio.Protocol):
             parser.get_method(),
             self.url,
             headers,
-            keep_alive=parser.should_keep_alive(),
-            http11=parser.get_http_version() == "1.1",
-            upgrade=parser.should_upgrade(),
+            parser.should_keep_alive(),
+            parser.get_http_version() == "1.1",
+            parser.should_upgrade(),
         )
         self.headers = []  # trailers, if any, land here and are dropped
         self.reading = exchange
