@@ -154,18 +154,18 @@ class Router:
             )
             if hit is not None:
                 route, params = hit
-                plan = self._plans[route.id]
                 upstream_path = route.upstream_path(params, path)
-                return plan, upstream_path, _stripped(route, path) if route.strip_prefix else ""
+                stripped = _stripped(route, path) if route.strip_prefix else ""
+                return self._plans[route.id], upstream_path, stripped
         if "/." in path and not _DOTS.isdisjoint(path.split("/")):
             raise BadRequest("a path with '.' or '..' segments is not routed")
         end = path.find("/", 1)
         service = path[1:end] if end > 0 else path[1:]
-        plan = self._discovery.get(service)
+        found = self._discovery.get(service)
         watcher = self.watcher
-        if plan is None or (watcher is not None and not watcher.known(service)):
-            plan = self._discovery_plan(service)
-        return plan, path[end:] if end > 0 else "/", "/" + service
+        if found is None or (watcher is not None and not watcher.known(service)):
+            found = self._discovery_plan(service)
+        return found, path[end:] if end > 0 else "/", "/" + service
 
     def _discovery_plan(self, service: str) -> Plan:
         watcher = self.watcher
