@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import platform
 import shutil
@@ -137,6 +138,8 @@ async def bench(clients: int, processes: int, changes: int, warmup: int) -> dict
     return {
         "benchmark": "config",
         "python": platform.python_version(),
+        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        "cpus": os.cpu_count(),
         "clients": per_process * processes,
         "processes": processes,
         "changes": changes,
