@@ -585,3 +585,18 @@ async def test_sigterm_lets_a_request_in_flight_finish_and_exits_0(
         assert code == 0
     finally:
         await runner.cleanup()
+
+
+def test_an_invalid_route_file_at_start_exits_3_naming_route_and_field(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[[routes]]\nid = "x"\nprefix = "/x"\nservice = "Bad Name"\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "--routes", str(routes), "--port", "0",
+         "--admin-port", "0", "--redis-url", "redis://127.0.0.1:1/0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert proc.returncode == 3
+    assert "route 'x', field 'service'" in proc.stderr

@@ -75,7 +75,6 @@ class ClientConnection(asyncio.Protocol):
         "closing",
         "current",
         "deadline",
-        "eof",
         "headers",
         "in_head",
         "parser",
@@ -114,7 +113,6 @@ class ClientConnection(asyncio.Protocol):
         self.paused = 0
         self.write_paused = False
         self.closing = False
-        self.eof = False
         self.tunnel: UpstreamConnection | None = None
         self.rest = b""
 
@@ -176,11 +174,9 @@ class ClientConnection(asyncio.Protocol):
             current.start()
 
     def eof_received(self) -> bool | None:
-        # A client may half-close after its request and still read the answer.
-        if self.current is None and not self.queue:
-            return False
-        self.eof = True
-        return True
+        # An HTTP client that closes its side has gone (nginx's view too: 499):
+        # the transport closes and the exchange in progress is abandoned.
+        return None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -280,7 +276,7 @@ class ClientConnection(asyncio.Protocol):
         self.current = None
         if self.closing:
             return
-        if close or self.eof or (self.proxy.draining and not self.queue):
+        if close or (self.proxy.draining and not self.queue):
             self._close(linger=close and not exchange.body_done)
             return
         queue = self.queue

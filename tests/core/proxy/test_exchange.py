@@ -21,7 +21,7 @@ from core.redis import Redis, connect
 from core.registry_store import Instance
 from core.retry import RetryPolicy
 from core.routes import Timeouts
-from core.testing import free_port
+from core.testing import free_port, wait_until
 from core.upstream import UpstreamPolicy
 from tests.core.proxy.conftest import GatewayFactory, Server, Upstreams, raw_exchange
 
@@ -333,3 +333,29 @@ async def test_unknown_service_is_404_and_bad_path_400(
             assert (await resp.json(content_type=None))["title"] == "Not Found"
         async with session.get(gw.url + "/") as resp:
             assert resp.status == 404
+
+
+async def test_client_leaving_mid_request_releases_the_upstream_and_counts_499(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    arrived = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        arrived.set()
+        await reader.read()
+
+    up = await upstreams.raw(silent)
+    gw = await gateway([{"id": "r", "prefix": "/", "urls": urls(up)}])
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
+    await writer.drain()
+    await asyncio.wait_for(arrived.wait(), 5)
+    upstream = gw.router.upstreams()[0]
+    [endpoint] = upstream.endpoints.values()
+    assert endpoint.outstanding == 1
+    writer.close()
+    await wait_until(lambda: endpoint.outstanding == 0, 5, message="attempt released")
+    assert gw.proxy.stats.requests == {("r", "route:r", 499): 1}
+    assert endpoint.failures == 0  # the client's leaving is no fault of the upstream
+    await wait_until(lambda: gw.proxy.pool.open == 0, 5, message="upstream connection closed")
