@@ -347,7 +347,7 @@ async def test_client_leaving_mid_request_releases_the_upstream_and_counts_499(
 
     up = await upstreams.raw(silent)
     gw = await gateway([{"id": "r", "prefix": "/", "urls": urls(up)}])
-    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    _, writer = await asyncio.open_connection("127.0.0.1", gw.port)
     writer.write(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
     await writer.drain()
     await asyncio.wait_for(arrived.wait(), 5)
