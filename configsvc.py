@@ -37,14 +37,13 @@ from core.config_store import ConfigStore, NotImported, Version, WriteResult
 from core.errors import (
     BadRequest,
     NotFound,
-    ServiceUnavailable,
     SettingsError,
     Unauthorized,
     Unprocessable,
     UnsupportedMediaType,
     problem_middleware,
 )
-from core.http import json_response, read_body
+from core.http import json_response, read_body, redis_health, redis_unavailable
 from core.metrics import HTTPMetrics
 from core.redis import REDIS_ERRORS, Redis, connect
 from core.runner import Site, run
@@ -363,30 +362,13 @@ async def reload(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     app = request.app
-    try:
-        await asyncio.wait_for(app[REDIS].ping(), 1.0)
-        redis_ok = True
-    except REDIS_ERRORS:
-        redis_ok = False
+    redis_ok = await redis_health(app[REDIS])
     body = {
         "status": "UP" if redis_ok else "DEGRADED",
         "redis": "UP" if redis_ok else "DOWN",
         "import": app[IMPORTER].describe(),
     }
     return json_response(body, status=200 if redis_ok else 503)
-
-
-@web.middleware
-async def redis_unavailable(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Redis away: 503 with ``Retry-After`` rather than a 500."""
-    try:
-        return await handler(request)
-    except REDIS_ERRORS as exc:
-        raise ServiceUnavailable(
-            f"the config service's Redis is unavailable: {exc}", headers={"Retry-After": "1"}
-        ) from None
 
 
 # ----------------------------------------------------------------------------- app
@@ -434,7 +416,7 @@ def build_app(settings: Settings) -> web.Application:
     """The config service application; Redis is connected in its cleanup context."""
     metrics = HTTPMetrics("configsvc")
     app = web.Application(
-        middlewares=[metrics.middleware, problem_middleware, redis_unavailable],
+        middlewares=[metrics.middleware, problem_middleware, redis_unavailable("config service")],
         client_max_size=MAX_BYTES + 1024,
     )
     app[SETTINGS] = settings

@@ -22,6 +22,7 @@ from prometheus_client import Counter, Gauge
 from core import log
 from core.config_client import ConfigClient
 from core.errors import SettingsError, problem_middleware
+from core.http import redis_unavailable
 from core.metrics import HTTPMetrics
 from core.redis import connect
 from core.registry_api import (
@@ -37,7 +38,6 @@ from core.registry_api import (
     TOKEN,
     Dynamic,
     add_routes,
-    redis_unavailable,
 )
 from core.registry_events import EventHub
 from core.registry_expiry import Expirer
@@ -158,7 +158,7 @@ def build_app(settings: Settings) -> web.Application:
     """The registry application; Redis is connected in its cleanup context."""
     metrics = HTTPMetrics("registry")
     app = web.Application(
-        middlewares=[metrics.middleware, problem_middleware, redis_unavailable],
+        middlewares=[metrics.middleware, problem_middleware, redis_unavailable("registry")],
         client_max_size=BODY_LIMIT,
     )
     app[SETTINGS] = settings

@@ -7,14 +7,20 @@ problem-details error before any state is touched.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from core.errors import BadRequest, PayloadTooLarge
+from core.errors import BadRequest, PayloadTooLarge, ServiceUnavailable
+from core.redis import REDIS_ERRORS, Redis
 
-__all__ = ["json_response", "read_body", "read_json"]
+__all__ = ["json_response", "read_body", "read_json", "redis_health", "redis_unavailable"]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def read_body(request: web.Request, max_bytes: int) -> bytes:
@@ -58,3 +64,31 @@ def json_response(
     return web.Response(
         body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
     )
+
+
+def redis_unavailable(owner: str) -> Middleware:
+    """Middleware: a Redis error escaping a handler becomes 503 with ``Retry-After: 1``.
+
+    ``owner`` names the component in the detail ("the registry's Redis is
+    unavailable: ..."), so the client knows what to wait for, not a 500.
+    """
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except REDIS_ERRORS as exc:
+            raise ServiceUnavailable(
+                f"the {owner}'s Redis is unavailable: {exc}", headers={"Retry-After": "1"}
+            ) from None
+
+    return middleware
+
+
+async def redis_health(redis: Redis, timeout: float = 1.0) -> bool:
+    """Whether ``redis`` answers PING within ``timeout`` seconds."""
+    try:
+        await asyncio.wait_for(redis.ping(), timeout)
+        return True
+    except REDIS_ERRORS:
+        return False

@@ -7,19 +7,17 @@ The handlers are thin: validation and every read and write are in
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hmac
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import Gauge
 
 from core.config_client import ConfigClient, TypedView
-from core.errors import NotFound, ServiceUnavailable, Unauthorized
-from core.http import json_response, read_json
+from core.errors import NotFound, Unauthorized
+from core.http import json_response, read_json, redis_health
 from core.metrics import HTTPMetrics
-from core.redis import REDIS_ERRORS, Redis
+from core.redis import Redis
 from core.registry_events import EventHub, stream_events
 from core.registry_expiry import Expirer
 from core.registry_store import (
@@ -167,11 +165,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def health(request: web.Request) -> web.Response:
     app = request.app
-    try:
-        await asyncio.wait_for(app[REDIS].ping(), 1.0)
-        redis_ok = True
-    except REDIS_ERRORS:
-        redis_ok = False
+    redis_ok = await redis_health(app[REDIS])
     body = {
         "status": "UP" if redis_ok else "DEGRADED",
         "redis": "UP" if redis_ok else "DOWN",
@@ -179,19 +173,6 @@ async def health(request: web.Request) -> web.Response:
         "config": app[CONFIG].describe(),
     }
     return json_response(body, status=200 if redis_ok else 503)
-
-
-@web.middleware
-async def redis_unavailable(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Redis away: 503 with ``Retry-After`` rather than a 500."""
-    try:
-        return await handler(request)
-    except REDIS_ERRORS as exc:
-        raise ServiceUnavailable(
-            f"the registry's Redis is unavailable: {exc}", headers={"Retry-After": "1"}
-        ) from None
 
 
 def add_routes(app: web.Application, metrics: HTTPMetrics) -> None:
