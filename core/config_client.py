@@ -45,6 +45,7 @@ from core.errors import StartupError, UpstreamError
 from core.merge import changed_paths, deep_merge, freeze
 from core.redis import Backoff, Redis, Subscription
 from core.settings import Secret
+from core.tasks import TaskSet
 
 logger = log.get("config")
 
@@ -132,7 +133,7 @@ class ConfigClient:
         self._session = session
         self._own_session = session is None
         self._applied_once = False
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = TaskSet(f"config:{app}")
         self.subscription = (
             Subscription(
                 redis,
@@ -252,18 +253,15 @@ class ConfigClient:
 
     async def stop(self) -> None:
         """Stop following changes; the config in force stays readable."""
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.remove_done_callback(_crashed)
-        await asyncio.gather(*(_cancel(task) for task in tasks))
+        if self.subscription is not None:
+            self.subscription.stop()
+        await self._tasks.stop()
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
 
     def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
-        task = asyncio.create_task(coro, name=f"config:{self.app}:{what}")
-        task.add_done_callback(_crashed)
-        self._tasks.append(task)
+        self._tasks.spawn(coro, what)
 
     async def _first_fetch(self) -> None:
         backoff = Backoff(base=0.1, cap=2.0)
@@ -552,22 +550,3 @@ class ConfigClient:
         except (OSError, orjson.JSONDecodeError) as exc:
             logger.warning("%s: ignoring the last-known copy %s: %s", self.app, path, exc)
         return None
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait for its end, cancelling again if a library swallowed it.
-
-    redis-py can swallow a cancellation that lands while a pub/sub connection
-    is being set up (redis/redis-py#2028 and #2551, from its async timeouts),
-    after which the task would block forever in ``get_message``.
-    """
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.05)
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("config client task %s failed", task.get_name(), exc_info=task.exception())
-
-
-def _crashed(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.critical("config client task crashed", exc_info=task.exception())

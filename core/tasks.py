@@ -41,13 +41,27 @@ class TaskSet:
             logger.critical("background task %s crashed", task.get_name(), exc_info=exc)
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """Cancel every task and wait up to ``timeout`` seconds for them to end."""
+        """Cancel every task and wait up to ``timeout`` seconds for them to end.
+
+        A task still running 50 ms after its cancellation is cancelled again:
+        redis-py can swallow a cancellation that lands while a pub/sub
+        connection is being set up (redis/redis-py#2028, #2551), after which
+        the task would otherwise block on its next read.
+        """
         tasks, self.tasks = self.tasks, []
         for task in tasks:
             task.remove_done_callback(self._done)
-            task.cancel()
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pending = {t for t in tasks if not t.done()}
+        while pending and loop.time() < deadline:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=min(0.05, deadline - loop.time()))
         for task in pending:
             logger.error("background task %s did not stop within %.1fs", task.get_name(), timeout)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                logger.error(
+                    "background task %s failed", task.get_name(), exc_info=task.exception()
+                )
