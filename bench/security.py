@@ -10,6 +10,11 @@ Token verification (:mod:`core.tokens`), in one process, on one core:
   header decoding, Ed25519 signature check by PyJWT, claims;
 - ``reject bad signature``: a forged token, which is never cached.
 
+Rate limiting (:mod:`core.ratelimit`), against a private Redis started for the
+run: ``rate limit check`` is one :meth:`RateLimiter.check` (one EVALSHA of the
+token-bucket script), sequential, as wall time and as the CPU time of the
+calling process per call (the Redis server's own CPU is not counted).
+
 Each figure is the best of ``--rounds`` rounds of ``--n`` calls (CPU time per
 call, ``time.process_time``), in microseconds. Results: a table on stdout and
 JSON in ``--output`` (default ``bench/results/security.json``; ``--quick``
@@ -19,6 +24,7 @@ writes only when asked).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import platform
 import time
@@ -32,6 +38,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from core.access import Policy, authorize
 from core.jwks import KeySet
+from core.ratelimit import RateLimiter
+from core.redis import connect
+from core.runner import install_uvloop
+from core.testing import RedisServer
 from core.tokens import TokenError, Verifier
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +104,7 @@ def bench(n: int, rounds: int) -> dict[str, Any]:
         "verify_full_us": _per_call_us(full, full_n, rounds),
         "reject_bad_signature_us": _per_call_us(reject, full_n, rounds),
     }
+    figures.update(asyncio.run(_ratelimit(max(1, n // 20), rounds)))
     return {
         "python": platform.python_version(),
         "machine": platform.machine(),
@@ -104,15 +115,36 @@ def bench(n: int, rounds: int) -> dict[str, Any]:
     }
 
 
+async def _ratelimit(n: int, rounds: int) -> dict[str, float]:
+    server = RedisServer().start()
+    client = connect(server.url)
+    try:
+        limiter = RateLimiter(client, replenish_rate=1_000_000, burst_capacity=1_000_000)
+        await limiter.check("bench", "warm-up")
+        wall = cpu = float("inf")
+        for _ in range(rounds):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            for _ in range(n):
+                await limiter.check("bench", "user:u-1")
+            wall = min(wall, time.perf_counter() - start)
+            cpu = min(cpu, time.process_time() - start_cpu)
+        return {"ratelimit_wall_us": wall / n * 1e6, "ratelimit_cpu_us": cpu / n * 1e6}
+    finally:
+        await client.aclose()
+        server.close()
+
+
 def _table(report: dict[str, Any]) -> str:
     rows = [
         ("verify, cached token", report["verify_cached_us"]),
         ("authorize (roles), cached token", report["authorize_cached_us"]),
         ("verify, new token (Ed25519)", report["verify_full_us"]),
         ("reject a bad signature", report["reject_bad_signature_us"]),
+        ("rate limit check (wall)", report["ratelimit_wall_us"]),
+        ("rate limit check (client CPU)", report["ratelimit_cpu_us"]),
     ]
     width = max(len(name) for name, _ in rows)
-    lines = [f"{'what':<{width}}  CPU per call"]
+    lines = [f"{'what':<{width}}  per call"]
     lines += [f"{name:<{width}}  {value:9.2f} µs" for name, value in rows]
     return "\n".join(lines)
 
@@ -130,6 +162,7 @@ def main(argv: list[str]) -> int:
         args.n, args.rounds = 5_000, 2
     if args.n < 1 or args.rounds < 1:
         parser.error("--n and --rounds must be >= 1")
+    install_uvloop()
     report = bench(args.n, args.rounds)
     report["quick"] = args.quick
     print(_table(report))
