@@ -37,7 +37,7 @@ from core.errors import (
     RequestTimeout,
     ServiceUnavailable,
 )
-from core.proxy.pool import Address, UpstreamConnection
+from core.proxy.pool import UpstreamConnection
 from core.proxy.wire import (
     STATUS_PREFIXES,
     chunk,
@@ -301,8 +301,7 @@ class Exchange:
         self.endpoint = ep
         self.attempts += 1
         self.tried += (ep.key,)
-        address = (ep.host, ep.port, ep.scheme)
-        conn = None if self.upgrade else self.proxy.pool.acquire(address)
+        conn = None if self.upgrade else self.proxy.pool.acquire(ep)
         if conn is not None:
             self.attach(conn)
             return
@@ -310,11 +309,11 @@ class Exchange:
         self.client.deadline = min(
             self.proxy.loop.time() + plan.connect_timeout, self.total_deadline
         )
-        self.connecting = self.proxy.loop.create_task(self._connect(address))
+        self.connecting = self.proxy.loop.create_task(self._connect(ep))
 
-    async def _connect(self, address: Address) -> None:
+    async def _connect(self, ep: Endpoint) -> None:
         try:
-            conn = await self.proxy.pool.connect(address)
+            conn = await self.proxy.pool.connect(ep, (ep.host, ep.port, ep.scheme))
         except OSError as exc:
             self.connecting = None
             reason = exc.strerror or str(exc) or type(exc).__name__

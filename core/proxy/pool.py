@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Protocol
 
 import httptools
@@ -71,6 +71,7 @@ class UpstreamConnection(asyncio.Protocol):
         "address",
         "close_after",
         "idle_since",
+        "key",
         "lost",
         "pool",
         "receiver",
@@ -79,8 +80,9 @@ class UpstreamConnection(asyncio.Protocol):
         "tunnel",
     )
 
-    def __init__(self, pool: Pool, address: Address) -> None:
+    def __init__(self, pool: Pool, key: Hashable, address: Address) -> None:
         self.pool = pool
+        self.key = key
         self.address = address
         self.transport: asyncio.Transport | None = None
         self.receiver: Receiver | None = None
@@ -247,10 +249,12 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 class Pool:
-    """Idle keep-alive connections per endpoint address, most recently used first.
+    """Idle keep-alive connections per endpoint, most recently used first.
 
-    ``acquire`` is synchronous (an idle connection or None); ``connect``
-    opens a new connection. At most ``max_idle`` idle connections are kept
+    Connections are kept under a key, the upstream's endpoint object (hashed
+    by identity: no tuple to build per request); an endpoint whose address
+    changes is a new endpoint. ``acquire`` is synchronous (an idle
+    connection or None); ``connect`` opens a new connection. At most ``max_idle`` idle connections are kept
     per address; each is closed after ``idle_timeout`` seconds unused, which
     should be below the upstreams' own keep-alive timeout so that the
     gateway, not the upstream, closes idle connections.
@@ -259,14 +263,14 @@ class Pool:
     def __init__(self, *, max_idle: int = 64, idle_timeout: float = 30.0) -> None:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
-        self.idle: dict[Address, list[UpstreamConnection]] = {}
+        self.idle: dict[Hashable, list[UpstreamConnection]] = {}
         self.connects = 0
         self.reuses = 0
         self.open = 0
         self._ssl: ssl.SSLContext | None = None
 
-    def acquire(self, address: Address) -> UpstreamConnection | None:
-        conns = self.idle.get(address)
+    def acquire(self, key: Hashable) -> UpstreamConnection | None:
+        conns = self.idle.get(key)
         while conns:
             conn = conns.pop()
             if not conn.lost:
@@ -274,8 +278,8 @@ class Pool:
                 return conn
         return None
 
-    async def connect(self, address: Address) -> UpstreamConnection:
-        """A new connection to ``address``; ``OSError`` when it can't be made.
+    async def connect(self, key: Hashable, address: Address) -> UpstreamConnection:
+        """A new connection to ``address``, pooled under ``key``; ``OSError`` if it can't be made.
 
         The caller bounds the wait (it cancels the call at its connect timeout).
         """
@@ -286,7 +290,7 @@ class Pool:
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             tls = {"ssl": self._ssl, "server_hostname": host}
-        factory: Callable[[], UpstreamConnection] = lambda: UpstreamConnection(self, address)  # noqa: E731
+        factory: Callable[[], UpstreamConnection] = lambda: UpstreamConnection(self, key, address)  # noqa: E731
         _, conn = await loop.create_connection(factory, host, port, **tls)
         self.connects += 1
         self.open += 1
@@ -297,9 +301,9 @@ class Pool:
         if conn.lost or conn.close_after:
             self.discard(conn)
             return
-        conns = self.idle.get(conn.address)
+        conns = self.idle.get(conn.key)
         if conns is None:
-            conns = self.idle[conn.address] = []
+            conns = self.idle[conn.key] = []
         if len(conns) >= self.max_idle:
             self.discard(conn)
             return
@@ -314,21 +318,21 @@ class Pool:
     def forget(self, conn: UpstreamConnection) -> None:
         """``conn`` was closed (by either side): count it and drop it from the idle list."""
         self.open -= 1
-        conns = self.idle.get(conn.address)
+        conns = self.idle.get(conn.key)
         if conns and conn in conns:
             conns.remove(conn)
 
     def sweep(self, now: float) -> None:
         """Close connections idle for longer than ``idle_timeout``."""
         limit = now - self.idle_timeout
-        for address, conns in list(self.idle.items()):
+        for key, conns in list(self.idle.items()):
             if conns and conns[0].idle_since < limit:
                 stale = [c for c in conns if c.idle_since < limit]
                 conns[:] = [c for c in conns if c.idle_since >= limit]
                 for conn in stale:
                     conn.close()
             if not conns:
-                del self.idle[address]
+                del self.idle[key]
 
     def close(self) -> None:
         for conns in self.idle.values():

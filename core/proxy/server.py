@@ -76,6 +76,7 @@ class ClientConnection(asyncio.Protocol):
         "current",
         "deadline",
         "headers",
+        "http11",
         "in_head",
         "parser",
         "partial",
@@ -102,6 +103,7 @@ class ClientConnection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.in_head = False
         self.began_here = False
+        self.http11: bool | None = None
         self.partial = 0
         self.read_size = 0
         self.too_large = False
@@ -198,17 +200,20 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.headers = []
-        self.in_head = True
-        self.began_here = True
-        self.partial = 0
-        if self.current is None:
-            self.deadline = self.proxy.loop.time() + self.proxy.limits.head_timeout
-
     def on_url(self, url: bytes) -> None:
-        self.url += url
+        # Every request has a URL: its first piece begins the head (one callback
+        # less than on_message_begin would cost).
+        if not self.in_head:
+            self.url = url
+            if self.headers:
+                self.headers = []  # the last request's trailers
+            self.in_head = True
+            self.began_here = True
+            self.partial = 0
+            if self.current is None:
+                self.deadline = self.proxy.loop.time() + self.proxy.limits.head_timeout
+        else:
+            self.url += url
         if len(self.url) > self.proxy.limits.max_head:
             self.too_large = True
             raise _HeadTooLarge
@@ -226,16 +231,20 @@ class ClientConnection(asyncio.Protocol):
                 self.too_large = True
                 raise _HeadTooLarge
         parser = self.parser
+        http11 = self.http11
+        if http11 is None:
+            # Taken from the first request: clients don't change versions mid-connection.
+            http11 = self.http11 = parser.get_http_version() == "1.1"
         exchange = Exchange(
             self,
             parser.get_method(),
             self.url,
             headers,
             parser.should_keep_alive(),
-            parser.get_http_version() == "1.1",
+            http11,
             parser.should_upgrade(),
         )
-        self.headers = []  # trailers, if any, land here and are dropped
+        self.headers = []  # for the next request (trailers land here and are dropped)
         self.reading = exchange
         if self.current is None:
             self.current = exchange
@@ -402,7 +411,7 @@ class ProxyServer:
         self.draining = False
         self.drained = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
-        self._host_lines: dict[tuple[str, int, str], bytes] = {}
+        self._host_lines: dict[Endpoint, bytes] = {}
         self._sweeper: asyncio.Task[None] | None = None
 
     def __call__(self) -> ClientConnection:
@@ -410,13 +419,12 @@ class ProxyServer:
 
     def host_line(self, ep: Endpoint) -> bytes:
         """``host: <host[:port]>\\r\\n`` for requests to ``ep`` (the port left out when default)."""
-        key = (ep.host, ep.port, ep.scheme)
-        line = self._host_lines.get(key)
+        line = self._host_lines.get(ep)
         if line is None:
             host = f"[{ep.host}]" if ":" in ep.host else ep.host
             default = 443 if ep.scheme == "https" else 80
             value = host if ep.port == default else f"{host}:{ep.port}"
-            line = self._host_lines[key] = f"host: {value}\r\n".encode("latin-1")
+            line = self._host_lines[ep] = f"host: {value}\r\n".encode("latin-1")
             if len(self._host_lines) > 10_000:
                 self._host_lines.clear()
         return line

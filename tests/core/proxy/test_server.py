@@ -445,3 +445,19 @@ async def test_idle_keep_alive_connection_is_closed_quietly(gateway: GatewayFact
     reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
+
+
+async def test_trailers_of_a_chunked_request_do_not_leak_into_the_next(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    up = await upstreams.app(echo_app())
+    gw = await gateway(route_to(up.url))
+    raw = await raw_exchange(
+        gw.port,
+        b"POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nX-Trailer: t\r\n\r\n"
+        b"GET /b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    first, second = parse_responses(raw)
+    assert b'"body": 3' in first[2]
+    assert b"x-trailer" not in second[2]
