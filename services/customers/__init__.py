@@ -1,0 +1,1 @@
+"""The customers service (``python -m services.customers``): :mod:`services.customers.service`."""

@@ -1,0 +1,1 @@
+"""The inventory service (``python -m services.inventory``): :mod:`services.inventory.service`."""

