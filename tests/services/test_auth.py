@@ -9,14 +9,15 @@ from typing import Any
 
 import jwt
 import pytest
+from aiohttp.test_utils import TestClient
 
 from core.errors import SettingsError
 from core.jwks import KeySet
 from core.settings import Secret, load
 from core.tokens import TokenError, Verifier
 from services.auth.service import AuthSettings, build_auth_app
-from tests.services.conftest import Client
 
+Client = TestClient[Any, Any]
 T0 = 1_800_000_000.0
 SEED = "admin:admin-pw:admin,user;alice:alice pw:user"
 
