@@ -26,6 +26,8 @@ from core.errors import BadRequest, NotFound, Unprocessable
 
 __all__ = ["Fields", "cents_to_number", "path_id", "query_int"]
 
+_MISSING: Any = object()
+
 #: Largest integer id or amount accepted (SQLite's INTEGER is 64-bit; JSON clients use doubles).
 MAX_INT = 2**53 - 1
 
@@ -75,10 +77,11 @@ class Fields:
         return name in self.body
 
     def _get(self, name: str, required: bool) -> Any:
+        """The value of ``name``; :data:`_MISSING` when absent (an error when ``required``)."""
         if name not in self.body:
             if required:
                 self.value_errors.append({"field": self._name(name), "reason": "required"})
-            return None
+            return _MISSING
         return self.body[name]
 
     def _wrong_type(self, name: str, expected: str, value: Any) -> None:
@@ -100,7 +103,7 @@ class Fields:
     ) -> str:
         """A string, stripped of surrounding spaces, not empty, at most ``max_length`` characters."""
         value = self._get(name, required)
-        if value is None:
+        if value is _MISSING:
             return ""
         if not isinstance(value, str):
             self._wrong_type(name, "a string", value)
@@ -119,7 +122,7 @@ class Fields:
     ) -> int:
         """An integer (a JSON number without a fraction) in ``[minimum, maximum]``."""
         value = self._get(name, required)
-        if value is None:
+        if value is _MISSING:
             return 0
         if isinstance(value, bool) or not isinstance(value, int | float):
             self._wrong_type(name, "an integer", value)
@@ -139,7 +142,7 @@ class Fields:
     def money(self, name: str, *, required: bool = True, maximum_cents: int = 10**11) -> int:
         """An amount: a JSON number >= 0 with at most two decimals; returned in cents."""
         value = self._get(name, required)
-        if value is None:
+        if value is _MISSING:
             return 0
         if isinstance(value, bool) or not isinstance(value, int | float):
             self._wrong_type(name, "a number", value)
@@ -167,7 +170,7 @@ class Fields:
     def array(self, name: str, *, required: bool = True, max_items: int = 100) -> list[Any]:
         """A JSON array of 1 to ``max_items`` items (items are checked by the caller)."""
         value = self._get(name, required)
-        if value is None:
+        if value is _MISSING:
             return []
         if not isinstance(value, list):
             self._wrong_type(name, "an array", value)

@@ -331,7 +331,10 @@ async def _detail(calls: Calls, service: str, path: str, entity_id: int) -> dict
     except _Unknown:
         return {"id": entity_id, "deleted": True}
     except ServiceUnavailable as exc:
-        return {"id": entity_id, "unavailable": exc.detail}
+        return {
+            "id": entity_id,
+            "unavailable": exc.detail.removeprefix(f"{service} is unavailable: "),
+        }
 
 
 @routes.get("/bills/{id}")

@@ -1,0 +1,279 @@
+"""The inventory service: products, the stock taken by ``bill.created``, ``stock.low``, dead letters.
+
+Events are published here as billing's relay would (``EventBus.publish``):
+what is tested is the service's use of the bus (the bus itself is tested in
+``tests/core``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import ClientSession
+from aiohttp.test_utils import TestClient
+
+import configsvc
+from core.events import Event, EventBus
+from core.settings import Secret
+from core.testing import ComponentFactory, wait_until
+from services.inventory.service import SERVICE
+from tests.services.conftest import Client, MakeClient, rows
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def client(make_service: MakeClient) -> Client:
+    return await make_service(SERVICE, max_deliveries=2)
+
+
+async def product(
+    client: Client, name: str = "Monitor", price: Any = 199, quantity: int = 7
+) -> int:
+    response = await client.post(
+        "/products", json={"name": name, "price": price, "quantity": quantity}
+    )
+    assert response.status == 201, await response.text()
+    return int((await response.json())["id"])
+
+
+async def quantity(client: Client, product_id: int) -> int:
+    return int((await (await client.get(f"/products/{product_id}")).json())["quantity"])
+
+
+def bill(*lines: tuple[int, int], bill_id: int = 1) -> Event:
+    data = {"bill_id": bill_id, "lines": [{"product_id": p, "quantity": q} for p, q in lines]}
+    return Event("bill.created", "billing", data)
+
+
+async def health_events(client: Client) -> dict[str, Any]:
+    return dict((await (await client.get("/health")).json())["events"])
+
+
+async def test_products_have_prices_in_cents_and_a_low_stock_flag(
+    client: Client, tmp_path: Path
+) -> None:
+    keyboard = await product(client, "Keyboard", 49.9, 20)
+    created = await (await client.get(f"/products/{keyboard}")).json()
+    assert created == {
+        "id": 1,
+        "name": "Keyboard",
+        "price": 49.9,
+        "quantity": 20,
+        "low_stock": False,
+    }
+    patched = await client.patch(f"/products/{keyboard}", json={"quantity": 4, "price": 45})
+    assert await patched.json() == {
+        "id": 1,
+        "name": "Keyboard",
+        "price": 45,
+        "quantity": 4,
+        "low_stock": True,
+    }
+    db = tmp_path / "inventory" / "inventory.db"
+    assert rows(db, "SELECT price_cents, quantity FROM products") == [(4500, 4)]
+    listed = await (await client.get("/products")).json()
+    assert [p["name"] for p in listed["products"]] == ["Keyboard"]
+    assert (await client.delete(f"/products/{keyboard}")).status == 204
+    assert (await client.get(f"/products/{keyboard}")).status == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "status", "field"),
+    [
+        ("POST", {"name": "X", "price": 1, "quantity": -1}, 422, "quantity"),
+        ("POST", {"name": "X", "price": -0.5, "quantity": 1}, 422, "price"),
+        ("POST", {"name": "X", "price": 1.005, "quantity": 1}, 422, "price"),
+        ("POST", {"name": "X", "price": "1", "quantity": 1}, 400, "price"),
+        ("POST", {"name": "X", "price": 1, "quantity": 1.5}, 422, "quantity"),
+        ("POST", {"name": "X", "price": 1, "quantity": True}, 400, "quantity"),
+        ("POST", {"name": "X", "price": 1}, 422, "quantity"),
+        ("POST", {"name": "X", "price": 1, "quantity": 1, "sku": "a"}, 422, "sku"),
+        ("POST", b"{", 400, None),
+        ("PATCH", {"quantity": -3}, 422, "quantity"),
+        ("PATCH", {"name": "Y", "price": 1e12}, 422, "price"),
+        ("PATCH", {"quantity": None}, 400, "quantity"),
+    ],
+)
+async def test_bad_products_are_refused_and_change_nothing(
+    client: Client, tmp_path: Path, method: str, body: Any, status: int, field: str | None
+) -> None:
+    await product(client)
+    db = tmp_path / "inventory" / "inventory.db"
+    before = rows(db, "SELECT * FROM products")
+    path = "/products" if method == "POST" else "/products/1"
+    kwargs = {"data": body} if isinstance(body, bytes) else {"json": body}
+    response = await client.request(method, path, **kwargs)
+    assert response.status == status
+    assert response.content_type == "application/problem+json"
+    if field is not None:
+        assert field in [e["field"] for e in (await response.json())["errors"]]
+    assert rows(db, "SELECT * FROM products") == before
+
+
+async def test_a_bill_takes_its_stock_once_and_emits_stock_low_under_the_threshold(
+    client: Client, redis: aioredis.Redis, redis_url: str
+) -> None:
+    monitor = await product(client, "Monitor", 199, 7)
+    mouse = await product(client, "Mouse", 19.9, 50)
+    event = bill((monitor, 3), (mouse, 2))
+    bus = EventBus(redis)
+    await bus.publish(event)
+    await bus.publish(event)  # delivered twice (a relay that died before marking it published)
+    await wait_until(lambda: _handled(client, 2), 10, message="both deliveries taken")
+    assert await quantity(client, monitor) == 4
+    assert await quantity(client, mouse) == 48
+    events = await health_events(client)
+    assert (events["consumer"]["handled"], events["consumer"]["duplicates"]) == (1, 1)
+
+    low = await wait_until(lambda: redis.xrange("essaim:events:stock.low"), 5, message="stock.low")
+    assert len(low) == 1
+    data = Event.from_fields(low[0][1]).data
+    assert data == {"product_id": monitor, "name": "Monitor", "quantity": 4, "threshold": 5,
+                    "cause": "bill", "bill_id": 1}  # fmt: skip
+    outbox = await (await client.get("/events/outbox")).json()
+    assert [e["type"] for e in outbox["events"]] == ["stock.low"]
+    assert outbox["events"][0]["published"] is True
+
+    await bus.publish(bill((monitor, 1), bill_id=2))  # already under: no second alert
+    await wait_until(lambda: _handled(client, 3), 10)
+    assert await quantity(client, monitor) == 3
+    assert len(await redis.xrange("essaim:events:stock.low")) == 1
+
+
+async def _handled(client: Client, count: int) -> bool:
+    consumer = (await health_events(client))["consumer"]
+    return bool(consumer["handled"] + consumer["duplicates"] >= count)
+
+
+async def test_a_bill_that_cannot_be_served_becomes_a_dead_letter_and_replays_after_a_restock(
+    client: Client, redis: aioredis.Redis
+) -> None:
+    monitor = await product(client, "Monitor", 199, 2)
+    keyboard = await product(client, "Keyboard", 49.9, 10)
+    await EventBus(redis).publish(bill((keyboard, 1), (monitor, 3)))
+
+    async def dead() -> list[dict[str, Any]]:
+        return list((await (await client.get("/events/dead")).json())["dead_letters"])
+
+    letters = await wait_until(dead, 10, message="a dead letter")
+    assert letters[0]["deliveries"] == 2
+    assert f"product {monitor} has 2 in stock, 3 billed" in letters[0]["error"]
+    assert letters[0]["event"]["type"] == "bill.created"
+    assert await quantity(client, keyboard) == 10  # all lines or none
+
+    bad = await client.post("/events/dead/replay", json={"ids": ["nope"]})
+    assert bad.status == 422
+    await client.patch(f"/products/{monitor}", json={"quantity": 5})
+    replayed = await client.post("/events/dead/replay", json={"ids": [letters[0]["id"]]})
+    assert await replayed.json() == {"replayed": 1}
+    await wait_until(lambda: _quantity_is(client, monitor, 2), 10, message="the replay handled")
+    assert await quantity(client, keyboard) == 9
+    assert await dead() == []
+
+
+async def _quantity_is(client: Client, product_id: int, expected: int) -> bool:
+    return await quantity(client, product_id) == expected
+
+
+async def test_the_low_stock_threshold_follows_configsvc_without_a_restart(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    make_service: MakeClient,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "inventory.toml").write_text("[inventory]\nlow_stock_threshold = 5\n")
+    settings = configsvc.Settings(
+        redis_url=redis_url, config_dir=str(config_dir), token=Secret("t")
+    )
+    config = await aiohttp_client(configsvc.build_app(settings))
+    client = await make_service(SERVICE, config_url=str(config.make_url("")).rstrip("/"))
+    monitor = await product(client, "Monitor", 199, 4)
+    assert (await (await client.get(f"/products/{monitor}")).json())["low_stock"] is True
+
+    async def put(threshold: Any) -> None:
+        response = await config.put(
+            "/v1/documents/inventory",
+            json={"inventory": {"low_stock_threshold": threshold}},
+            headers={"Authorization": "Bearer t"},
+        )
+        assert response.status in (200, 201)
+
+    async def low() -> bool:
+        return bool((await (await client.get(f"/products/{monitor}")).json())["low_stock"])
+
+    await put(3)
+    await wait_until(lambda: _not(low()), 5, message="threshold 3 applied")
+    await put(-1)  # refused by the service: the threshold in force stays
+    health = await (await client.get("/health")).json()
+    await wait_until(lambda: _rejected(client), 5, message="-1 rejected")
+    assert await low() is False
+    assert health["config"]["source"] == "server"
+
+
+async def _not(value: Awaitable[bool]) -> bool:
+    return not await value
+
+
+async def _rejected(client: Client) -> bool:
+    health = await (await client.get("/health")).json()
+    return health["config"]["last_rejection"] is not None
+
+
+async def test_a_bill_whose_consumer_is_killed_mid_handling_is_taken_once_by_another_instance(
+    components: ComponentFactory, redis: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "inventory"
+    env = {"REDIS_URL": redis_url, "INVENTORY_VISIBILITY_TIMEOUT": "1"}
+    first = await components.start(
+        "services.inventory", "--data-dir", str(data), "--instance-id", "inventory-a", env=env
+    )
+    async with ClientSession() as http:
+        async with http.post(
+            f"{first.url}/products", json={"name": "Monitor", "price": 199, "quantity": 10}
+        ) as response:
+            assert response.status == 201
+        # Hold the database's write lock, so that the handler blocks inside its transaction.
+        lock = sqlite3.connect(data / "inventory.db", isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        try:
+            await EventBus(redis).publish(bill((1, 4)))
+
+            async def pending_on_first() -> bool:
+                summary = await redis.xpending("essaim:events:bill.created", "inventory")
+                return any(c["name"] == "inventory-a" for c in summary["consumers"])
+
+            await wait_until(pending_on_first, 10, message="the bill delivered to inventory-a")
+            first.kill()  # SIGKILL while the handler waits for the lock
+        finally:
+            lock.rollback()
+            lock.close()
+        second = await components.start(
+            "services.inventory", "--data-dir", str(data), "--instance-id", "inventory-b", env=env
+        )
+
+        async def stock() -> int:
+            async with http.get(f"{second.url}/products/1") as response:
+                return int((await response.json())["quantity"])
+
+        await wait_until(lambda: _equals(stock(), 6), 15, message="the bill claimed again")
+        async with http.get(f"{second.url}/health") as response:
+            consumer = (await response.json())["events"]["consumer"]
+        assert (consumer["consumer"], consumer["handled"]) == ("inventory-b", 1)
+        assert await stock() == 6
+
+
+async def _equals(value: Awaitable[Any], expected: Any) -> bool:
+    return await value == expected
