@@ -59,6 +59,7 @@ class Fields:
         self.prefix = prefix
         self.type_errors: list[dict[str, str]] = parent.type_errors if parent else []
         self.value_errors: list[dict[str, str]] = parent.value_errors if parent else []
+        self.is_object = isinstance(body, dict)
         if isinstance(body, dict):
             self.body: dict[str, Any] = body
             for name in sorted(set(body) - allowed):
@@ -77,9 +78,12 @@ class Fields:
         return name in self.body
 
     def _get(self, name: str, required: bool) -> Any:
-        """The value of ``name``; :data:`_MISSING` when absent (an error when ``required``)."""
+        """The value of ``name``; :data:`_MISSING` when absent (an error when ``required``).
+
+        Nothing is required of a body that is not an object: that is its error.
+        """
         if name not in self.body:
-            if required:
+            if required and self.is_object:
                 self.value_errors.append({"field": self._name(name), "reason": "required"})
             return _MISSING
         return self.body[name]
