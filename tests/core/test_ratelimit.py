@@ -7,19 +7,28 @@ import pytest
 
 from core.ratelimit import KEY_PREFIX, RateLimiter, rate_key
 from core.redis import Redis, connect
+from core.resp import RespClient
 from core.testing import RedisServer, wait_until
 
 T0 = 1_800_000_000.0
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
+async def redis(redis_url: str) -> AsyncIterator[RespClient]:
+    client = RespClient(redis_url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def inspect(redis_url: str) -> AsyncIterator[Redis]:
+    """An ordinary client, to look at what the limiter stored."""
     client = connect(redis_url)
     yield client
     await client.aclose()
 
 
-async def test_exactly_the_burst_passes_under_concurrent_requests(redis: Redis) -> None:
+async def test_exactly_the_burst_passes_under_concurrent_requests(redis: RespClient) -> None:
     limiter = RateLimiter(redis, replenish_rate=1, burst_capacity=10)
     decisions = await asyncio.gather(
         *(limiter.check("orders", "user:u-1", now=T0) for _ in range(50))
@@ -29,17 +38,17 @@ async def test_exactly_the_burst_passes_under_concurrent_requests(redis: Redis) 
     assert (limiter.allowed, limiter.denied) == (10, 40)
 
 
-async def test_buckets_are_per_route_and_per_key(redis: Redis) -> None:
+async def test_buckets_are_per_route_and_per_key(redis: RespClient, inspect: Redis) -> None:
     limiter = RateLimiter(redis, replenish_rate=1, burst_capacity=1)
     assert (await limiter.check("orders", "user:a", now=T0)).allowed
     assert not (await limiter.check("orders", "user:a", now=T0)).allowed
     assert (await limiter.check("orders", "user:b", now=T0)).allowed
     assert (await limiter.check("products", "user:a", now=T0)).allowed
-    assert await redis.exists(f"{KEY_PREFIX}orders:user:a")
-    assert 1 <= await redis.ttl(f"{KEY_PREFIX}orders:user:a") <= 2
+    assert await inspect.exists(f"{KEY_PREFIX}orders:user:a")
+    assert 1 <= await inspect.ttl(f"{KEY_PREFIX}orders:user:a") <= 2
 
 
-async def test_refill_at_the_replenish_rate_up_to_the_burst(redis: Redis) -> None:
+async def test_refill_at_the_replenish_rate_up_to_the_burst(redis: RespClient) -> None:
     limiter = RateLimiter(redis, replenish_rate=2, burst_capacity=4)
     for _ in range(4):
         assert (await limiter.check("r", "k", now=T0)).allowed
@@ -51,7 +60,7 @@ async def test_refill_at_the_replenish_rate_up_to_the_burst(redis: Redis) -> Non
     assert (after_an_hour.allowed, after_an_hour.remaining) == (True, 3)  # capped at 4
 
 
-async def test_requested_tokens_are_taken_at_once(redis: Redis) -> None:
+async def test_requested_tokens_are_taken_at_once(redis: RespClient) -> None:
     limiter = RateLimiter(redis, replenish_rate=1, burst_capacity=10, requested_tokens=4)
     first = await limiter.check("r", "k", now=T0)
     second = await limiter.check("r", "k", now=T0)
@@ -60,7 +69,7 @@ async def test_requested_tokens_are_taken_at_once(redis: Redis) -> None:
     assert (denied.allowed, denied.remaining, denied.retry_after) == (False, 2, 2)
 
 
-async def test_refill_on_the_redis_clock(redis: Redis) -> None:
+async def test_refill_on_the_redis_clock(redis: RespClient) -> None:
     limiter = RateLimiter(redis, replenish_rate=20, burst_capacity=1)
     assert (await limiter.check("r", "k")).allowed
     assert not (await limiter.check("r", "k")).allowed
@@ -71,7 +80,7 @@ async def _allowed(limiter: RateLimiter) -> bool:
     return (await limiter.check("r", "k")).allowed
 
 
-async def test_headers_and_problem_as_spring_cloud_gateway_sends_them(redis: Redis) -> None:
+async def test_headers_and_problem_as_spring_cloud_gateway_sends_them(redis: RespClient) -> None:
     limiter = RateLimiter(redis, replenish_rate=5, burst_capacity=2)
     allowed = await limiter.check("r", "k", now=T0)
     assert limiter.headers(allowed) == {
@@ -97,7 +106,7 @@ def test_rate_key_prefers_the_user_id() -> None:
     assert rate_key(None, "10.0.0.1") == "addr:10.0.0.1"
 
 
-async def test_configuration_is_checked(redis: Redis) -> None:
+async def test_configuration_is_checked(redis: RespClient) -> None:
     with pytest.raises(ValueError, match="replenish_rate"):
         RateLimiter(redis, replenish_rate=0, burst_capacity=1)
     with pytest.raises(ValueError, match="requested_tokens"):
@@ -117,7 +126,7 @@ async def test_redis_down_fails_open_or_closed_then_heals(
     redis_factory: Callable[..., RedisServer], fail_open: bool
 ) -> None:
     server = redis_factory()
-    client = connect(server.url, timeout=0.5)
+    client = RespClient(server.url, connect_timeout=0.5)
     clock = Clock()
     limiter = RateLimiter(client, 1, 1, fail_open=fail_open, retry_interval=1.0, clock=clock)
     try:
@@ -137,4 +146,4 @@ async def test_redis_down_fails_open_or_closed_then_heals(
         decision = await limiter.check("r", "k", now=T0)
         assert (decision.allowed, decision.unavailable) == (True, False)  # a new, full bucket
     finally:
-        await client.aclose()
+        await client.close()
