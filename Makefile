@@ -26,7 +26,7 @@ bench: $(STAMP)
 	$(PY) -m bench all $(BENCH_ARGS)
 
 up: $(STAMP)
-	$(PY) -m services
+	$(PY) -m services $(UP_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

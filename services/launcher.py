@@ -146,7 +146,7 @@ SERVICE_ARGS = (
 PROCESSES: tuple[Spec, ...] = (
     Spec("redis", 0, command=("{redis_binary}", "--port", "{port}", "--bind", "127.0.0.1",
                               "--dir", "{run_dir}/redis", "--appendonly", "yes", "--save", "",
-                              "--protected-mode", "no"),
+                              "--protected-mode", "no", "--loglevel", "warning"),
          health="redis", when="embedded_redis"),
     Spec("configsvc", 1, "configsvc", args=("--config-dir", "{config_dir}"),
          env={"CONFIGSVC_TOKEN": "{configsvc_token}"}, port="configsvc_port"),

@@ -1,0 +1,194 @@
+"""``python -m services`` end to end: the launcher's processes play the walkthrough of docs/demo.md.
+
+Each ```console block of the walkthrough is split into ``$ command`` and its
+expected output. The command runs in bash against a system started by the
+launcher (the documented ports replaced by free ones, ``run/`` by the run
+directory) and its output must match, once times, event ids and revisions
+are masked. A read that shows an effect of an event (the stock after a bill)
+is read again until it matches or 10 s pass; a command marked "take turns"
+is compared line by line in any order (the round robin's start is random).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from core.testing import free_port, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "docs" / "demo.md"
+MASKS = (
+    (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"), "<time>"),
+    (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<uuid>"),
+    (re.compile(r'"rev":\d+'), '"rev":<rev>'),
+)
+
+
+def walkthrough() -> list[tuple[str, list[str]]]:
+    """``(command, expected output lines)`` of the console blocks under "## Walkthrough"."""
+    text = DEMO.read_text()
+    start = text.index("\n## Walkthrough\n")
+    end = text.find("\n## ", start + 1)
+    examples = []
+    for block in re.findall(r"```console\n(.*?)```", text[start:end], re.S):
+        lines = block.splitlines()
+        i = 0
+        while i < len(lines):
+            command = lines[i][2:]
+            while command.endswith("\\"):
+                i += 1
+                command = command[:-1] + " " + lines[i].strip()
+            i += 1
+            output = []
+            while i < len(lines) and not lines[i].startswith("$ "):
+                output.append(lines[i])
+                i += 1
+            while output and output[-1] == "":
+                output.pop()
+            examples.append((command, output))
+    return examples
+
+
+def normalise(lines: list[str]) -> list[str]:
+    out = []
+    for line in lines:
+        for pattern, mask in MASKS:
+            line = pattern.sub(mask, line)
+        out.append(line.rstrip())
+    return out
+
+
+@dataclass
+class Launcher:
+    process: asyncio.subprocess.Process
+    run_dir: Path
+    ports: dict[str, int]
+    lines: list[str] = field(default_factory=list)
+
+    def printed(self, text: str) -> bool:
+        return any(text in line for line in self.lines)
+
+    def index(self, pattern: str) -> int:
+        return next(i for i, line in enumerate(self.lines) if re.search(pattern, line))
+
+
+@pytest.fixture
+async def launcher(tmp_path: Path) -> AsyncIterator[Launcher]:
+    ports = {name: free_port() for name in ("gateway", "admin", "registry", "configsvc", "redis")}
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ESSAIM_", "REDIS_URL"))}
+    env["REDIS_URL"] = f"redis://127.0.0.1:{ports['redis']}/0"  # nothing there: embedded Redis
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services",
+        "--gateway-port", str(ports["gateway"]), "--gateway-admin-port", str(ports["admin"]),
+        "--registry-port", str(ports["registry"]), "--configsvc-port", str(ports["configsvc"]),
+        "--run-dir", str(run_dir),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, cwd=ROOT,
+    )  # fmt: skip
+    running = Launcher(process, run_dir, ports)
+
+    async def read() -> None:
+        assert process.stdout is not None
+        async for raw in process.stdout:
+            running.lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+    reader = asyncio.ensure_future(read())
+    try:
+        yield running
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        await asyncio.wait_for(reader, 5)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return "Z"
+
+
+async def test_the_launcher_runs_the_walkthrough_restarts_a_killed_process_and_stops_everything(
+    launcher: Launcher,
+) -> None:
+    def up() -> bool:
+        if launcher.process.returncode is not None:
+            raise AssertionError("\n".join(launcher.lines))
+        return launcher.printed("the system is up")
+
+    await wait_until(up, 60, 0.05, "the system up")
+    pids = {
+        m.group(1): int(m.group(2))
+        for m in (re.match(r"essaim\s+\|\s+(\S+)\s+pid (\d+)", line) for line in launcher.lines)
+        if m
+    }
+    assert set(pids) == {"redis", "configsvc", "registry", "gateway", "customers",
+                         "inventory-1", "inventory-2", "billing"}  # fmt: skip
+
+    examples = walkthrough()
+    assert len(examples) >= 15
+    for command, expected in examples:
+        shell = (
+            command.replace("localhost:8080", f"localhost:{launcher.ports['gateway']}")
+            .replace("localhost:8761", f"localhost:{launcher.ports['registry']}")
+            .replace("localhost:8888", f"localhost:{launcher.ports['configsvc']}")
+        )
+        shell = re.sub(r"(?<![\w/])run/", f"{launcher.run_dir}/", shell)
+        reads = "-X" not in command and not command.startswith("kill")
+        deadline = time.monotonic() + (10 if reads else 0)
+        while True:
+            proc = await asyncio.create_subprocess_exec(
+                "bash", "-c", shell, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            )
+            out, err = await proc.communicate()
+            got = out.decode().splitlines()
+            while got and got[-1] == "":
+                got.pop()
+            want = normalise(expected)
+            have = normalise(got)
+            if "take turns" in command:
+                want, have = sorted(want), sorted(have)
+            if have == want or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        assert proc.returncode == 0, (command, err.decode())
+        assert have == want, command
+
+    # The walkthrough killed inventory-1: reported and started again.
+    await wait_until(lambda: launcher.printed("inventory-1 restarted"), 30, message="restart")
+    assert launcher.printed(f"inventory-1 (pid {pids['inventory-1']}) exited with signal SIGKILL")
+    pids["inventory-1 (restarted)"] = int((launcher.run_dir / "inventory-1.pid").read_text())
+
+    launcher.process.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(launcher.process.wait(), 30) == 0
+    assert launcher.printed("essaim       | stopped")
+    assert [name for name, pid in pids.items() if alive(pid)] == []
+    # In reverse order: the services and the gateway, then the registry, configsvc, Redis.
+    registry_stop = launcher.index(r"^registry\s+\|.*SIGTERM received")
+    assert launcher.index(r"^billing\s+\|.*SIGTERM received") < registry_stop
+    assert launcher.index(r"^gateway\s+\|.*SIGTERM received") < registry_stop
+    assert registry_stop < launcher.index(r"^configsvc\s+\|.*SIGTERM received")
+    assert launcher.index(r"^configsvc\s+\|.*stopped") < launcher.index(r"^redis\s+\|.*SIGTERM")
