@@ -31,14 +31,15 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 from core import log
-from core.errors import ServiceUnavailable, TooManyRequests
+from core.errors import ServiceUnavailable, SettingsError, TooManyRequests
 from core.resp import RespClient, RespError, Script
 
 logger = log.get("ratelimit")
 
-__all__ = ["KEY_PREFIX", "Decision", "RateLimiter", "rate_key"]
+__all__ = ["KEY_PREFIX", "Decision", "RateLimitPolicy", "RateLimiter", "rate_key"]
 
 KEY_PREFIX = "essaim:rl:"
 
@@ -68,6 +69,32 @@ redis.call('HSET', KEYS[1], 'tokens', filled, 'ts', now)
 redis.call('EXPIRE', KEYS[1], math.max(1, math.ceil(capacity / rate * 2)))
 return {allowed, math.floor(filled), retry_after}
 """)
+
+
+@dataclasses.dataclass(frozen=True)
+class RateLimitPolicy:
+    """A route's ``rate_limit`` table: Spring Cloud Gateway's settings, in snake case.
+
+    ``replenish_rate`` tokens a second, at most ``burst_capacity`` in the
+    bucket, ``requested_tokens`` per request (one request a minute is rate 1,
+    requested 60, burst 60); ``fail_open`` decides when Redis is unreachable.
+    """
+
+    replenish_rate: int = 10
+    burst_capacity: int = 20
+    requested_tokens: int = 1
+    fail_open: bool = True
+
+    def __post_init__(self) -> None:
+        if self.replenish_rate < 1:
+            raise SettingsError(
+                f"rate_limit: replenish_rate: expected >= 1 token a second, got {self.replenish_rate}"
+            )
+        if not 1 <= self.requested_tokens <= self.burst_capacity:
+            raise SettingsError(
+                f"rate_limit: expected 1 <= requested_tokens ({self.requested_tokens}) "
+                f"<= burst_capacity ({self.burst_capacity})"
+            )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -108,13 +135,7 @@ class RateLimiter:
         retry_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if replenish_rate < 1:
-            raise ValueError(f"replenish_rate: expected >= 1 token a second, got {replenish_rate}")
-        if not 1 <= requested_tokens <= burst_capacity:
-            raise ValueError(
-                f"expected 1 <= requested_tokens ({requested_tokens}) "
-                f"<= burst_capacity ({burst_capacity})"
-            )
+        self.policy = RateLimitPolicy(replenish_rate, burst_capacity, requested_tokens, fail_open)
         self.redis = redis
         self.replenish_rate = replenish_rate
         self.burst_capacity = burst_capacity
@@ -168,6 +189,18 @@ class RateLimiter:
             return Decision(True, int(remaining))
         self.denied += 1
         return Decision(False, int(remaining), int(retry_after))
+
+    @classmethod
+    def for_policy(cls, redis: RespClient, policy: RateLimitPolicy, **options: Any) -> RateLimiter:
+        """The limiter of a route's ``rate_limit`` policy (``options``: timeouts, clock)."""
+        return cls(
+            redis,
+            policy.replenish_rate,
+            policy.burst_capacity,
+            policy.requested_tokens,
+            fail_open=policy.fail_open,
+            **options,
+        )
 
     def _fail(self) -> Decision:
         if self.fail_open:

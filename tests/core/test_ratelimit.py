@@ -5,9 +5,11 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from core.ratelimit import KEY_PREFIX, RateLimiter, rate_key
+from core.errors import SettingsError
+from core.ratelimit import KEY_PREFIX, RateLimiter, RateLimitPolicy, rate_key
 from core.redis import Redis, connect
 from core.resp import RespClient
+from core.route_config import build_policy
 from core.testing import RedisServer, wait_until
 
 T0 = 1_800_000_000.0
@@ -107,10 +109,23 @@ def test_rate_key_prefers_the_user_id() -> None:
 
 
 async def test_configuration_is_checked(redis: RespClient) -> None:
-    with pytest.raises(ValueError, match="replenish_rate"):
+    with pytest.raises(SettingsError, match="rate_limit: replenish_rate"):
         RateLimiter(redis, replenish_rate=0, burst_capacity=1)
-    with pytest.raises(ValueError, match="requested_tokens"):
+    with pytest.raises(SettingsError, match="requested_tokens"):
         RateLimiter(redis, replenish_rate=1, burst_capacity=2, requested_tokens=3)
+    with pytest.raises(ValueError, match="burst_capacity"):
+        build_policy(RateLimitPolicy, {"replenish_rate": 1, "burst_capacity": 0})
+
+
+async def test_a_route_policy_makes_its_limiter(redis: RespClient) -> None:
+    policy = build_policy(
+        RateLimitPolicy, {"replenish_rate": 1, "burst_capacity": 60, "requested_tokens": 60}
+    )
+    limiter = RateLimiter.for_policy(redis, policy)  # one request a minute
+    assert (await limiter.check("r", "k", now=T0)).allowed
+    denied = await limiter.check("r", "k", now=T0 + 30)
+    assert (denied.allowed, denied.retry_after) == (False, 30)
+    assert (await limiter.check("r", "k", now=T0 + 60)).allowed
 
 
 class Clock:
