@@ -134,12 +134,23 @@ class AuthSettings(ServiceSettings):
             )
         if not 10 <= self.password_cost <= 20:
             raise SettingsError(f"AUTH_PASSWORD_COST: expected 10-20, got {self.password_cost}")
-        try:
-            users.parse_seed(self.seed_users.reveal())
-            self.login_buckets()
-            self.proxies()
-        except ValueError as exc:
-            raise SettingsError(f"AUTH: {exc}") from None
+        checks: list[tuple[str, Callable[[], object]]] = [
+            ("AUTH_SEED_USERS", lambda: users.parse_seed(self.seed_users.reveal())),
+            (
+                "AUTH_LOGIN_USER_BURST, AUTH_LOGIN_USER_PER_MINUTE",
+                lambda: throttle.Bucket(self.login_user_burst, self.login_user_per_minute),
+            ),
+            (
+                "AUTH_LOGIN_ADDRESS_BURST, AUTH_LOGIN_ADDRESS_PER_MINUTE",
+                lambda: throttle.Bucket(self.login_address_burst, self.login_address_per_minute),
+            ),
+            ("AUTH_TRUSTED_PROXIES", self.proxies),
+        ]
+        for variable, check in checks:
+            try:
+                check()
+            except ValueError as exc:
+                raise SettingsError(f"{variable}: {exc}") from None
 
     def login_buckets(self) -> tuple[throttle.Bucket, throttle.Bucket]:
         return (
@@ -153,7 +164,7 @@ class AuthSettings(ServiceSettings):
             try:
                 ipaddress.ip_address(proxy)
             except ValueError:
-                raise ValueError(f"trusted_proxies: {proxy!r} is not an IP address") from None
+                raise ValueError(f"{proxy!r} is not an IP address") from None
         return found
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
@@ -14,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from core.errors import SettingsError
 from core.jwks import KeySet
 from core.settings import Secret, load
+from core.testing import ComponentFactory
 from core.tokens import TokenError, Verifier
 from services.auth.service import AuthSettings, build_auth_app
 
@@ -316,9 +320,49 @@ async def test_keys_rotate_by_themselves_and_survive_a_restart(
 
 
 def test_bad_settings_fail_at_start_naming_the_variable() -> None:
-    with pytest.raises(SettingsError, match="entry 2"):
+    with pytest.raises(SettingsError, match="AUTH_SEED_USERS: entry 2"):
         load(AuthSettings, prefix="AUTH_", argv=[], environ={"AUTH_SEED_USERS": "a:b:c;oops"})
     with pytest.raises(SettingsError, match="AUTH_KEY_ROTATION_INTERVAL"):
         load(AuthSettings, prefix="AUTH_", argv=[], environ={"AUTH_KEY_ROTATION_INTERVAL": "60"})
-    with pytest.raises(SettingsError, match="trusted_proxies"):
+    with pytest.raises(SettingsError, match="AUTH_TRUSTED_PROXIES: 'gateway' is not"):
         load(AuthSettings, prefix="AUTH_", argv=[], environ={"AUTH_TRUSTED_PROXIES": "gateway"})
+
+
+async def test_runs_as_its_own_process(
+    components: ComponentFactory, redis_url: str, tmp_path: Path
+) -> None:
+    auth = await components.start(
+        "services.auth",
+        "--redis-url",
+        redis_url,
+        "--data-dir",
+        str(tmp_path / "proc"),
+        env={"AUTH_SEED_USERS": "alice:pw:user", "AUTH_PASSWORD_COST": "10"},
+    )
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{auth.url}/token", json={"username": "alice", "password": "pw"}
+        ) as r:
+            assert r.status == 200
+            token = (await r.json())["access_token"]
+        keys = KeySet(f"{auth.url}/.well-known/jwks.json")
+        try:
+            identity = await Verifier(keys, issuer="essaim-auth", audience="essaim").verify_async(
+                token
+            )
+        finally:
+            await keys.close()
+    assert identity.roles == ("user",)
+    assert auth.terminate() == 0
+
+
+def test_bad_setting_exits_2_with_one_line(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "services.auth", "--seed-users", "alice"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert run.returncode == 2
+    assert run.stderr == "auth: AUTH_SEED_USERS: entry 1: expected name:password:roles\n"
