@@ -1,0 +1,328 @@
+"""``python -m bench system [--quick] [--output PATH]``: the demo system, started by its launcher.
+
+The launcher (``python -m services``) starts every component as its own
+process on loopback (embedded Redis, configsvc, registry, gateway,
+customers, two inventory instances, billing; logs at ``warning``). Then:
+
+- **events**: ``bill.created`` events (one unit of a product each) published
+  straight onto the bus, as billing's relay would, and handled by the two
+  inventory instances (one consumer group, one SQLite database, a
+  transaction per batch). Latency runs from just before the publish call to
+  the ``handled_at`` that the handling transaction records
+  (``essaim_handled``, read from inventory's database file; one machine, one
+  wall clock). ``max rate`` publishes all events at once in batches of 100
+  (the figure is the throughput; latency includes the queue); ``paced`` at a
+  fixed rate (the latency of a bus with room to spare).
+- **bills**: ``POST /billing/bills`` through the gateway's traffic port
+  (gateway, billing, its two calls to customers and inventory, the bill and
+  its outbox event in one transaction, then inventory consuming the event),
+  in a closed loop from ``concurrency`` keep-alive connections of an aiohttp
+  client for ``duration`` seconds. Latency is the client's, request to full
+  answer.
+
+Results are printed as a table and written to ``bench/results/system.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from core import redis as core_redis
+from core.events import Event, EventBus
+from core.runner import install_uvloop
+from core.testing import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "system.json"
+STOCK = 10**9
+
+
+@dataclass
+class Result:
+    scenario: str
+    mode: str
+    count: int
+    seconds: float
+    per_s: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: int = 0
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def result(
+    scenario: str, mode: str, seconds: float, latencies: list[float], errors: int = 0
+) -> Result:
+    ordered = sorted(latencies)
+    return Result(
+        scenario, mode, len(ordered), round(seconds, 3),
+        round(len(ordered) / seconds, 1) if seconds > 0 else 0.0,
+        round(percentile(ordered, 0.5) * 1000, 3), round(percentile(ordered, 0.99) * 1000, 3),
+        round(ordered[-1] * 1000 if ordered else 0.0, 3), errors,
+    )  # fmt: skip
+
+
+class System:
+    """The launcher as a child process, its output in a file, stopped with SIGINT."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.run_dir = workdir / "run"
+        self.ports = {
+            n: free_port() for n in ("gateway", "admin", "registry", "configsvc", "redis")
+        }
+        self.log = workdir / "launcher.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.redis_url = ""
+
+    @property
+    def gateway(self) -> str:
+        return f"http://127.0.0.1:{self.ports['gateway']}"
+
+    @property
+    def inventory_db(self) -> Path:
+        return self.run_dir / "data" / "inventory" / "inventory.db"
+
+    def start(self, timeout: float = 60.0) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ESSAIM_", "REDIS_URL"))}
+        env["REDIS_URL"] = f"redis://127.0.0.1:{self.ports['redis']}/0"  # nothing: embedded
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "services", "--log-level", "warning", "--seed", "false",
+                 "--gateway-port", str(self.ports["gateway"]),
+                 "--gateway-admin-port", str(self.ports["admin"]),
+                 "--registry-port", str(self.ports["registry"]),
+                 "--configsvc-port", str(self.ports["configsvc"]),
+                 "--run-dir", str(self.run_dir)],
+                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log.read_text(errors="replace")
+            if "the system is up" in text:
+                found = re.search(r"redis\s+pid \d+\s+(redis://\S+)", text)
+                assert found is not None, text
+                self.redis_url = found.group(1)
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the launcher exited with {self.process.returncode}:\n{text}")
+            time.sleep(0.05)
+        raise RuntimeError(f"the system was not up within {timeout}s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def handled(db: Path, ids: set[str] | None = None) -> dict[str, float]:
+    """``event id -> handled_at`` of inventory's handled events (all, or those in ``ids``)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT event_id, handled_at FROM essaim_handled WHERE grp = 'inventory'"
+        ).fetchall()
+    finally:
+        conn.close()
+    return {i: t for i, t in rows if ids is None or i in ids}
+
+
+async def wait_handled(db: Path, ids: set[str], timeout: float) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    while True:
+        done = await asyncio.to_thread(handled, db, ids)
+        if len(done) == len(ids) or time.monotonic() > deadline:
+            return done
+        await asyncio.sleep(0.05)
+
+
+def bill_event(product_id: int) -> Event:
+    return Event("bill.created", "bench", {"bill_id": 0, "lines": [
+        {"product_id": product_id, "quantity": 1}]})  # fmt: skip
+
+
+async def events_max_rate(system: System, bus: EventBus, product_id: int, count: int) -> Result:
+    events = [bill_event(product_id) for _ in range(count)]
+    sent: dict[str, float] = {}
+    for i in range(0, count, 100):
+        batch = events[i : i + 100]
+        now = time.time()
+        for event in batch:
+            sent[event.id] = now
+        await bus.publish_many(batch)
+    done = await wait_handled(system.inventory_db, set(sent), 120)
+    latencies = [done[i] - sent[i] for i in done]
+    seconds = max(done.values()) - min(sent.values()) if done else 0.0
+    return result("events", "max rate", seconds, latencies, count - len(done))
+
+
+async def events_paced(
+    system: System, bus: EventBus, product_id: int, count: int, rate: float
+) -> Result:
+    sent: dict[str, float] = {}
+    start = time.monotonic()
+    for n in range(count):
+        due = start + n / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        event = bill_event(product_id)
+        sent[event.id] = time.time()
+        await bus.publish(event)
+    done = await wait_handled(system.inventory_db, set(sent), 60)
+    latencies = [done[i] - sent[i] for i in done]
+    return result("events", f"paced {rate:.0f}/s", count / rate, latencies, count - len(done))
+
+
+async def bills(system: System, product_id: int, concurrency: int, duration: float) -> Result:
+    body = json.dumps(
+        {"customer_id": 1, "lines": [{"product_id": product_id, "quantity": 1}]}
+    ).encode()
+    url = f"{system.gateway}/billing/bills"
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        stop_at = time.monotonic() + duration
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.monotonic() < stop_at:
+                began = time.perf_counter()
+                async with http.post(url, data=body) as response:
+                    await response.read()
+                    if response.status == 201:
+                        latencies.append(time.perf_counter() - began)
+                    else:
+                        errors += 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.monotonic() - started
+    return result("bills", f"{concurrency} connections", seconds, latencies, errors)
+
+
+async def prepare(system: System) -> tuple[int, int]:
+    """A customer and two products with stock enough for any run (events, bills)."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{system.gateway}/customers/customers",
+            json={"name": "Bench", "email": "bench@example.com"},
+        ) as response:
+            assert response.status == 201, await response.text()
+        ids = []
+        for name in ("for events", "for bills"):
+            async with http.post(
+                f"{system.gateway}/inventory/products",
+                json={"name": name, "price": 9.99, "quantity": STOCK},
+            ) as response:
+                assert response.status == 201, await response.text()
+                ids.append(int((await response.json())["id"]))
+    return ids[0], ids[1]
+
+
+async def bench(system: System, args: argparse.Namespace) -> list[Result]:
+    events_product, bills_product = await prepare(system)
+    redis = core_redis.connect(system.redis_url)
+    bus = EventBus(redis)
+    results = []
+    try:
+        await events_paced(system, bus, events_product, 20, 100.0)  # warm-up
+        results.append(await events_max_rate(system, bus, events_product, args.events))
+        results.append(await events_paced(system, bus, events_product, args.paced, args.rate))
+        await bills(system, bills_product, 4, 0.5)  # warm-up
+        for concurrency in (1, args.concurrency):
+            results.append(await bills(system, bills_product, concurrency, args.duration))
+    finally:
+        await redis.aclose()
+    return results
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [
+        f"the demo system on loopback: {report['cpus']} CPUs, {report['loop']} loop in the services",
+        f"{'scenario':<9}{'mode':<16}{'count':>8}{'per s':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'max ms':>9}{'errors':>8}",
+    ]
+    for r in report["results"]:
+        lines.append(
+            f"{r['scenario']:<9}{r['mode']:<16}{r['count']:>8}{r['per_s']:>9.0f}"
+            f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['max_ms']:>9.2f}{r['errors']:>8}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench system", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a run of a few seconds")
+    parser.add_argument("--events", type=int, help="events of the max-rate run")
+    parser.add_argument("--rate", type=float, help="events per second of the paced run")
+    parser.add_argument("--duration", type=float, help="seconds of each bills run")
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="connections of the loaded bills run"
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
+    args = parser.parse_args(argv)
+    args.events = args.events or (500 if args.quick else 10_000)
+    args.rate = args.rate or (200.0 if args.quick else 500.0)
+    args.paced = int(args.rate * (1 if args.quick else 10))
+    args.duration = args.duration or (1.0 if args.quick else 10.0)
+    workdir = Path(tempfile.mkdtemp(prefix="essaim-bench-system-"))
+    system = System(workdir)
+    install_uvloop()
+    try:
+        system.start()
+        results = asyncio.run(bench(system, args))
+    finally:
+        system.stop()
+    report = {
+        "benchmark": "system",
+        "quick": args.quick,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loop": "uvloop" if _has_uvloop() else "asyncio",
+        "events": args.events,
+        "results": [asdict(r) for r in results],
+    }
+    print(table(report))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written to {args.output}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
