@@ -272,7 +272,9 @@ class ComponentFactory:
             comp.terminate(timeout=10)
 
 
-_PREFIXES = ("GATEWAY_", "REGISTRY_", "CONFIGSVC_", "REDIS_URL", "ESSAIM_")
+_PREFIXES = (
+    "GATEWAY_", "REGISTRY_", "CONFIGSVC_", "REDIS_URL", "ESSAIM_", "CUSTOMERS_", "INVENTORY_", "BILLING_",
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- fixtures
