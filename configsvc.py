@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hmac
-import ipaddress
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from email.utils import formatdate
@@ -38,16 +36,15 @@ from core.errors import (
     BadRequest,
     NotFound,
     SettingsError,
-    Unauthorized,
     Unprocessable,
     UnsupportedMediaType,
     problem_middleware,
 )
-from core.http import json_response, read_body, redis_health, redis_unavailable
+from core.http import json_response, read_body, redis_health, redis_unavailable, require_bearer
 from core.metrics import HTTPMetrics
 from core.redis import REDIS_ERRORS, Redis, connect
 from core.runner import Site, run
-from core.settings import CommonSettings, Secret, load, option
+from core.settings import CommonSettings, Secret, is_loopback, load, option
 
 logger = log.get("configsvc")
 
@@ -82,20 +79,11 @@ class Settings(CommonSettings):
             raise SettingsError(
                 f"CONFIGSVC_IMPORT_CHECK_INTERVAL: expected > 0, got {self.import_check_interval}"
             )
-        if not self.token and not _is_loopback(self.host):
+        if not self.token and not is_loopback(self.host):
             raise SettingsError(
                 f"CONFIGSVC_TOKEN: required when listening on {self.host} (not loopback): "
                 "anyone who can write config can change every service's behaviour"
             )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,17 +106,7 @@ METERS = web.AppKey("meters", Meters)
 
 
 def _require_token(request: web.Request) -> None:
-    token = request.app[SETTINGS].token
-    if not token:
-        return
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), token.reveal().encode()
-    ):
-        raise Unauthorized(
-            "this write requires 'Authorization: Bearer <CONFIGSVC_TOKEN>'",
-            headers={"WWW-Authenticate": 'Bearer realm="essaim-configsvc"'},
-        )
+    require_bearer(request, request.app[SETTINGS].token, "CONFIGSVC_TOKEN")
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:

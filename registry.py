@@ -11,7 +11,6 @@ key into a ``down`` event within a second.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -43,7 +42,7 @@ from core.registry_events import EventHub
 from core.registry_expiry import Expirer
 from core.registry_store import RegistryStore
 from core.runner import Site, run
-from core.settings import CommonSettings, Secret, load, option
+from core.settings import CommonSettings, Secret, is_loopback, load, option
 from core.tasks import TaskSet
 
 logger = log.get("registry")
@@ -79,24 +78,16 @@ class Settings(CommonSettings):
 
     def validate(self) -> None:
         super().validate()
-        if not 1 <= self.default_ttl <= 300:
-            raise SettingsError(f"REGISTRY_DEFAULT_TTL: expected 1-300, got {self.default_ttl}")
-        if self.sweep_interval <= 0:
-            raise SettingsError(f"REGISTRY_SWEEP_INTERVAL: expected > 0, got {self.sweep_interval}")
-        if not self.token and not _is_loopback(self.host):
+        try:
+            Dynamic(self.default_ttl, self.sweep_interval)  # the bounds live in one place
+        except ValueError as exc:
+            field, _, reason = str(exc).partition(": ")
+            raise SettingsError(f"REGISTRY_{field.upper()}: {reason}") from None
+        if not self.token and not is_loopback(self.host):
             raise SettingsError(
                 f"REGISTRY_TOKEN: required when listening on {self.host} (not loopback): "
                 "anyone who can register can steal a service's traffic"
             )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 SETTINGS = web.AppKey("settings", Settings)

@@ -247,7 +247,11 @@ class Calls:
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 kind, last_error = "connect", str(exc) or "connect timeout"
                 upstream.failed(ep, kind)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            except (
+                aiohttp.ServerDisconnectedError,
+                aiohttp.ClientOSError,
+                aiohttp.ClientPayloadError,
+            ) as exc:
                 kind, last_error = "reset", str(exc) or type(exc).__name__
                 upstream.failed(ep, kind)
             except TimeoutError:

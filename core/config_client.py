@@ -238,6 +238,7 @@ class ConfigClient:
         if self.url is None:
             await self._use_defaults()
             logger.info("%s: no config service: built-in defaults", self.app)
+            self._check_views()
             return
         if self._own_session:
             self._session = aiohttp.ClientSession()
@@ -245,11 +246,28 @@ class ConfigClient:
             self._spawn(self.subscription.run(), "subscription")
         try:
             await self._first_fetch()
+            self._check_views()
         except BaseException:
             await self.stop()
             raise
         self._spawn(self._refresh_forever(), "refresh")
         self._spawn(self._resync_forever(), "resync")
+
+    def _check_views(self) -> None:
+        """Every typed view has an object once started, else :class:`StartupError`.
+
+        A view is left without one when neither the service's config nor the
+        defaults fit it: the component would fail on its first read.
+        """
+        for view in self._views:
+            if view.ready:
+                continue
+            reason = "no config in force fits it"
+            try:
+                view.build(self._raw)
+            except ValueError as exc:
+                reason = str(exc)
+            raise StartupError(f"{self.app}: {view.cls.__name__}: {reason}")
 
     async def stop(self) -> None:
         """Stop following changes; the config in force stays readable."""
@@ -427,6 +445,8 @@ class ConfigClient:
             raise ConfigUnavailable(f"GET {url}: malformed JSON: {exc}") from None
         if not isinstance(body, dict) or not isinstance(body.get("config"), dict):
             raise ConfigUnavailable(f"GET {url}: not a config (no 'config' object)")
+        if not isinstance(body.get("version"), str):
+            raise ConfigUnavailable(f"GET {url}: not a config (no 'version' string)")
         return 200, rev, body
 
     # -- applying ----------------------------------------------------------------

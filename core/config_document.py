@@ -40,14 +40,14 @@ __all__ = [
     "parse",
 ]
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 MAX_BYTES = 256 * 1024
 MAX_DEPTH = 32
 
 Format = Literal["json", "toml"]
 
 _TOML_POSITION = re.compile(
-    r"^(?P<reason>.*?)\s*\(at line (?P<line>\d+), column (?P<column>\d+)\)$"
+    r"^(?P<reason>.*?)\s*\(at line (?P<line>\d+), column (?P<column>\d+)\)\Z"
 )
 
 

@@ -168,6 +168,11 @@ class TypedView(Generic[T]):
         self._current: T | None = None
 
     @property
+    def ready(self) -> bool:
+        """Whether some version has been applied (``current`` would not raise)."""
+        return self._current is not None
+
+    @property
     def current(self) -> T:
         """The object for the version in force; ``LookupError`` before any config was applied."""
         if self._current is None:

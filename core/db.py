@@ -45,7 +45,7 @@ Migration = str | Callable[[sqlite3.Connection], None]
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")
 
 #: Tables of the core mechanisms, created if missing at every open.
 CORE_SCHEMA = """

@@ -44,7 +44,7 @@ __all__ = [
 
 PREFIX = "essaim:events:"
 SPECVERSION = "1.0"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")
 
 
 def now_iso() -> str:

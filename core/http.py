@@ -8,6 +8,7 @@ problem-details error before any state is touched.
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,10 +16,18 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from core.errors import BadRequest, PayloadTooLarge, ServiceUnavailable
+from core.errors import BadRequest, PayloadTooLarge, ServiceUnavailable, Unauthorized
 from core.redis import REDIS_ERRORS, Redis
+from core.settings import Secret
 
-__all__ = ["json_response", "read_body", "read_json", "redis_health", "redis_unavailable"]
+__all__ = [
+    "json_response",
+    "read_body",
+    "read_json",
+    "redis_health",
+    "redis_unavailable",
+    "require_bearer",
+]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -64,6 +73,25 @@ def json_response(
     return web.Response(
         body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
     )
+
+
+def require_bearer(request: web.Request, token: Secret, what: str) -> None:
+    """:class:`Unauthorized` unless ``token`` is empty or the request carries it as a bearer.
+
+    ``what`` names the variable holding the token in the error, e.g.
+    ``REGISTRY_TOKEN``. The comparison takes the same time whatever the token.
+    """
+    if not token:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.reveal().encode()
+    ):
+        realm = what.split("_")[0].lower()
+        raise Unauthorized(
+            f"this request requires 'Authorization: Bearer <{what}>'",
+            headers={"WWW-Authenticate": f'Bearer realm="essaim-{realm}"'},
+        )
 
 
 def redis_unavailable(owner: str) -> Middleware:

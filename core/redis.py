@@ -20,7 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -98,7 +98,10 @@ class Subscription:
     :meth:`run` loops until cancelled: it subscribes, awaits ``on_connect``
     (where the owner re-reads full state; messages published meanwhile are
     buffered by the subscription and delivered after it returns), then calls
-    ``on_message(channel, data)`` for each message in order. When the server
+    ``on_message(channel, data)`` for each message in order. A message whose
+    handler raises (other than a Redis error) is logged and followed by
+    ``on_connect`` again, so a bad message costs a resync, never the
+    subscription. When the server
     goes away it awaits ``on_disconnect``, waits with backoff and starts over.
     ``connected`` tells whether messages are flowing now.
     """
@@ -131,6 +134,11 @@ class Subscription:
             pubsub: PubSub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(*self.channels)
+                # redis-py would reconnect and resubscribe silently inside
+                # get_message, hiding a restart (and the messages it lost)
+                # from the owner: make a broken connection an error here.
+                if pubsub.connection is not None:
+                    pubsub.connection.retry = Retry(NoBackoff(), 0)
                 if self.on_connect is not None:
                     await self.on_connect()
                 self.connections += 1
@@ -144,7 +152,16 @@ class Subscription:
                     msg = await pubsub.get_message(timeout=self.poll_interval)
                     if msg is None or msg.get("type") != "message":
                         continue
-                    await self.on_message(msg["channel"], msg["data"])
+                    try:
+                        await self.on_message(msg["channel"], msg["data"])
+                    except REDIS_ERRORS:
+                        raise
+                    except Exception:
+                        # A message the owner can't handle (malformed, or a bug)
+                        # must not end the subscription: re-read full state.
+                        logger.exception("%s: a message could not be handled", self.name)
+                        if self.on_connect is not None:
+                            await self.on_connect()
             except REDIS_ERRORS as exc:
                 was_connected = self.connected.is_set()
                 self.connected.clear()

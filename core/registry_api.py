@@ -8,14 +8,13 @@ The handlers are thin: validation and every read and write are in
 from __future__ import annotations
 
 import dataclasses
-import hmac
 
 from aiohttp import web
 from prometheus_client import Gauge
 
 from core.config_client import ConfigClient, TypedView
-from core.errors import NotFound, Unauthorized
-from core.http import json_response, read_json, redis_health
+from core.errors import NotFound
+from core.http import json_response, read_json, redis_health, require_bearer
 from core.metrics import HTTPMetrics
 from core.redis import Redis
 from core.registry_events import EventHub, stream_events
@@ -59,18 +58,7 @@ DYNAMIC = web.AppKey("dynamic", TypedView[Dynamic])
 
 
 def _require_token(request: web.Request) -> None:
-    token = request.app[TOKEN]
-    if not token:
-        return
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), token.reveal().encode()
-    ):
-        raise Unauthorized(
-            "this write requires 'Authorization: Bearer <REGISTRY_TOKEN>'",
-            headers={"WWW-Authenticate": 'Bearer realm="essaim-registry"'},
-        )
+    require_bearer(request, request.app[TOKEN], "REGISTRY_TOKEN")
 
 
 def _names(request: web.Request) -> tuple[str, str]:
@@ -138,7 +126,7 @@ async def list_instances(request: web.Request) -> web.Response:
     service = check_service(request.match_info["service"])
     store = request.app[STORE]
     everything = request.query.get("all", "") not in ("", "0", "false")
-    instances = await store.instances(service)
+    rev, instances = await store.listing(service)
     if not instances and not await store.known(service):
         raise NotFound(f"no service named {service!r} is registered")
     if not everything:
@@ -146,7 +134,7 @@ async def list_instances(request: web.Request) -> web.Response:
     return json_response(
         {
             "service": service,
-            "rev": await store.rev(),
+            "rev": rev,
             "instances": [i.to_dict() for i in instances],
         }
     )

@@ -23,6 +23,8 @@ __all__ = ["EventHub", "stream_events"]
 
 SSE_QUEUE = 1000
 SSE_KEEPALIVE = 15.0
+#: Queued to a stream when the hub reconnected: events may have been lost.
+CATCH_UP = ""
 
 
 class EventHub:
@@ -34,7 +36,15 @@ class EventHub:
 
     def __init__(self, redis: Redis) -> None:
         self.queues: set[asyncio.Queue[str | None]] = set()
-        self.subscription = Subscription(redis, [CHANNEL], self._on_message, name="registry:events")
+        self.subscription = Subscription(
+            redis, [CHANNEL], self._on_message, on_connect=self._on_connect, name="registry:events"
+        )
+
+    async def _on_connect(self) -> None:
+        """After a reconnect, tell every open stream to re-read what it may have missed."""
+        for queue in list(self.queues):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(CATCH_UP)
 
     async def _on_message(self, channel: str, data: str) -> None:
         for queue in list(self.queues):
@@ -111,6 +121,9 @@ async def stream_events(
                 continue
             if data is None:
                 break
+            if data == CATCH_UP:
+                last = await _catch_up(response, store, last)
+                continue
             rev = int(orjson.loads(data)["rev"])
             if rev <= last:
                 continue

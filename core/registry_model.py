@@ -23,10 +23,10 @@ import orjson
 
 from core.errors import BadRequest, Unprocessable
 
-SERVICE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9._:@~-]{1,128}$")
+SERVICE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9._:@~-]{1,128}\Z")
 HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$"
+    r"^(?=.{1,253}\Z)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?\Z"
 )
 STATUSES = ("UP", "DOWN", "STARTING", "OUT_OF_SERVICE")
 SCHEMES = ("http", "https")

@@ -217,11 +217,11 @@ end
 return out
 """
 
-# ARGV: service. Returns {id, json, heartbeat_ms, ...} for its live instances.
+# ARGV: service. Returns {rev, id, json, heartbeat_ms, ...} for its live instances.
 _LIST = """
 local service = ARGV[1]
 local flat = redis.call('HGETALL', 'essaim:reg:s:' .. service)
-local out = {}
+local out = {tonumber(redis.call('GET', 'essaim:reg:rev') or '0')}
 for i = 1, #flat, 2 do
   if redis.call('EXISTS', 'essaim:reg:i:' .. service .. ':' .. flat[i]) == 1 then
     out[#out + 1] = flat[i]
@@ -342,9 +342,13 @@ class RegistryStore:
 
     async def instances(self, service: str) -> list[Instance]:
         """Live instances of ``service`` with their last heartbeat, sorted by id."""
+        return (await self.listing(service))[1]
+
+    async def listing(self, service: str) -> tuple[int, list[Instance]]:
+        """``(rev, instances)``: :meth:`instances` and the revision they are at, read atomically."""
         flat = await self._list(args=[service])
-        out = [Instance.from_json(flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
-        return sorted(out, key=lambda inst: inst.id)
+        out = [Instance.from_json(flat[i + 1], flat[i + 2]) for i in range(1, len(flat), 3)]
+        return int(flat[0]), sorted(out, key=lambda inst: inst.id)
 
     async def services(self) -> list[str]:
         return sorted(str(name) for name in await self.redis.smembers(SERVICES_KEY))

@@ -55,20 +55,20 @@ RETRY_BUDGET_KEYS = {
     "budget_min_per_second": "retry_budget_min_per_second",
 }
 
-ROUTE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-METHOD_RE = re.compile(r"^[A-Z]{1,20}$")
-ROLE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+ROUTE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+METHOD_RE = re.compile(r"^[A-Z]{1,20}\Z")
+ROLE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
 
 T = TypeVar("T")
 
 _PCT = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_LITERAL_RE = re.compile(r"^[A-Za-z0-9\-._~!$&'()+,;=:@%]*$")
+_LITERAL_RE = re.compile(r"^[A-Za-z0-9\-._~!$&'()+,;=:@%]*\Z")
 _TEMPLATE_RE = re.compile(r"\{([^{}]*)\}")
-_TEMPLATE_LITERAL_RE = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*$")
-_HEADER_VALUE_RE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*$")
+_TEMPLATE_LITERAL_RE = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*\Z")
+_HEADER_VALUE_RE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]*\Z")
 _TIMEOUT_KEYS = ("connect", "per_try", "total")
 _HEADER_SECTION_KEYS = frozenset(("add", "remove"))
 _POLICY_TABLES = ("timeouts", "retry", "breaker", "outlier")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
+import math
 import os
 import types
 import typing
@@ -26,6 +28,7 @@ from core.errors import SettingsError
 __all__ = [
     "CommonSettings",
     "Secret",
+    "is_loopback",
     "load",
     "option",
 ]
@@ -63,6 +66,16 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) only accepts local connections."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def option(help: str, *, env: str | None = None, flag: str | None = None) -> dict[str, Any]:
@@ -145,9 +158,12 @@ def _converter(tp: Any) -> tuple[Callable[[str], Any], tuple[str, ...] | None]:
 
         def number(text: str) -> float:
             try:
-                return float(text)
+                value = float(text)
             except ValueError:
                 raise ValueError(f"expected a number, got {text!r}") from None
+            if not math.isfinite(value):
+                raise ValueError(f"expected a finite number, got {text!r}")
+            return value
 
         return number, None
     if tp is Secret:

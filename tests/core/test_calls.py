@@ -241,3 +241,41 @@ async def test_a_new_instance_is_used_without_restart(
         assert seen == {"a", "b"}
     finally:
         await calls.close()
+
+
+async def test_a_truncated_answer_is_a_reset_retried_for_get(
+    redis: Redis, watcher: Watcher, upstream: Upstreams
+) -> None:
+    async def truncate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+        await writer.drain()
+        writer.close()
+
+    liar = await asyncio.start_server(truncate, "127.0.0.1", 0)
+    port = liar.sockets[0].getsockname()[1]
+    await RegistryStore(redis).register(
+        Instance(service="stock", id="liar", host="127.0.0.1", port=port, ttl=60)
+    )
+    await upstream("stock", "honest", echo("honest"))
+    await watcher.wait_for(lambda w: len(w.instances("stock")) == 2)
+    calls = Calls(watcher)
+    try:
+        answers = [await calls.get("stock", "/") for _ in range(4)]
+        assert {a.instance for a in answers} == {"honest"}
+        assert calls.upstreams["stock"].failure_counts["reset"] >= 1
+        # Not retried for POST (it may have been handled): the liar's share fails.
+        outcomes = [await _post_outcome(calls) for _ in range(4)]
+        assert sorted(outcomes) == ["502", "502", "ok", "ok"]
+    finally:
+        await calls.close()
+        liar.close()
+        await liar.wait_closed()
+
+
+async def _post_outcome(calls: Calls) -> str:
+    try:
+        await calls.post("stock", "/", json={})
+    except BadGateway:
+        return "502"
+    return "ok"
