@@ -23,6 +23,7 @@ import dataclasses
 import re
 import time
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import jwt
@@ -89,7 +90,8 @@ class Identity:
     """Who a verified token speaks for.
 
     ``sub`` is the user id, ``roles`` the granted roles in token order,
-    ``exp`` the expiry (seconds since the epoch), ``claims`` every claim.
+    ``exp`` the expiry (seconds since the epoch), ``claims`` every claim
+    (read-only: one identity is shared by every request of its token).
     ``roles_header`` is ``roles`` comma-joined, as sent in ``X-User-Roles``.
     """
 
@@ -263,7 +265,7 @@ class Verifier:
         ):
             raise TokenError("bad roles claim")
         roles = tuple(raw_roles)
-        return Identity(sub, roles, exp, claims, ",".join(roles))
+        return Identity(sub, roles, exp, MappingProxyType(claims), ",".join(roles))
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float:
