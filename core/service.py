@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import fcntl
 import os
 import re
 import secrets
@@ -243,9 +244,16 @@ def data_dir(settings: ServiceSettings, name: str) -> Path:
 
 async def _db_ctx(app: web.Application) -> AsyncIterator[None]:
     service = app[SERVICE]
-    db = await Database.open(
-        data_dir(app[SETTINGS], service.name), service.name, service.migrations
-    )
+    directory = data_dir(app[SETTINGS], service.name)
+    directory.mkdir(parents=True, exist_ok=True)
+    # Instances of a service share its database: they open (and migrate) it one
+    # at a time, since Database.open reads the schema version before migrating.
+    with open(directory / f"{service.name}.open-lock", "a") as lock:  # noqa: ASYNC230
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        try:
+            db = await Database.open(directory, service.name, service.migrations)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     app[DB] = db
     logger.info("database %s at schema version %d", db.path, db.version)
     yield

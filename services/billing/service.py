@@ -36,6 +36,7 @@ from collections.abc import Coroutine
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, TypeVar
 
+import aiohttp
 from aiohttp import web
 
 from core.calls import Calls
@@ -163,6 +164,12 @@ async def _fetch(calls: Calls, service: str, path: str) -> dict[str, Any]:
         raise ServiceUnavailable(
             f"{service} is unavailable: {exc.detail}",
             headers={"Retry-After": retry_after},
+            dependency=service,
+        ) from None
+    except aiohttp.ClientError as exc:  # a broken answer, after the retries the policy allows
+        raise ServiceUnavailable(
+            f"{service} is unavailable: {type(exc).__name__}: {exc}",
+            headers={"Retry-After": "1"},
             dependency=service,
         ) from None
     if response.status == 404:
