@@ -15,7 +15,6 @@ persistence), it imports the directory again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -45,6 +44,7 @@ from core.metrics import HTTPMetrics
 from core.redis import REDIS_ERRORS, Redis, connect
 from core.runner import Site, run
 from core.settings import CommonSettings, Secret, is_loopback, load, option
+from core.tasks import TaskSet
 
 logger = log.get("configsvc")
 
@@ -376,18 +376,10 @@ async def _importer_ctx(app: web.Application) -> AsyncIterator[None]:
     except REDIS_ERRORS as exc:
         logger.warning("Redis unavailable at start (%s): the directory is imported when it is", exc)
         done = False
-    task = asyncio.create_task(importer.keep_imported(done_once=done), name="configsvc:import")
-    task.add_done_callback(_crashed)
+    tasks = TaskSet("configsvc")
+    tasks.spawn(importer.keep_imported(done_once=done), "import")
     yield
-    task.remove_done_callback(_crashed)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-def _crashed(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        logger.critical("background task %s crashed", task.get_name(), exc_info=task.exception())
+    await tasks.stop()
 
 
 def build_app(settings: Settings) -> web.Application:
