@@ -76,6 +76,7 @@ __all__ = [
     "REDIS",
     "SETTINGS",
     "CallConfig",
+    "CleanupContext",
     "EventHandler",
     "Service",
     "ServiceSettings",
@@ -90,6 +91,8 @@ INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: records it as handled (see :class:`core.event_consumer.Consumer`); ``app``
 #: gives the dynamic config. It must not commit; raising retries the event.
 EventHandler = Callable[[web.Application, sqlite3.Connection, Event], None]
+#: An aiohttp cleanup context: opens a resource before ``yield``, closes it after.
+CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +186,12 @@ class Service:
     - ``calls``: the services it calls (``request.app[CALLS]``);
     - ``emits``: the event types it adds to its outbox (a relay publishes them);
     - ``handlers``: event type to :data:`EventHandler`, consumed by one
-      consumer of the group named after the service.
+      consumer of the group named after the service;
+    - ``settings``: its settings class, :class:`ServiceSettings` or a subclass
+      with settings of its own (``request.app[SETTINGS]`` is the object);
+    - ``contexts``: cleanup contexts of its own resources, opened after the
+      scaffold's (they may use the database, config, calls) and before the
+      instance registers, closed first.
     """
 
     name: str
@@ -195,6 +203,8 @@ class Service:
     calls: tuple[str, ...] = ()
     emits: tuple[str, ...] = ()
     handlers: Mapping[str, EventHandler] = dataclasses.field(default_factory=dict)
+    settings: type[ServiceSettings] = ServiceSettings
+    contexts: tuple[CleanupContext, ...] = ()
 
     @property
     def env_prefix(self) -> str:
@@ -503,7 +513,7 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
     app[LIFECYCLE] = _Lifecycle()
     metrics.registry.register(_EventMetrics(app, metrics.namespace))
     for ctx in (_redis_ctx, _db_ctx, _config_ctx, _calls_ctx, _relay_ctx, _consumer_ctx,
-                _registration_ctx):  # fmt: skip
+                *service.contexts, _registration_ctx):  # fmt: skip
         app.cleanup_ctx.append(ctx)
     app.on_shutdown.append(_deregister)
     app.router.add_get("/health", health)
@@ -517,7 +527,7 @@ def run_service(service: Service, argv: Sequence[str] | None = None) -> int:
     """Run ``service`` until SIGTERM/SIGINT; the process's exit code (2: bad settings, 3: failed start)."""
     try:
         settings = load(
-            ServiceSettings,
+            service.settings,
             prefix=service.env_prefix,
             argv=argv,
             prog=f"python -m services.{service.name}",

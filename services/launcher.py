@@ -43,7 +43,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Literal
 
 import aiohttp
 
@@ -51,6 +51,7 @@ from core.errors import SettingsError
 from core.redis import REDIS_ERRORS, connect
 from core.settings import load, option
 from services import seed
+from services.supervisor import Child, Output, StartupFailed, Supervisor
 
 MARKER = ".essaim-run"
 EXIT_STARTUP = 3
@@ -164,10 +165,6 @@ PROCESSES: tuple[Spec, ...] = (
 # fmt: on
 
 
-class StartupFailed(Exception):
-    """A process exited or stayed unhealthy while the system was starting."""
-
-
 def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -198,78 +195,21 @@ def redis_binary() -> str | None:
     return str(bundled) if bundled.exists() and os.access(bundled, os.X_OK) else None
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the child gets SIGTERM when the launcher dies, whatever killed it."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class Output:
-    """Where every line goes: the terminal, prefixed by its process's name, and its log file."""
-
-    COLORS = (36, 33, 32, 35, 34, 31, 96, 93, 92, 95)
-
-    def __init__(self, stream: IO[str], width: int) -> None:
-        self.stream = stream
-        self.width = width
-        self.color = stream.isatty() and os.environ.get("NO_COLOR") is None
-        self._colors: dict[str, int] = {}
-
-    def line(self, name: str, text: str) -> None:
-        prefix = f"{name:<{self.width}} |"
-        if self.color:
-            code = self._colors.setdefault(name, self.COLORS[len(self._colors) % len(self.COLORS)])
-            prefix = f"\x1b[{code}m{prefix}\x1b[0m"
-        self.stream.write(f"{prefix} {text}\n")
-        self.stream.flush()
-
-    def say(self, text: str) -> None:
-        self.line("essaim", text)
-
-
-class Child:
-    """One running (or restarting) process of the system."""
-
-    def __init__(
-        self, name: str, stage: int, argv: list[str], env: dict[str, str], health: str, url: str
-    ) -> None:
-        self.name = name
-        self.stage = stage
-        self.argv = argv
-        self.env = env
-        self.health = health
-        self.url = url
-        self.process: asyncio.subprocess.Process | None = None
-        self.started_at = 0.0
-        self.restarts = 0
-        self.pump: asyncio.Task[None] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
-
-
 class Launcher:
-    """Starts, watches, restarts and stops the processes of one run."""
+    """One run of the system: its run directory, its plan, and the supervisor of its processes."""
 
     def __init__(self, settings: LauncherSettings, output: Output) -> None:
         self.settings = settings
         self.out = output
         self.run_dir = Path(settings.run_dir).resolve()
-        self.children: list[Child] = []
-        self.stopping = False
-        self.started = False
+        self.supervisor = Supervisor(
+            output,
+            log_dir=self.run_dir / "logs",
+            pid_dir=self.run_dir,
+            startup_timeout=settings.startup_timeout,
+            shutdown_timeout=settings.shutdown_timeout,
+        )
         self.values: dict[str, str] = {}
-        self.startup_failure: str | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._session: aiohttp.ClientSession | None = None
         self._lock: IO[str] | None = None
 
     # -- preparing the run -------------------------------------------------------------
@@ -382,170 +322,15 @@ class Launcher:
                 env.update({k: v.format(**values) for k, v in spec.env.items()})
                 health = spec.health.format(**values)
                 url = redis_url if spec.name == "redis" else f"http://{host}:{port}"
-                self.children.append(Child(instance, spec.stage, argv, env, health, url))
+                self.supervisor.children.append(Child(instance, spec.stage, argv, env, health, url))
 
     # -- running processes -------------------------------------------------------------
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def start(self, child: Child) -> None:
-        log_path = self.run_dir / "logs" / f"{child.name}.log"
-        child.process = await asyncio.create_subprocess_exec(
-            *child.argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=child.env,
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
-        child.started_at = time.monotonic()
-        (self.run_dir / f"{child.name}.pid").write_text(f"{child.process.pid}\n")
-        child.pump = asyncio.ensure_future(self._pump(child, child.process, log_path))
-        self._spawn(self._watch(child, child.process))
-
-    async def _pump(self, child: Child, process: asyncio.subprocess.Process, log: Path) -> None:
-        assert process.stdout is not None
-        # A local file appended line by line: not worth a thread per line.
-        with open(log, "a", encoding="utf-8") as file:  # noqa: ASYNC230
-            while True:
-                raw = await process.stdout.readline()
-                if not raw:
-                    return
-                text = raw.decode("utf-8", "replace").rstrip("\r\n")
-                file.write(text + "\n")
-                file.flush()
-                self.out.line(child.name, text)
-
-    async def _watch(self, child: Child, process: asyncio.subprocess.Process) -> None:
-        code = await process.wait()
-        if child.pump is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(child.pump), 1.0)
-        if child.process is not process or self.stopping:
-            return
-        if not self.started:
-            self.startup_failure = (
-                f"{child.name} exited with {_describe(code)} while starting"
-                f" (its output: {self.run_dir / 'logs' / (child.name + '.log')})"
-            )
-            return
-        lived = time.monotonic() - child.started_at
-        delay = 0.5 if lived > 30 else min(30.0, 0.5 * 2 ** min(child.restarts, 6))
-        self.out.say(
-            f"{child.name} (pid {process.pid}) exited with {_describe(code)} after {lived:.1f}s;"
-            f" restarting in {delay:.1f}s"
-        )
-        child.restarts += 1
-        await asyncio.sleep(delay)
-        if self.stopping:
-            return
-        try:
-            await self.start(child)
-            await self.wait_healthy([child], self.settings.startup_timeout)
-            self.out.say(f"{child.name} restarted (pid {child.pid})")
-        except (StartupFailed, OSError) as exc:
-            self.out.say(f"{child.name}: restart failed: {exc}")
-
-    async def healthy(self, child: Child) -> bool:
-        if child.health == "redis":
-            try:
-                port = int(child.argv[child.argv.index("--port") + 1])
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", port), 1.0
-                )
-                try:
-                    writer.write(b"PING\r\n")
-                    return (await asyncio.wait_for(reader.readline(), 1.0)).startswith(b"+PONG")
-                finally:
-                    writer.close()
-            except (OSError, TimeoutError):
-                return False
-        assert self._session is not None
-        try:
-            async with self._session.get(
-                child.health, timeout=aiohttp.ClientTimeout(total=1.0)
-            ) as response:
-                return response.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            return False
-
-    async def wait_healthy(self, children: Sequence[Child], timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        waiting = list(children)
-        while waiting:
-            if self.startup_failure is not None and not self.started:
-                raise StartupFailed(self.startup_failure)
-            for child in list(waiting):
-                process = child.process
-                if process is None or process.returncode is not None:
-                    code = process.returncode if process is not None else None
-                    raise StartupFailed(
-                        f"{child.name} exited with {_describe(code)} while starting"
-                        f" (its output: {self.run_dir / 'logs' / (child.name + '.log')})"
-                    )
-                if await self.healthy(child):
-                    waiting.remove(child)
-            if waiting:
-                if time.monotonic() > deadline:
-                    names = ", ".join(c.name for c in waiting)
-                    raise StartupFailed(f"{names} not healthy within {timeout:.0f}s")
-                await asyncio.sleep(0.05)
-
-    async def start_all(self) -> None:
-        for stage in sorted({c.stage for c in self.children}):
-            group = [c for c in self.children if c.stage == stage]
-            for child in group:
-                await self.start(child)
-            await self.wait_healthy(group, self.settings.startup_timeout)
-
-    async def stop_all(self) -> None:
-        """Every process, by stage in reverse: SIGTERM, then SIGKILL past the timeout."""
-        self.stopping = True
-        for stage in sorted({c.stage for c in self.children}, reverse=True):
-            group = [c for c in self.children if c.stage == stage and c.running]
-            await asyncio.gather(*(self._stop(child) for child in group))
-        for child in self.children:
-            if child.pump is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(child.pump, 1.0)
-            (self.run_dir / f"{child.name}.pid").unlink(missing_ok=True)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _stop(self, child: Child) -> None:
-        process = child.process
-        if process is None or process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            code = await asyncio.wait_for(process.wait(), self.settings.shutdown_timeout)
-        except TimeoutError:
-            self.out.say(
-                f"{child.name} did not stop in {self.settings.shutdown_timeout:.0f}s: SIGKILL"
-            )
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            code = await process.wait()
-        if code not in (0, -signal.SIGTERM):
-            self.out.say(f"{child.name} stopped with {_describe(code)}")
-
-    def kill_all(self) -> None:
-        for child in self.children:
-            if child.running and child.process is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    child.process.kill()
 
     # -- the run -----------------------------------------------------------------------
 
     def summary(self, seconds: float) -> None:
         self.out.say(f"the system is up in {seconds:.1f}s:")
-        for child in self.children:
+        for child in self.supervisor.children:
             self.out.say(f"  {child.name:<12} pid {child.pid:<7} {child.url}")
         gw = f"localhost:{self.values['gateway_port']}"
         self.out.say("try (see docs/demo.md for the whole walkthrough):")
@@ -561,14 +346,16 @@ class Launcher:
         self.out.say("Ctrl-C stops everything.")
 
     async def run(self, stop: asyncio.Event) -> int:
+        """Start the system, serve until ``stop`` is set, stop it; the exit code."""
         began = time.monotonic()
         try:
             self.prepare_run_dir()
         except SettingsError as exc:
             self.out.say(str(exc))
             return 2
+        supervisor = self.supervisor
         async with aiohttp.ClientSession() as session:
-            self._session = session
+            supervisor.session = session
             embedded = await self.choose_redis()
             try:
                 self.plan(embedded)
@@ -578,51 +365,44 @@ class Launcher:
             where = "starting an embedded one" if embedded else "using it"
             self.out.say(f"Redis at {self.settings.redis_url}: "
                          f"{'no answer' if embedded else 'answers'}; {where}")  # fmt: skip
-            startup = asyncio.ensure_future(self._start_and_seed())
+            startup = asyncio.ensure_future(self._start_and_seed(session))
             stopped = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({startup, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if not startup.done():
-                self.out.say("stopping before the system was up")
-                startup.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await startup
-                await self.stop_all()
+            try:
+                await asyncio.wait({startup, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                if not startup.done():
+                    self.out.say("stopping before the system was up")
+                    startup.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await startup
+                    await supervisor.stop_all()
+                    return 0
+                failure = startup.exception()
+                if failure is not None:
+                    self.out.say(f"cannot start: {failure}")
+                    await supervisor.stop_all()
+                    return EXIT_STARTUP
+                supervisor.started = True
+                self.summary(time.monotonic() - began)
+                await stopped
+                self.out.say("stopping every process, in reverse order")
+                await supervisor.stop_all()
+                self.out.say("stopped")
                 return 0
-            failure = startup.exception()
-            if failure is not None:
-                self.out.say(f"cannot start: {failure}")
-                await self.stop_all()
-                return EXIT_STARTUP
-            self.started = True
-            self.summary(time.monotonic() - began)
-            await stopped
-            self.out.say("stopping every process, in reverse order")
-            await self.stop_all()
-            self.out.say("stopped")
-            return 0
+            finally:
+                stopped.cancel()
 
-    async def _start_and_seed(self) -> None:
-        await self.start_all()
+    async def _start_and_seed(self, session: aiohttp.ClientSession) -> None:
+        await self.supervisor.start_all()
         if self.settings.seed:
-            assert self._session is not None
             gateway = f"http://{self.settings.host}:{self.values['gateway_port']}"
             try:
-                made = await seed.seed(self._session, gateway, self.settings.startup_timeout)
+                made = await seed.seed(session, gateway, self.settings.startup_timeout)
             except RuntimeError as exc:
                 raise StartupFailed(f"seeding failed: {exc}") from None
             if made:
                 self.out.say(f"seeded {made}")
-        if self.startup_failure is not None:
-            raise StartupFailed(self.startup_failure)
-
-
-def _describe(code: int | None) -> str:
-    if code is None:
-        return "no exit code"
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"signal {signal.Signals(-code).name}"
-    return f"code {code}"
+        if self.supervisor.startup_failure is not None:
+            raise StartupFailed(self.supervisor.startup_failure)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -653,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stop.set()
             else:
                 output.say("signal received again: killing every process")
-                launcher.kill_all()
+                launcher.supervisor.kill_all()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
