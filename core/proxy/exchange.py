@@ -67,6 +67,7 @@ _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _VIA = b"via: 1.1 essaim\r\n"
+_PROTO_AND_ID = b"x-forwarded-proto: http\r\nx-request-id: "
 _CLOSE = b"connection: close\r\n"
 _KEEP_ALIVE = b"connection: keep-alive\r\n"
 
@@ -74,49 +75,37 @@ _KEEP_ALIVE = b"connection: keep-alive\r\n"
 class Exchange:
     """The state of one request through the gateway; see the module docstring."""
 
-    __slots__ = (
-        "attempt_open",
-        "attempts",
-        "body_done",
-        "body_kept",
-        "body_parts",
-        "body_size",
-        "chunked",
-        "client",
-        "close_after",
-        "conn",
-        "connecting",
-        "continue_",
-        "endpoint",
-        "failure",
-        "head_only",
-        "head_tail",
-        "headers",
-        "http11",
-        "keep_alive",
-        "method",
-        "method_name",
-        "out",
-        "path",
-        "phase",
-        "plan",
-        "problem",
-        "proxy",
-        "request_id",
-        "request_line",
-        "resp_mode",
-        "sent",
-        "started",
-        "started_at",
-        "status",
-        "t0",
-        "total_deadline",
-        "tried",
-        "unsent",
-        "unsent_size",
-        "upgrade",
-        "upstream_eof",
-    )
+    # Per-request state. The defaults live on the class so that a request
+    # stores only what differs from them: an attribute store costs about as
+    # much as a header scanned, and this runs once per request.
+    phase = QUEUED
+    started = False
+    status = 0
+    problem: HTTPProblem | None = None
+    failure: HTTPProblem | None = None
+    plan: Plan | None = None
+    conn: UpstreamConnection | None = None
+    connecting: asyncio.Task[None] | None = None
+    endpoint: Endpoint | None = None
+    attempt_open = False
+    attempts = 0
+    tried: tuple[str, ...] = ()
+    out: list[bytes] | None = None
+    resp_mode = NO_BODY
+    upstream_eof = False
+    close_after = False
+    sent = False
+    unsent: list[bytes] | None = None
+    unsent_size = 0
+    body_parts: list[bytes] | None = None
+    body_kept = 0
+    body_size = 0
+    chunked = False
+    body_done = False
+    continue_ = False
+    total_deadline = math.inf
+    request_line = b""
+    head_tail = b""
 
     def __init__(
         self,
@@ -136,50 +125,26 @@ class Exchange:
         self.started_at = proxy.loop.time()
         self.t0 = perf_counter()
         self.method = method
-        self.method_name = method.decode("ascii")
+        self.method_name = method_name = method.decode("ascii")
         self.headers = headers
         self.keep_alive = keep_alive
+        if not keep_alive:
+            self.close_after = True
         self.http11 = http11
         self.upgrade = upgrade
         self.head_only = method == b"HEAD"
-        self.phase = QUEUED
-        self.started = False
-        self.status = 0
-        self.problem: HTTPProblem | None = None
-        self.failure: HTTPProblem | None = None
-        self.plan: Plan | None = None
-        self.conn: UpstreamConnection | None = None
-        self.connecting: asyncio.Task[None] | None = None
-        self.endpoint: Endpoint | None = None
-        self.attempt_open = False
-        self.attempts = 0
-        self.tried: tuple[str, ...] = ()
-        self.out: list[bytes] = []
-        self.resp_mode = NO_BODY
-        self.upstream_eof = False
-        self.close_after = not keep_alive
-        self.sent = False
-        self.unsent: list[bytes] = []
-        self.unsent_size = 0
-        self.body_parts: list[bytes] | None = []
-        self.body_kept = 0
-        self.body_size = 0
-        self.total_deadline = math.inf
-        self.request_line = b""
-        self.head_tail = b""
 
         lines, host, length, chunked, xff, rid, expect, connection, via = scan_request(headers)
         if connection:
             drop = connection_tokens(connection)
             if drop:
                 lines, host, length, chunked, xff, rid, expect, _, via = scan_request(headers, drop)
-        self.request_id = proxy.ids.new() if rid is None else proxy.ids.keep_or_new(rid)
+        self.request_id = request_id = (
+            proxy.ids.new() if rid is None else proxy.ids.keep_or_new(rid)
+        )
         query_at = url.find(b"?")
         raw_path = url if query_at < 0 else url[:query_at]
-        self.path = raw_path.decode("latin-1")
-        self.chunked = False
-        self.body_done = False
-        self.continue_ = False
+        self.path = path = raw_path.decode("latin-1")
         if length is not None:
             size = int(length)
             if size > proxy.limits.max_body:
@@ -189,7 +154,8 @@ class Exchange:
                     )
                 )
                 return
-            self.body_done = size == 0
+            if size == 0:
+                self.body_done = True
         elif chunked:
             self.chunked = True
         else:
@@ -209,9 +175,7 @@ class Exchange:
             self.refuse(BadRequest("the request target must be a path (origin-form)"))
             return
         try:
-            plan, upstream_path, prefix = proxy.router.resolve(
-                self.method_name, host, self.path, headers
-            )
+            plan, upstream_path, prefix = proxy.router.resolve(method_name, host, path, headers)
         except HTTPProblem as problem:
             self.refuse(problem)
             return
@@ -225,23 +189,30 @@ class Exchange:
         if query_at >= 0:
             target += url[query_at:]
         self.request_line = method + b" " + target + b" HTTP/1.1\r\n"
-        peer = client.peer
+        # The head but its Host line (which depends on the endpoint): the pieces
+        # are joined once, without intermediate bytes objects.
         parts = lines
-        parts.extend(plan.request_add)
-        parts.append(b"x-forwarded-for: " + (peer if xff is None else xff + b", " + peer) + _CRLF)
-        parts.append(b"x-forwarded-proto: http\r\n")
+        if plan.request_add:
+            parts.extend(plan.request_add)
+        if xff is None:
+            parts.append(client.forwarded_for)
+        else:
+            parts += (b"x-forwarded-for: ", xff, b", ", client.peer, _CRLF)
         if host is not None:
-            parts.append(b"x-forwarded-host: " + host + _CRLF)
+            parts += (b"x-forwarded-host: ", host, _CRLF)
         if prefix:
-            parts.append(b"x-forwarded-prefix: " + prefix.encode("latin-1") + _CRLF)
-        parts.append(b"x-request-id: " + self.request_id + _CRLF)
-        parts.append(_VIA if via is None else b"via: " + via + b", 1.1 essaim\r\n")
+            parts += (b"x-forwarded-prefix: ", prefix.encode("latin-1"), _CRLF)
+        parts += (_PROTO_AND_ID, request_id, _CRLF)
+        if via is None:
+            parts.append(_VIA)
+        else:
+            parts += (b"via: ", via, b", 1.1 essaim\r\n")
         if length is not None:
-            parts.append(b"content-length: " + length + _CRLF)
-        elif self.chunked:
+            parts += (b"content-length: ", length, _CRLF)
+        elif chunked:
             parts.append(b"transfer-encoding: chunked\r\n")
         if upgrade:
-            parts.append(b"connection: upgrade\r\nupgrade: " + self._header(b"upgrade") + _CRLF)
+            parts += (b"connection: upgrade\r\nupgrade: ", self._header(b"upgrade"), _CRLF)
         parts.append(_CRLF)
         self.head_tail = b"".join(parts)
 
@@ -337,10 +308,10 @@ class Exchange:
         assert self.endpoint is not None
         self.conn = conn
         self.phase = WAITING
-        data = [self.request_line + self.proxy.host_line(self.endpoint) + self.head_tail]
+        data = [self.request_line, self.proxy.host_line(self.endpoint), self.head_tail]
         if self.unsent:
             data.extend(self.unsent)
-            self.unsent = []
+            self.unsent = None
             self.unsent_size = 0
             self.client.pause(PAUSE_BUFFER, False)
         self.sent = True
@@ -385,20 +356,26 @@ class Exchange:
             self._waiting_deadline()
 
     def _forward(self, piece: bytes) -> None:
-        parts = self.body_parts
-        if parts is not None:
-            self.body_kept += len(piece)
-            if self.body_kept <= self.proxy.limits.replay_buffer:
-                parts.append(piece)
+        # Kept for a retry while the body fits in the replay buffer; past it,
+        # body_kept says that something was dropped.
+        kept = self.body_kept = self.body_kept + len(piece)
+        if kept <= self.proxy.limits.replay_buffer:
+            if self.body_parts is None:
+                self.body_parts = [piece]
             else:
-                self.body_parts = None
+                self.body_parts.append(piece)
+        else:
+            self.body_parts = None
         conn = self.conn
         if conn is not None and (self.phase == WAITING or self.phase == STREAMING):
             conn.write(piece)
             if self.phase == WAITING and not self.body_done:
                 self.client.deadline = self.proxy.loop.time() + self.proxy.limits.body_timeout
         elif self.phase != DONE:
-            self.unsent.append(piece)
+            if self.unsent is None:
+                self.unsent = [piece]
+            else:
+                self.unsent.append(piece)
             self.unsent_size += len(piece)
             if self.unsent_size > self.proxy.limits.replay_buffer:
                 self.client.pause(PAUSE_BUFFER, True)
@@ -409,7 +386,7 @@ class Exchange:
         if self.phase == QUEUED:
             self.refuse(problem)
             self.body_parts = None
-            self.unsent = []
+            self.unsent = None
             return
         self._abandon_attempt()
         self.respond_problem(problem)
@@ -466,7 +443,10 @@ class Exchange:
             elif not self.http11:
                 tail += _KEEP_ALIVE
         out.append(tail + _CRLF)
-        self.out.append(b"".join(out))
+        if self.out is None:
+            self.out = [b"".join(out)]
+        else:
+            self.out.append(b"".join(out))
 
     def upstream_interim(self, status: int, block: bytes) -> None:
         # 100 Continue was the gateway's to send (Expect is not forwarded); others
@@ -474,13 +454,19 @@ class Exchange:
         if status == 100 or not self.http11:
             return
         kept = scan_response(block)[0]
-        self.out.append((STATUS_PREFIXES.get(status) or status_line(status)[:-2]) + kept + _CRLF)
+        interim = (STATUS_PREFIXES.get(status) or status_line(status)[:-2]) + kept + _CRLF
+        if self.out is None:
+            self.out = [interim]
+        else:
+            self.out.append(interim)
 
     def upstream_body(self, data: bytes) -> None:
-        if self.resp_mode == CHUNKED:
-            self.out.append(chunk(data))
-        elif self.resp_mode != NO_BODY:
-            self.out.append(data)
+        out = self.out  # made by upstream_head, which comes first
+        if out is not None:
+            if self.resp_mode == CHUNKED:
+                out.append(chunk(data))
+            elif self.resp_mode != NO_BODY:
+                out.append(data)
 
     def upstream_flush(self) -> None:
         out = self.out
@@ -496,9 +482,9 @@ class Exchange:
                 )
 
     def upstream_done(self, conn: UpstreamConnection) -> None:
-        if self.resp_mode == CHUNKED:
-            self.out.append(_LAST_CHUNK)
         out = self.out
+        if out is not None and self.resp_mode == CHUNKED:
+            out.append(_LAST_CHUNK)
         if out:
             self.client.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
@@ -557,7 +543,7 @@ class Exchange:
     def _may_retry(self, kind: str, status: int = 0) -> bool:
         plan = self.plan
         assert plan is not None
-        if kind != "connect" and self.sent and self.body_parts is None:
+        if kind != "connect" and self.sent and self.body_kept > self.proxy.limits.replay_buffer:
             return False  # the body went out and was not kept: it can't be sent again
         if self.proxy.loop.time() >= self.total_deadline or self.proxy.draining:
             return False
@@ -569,8 +555,7 @@ class Exchange:
         assert self.plan is not None
         self.proxy.stats.retry(self.plan.service, kind)
         if self.sent:
-            assert self.body_parts is not None
-            self.unsent = list(self.body_parts)
+            self.unsent = list(self.body_parts) if self.body_parts else None
             self.unsent_size = self.body_kept
             self.sent = False
         self.phase = QUEUED

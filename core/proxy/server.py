@@ -75,6 +75,7 @@ class ClientConnection(asyncio.Protocol):
         "closing",
         "current",
         "deadline",
+        "forwarded_for",
         "headers",
         "http11",
         "in_head",
@@ -99,6 +100,7 @@ class ClientConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.peer = b"unknown"
+        self.forwarded_for = b""
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.in_head = False
@@ -125,6 +127,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.peer = str(peer[0]).encode()
+        self.forwarded_for = b"x-forwarded-for: " + self.peer + b"\r\n"
         proxy = self.proxy
         proxy.connections.add(self)
         self.deadline = proxy.loop.time() + proxy.limits.head_timeout
