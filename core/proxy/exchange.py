@@ -414,7 +414,15 @@ class Exchange:
             upstream.succeeded(ep)
         self.status = status
         self.phase = STREAMING
-        kept, length, chunked, upgrade, via = scan_response(block, plan.response_drop)
+        if block == plan.last_block:
+            # The same head as the last response of this route (a static file
+            # within the same second, a health check): filtered already.
+            kept, length, chunked, upgrade, via = plan.last_scan
+        else:
+            scanned = scan_response(block, plan.response_drop)
+            plan.last_block = block
+            plan.last_scan = scanned
+            kept, length, chunked, upgrade, via = scanned
         out = [STATUS_PREFIXES.get(status) or status_line(status)[:-2], kept]
         if plan.response_add:
             out.extend(plan.response_add)

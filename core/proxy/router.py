@@ -74,6 +74,9 @@ class Plan:
     request_drop: frozenset[bytes] | None = None
     response_add: tuple[bytes, ...] = ()
     response_drop: re.Pattern[bytes] | None = None
+    # A one-entry memo of the last response head filtered for this route.
+    last_block: bytes = b""
+    last_scan: tuple[bytes, bytes | None, bool, bytes, bytes | None] = (b"", None, False, b"", None)
 
 
 def _edits(
