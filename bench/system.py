@@ -18,7 +18,10 @@ customers, two inventory instances, billing; logs at ``warning``). Then:
   its outbox event in one transaction, then inventory consuming the event),
   in a closed loop from ``concurrency`` keep-alive connections of an aiohttp
   client for ``duration`` seconds. Latency is the client's, request to full
-  answer.
+  answer. The ``bill.created`` events of the loaded run are then measured
+  from their outbox row (``created_at``, in the bill's transaction) to their
+  ``handled_at`` in inventory: the events' whole way in the real system
+  (``bills' outbox``).
 
 Results are printed as a table and written to ``bench/results/system.json``.
 """
@@ -106,6 +109,10 @@ class System:
     @property
     def inventory_db(self) -> Path:
         return self.run_dir / "data" / "inventory" / "inventory.db"
+
+    @property
+    def billing_db(self) -> Path:
+        return self.run_dir / "data" / "billing" / "billing.db"
 
     def start(self, timeout: float = 60.0) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ESSAIM_", "REDIS_URL"))}
@@ -230,6 +237,26 @@ async def bills(system: System, product_id: int, concurrency: int, duration: flo
     return result("bills", f"{concurrency} connections", seconds, latencies, errors)
 
 
+async def outbox_events(system: System, since: float) -> Result:
+    """The ``bill.created`` events of the bills made since ``since``: billing's commit to handled."""
+
+    def committed() -> dict[str, float]:
+        conn = sqlite3.connect(f"file:{system.billing_db}?mode=ro", uri=True)
+        try:
+            rows = conn.execute(
+                "SELECT event_id, created_at FROM essaim_outbox WHERE created_at >= ?", (since,)
+            ).fetchall()
+        finally:
+            conn.close()
+        return dict(rows)
+
+    made = await asyncio.to_thread(committed)
+    done = await wait_handled(system.inventory_db, set(made), 60)
+    latencies = [done[i] - made[i] for i in done]
+    seconds = max(done.values()) - min(made.values()) if done else 0.0
+    return result("events", "bills' outbox", seconds, latencies, len(made) - len(done))
+
+
 async def prepare(system: System) -> tuple[int, int]:
     """A customer and two products with stock enough for any run (events, bills)."""
     async with aiohttp.ClientSession() as http:
@@ -259,8 +286,10 @@ async def bench(system: System, args: argparse.Namespace) -> list[Result]:
         results.append(await events_max_rate(system, bus, events_product, args.events))
         results.append(await events_paced(system, bus, events_product, args.paced, args.rate))
         await bills(system, bills_product, 4, 0.5)  # warm-up
-        for concurrency in (1, args.concurrency):
-            results.append(await bills(system, bills_product, concurrency, args.duration))
+        results.append(await bills(system, bills_product, 1, args.duration))
+        since = time.time()
+        results.append(await bills(system, bills_product, args.concurrency, args.duration))
+        results.append(await outbox_events(system, since))
     finally:
         await redis.aclose()
     return results

@@ -27,6 +27,7 @@ def test_quick_system_bench_prints_a_table_and_writes_results(tmp_path: Path) ->
         ("events", "paced 200/s"),
         ("bills", "1 connections"),
         ("bills", "16 connections"),
+        ("events", "bills' outbox"),
     ]
     for result in report["results"]:
         assert result["errors"] == 0
