@@ -75,8 +75,11 @@ class Output:
         if self.color:
             code = self._colors.setdefault(name, self.COLORS[len(self._colors) % len(self.COLORS)])
             prefix = f"\x1b[{code}m{prefix}\x1b[0m"
-        self.stream.write(f"{prefix} {text}\n")
-        self.stream.flush()
+        try:
+            self.stream.write(f"{prefix} {text}\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # the terminal went away: the logs are still in their files
 
     def say(self, text: str) -> None:
         self.line("essaim", text)
@@ -139,6 +142,9 @@ class Supervisor:
         task.add_done_callback(self._tasks.discard)
 
     async def start(self, child: Child) -> None:
+        """Start ``child``'s process; :class:`StartupFailed` once stopping began."""
+        if self.stopping:
+            raise StartupFailed(f"{child.name}: not started, the system is stopping")
         log_path = self.log_dir / f"{child.name}.log"
         child.process = await asyncio.create_subprocess_exec(
             *child.argv,
@@ -263,6 +269,8 @@ class Supervisor:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A restart that was under way when the stop began.
+        await asyncio.gather(*(self._stop(child) for child in self.children if child.running))
 
     async def _stop(self, child: Child) -> None:
         process = child.process
