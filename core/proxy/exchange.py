@@ -30,18 +30,17 @@ from typing import TYPE_CHECKING
 from core import log
 from core.errors import (
     BadGateway,
-    BadRequest,
     GatewayTimeout,
     HTTPProblem,
     PayloadTooLarge,
     RequestTimeout,
     ServiceUnavailable,
 )
+from core.proxy.head import RequestHead, prepare
 from core.proxy.pool import UpstreamConnection
 from core.proxy.wire import (
     STATUS_PREFIXES,
     chunk,
-    connection_tokens,
     problem_response,
     scan_request,
     scan_response,
@@ -67,7 +66,6 @@ _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _VIA = b"via: 1.1 essaim\r\n"
-_PROTO_AND_ID = b"x-forwarded-proto: http\r\nx-request-id: "
 _CLOSE = b"connection: close\r\n"
 _KEEP_ALIVE = b"connection: keep-alive\r\n"
 
@@ -104,8 +102,7 @@ class Exchange:
     body_done = False
     continue_ = False
     total_deadline = math.inf
-    request_line = b""
-    head_tail = b""
+    head: RequestHead | None = None
 
     def __init__(
         self,
@@ -125,7 +122,6 @@ class Exchange:
         self.started_at = proxy.loop.time()
         self.t0 = perf_counter()
         self.method = method
-        self.method_name = method_name = method.decode("ascii")
         self.headers = headers
         self.keep_alive = keep_alive
         if not keep_alive:
@@ -133,99 +129,58 @@ class Exchange:
         self.http11 = http11
         self.upgrade = upgrade
         self.head_only = method == b"HEAD"
-
-        lines, host, length, chunked, xff, rid, expect, connection, via = scan_request(headers)
-        if connection:
-            drop = connection_tokens(connection)
-            if drop:
-                lines, host, length, chunked, xff, rid, expect, _, via = scan_request(headers, drop)
-        self.request_id = request_id = (
-            proxy.ids.new() if rid is None else proxy.ids.keep_or_new(rid)
-        )
-        query_at = url.find(b"?")
-        raw_path = url if query_at < 0 else url[:query_at]
-        self.path = path = raw_path.decode("latin-1")
-        if length is not None:
-            size = int(length)
-            if size > proxy.limits.max_body:
-                self.refuse(
-                    PayloadTooLarge(
-                        f"the request body is {size} bytes; the limit is {proxy.limits.max_body}"
-                    )
+        head = client.last_head
+        if (
+            head is None
+            or head.url != url
+            or head.headers != headers
+            or head.method != method
+            or head.generation != proxy.router.generation
+        ):
+            try:
+                head = prepare(
+                    method,
+                    url,
+                    headers,
+                    upgrade,
+                    peer=client.peer,
+                    forwarded_for=client.forwarded_for,
+                    router=proxy.router,
+                    max_body=proxy.limits.max_body,
                 )
+            except HTTPProblem as problem:
+                self._refused(url, headers, problem)
                 return
-            if size == 0:
-                self.body_done = True
-        elif chunked:
+            client.last_head = None if upgrade else head
+        self.head = head
+        self.plan = head.plan
+        self.path = head.path
+        self.method_name = head.method_name
+        self.request_id = proxy.ids.new() if head.client_id is None else head.client_id
+        if head.chunked:
             self.chunked = True
-        else:
+        elif not head.length:
             self.body_done = True
-        if expect is not None:
-            if expect.lower() != b"100-continue":
-                self.refuse(HTTPProblem("only 'Expect: 100-continue' is supported", status=417))
-                return
-            self.continue_ = not self.body_done
-        if upgrade and method == b"CONNECT":
-            self.refuse(
-                HTTPProblem("CONNECT is not supported by this gateway", status=405),
-                allow=b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
-            )
-            return
-        if not raw_path.startswith(b"/"):
-            self.refuse(BadRequest("the request target must be a path (origin-form)"))
-            return
-        try:
-            plan, upstream_path, prefix = proxy.router.resolve(method_name, host, path, headers)
-        except HTTPProblem as problem:
-            self.refuse(problem)
-            return
-        self.plan = plan
-        if plan.request_drop is not None:
-            drop = plan.request_drop | (
-                connection_tokens(connection) if connection else frozenset()
-            )
-            lines = scan_request(headers, drop)[0]
-        target = upstream_path.encode("latin-1")
-        if query_at >= 0:
-            target += url[query_at:]
-        self.request_line = method + b" " + target + b" HTTP/1.1\r\n"
-        # The head but its Host line (which depends on the endpoint): the pieces
-        # are joined once, without intermediate bytes objects.
-        parts = lines
-        if plan.request_add:
-            parts.extend(plan.request_add)
-        if xff is None:
-            parts.append(client.forwarded_for)
-        else:
-            parts += (b"x-forwarded-for: ", xff, b", ", client.peer, _CRLF)
-        if host is not None:
-            parts += (b"x-forwarded-host: ", host, _CRLF)
-        if prefix:
-            parts += (b"x-forwarded-prefix: ", prefix.encode("latin-1"), _CRLF)
-        parts += (_PROTO_AND_ID, request_id, _CRLF)
-        if via is None:
-            parts.append(_VIA)
-        else:
-            parts += (b"via: ", via, b", 1.1 essaim\r\n")
-        if length is not None:
-            parts += (b"content-length: ", length, _CRLF)
-        elif chunked:
-            parts.append(b"transfer-encoding: chunked\r\n")
-        if upgrade:
-            parts += (b"connection: upgrade\r\nupgrade: ", self._header(b"upgrade"), _CRLF)
-        parts.append(_CRLF)
-        self.head_tail = b"".join(parts)
+        if head.continue_:
+            self.continue_ = True
 
-    def _header(self, wanted: bytes) -> bytes:
-        for name, value in self.headers:
-            if name.lower() == wanted:
-                return value
-        return b""
+    def _refused(
+        self, url: bytes, headers: list[tuple[bytes, bytes]], problem: HTTPProblem
+    ) -> None:
+        """Set up to answer ``problem``: enough of the head for the answer and the framing."""
+        _, _, length, chunked, _, rid, _, _, _ = scan_request(headers)
+        query_at = url.find(b"?")
+        self.path = (url if query_at < 0 else url[:query_at]).decode("latin-1")
+        self.method_name = self.method.decode("ascii", "replace")
+        self.request_id = self.proxy.ids.keep_or_new(rid)
+        if chunked:
+            self.chunked = True
+        elif length is None or length.strip() == b"0":
+            self.body_done = True
+        self.problem = problem
 
-    def refuse(self, problem: HTTPProblem, allow: bytes | None = None) -> None:
+    def refuse(self, problem: HTTPProblem) -> None:
         """Answer ``problem`` instead of proxying (decided before any upstream is involved)."""
-        if allow is not None:
-            problem.headers["Allow"] = allow.decode()
         self.problem = problem
 
     # -- starting ---------------------------------------------------------------------------
@@ -308,7 +263,15 @@ class Exchange:
         assert self.endpoint is not None
         self.conn = conn
         self.phase = WAITING
-        data = [self.request_line, self.proxy.host_line(self.endpoint), self.head_tail]
+        head = self.head
+        assert head is not None  # an exchange with no head was refused, never attached
+        data = [
+            head.request_line,
+            self.proxy.host_line(self.endpoint),
+            head.before_id,
+            self.request_id,
+            head.after_id,
+        ]
         if self.unsent:
             data.extend(self.unsent)
             self.unsent = None

@@ -137,6 +137,8 @@ class Router:
         self._plans: dict[str, Plan] = {}
         self._discovery: dict[str, Plan] = {}
         self._header_routes = False
+        # Moves with every change a prepared request head depends on.
+        self.generation = 0
 
     # -- the request path --------------------------------------------------------------
 
@@ -233,6 +235,7 @@ class Router:
         for plan in self._discovery.values():
             keep.add(self._service_key(plan.service, self.policy))
         self._plans = plans
+        self.generation += 1
         self._header_routes = any(route.headers for route in table.routes)
         self.table = table
         self.source = source
@@ -257,6 +260,7 @@ class Router:
         watcher = self.watcher
         if watcher is None:
             return
+        self.generation += 1
         for service in services:
             for upstream in self._by_service.get(service, ()):
                 upstream.update_instances(watcher.instances(service))

@@ -31,6 +31,7 @@ import httptools
 from core import log
 from core.errors import BadRequest, HeaderTooLarge, HTTPProblem, InternalError, RequestTimeout
 from core.proxy.exchange import DONE, PAUSE_BUFFER, Exchange
+from core.proxy.head import RequestHead
 from core.proxy.pool import Pool, UpstreamConnection
 from core.proxy.stats import Stats
 from core.proxy.wire import Clock, RequestIds, problem_response
@@ -79,6 +80,7 @@ class ClientConnection(asyncio.Protocol):
         "headers",
         "http11",
         "in_head",
+        "last_head",
         "parser",
         "partial",
         "paused",
@@ -106,6 +108,7 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = False
         self.began_here = False
         self.http11: bool | None = None
+        self.last_head: RequestHead | None = None
         self.partial = 0
         self.read_size = 0
         self.too_large = False

@@ -243,11 +243,17 @@ class RequestIds:
         return self._prefix + b"%x" % self._next
 
     def keep_or_new(self, given: bytes | None) -> bytes:
-        if given is not None and 0 < len(given) <= 200 and given.isascii():
+        kept = None if given is None else self.usable(given)
+        return self.new() if kept is None else kept
+
+    @staticmethod
+    def usable(given: bytes) -> bytes | None:
+        """``given`` (stripped) if it can serve as a request id, else None."""
+        if 0 < len(given) <= 200 and given.isascii():
             stripped = given.strip()
             if stripped and b" " not in stripped and b"\t" not in stripped:
                 return stripped
-        return self.new()
+        return None
 
 
 class Clock:

@@ -1,0 +1,109 @@
+"""Preparing a request head, and reusing it when a client repeats it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+from aiohttp import web
+
+from core.errors import HTTPProblem, PayloadTooLarge
+from core.proxy.head import prepare
+from core.proxy.router import Router
+from core.routes import RouteTable
+from tests.core.proxy.conftest import GatewayFactory, Upstreams, parse_responses, raw_exchange
+
+
+def router_with(*routes: dict[str, object]) -> Router:
+    router = Router(None)
+    router.install(RouteTable.parse({"routes": list(routes)}), source="test", at=0.0)
+    return router
+
+
+def test_prepare_builds_the_upstream_head_around_the_request_id() -> None:
+    router = router_with({"id": "a", "prefix": "/api", "urls": ["http://up:1"], "strip_prefix": 1})
+    head = prepare(
+        b"POST",
+        b"/api/x?y=1",
+        [(b"Host", b"h"), (b"Content-Length", b"3"), (b"X-Request-ID", b"given")],
+        False,
+        peer=b"10.0.0.9",
+        forwarded_for=b"x-forwarded-for: 10.0.0.9\r\n",
+        router=router,
+        max_body=100,
+    )
+    assert head.request_line == b"POST /x?y=1 HTTP/1.1\r\n"
+    assert head.before_id == (
+        b"x-forwarded-for: 10.0.0.9\r\nx-forwarded-host: h\r\nx-forwarded-prefix: /api\r\n"
+        b"x-forwarded-proto: http\r\nx-request-id: "
+    )
+    assert head.after_id == b"\r\nvia: 1.1 essaim\r\ncontent-length: 3\r\n\r\n"
+    assert (head.client_id, head.length, head.chunked, head.path) == (b"given", 3, False, "/api/x")
+
+
+def test_prepare_refuses_what_cannot_go() -> None:
+    router = router_with({"id": "a", "prefix": "/", "urls": ["http://up:1"]})
+    kwargs: dict[str, object] = {
+        "peer": b"p", "forwarded_for": b"", "router": router, "max_body": 10,
+    }  # fmt: skip
+    with pytest.raises(PayloadTooLarge):
+        prepare(b"PUT", b"/", [(b"Content-Length", b"11")], False, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(HTTPProblem) as info:
+        prepare(b"GET", b"/", [(b"Expect", b"magic")], False, **kwargs)  # type: ignore[arg-type]
+    assert info.value.status == 417
+
+
+async def test_a_repeated_head_gets_a_new_request_id_each_time(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    async def echo_id(request: web.Request) -> web.Response:
+        return web.Response(text=request.headers["X-Request-ID"])
+
+    app = web.Application()
+    app.router.add_get("/", echo_id)
+    up = await upstreams.app(app)
+    gw = await gateway([{"id": "r", "prefix": "/", "urls": [up.url]}])
+    same = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    raw = await raw_exchange(
+        gw.port, same * 3 + b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    )
+    answers = parse_responses(raw)
+    ids = [headers["x-request-id"] for _, headers, _ in answers]
+    assert len(set(ids)) == 4
+    assert [body.decode() for _, _, body in answers] == ids
+
+
+async def test_a_repeated_head_follows_a_new_route_table(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    def named(name: str) -> web.Application:
+        async def handle(request: web.Request) -> web.Response:
+            return web.Response(text=name)
+
+        app = web.Application()
+        app.router.add_get("/", handle)
+        return app
+
+    a, b = await upstreams.app(named("a")), await upstreams.app(named("b"))
+    gw = await gateway([{"id": "r", "prefix": "/", "urls": [a.url]}])
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    request = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+
+    async def ask() -> bytes:
+        writer.write(request)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        return await reader.readexactly(length)
+
+    assert await ask() == b"a"
+    assert await ask() == b"a"
+    gw.install([{"id": "r", "prefix": "/", "urls": [b.url]}], version="v2")
+    assert await ask() == b"b"
+    gw.install([], version="v3")
+    writer.write(request)
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404")
+    writer.close()
