@@ -7,6 +7,12 @@ history and rollback, and the import of the config directory
 is published on the change channel, which :class:`core.config_client.ConfigClient`
 follows to apply it without a restart.
 
+Encrypted values (:mod:`core.config_crypto`): a ``{cipher}...`` value is
+stored as written, accepted only when it decrypts with ``CONFIGSVC_ENCRYPT_KEY``,
+and served decrypted by ``GET /v1/config/...`` to a client with the token only;
+``POST /v1/encrypt`` makes such values. Neither plaintext nor ciphertext is
+ever logged.
+
 The process holds no state of its own beyond where its directory is: a
 restart loses nothing. When it finds its Redis emptied (restarted without
 persistence), it imports the directory again.
@@ -22,19 +28,24 @@ from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
+import orjson
 import tomli_w
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
 from core import log
+from core.config_crypto import Cipher, SecretReads, Undecryptable, check_ciphers, decrypt_document
 from core.config_document import MAX_BYTES, Format, check_name, parse
 from core.config_files import Importer
 from core.config_reads import SharedReads
 from core.config_store import ConfigStore, NotImported, Version, WriteResult
 from core.errors import (
     BadRequest,
+    InternalError,
     NotFound,
+    ServiceUnavailable,
     SettingsError,
+    Unauthorized,
     Unprocessable,
     UnsupportedMediaType,
     problem_middleware,
@@ -53,6 +64,8 @@ MEDIA_TYPES: dict[str, Format] = {
     "application/toml": "toml",
 }
 REVISION_HEADER = "X-Config-Rev"
+#: The largest plaintext ``POST /v1/encrypt`` takes (its value must fit in a document).
+MAX_PLAINTEXT = 64 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +75,17 @@ class Settings(CommonSettings):
     port: int = dataclasses.field(default=8888, metadata=option("TCP port to listen on"))
     token: Secret = dataclasses.field(
         default=Secret(""),
-        metadata=option("bearer token required for writes; required off loopback"),
+        metadata=option(
+            "bearer token required for writes and for reading configs with encrypted values; "
+            "required off loopback and with an encrypt key"
+        ),
+    )
+    encrypt_key: Secret = dataclasses.field(
+        default=Secret(""),
+        metadata=option(
+            "Fernet key(s), comma-separated, the first encrypting, for {cipher} values; "
+            "unset: documents with {cipher} values are refused"
+        ),
     )
     config_dir: str = dataclasses.field(
         default="./config",
@@ -84,6 +107,16 @@ class Settings(CommonSettings):
                 f"CONFIGSVC_TOKEN: required when listening on {self.host} (not loopback): "
                 "anyone who can write config can change every service's behaviour"
             )
+        if self.encrypt_key and not self.token:
+            raise SettingsError(
+                "CONFIGSVC_TOKEN: required with CONFIGSVC_ENCRYPT_KEY: without it, anyone "
+                "who can reach the service reads the decrypted secrets"
+            )
+        self.cipher()
+
+    def cipher(self) -> Cipher | None:
+        """The cipher of ``encrypt_key``, None when unset; :class:`SettingsError` when malformed."""
+        return Cipher(self.encrypt_key) if self.encrypt_key else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,12 +134,30 @@ IMPORTER = web.AppKey("importer", Importer)
 READS = web.AppKey("reads", SharedReads)
 METRICS = web.AppKey("metrics", HTTPMetrics)
 METERS = web.AppKey("meters", Meters)
+SECRETS = web.AppKey("secrets", SecretReads)
 
 # ----------------------------------------------------------------------------- helpers
 
 
 def _require_token(request: web.Request) -> None:
     require_bearer(request, request.app[SETTINGS].token, "CONFIGSVC_TOKEN")
+
+
+def _require_token_for_secrets(request: web.Request, what: str) -> None:
+    """:class:`Unauthorized` unless the request carries the token: ``what`` holds secrets."""
+    try:
+        _require_token(request)
+    except Unauthorized as exc:
+        raise Unauthorized(
+            f"{what} holds encrypted values: reading it requires "
+            "'Authorization: Bearer <CONFIGSVC_TOKEN>'",
+            headers=exc.headers,
+        ) from None
+
+
+#: Headers of an answer that holds (or confirms) decrypted secrets: never stored by a
+#: cache, and never served to a request with other credentials.
+SECRET_HEADERS = {"Cache-Control": "no-store", "Vary": "Authorization"}
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
@@ -120,8 +171,9 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     return False
 
 
-def _document_etag(version: Version) -> str:
-    return f'"{version.version}.{(version.hash or "")[:16]}"'
+def _document_etag(version: Version, *, decrypted: bool = False) -> str:
+    suffix = ".decrypted" if decrypted else ""
+    return f'"{version.version}.{(version.hash or "")[:16]}{suffix}"'
 
 
 def _document_name(request: web.Request) -> str:
@@ -156,7 +208,13 @@ def _count(request: web.Request, result: WriteResult) -> None:
 
 
 async def get_config(request: web.Request) -> web.Response:
-    """``GET /v1/config/{app}/{profile}``: the merged config; 304 when ``If-None-Match`` matches."""
+    """``GET /v1/config/{app}/{profile}``: the merged config; 304 when ``If-None-Match`` matches.
+
+    When a source holds ``{cipher}`` values the request needs the token (401
+    otherwise, before any ETag comparison) and the values are served
+    decrypted, with ``Cache-Control: no-store`` and ``Vary: Authorization``;
+    500 when they don't decrypt with the key in force.
+    """
     app_name = check_name(request.match_info["app"], "app")
     profile = check_name(request.match_info["profile"], "profile")
     store, reads = request.app[STORE], request.app[READS]
@@ -167,9 +225,28 @@ async def get_config(request: web.Request) -> web.Response:
         merged = await reads.merged(app_name, profile)
     etag = f'"{merged.version}"'
     headers = {"ETag": etag, REVISION_HEADER: str(merged.rev), "Cache-Control": "no-cache"}
+    secrets = request.app[SECRETS]
+    secret = secrets.merged_holds_secrets(merged)
+    if secret:
+        _require_token_for_secrets(request, f"the config of {app_name}/{profile}")
+        headers.update(SECRET_HEADERS)
     if _etag_matches(request.headers.get("If-None-Match"), etag):
         return web.Response(status=304, headers=headers)
-    return web.Response(body=store.render(merged), content_type="application/json", headers=headers)
+    if not secret:
+        body = store.render(merged)
+    else:
+        try:
+            body = secrets.render(merged)
+        except Undecryptable as exc:
+            raise _undecryptable(f"the config of {app_name}/{profile}", exc) from None
+    return web.Response(body=body, content_type="application/json", headers=headers)
+
+
+def _undecryptable(what: str, exc: Undecryptable) -> InternalError:
+    return InternalError(
+        f"{what} holds {{cipher}} values this service can't decrypt ({exc.why}; "
+        f"was CONFIGSVC_ENCRYPT_KEY changed?): {', '.join(exc.paths)}"
+    )
 
 
 async def list_documents(request: web.Request) -> web.Response:
@@ -194,14 +271,18 @@ def _wanted_format(request: web.Request) -> Format:
 
 
 async def get_document(request: web.Request) -> web.Response:
-    """``GET /v1/documents/{name}[?version=N]``: the raw document, as JSON or TOML.
+    """``GET /v1/documents/{name}[?version=N][&decrypt=true]``: the raw document, as JSON or TOML.
 
     Its version, hash and origin are in headers (``ETag``, ``X-Config-Version``,
-    ``X-Config-Hash``, ``X-Config-Origin``, ``Last-Modified``).
+    ``X-Config-Hash``, ``X-Config-Origin``, ``Last-Modified``). A document
+    holding ``{cipher}`` values needs the token (401 otherwise) and is served
+    as stored, encrypted, so that what is read can be written back as is;
+    ``decrypt=true`` serves the plaintext instead (another ``ETag``).
     """
     name = _document_name(request)
     store = request.app[STORE]
     fmt = _wanted_format(request)
+    decrypt = _flag(request, "decrypt")
     raw_version = request.query.get("version")
     if raw_version is None:
         current = await store.get(name)
@@ -214,7 +295,11 @@ async def get_document(request: web.Request) -> web.Response:
             raise NotFound(f"document {name!r} has no retained version {number}")
         if current.deleted:
             raise NotFound(f"version {number} of {name!r} is its deletion: it has no content")
-    etag = _document_etag(current)
+    secret = request.app[SECRETS].holds_secrets(current.hash, current.content)
+    if secret:
+        _require_token_for_secrets(request, f"document {name!r}")
+    decrypt = decrypt and secret
+    etag = _document_etag(current, decrypted=decrypt)
     headers = {
         "ETag": etag,
         "X-Config-Version": str(current.version),
@@ -222,15 +307,29 @@ async def get_document(request: web.Request) -> web.Response:
         "X-Config-Origin": current.origin,
         "Last-Modified": formatdate(current.time / 1000, usegmt=True),
         "Cache-Control": "no-cache",
+        **(SECRET_HEADERS if secret else {}),
     }
     if _etag_matches(request.headers.get("If-None-Match"), etag):
         return web.Response(status=304, headers=headers)
     content = dict(current.content or {})
+    if decrypt:
+        try:
+            content = decrypt_document(content, request.app[SECRETS].cipher)
+        except Undecryptable as exc:
+            raise _undecryptable(f"version {current.version} of {name!r}", exc) from None
     if fmt == "toml":
         return web.Response(
             text=tomli_w.dumps(content), content_type="application/toml", headers=headers
         )
     return json_response(content, headers=headers)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    """The boolean query parameter ``name`` (``true`` or ``false``; absent: false)."""
+    raw = request.query.get(name, "false")
+    if raw not in ("true", "false"):
+        raise BadRequest(f"{name!r} must be true or false, got {raw[:20]!r}")
+    return raw == "true"
 
 
 def _version_number(raw: str) -> int:
@@ -244,7 +343,11 @@ def _version_number(raw: str) -> int:
 
 
 async def put_document(request: web.Request) -> web.Response:
-    """``PUT /v1/documents/{name}``: a new version from a JSON or TOML body (201 when new)."""
+    """``PUT /v1/documents/{name}``: a new version from a JSON or TOML body (201 when new).
+
+    ``{cipher}`` values are stored as sent; 422 (nothing stored) when one of
+    them doesn't decrypt with the key, or when no key is configured.
+    """
     _require_token(request)
     name = _document_name(request)
     fmt = MEDIA_TYPES.get(request.content_type)
@@ -254,6 +357,7 @@ async def put_document(request: web.Request) -> web.Response:
         )
     body = await read_body(request, MAX_BYTES)
     content = parse(body, fmt)
+    check_ciphers(content, request.app[SECRETS].cipher, source="the body")
     store = request.app[STORE]
     result = await _write(request, lambda: store.write(name, content, "api", if_imported=True))
     _count(request, result)
@@ -295,7 +399,8 @@ async def rollback(request: web.Request) -> web.Response:
     """``POST /v1/documents/{name}/rollback?version=N``: make N's content current again.
 
     The content of N becomes a new version (none when it is already the
-    current content). 404 when N is not retained; 422 when N was a deletion.
+    current content). 404 when N is not retained; 422 when N was a deletion
+    or holds ``{cipher}`` values the key in force can't decrypt.
     """
     _require_token(request)
     name = _document_name(request)
@@ -312,6 +417,7 @@ async def rollback(request: web.Request) -> web.Response:
             f"version {number} of {name!r} is its deletion; use DELETE to delete the document"
         )
     content = target.content
+    check_ciphers(content, request.app[SECRETS].cipher, source=f"version {number} of {name!r}")
     result = await _write(
         request, lambda: store.write(name, content, f"rollback:{number}", if_imported=True)
     )
@@ -336,6 +442,51 @@ async def reload(request: web.Request) -> web.Response:
         )
     meters.reloads.labels("imported").inc()
     return json_response(report.to_dict())
+
+
+async def encrypt(request: web.Request) -> web.Response:
+    """``POST /v1/encrypt``: the ``{cipher}`` value of a plaintext, to write in a document.
+
+    The body is the plaintext, exactly: ``text/plain`` (UTF-8) answers
+    ``text/plain``, a JSON string (``application/json``) answers a JSON
+    string. Needs the token when one is set (401); 503 without a key; 415
+    for another media type; 400 for text that is not UTF-8 or malformed
+    JSON; 422 for an empty plaintext or JSON that is not a string; 413 past
+    :data:`MAX_PLAINTEXT`. Neither the plaintext nor the value is logged.
+    """
+    _require_token(request)
+    cipher = request.app[SECRETS].cipher
+    if cipher is None:
+        raise ServiceUnavailable(
+            "encryption is not configured: start the config service with CONFIGSVC_ENCRYPT_KEY"
+        )
+    ctype = request.content_type
+    if ctype not in ("text/plain", "application/json"):
+        raise UnsupportedMediaType(
+            f"send the plaintext as text/plain or as a JSON string (application/json), not {ctype}"
+        )
+    raw = await read_body(request, MAX_PLAINTEXT)
+    plaintext: Any
+    if ctype == "text/plain":
+        try:
+            plaintext = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"the plaintext is not UTF-8 (byte {exc.start})") from None
+    else:
+        try:
+            plaintext = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            # orjson's message names the position, never the text.
+            raise BadRequest(f"malformed JSON in the body: {exc.msg}") from None
+        if not isinstance(plaintext, str):
+            raise Unprocessable("the JSON body must be a string: the plaintext to encrypt")
+    if not plaintext:
+        raise Unprocessable("the plaintext is empty: nothing to encrypt")
+    value = cipher.encrypt(plaintext)
+    headers = {"Cache-Control": "no-store"}
+    if ctype == "text/plain":
+        return web.Response(text=value, content_type="text/plain", headers=headers)
+    return json_response(value, headers=headers)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -365,7 +516,12 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _importer_ctx(app: web.Application) -> AsyncIterator[None]:
     """The directory importer: started here, cancelled and awaited at stop."""
     settings = app[SETTINGS]
-    importer = Importer(app[STORE], Path(settings.config_dir), settings.import_check_interval)
+    importer = Importer(
+        app[STORE],
+        Path(settings.config_dir),
+        settings.import_check_interval,
+        cipher=app[SECRETS].cipher,
+    )
     app[IMPORTER] = importer
     # The first import happens before the port opens when Redis is there, so
     # that a client's first fetch sees the directory; otherwise it happens
@@ -390,6 +546,7 @@ def build_app(settings: Settings) -> web.Application:
         client_max_size=MAX_BYTES + 1024,
     )
     app[SETTINGS] = settings
+    app[SECRETS] = SecretReads(settings.cipher())
     app[METRICS] = metrics
     app[METERS] = Meters(
         writes=Counter(
@@ -420,6 +577,7 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/documents/{name}/history", history)
     app.router.add_post("/v1/documents/{name}/rollback", rollback)
     app.router.add_post("/v1/reload", reload)
+    app.router.add_post("/v1/encrypt", encrypt)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics.handle)
     return app

@@ -4,8 +4,9 @@ The directory holds one document per ``{name}.toml`` file directly inside it
 (``application.toml``, ``billing.toml``, ``billing-prod.toml``); other files
 and subdirectories are ignored. An import is all or nothing: when any file is
 broken (bad TOML, a bad name, over the size limit, a rule of
-:mod:`core.config_document` broken) it reports every broken file with its
-line and reason and writes nothing.
+:mod:`core.config_document` broken, a ``{cipher}`` value that doesn't decrypt
+with the service's key) it reports every broken file with its line and
+reason and writes nothing.
 
 An import writes a document only when its *file* changed since the last
 import (the store keeps each file's hash), so an edit made over the HTTP API
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from core import log
+from core.config_crypto import Cipher, check_ciphers
 from core.config_document import MAX_BYTES, NAME_RE, parse
 from core.config_store import ConfigStore, Write
 from core.errors import HTTPProblem
@@ -97,8 +99,12 @@ class ImportReport:
         }
 
 
-def read_directory(path: Path) -> DirectoryContents:
-    """Read and check every ``*.toml`` file directly in ``path`` (blocking file I/O)."""
+def read_directory(path: Path, *, cipher: Cipher | None = None) -> DirectoryContents:
+    """Read and check every ``*.toml`` file directly in ``path`` (blocking file I/O).
+
+    A file's ``{cipher}`` values must decrypt with ``cipher`` (any is an
+    error without one): see :func:`core.config_crypto.check_ciphers`.
+    """
     if not path.is_dir():
         return DirectoryContents({}, [FileError(str(path), "not a directory (or missing)")])
     documents: dict[str, FileDocument] = {}
@@ -120,6 +126,7 @@ def read_directory(path: Path) -> DirectoryContents:
             continue
         try:
             content = parse(raw, "toml", source=file.name)
+            check_ciphers(content, cipher, source=file.name)
         except HTTPProblem as exc:
             errors.append(_file_error(file.name, exc))
             continue
@@ -138,9 +145,11 @@ def _file_error(file: str, exc: HTTPProblem) -> FileError:
     return FileError(file, reason, line, column)
 
 
-async def import_directory(store: ConfigStore, path: Path) -> ImportReport:
-    """Import ``path`` into ``store`` atomically (see the module docstring)."""
-    contents = await asyncio.to_thread(read_directory, path)
+async def import_directory(
+    store: ConfigStore, path: Path, *, cipher: Cipher | None = None
+) -> ImportReport:
+    """Import ``path`` into ``store`` atomically (see the module docstring and :func:`read_directory`)."""
+    contents = await asyncio.to_thread(read_directory, path, cipher=cipher)
     report = ImportReport(str(path))
     if contents.errors:
         report.errors.extend(contents.errors)
@@ -186,8 +195,16 @@ class Importer:
     (None before the first one ran); its errors show in ``/health``.
     """
 
-    def __init__(self, store: ConfigStore, directory: Path, check_interval: float) -> None:
+    def __init__(
+        self,
+        store: ConfigStore,
+        directory: Path,
+        check_interval: float,
+        *,
+        cipher: Cipher | None = None,
+    ) -> None:
         self.store = store
+        self.cipher = cipher
         self.directory = directory
         self.check_interval = check_interval
         self.last: ImportReport | None = None
@@ -208,7 +225,7 @@ class Importer:
                 await self._run("Redis emptied")
 
     async def _run(self, reason: str) -> ImportReport:
-        report = await import_directory(self.store, self.directory)
+        report = await import_directory(self.store, self.directory, cipher=self.cipher)
         self.last, self.last_time = report, time.time()
         self.imports += 1
         if report.errors:
