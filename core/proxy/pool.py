@@ -113,12 +113,19 @@ class UpstreamConnection(asyncio.Protocol):
         if self.tunnel:
             receiver.upstream_data(data)
             return
-        if self._want_head and not self._find_heads(data):
-            logger.info("response head from %s:%d is too large", self.address[0], self.address[1])
-            self.receiver = None
-            self.close()
-            receiver.upstream_lost(self, "protocol")
-            return
+        if self._want_head:
+            end = -1 if self._partial else data.find(b"\r\n\r\n")
+            if end > 0 and data[9] != 49:  # a whole final head in this read: the usual case
+                self._heads.append(data[data.find(b"\r\n") : end + 2])
+                self._want_head = False
+            elif not self._find_heads(data):
+                logger.info(
+                    "response head from %s:%d is too large", self.address[0], self.address[1]
+                )
+                self.receiver = None
+                self.close()
+                receiver.upstream_lost(self, "protocol")
+                return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
