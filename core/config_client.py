@@ -49,7 +49,7 @@ from core.tasks import TaskSet
 
 logger = log.get("config")
 
-__all__ = ["ConfigClient", "ConfigUnavailable", "Source", "TypedView"]
+__all__ = ["ConfigClient", "ConfigRefused", "ConfigUnavailable", "Source", "TypedView"]
 
 T = TypeVar("T")
 
@@ -64,6 +64,15 @@ class ConfigUnavailable(UpstreamError):
     """The config service could not be reached or gave no usable answer."""
 
 
+class ConfigRefused(ConfigUnavailable):
+    """The config service refused the read (401/403): the token is missing or wrong.
+
+    Retrying won't help until the token changes, so the first fetch stops
+    retrying at once; the client keeps its last-known config and keeps
+    asking in the background, as for an unreachable service.
+    """
+
+
 class _Rejected(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -76,7 +85,10 @@ class ConfigClient:
     ``url`` is the config service's base URL; None serves ``defaults`` only
     (a component run without the config service). ``redis`` is where the
     service publishes changes; ``cache_dir`` where the last-known copy is
-    kept (none when None); ``token`` is sent as a bearer token when given.
+    kept (none when None); ``token`` (the service's ``CONFIGSVC_TOKEN``) is
+    sent as a bearer token when given: a config with encrypted values is
+    served, decrypted, only then. The last-known copy is written owner-only
+    (mode 0600), since it holds those values decrypted.
     ``retries`` is how many times the first fetch is tried again before
     falling back (or failing, with ``fail_fast``).
     """
@@ -290,6 +302,9 @@ class ConfigClient:
             try:
                 await self._refresh(initial=True)
                 return
+            except ConfigRefused as exc:
+                error = exc  # logged by _refresh; retrying won't bring a token
+                break
             except ConfigUnavailable as exc:
                 error = exc
                 logger.warning(
@@ -302,7 +317,11 @@ class ConfigClient:
         if self.fail_fast:
             raise StartupError(f"config for {self.app}/{self.profile} from {self.url}: {error}")
         self._wanted.set()  # keep trying in the background
-        why = "rejected" if isinstance(error, _Rejected) else "unavailable"
+        why = "unavailable"
+        if isinstance(error, _Rejected):
+            why = "rejected"
+        elif isinstance(error, ConfigRefused):
+            why = "refused (no token, or a wrong one)"
         cached = await asyncio.to_thread(self._read_cache)
         if cached is not None:
             try:
@@ -387,7 +406,8 @@ class ConfigClient:
             status, rev, body = await self._fetch()
         except ConfigUnavailable as exc:
             if self.server_up or initial:
-                logger.warning("%s: config service %s unavailable: %s", self.app, self.url, exc)
+                what = "refused the read" if isinstance(exc, ConfigRefused) else "unavailable"
+                logger.warning("%s: config service %s %s: %s", self.app, self.url, what, exc)
             self.server_up = False
             self.last_error = str(exc)
             raise
@@ -435,10 +455,18 @@ class ConfigClient:
                 rev = int(raw_rev) if raw_rev and raw_rev.isdigit() else None
                 if resp.status == 304:
                     return 304, rev, None
+                if resp.status in (401, 403):
+                    given = "a token it refuses" if self.token else "no token"
+                    raise ConfigRefused(
+                        f"GET {url} answered {resp.status} to a request with {given} "
+                        f"(set this component's config token): {await _detail(resp)}"
+                    )
                 if resp.status != 200:
                     text = (await resp.text())[:300]
                     raise ConfigUnavailable(f"GET {url} answered {resp.status}: {text}")
                 body = orjson.loads(await resp.read())
+        except ConfigUnavailable:
+            raise  # an OSError too: not to be wrapped again below
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise ConfigUnavailable(f"GET {url}: {type(exc).__name__}: {exc}") from None
         except orjson.JSONDecodeError as exc:
@@ -545,7 +573,11 @@ class ConfigClient:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+            # Owner-only: the copy holds decrypted secrets when the config has any.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                os.fchmod(out.fileno(), 0o600)
+                out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
             os.replace(tmp, path)
         except OSError as exc:
             logger.warning("%s: cannot write the last-known copy %s: %s", self.app, path, exc)
@@ -570,3 +602,13 @@ class ConfigClient:
         except (OSError, orjson.JSONDecodeError) as exc:
             logger.warning("%s: ignoring the last-known copy %s: %s", self.app, path, exc)
         return None
+
+
+async def _detail(resp: aiohttp.ClientResponse) -> str:
+    """The ``detail`` of a problem-details answer, else the start of its text."""
+    text = (await resp.text())[:300]
+    try:
+        detail = orjson.loads(text).get("detail")
+    except (orjson.JSONDecodeError, AttributeError):
+        return text
+    return str(detail) if detail else text
