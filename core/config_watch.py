@@ -33,7 +33,7 @@ from core.errors import SettingsError, StartupError
 from core.merge import thaw
 from core.redis import connect
 from core.runner import STARTUP_FAILURE, install_uvloop
-from core.settings import LogLevel, load, option
+from core.settings import LogLevel, Secret, load, option
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +66,10 @@ class Settings:
         default=30.0, metadata=option("seconds between full re-fetches (or polls without Redis)")
     )
     log_level: LogLevel = dataclasses.field(default="warning", metadata=option("log level"))
+    token: Secret = dataclasses.field(
+        default=Secret(""),
+        metadata=option("the config service's token: needed for a config with encrypted values"),
+    )
 
     def validate(self) -> None:
         if not 1 <= self.clients <= 1000:
@@ -101,6 +105,7 @@ async def watch(settings: Settings) -> int:
                     resync_interval=settings.resync_interval,
                     retries=settings.retries,
                     session=session,
+                    token=settings.token or None,
                 )
                 client.on_change(_printer(index, client, settings.print_config))
                 await client.start()

@@ -25,6 +25,7 @@ from cryptography.fernet import Fernet
 
 import configsvc
 from core.config_client import ConfigClient
+from core.config_watch import WatcherProcesses
 from core.settings import Secret
 from core.testing import ComponentFactory, wait_until
 
@@ -509,6 +510,20 @@ async def test_a_running_client_without_the_token_keeps_its_config_when_a_secret
     assert (client.version, client.get("billing.db.user")) == (known, "billing")
     refusals = [r for r in caplog.records if "refused the read" in r.getMessage()]
     assert len(refusals) == 1
+
+
+async def test_config_watch_with_the_token_prints_the_plaintext(service: TestServer) -> None:
+    url = str(service.make_url("")).rstrip("/")
+    await put_secret_over_http(url)
+    args = ["--profile", "prod", "--print-config", "true", "--token", TOKEN]
+    watchers = WatcherProcesses(url, "billing", args=args)
+    try:
+        await watchers.start(timeout=30.0)
+        start = orjson.loads(watchers.output[0][0])
+        assert start["source"] == "server"
+        assert start["config"]["billing"]["db"]["password"] == PASSWORD
+    finally:
+        assert await watchers.stop() == [0]
 
 
 # ----------------------------------------------------------------------------- the process
