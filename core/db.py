@@ -214,38 +214,57 @@ def _connect(path: Path, synchronous: Synchronous, busy_timeout: float) -> Conne
 
 
 def _migrate(conn: sqlite3.Connection, path: Path, migrations: Sequence[Migration]) -> int:
-    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    if current > len(migrations):
-        raise StartupError(
-            f"database {path} has schema version {current}, newer than this code's "
-            f"{len(migrations)}: refusing to use it"
-        )
-    # executescript commits first, so the script carries its own BEGIN/COMMIT.
-    _script(conn, path, "core schema", CORE_SCHEMA)
-    for version, migration in enumerate(migrations[current:], start=current + 1):
-        if isinstance(migration, str):
-            _script(conn, path, f"migration {version}", migration, version)
-        else:
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+    """Bring the file to ``len(migrations)``; returns the schema version in force.
+
+    Everything runs in one ``BEGIN IMMEDIATE`` transaction, and the version
+    is read inside it: two processes opening a new file at once take turns,
+    and the second finds the work done. A failure rolls everything back.
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise StartupError(f"database {path}: cannot take the write lock: {exc}") from exc
+    try:
+        current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if current > len(migrations):
+            raise StartupError(
+                f"database {path} has schema version {current}, newer than this code's "
+                f"{len(migrations)}: refusing to use it"
+            )
+        what = "core schema"
+        _run_script(conn, CORE_SCHEMA)
+        for version, migration in enumerate(migrations[current:], start=current + 1):
+            what = f"migration {version}"
+            if isinstance(migration, str):
+                _run_script(conn, migration)
+            else:
                 migration(conn)
-                conn.execute(f"PRAGMA user_version = {version}")
-                conn.execute("COMMIT")
-            except Exception as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise StartupError(f"database {path}: migration {version} failed: {exc}") from exc
+            conn.execute(f"PRAGMA user_version = {version}")
+        conn.execute("COMMIT")
+    except StartupError:
+        conn.execute("ROLLBACK")
+        raise
+    except Exception as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise StartupError(f"database {path}: {what} failed: {exc}") from exc
+    for version in range(current + 1, len(migrations) + 1):
         logger.info("database %s migrated to version %d", path, version)
     return max(current, len(migrations))
 
 
-def _script(
-    conn: sqlite3.Connection, path: Path, what: str, sql: str, version: int | None = None
-) -> None:
-    set_version = f"PRAGMA user_version = {version};\n" if version is not None else ""
-    try:
-        conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\n;\n{set_version}COMMIT;")
-    except sqlite3.Error as exc:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise StartupError(f"database {path}: {what} failed: {exc}") from exc
+def _run_script(conn: sqlite3.Connection, sql: str) -> None:
+    """Run each statement of ``sql`` in the open transaction (``executescript`` would commit it).
+
+    The script is cut at the semicolons that end a complete statement, as
+    SQLite's own parser sees them (not those inside strings or trigger bodies).
+    """
+    statement = ""
+    for piece in sql.split(";"):
+        statement += piece + ";"
+        if sqlite3.complete_statement(statement):
+            if statement.strip(" \t\r\n;"):
+                conn.execute(statement)
+            statement = ""
+    if statement.strip(" \t\r\n;"):
+        conn.execute(statement)

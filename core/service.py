@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import fcntl
 import os
 import re
 import secrets
@@ -256,14 +255,9 @@ async def _db_ctx(app: web.Application) -> AsyncIterator[None]:
     service = app[SERVICE]
     directory = data_dir(app[SETTINGS], service.name)
     directory.mkdir(parents=True, exist_ok=True)
-    # Instances of a service share its database: they open (and migrate) it one
-    # at a time, since Database.open reads the schema version before migrating.
-    with open(directory / f"{service.name}.open-lock", "a") as lock:  # noqa: ASYNC230
-        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
-        try:
-            db = await Database.open(directory, service.name, service.migrations)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    # Instances of a service share its database; Database.open migrates under
+    # SQLite's write lock, so instances starting together take turns.
+    db = await Database.open(directory, service.name, service.migrations)
     app[DB] = db
     logger.info("database %s at schema version %d", db.path, db.version)
     yield

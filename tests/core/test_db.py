@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,42 @@ async def test_a_cancelled_caller_does_not_undo_the_commit(tmp_path: Path) -> No
         assert count == 1
     finally:
         await db.close()
+
+
+_RACER = """
+import asyncio, sys, time
+from core.db import Database
+
+def slow(conn):
+    conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
+    time.sleep(0.3)  # hold the migration open so that the other process arrives meanwhile
+
+async def main():
+    db = await Database.open(sys.argv[1], "shared", [slow, "CREATE INDEX items_name ON items (name);"])
+    print(db.version)
+    await db.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_two_processes_opening_a_new_file_at_once_migrate_it_once(tmp_path: Path) -> None:
+    """Two instances of a service starting together on a new database both start."""
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _RACER,
+            str(tmp_path),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=str(Path(__file__).resolve().parents[2]),
+        )
+        for _ in range(2)
+    ]
+    results = [await p.communicate() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err.decode() for _, err in results]
+    assert [out.decode().strip() for out, _ in results] == ["2", "2"]
+    conn = sqlite3.connect(tmp_path / "shared.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()
