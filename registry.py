@@ -72,6 +72,10 @@ class Settings(CommonSettings):
     config_profile: str = dataclasses.field(
         default="default", metadata=option("profile of the registry's config in configsvc")
     )
+    config_token: Secret = dataclasses.field(
+        default=Secret(""),
+        metadata=option("CONFIGSVC_TOKEN to send to configsvc (needed for configs with secrets)"),
+    )
     config_cache_dir: str | None = dataclasses.field(
         default=None, metadata=option("directory for the last-known config copy (none: no copy)")
     )
@@ -110,6 +114,7 @@ async def _config_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.config_profile,
         redis=app[REDIS],
         cache_dir=Path(settings.config_cache_dir) if settings.config_cache_dir else None,
+        token=settings.config_token or None,
         defaults={"default_ttl": settings.default_ttl, "sweep_interval": settings.sweep_interval},
     )
     app[CONFIG] = client
