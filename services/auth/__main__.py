@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from services.auth.service import main
+from core.service import run_service
+from services.auth.service import SERVICE
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_service(SERVICE))

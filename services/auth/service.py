@@ -30,9 +30,8 @@ import functools
 import ipaddress
 import secrets
 import sqlite3
-import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -42,9 +41,8 @@ from core.access import Policy, authorize_async
 from core.errors import SettingsError, TooManyRequests, Unauthorized
 from core.http import json_response, read_json
 from core.jwks import KeySet
-from core.runner import Site, run
-from core.service import DB, Service, ServiceSettings, build_app, start_registration
-from core.settings import Secret, load, option
+from core.service import DB, SETTINGS, CleanupContext, Service, ServiceSettings, build_app
+from core.settings import Secret, option
 from core.tokens import Verifier
 from core.validation import Fields
 from services.auth import refresh, throttle, users
@@ -220,12 +218,12 @@ def _upsert(conn: sqlite3.Connection, *, seed: users.Seed, hashed: str, now: flo
     users.upsert(conn, seed.username, hashed, seed.roles, now)
 
 
-def auth_context(
-    settings: AuthSettings, clock: Callable[[], float] = time.time
-) -> Callable[[web.Application], AsyncIterator[None]]:
+def auth_context(clock: Callable[[], float] = time.time) -> CleanupContext:
     """The cleanup context that loads the key ring and seeds the users (after the database's)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        assert isinstance(settings, AuthSettings)
         rows: list[KeyRow] = await app[DB].run(
             lambda c: c.execute(
                 "SELECT kid, private, created_at, activated_at, retired_at FROM signing_keys"
@@ -248,7 +246,7 @@ def auth_context(
                 functools.partial(_upsert, seed=seed, hashed=hashed, now=clock())
             )
             logger.info("user %s ready with roles %s", seed.username, ",".join(seed.roles) or "-")
-        logger.info("signing with key %s", ring.current.kid)
+        logger.info("issuer %s, signing with key %s", settings.issuer, ring.current.kid)
         yield
 
     return ctx
@@ -416,41 +414,13 @@ SERVICE = Service(
     description="users, passwords, access and refresh tokens, signing keys",
     routes=routes,
     migrations=MIGRATIONS,
+    settings=AuthSettings,
+    contexts=(auth_context(),),
 )
 
 
 def build_auth_app(
     settings: AuthSettings, clock: Callable[[], float] = time.time
 ) -> web.Application:
-    """The service's application: the scaffold's, with the key ring and users loaded at start."""
-    app = build_app(SERVICE, settings)
-    app.cleanup_ctx.append(auth_context(settings, clock))
-    return app
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m services.auth``; as :func:`core.service.run_service`, with the auth settings."""
-    try:
-        settings = load(
-            AuthSettings,
-            prefix=SERVICE.env_prefix,
-            argv=argv,
-            prog="python -m services.auth",
-            description=SERVICE.description,
-        )
-    except SettingsError as exc:
-        print(f"auth: {exc}", file=sys.stderr)
-        return 2
-    log.configure(settings.log_format, settings.log_level)
-    app = build_auth_app(settings)
-
-    async def on_started(bound: list[tuple[str, str, int]]) -> None:
-        _, host, port = bound[0]
-        await start_registration(app, host, port)
-        logger.info("auth ready, issuer %s", settings.issuer)
-
-    return run(
-        [Site(app, settings.host, settings.port, SERVICE.name)],
-        shutdown_timeout=settings.shutdown_timeout,
-        on_started=on_started,
-    )
+    """The service's application, on ``clock`` (tests move time)."""
+    return build_app(dataclasses.replace(SERVICE, contexts=(auth_context(clock),)), settings)
