@@ -29,6 +29,13 @@ when Redis or configsvc is away; 503 when its database fails) and
 them ``GET /events/outbox`` (:mod:`core.events_http`). Responses carry
 ``X-Request-ID`` (passed on to the calls made while handling the request) and
 ``X-Instance-ID``.
+
+Given the auth service's JWKS URL (``--jwks-url``), a service verifies bearer
+tokens itself too (defence in depth: the gateway already did), with the
+route policies of its :class:`Service` (``access``, ``default_access``) and
+:func:`core.access.access_middleware`; the identity is in
+``request[IDENTITY]``. ``/health`` and ``/metrics`` are always public.
+Without a JWKS URL every route is open, as behind a gateway that checks.
 """
 
 from __future__ import annotations
@@ -43,12 +50,14 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from core import events_http, log
+from core.access import IDENTITY, PUBLIC, Policy, access_middleware
 from core.calls import Calls, Timeouts, forwarding_middleware
 from core.config_client import ConfigClient, TypedView
 from core.db import Database, Migration
@@ -57,12 +66,15 @@ from core.errors import ServiceUnavailable, SettingsError, problem_middleware
 from core.event_consumer import Consumer
 from core.events import Event, EventBus
 from core.http import json_response, redis_health, redis_unavailable
+from core.jwks import KeySet
 from core.metrics import HTTPMetrics
 from core.outbox import OutboxRelay
 from core.redis import Redis, connect
 from core.retry import RetryPolicy
 from core.runner import Site, run
 from core.settings import CommonSettings, Secret, load, option
+from core.tasks import TaskSet
+from core.tokens import Verifier
 from core.upstream import UpstreamPolicy
 
 logger = log.get("service")
@@ -72,8 +84,10 @@ __all__ = [
     "CONFIG",
     "DB",
     "DYNAMIC",
+    "IDENTITY",
     "REDIS",
     "SETTINGS",
+    "VERIFIER",
     "CallConfig",
     "CleanupContext",
     "EventHandler",
@@ -134,6 +148,19 @@ class ServiceSettings(CommonSettings):
     outbox_poll: float = dataclasses.field(
         default=1.0, metadata=option("seconds between checks of the outbox besides commit wake-ups")
     )
+    jwks_url: str = dataclasses.field(
+        default="",
+        metadata=option(
+            "the auth service's JWKS URL; set: bearer tokens are verified here too, "
+            "with the service's route policies (none: every route is open)"
+        ),
+    )
+    jwt_issuer: str = dataclasses.field(
+        default="essaim-auth", metadata=option("the iss verified tokens must carry")
+    )
+    jwt_audience: str = dataclasses.field(
+        default="essaim", metadata=option("the aud verified tokens must carry")
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -148,6 +175,10 @@ class ServiceSettings(CommonSettings):
                 raise SettingsError(f"{name}: expected > 0, got {getattr(self, name)}")
         if self.max_deliveries < 1:
             raise SettingsError(f"max_deliveries: expected >= 1, got {self.max_deliveries}")
+        if self.jwks_url:
+            parts = urlsplit(self.jwks_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise SettingsError(f"jwks_url: expected an http(s) URL, got {self.jwks_url!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +221,13 @@ class Service:
       with settings of its own (``request.app[SETTINGS]`` is the object);
     - ``contexts``: cleanup contexts of its own resources, opened after the
       scaffold's (they may use the database, config, calls) and before the
-      instance registers, closed first.
+      instance registers, closed first;
+    - ``access``: the policy (``public``, ``authenticated``, ``roles:a,b``) of
+      each of its routes, keyed ``"METHOD /path"`` with the path as declared
+      (``"GET /products/{id}"``; a ``HEAD`` follows its ``GET``), and
+      ``default_access`` for the others. Enforced only when the service is
+      given a JWKS URL (``--jwks-url``); they should say what the gateway's
+      routes to the service say.
     """
 
     name: str
@@ -204,6 +241,16 @@ class Service:
     handlers: Mapping[str, EventHandler] = dataclasses.field(default_factory=dict)
     settings: type[ServiceSettings] = ServiceSettings
     contexts: tuple[CleanupContext, ...] = ()
+    access: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    default_access: str = "authenticated"
+
+    def __post_init__(self) -> None:
+        Policy.parse(self.default_access)
+        for key, text in self.access.items():
+            method, _, path = key.partition(" ")
+            if not method.isupper() or not path.startswith("/"):
+                raise ValueError(f"access: {key!r}: expected 'METHOD /path'")
+            Policy.parse(text)
 
     @property
     def env_prefix(self) -> str:
@@ -232,11 +279,26 @@ WATCHER = web.AppKey("watcher", Watcher)
 CALLS = web.AppKey("calls", Calls)
 RELAY = events_http.RELAY
 CONSUMER = events_http.CONSUMER
+#: The token verifier, when the service was given a JWKS URL.
+VERIFIER = web.AppKey("verifier", Verifier)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # ----------------------------------------------------------------------------- resources
+
+
+async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The key set's refresh loop, when tokens are verified here."""
+    verifier = app.get(VERIFIER)
+    if verifier is None:
+        yield
+        return
+    tasks = TaskSet(app[SERVICE].name)
+    tasks.spawn(verifier.keys.run(), "jwks")
+    yield
+    await tasks.stop()
+    await verifier.keys.close()
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -435,6 +497,10 @@ async def health(request: web.Request) -> web.Response:
     }
     if WATCHER in app:
         body["registry"] = app[WATCHER].describe()
+    if VERIFIER in app:
+        keys = app[VERIFIER].keys
+        body["tokens"] = {"jwks_url": keys.url, "keys": len(keys.keys), "fetches": keys.fetches,
+                          "failures": keys.failures}  # fmt: skip
     body["events"] = await events_http.describe(app.get(CONSUMER), app.get(RELAY))
     return json_response(body, status=200 if db_ok else 503)
 
@@ -484,6 +550,39 @@ async def _database_busy(request: web.Request, handler: Handler) -> web.StreamRe
         ) from None
 
 
+OPEN_PATHS = ("/health", "/metrics")
+
+
+def route_policies(service: Service, app: web.Application) -> Callable[[web.Request], Policy]:
+    """The policy of each request: by its route's method and path, else the default.
+
+    Raises ``ValueError`` for an ``access`` key that names no route of ``app``.
+    """
+    declared = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource}
+    policies: dict[tuple[str, str], Policy] = {}
+    for key, text in service.access.items():
+        method, _, path = key.partition(" ")
+        if (method, path) not in declared:
+            raise ValueError(f"access: {key!r}: {service.name} has no such route")
+        policies[(method, path)] = Policy.parse(text)
+    for path in OPEN_PATHS:
+        policies[("GET", path)] = PUBLIC
+    default = Policy.parse(service.default_access)
+
+    def policy_for(request: web.Request) -> Policy:
+        resource = request.match_info.route.resource
+        if resource is None:
+            return default
+        path = resource.canonical
+        method = request.method
+        found = policies.get((method, path))
+        if found is None and method == "HEAD":
+            found = policies.get(("GET", path))
+        return default if found is None else found
+
+    return policy_for
+
+
 def build_app(service: Service, settings: ServiceSettings) -> web.Application:
     """The service's application; its resources open in its cleanup contexts."""
     metrics = HTTPMetrics(service.name.replace("-", "_"))
@@ -506,14 +605,23 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
     app[METRICS] = metrics
     app[LIFECYCLE] = _Lifecycle()
     metrics.registry.register(_EventMetrics(app, metrics.namespace))
-    for ctx in (_redis_ctx, _db_ctx, _config_ctx, _calls_ctx, _relay_ctx, _consumer_ctx,
-                *service.contexts, _registration_ctx):  # fmt: skip
+    for ctx in (_access_ctx, _redis_ctx, _db_ctx, _config_ctx, _calls_ctx, _relay_ctx,
+                _consumer_ctx, *service.contexts, _registration_ctx):  # fmt: skip
         app.cleanup_ctx.append(ctx)
     app.on_shutdown.append(_deregister)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics.handle)
     events_http.add_routes(app, consumes=bool(service.handlers), emits=bool(service.emits))
     app.add_routes(service.routes)
+    policy_for = route_policies(service, app)
+    if settings.jwks_url:
+        verifier = Verifier(
+            KeySet(settings.jwks_url), issuer=settings.jwt_issuer, audience=settings.jwt_audience
+        )
+        app[VERIFIER] = verifier
+        # After problem_middleware, so that refusals are problem details.
+        after = app.middlewares.index(problem_middleware) + 1
+        app.middlewares.insert(after, access_middleware(verifier, policy_for))
     return app
 
 

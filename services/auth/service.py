@@ -416,6 +416,7 @@ SERVICE = Service(
     migrations=MIGRATIONS,
     settings=AuthSettings,
     contexts=(auth_context(),),
+    default_access="public",  # logins are anonymous; /keys/rotate checks its token itself
 )
 
 

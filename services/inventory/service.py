@@ -245,4 +245,13 @@ SERVICE = Service(
     config=InventoryConfig,
     emits=("stock.low",),
     handlers={"bill.created": on_bill_created},
+    # As the gateway's routes say (config/gateway.toml): anyone reads products,
+    # admins change them; the rest (events) needs a token.
+    access={
+        "GET /products": "public",
+        "GET /products/{id}": "public",
+        "POST /products": "roles:admin",
+        "PATCH /products/{id}": "roles:admin",
+        "DELETE /products/{id}": "roles:admin",
+    },
 )

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 
+from core.errors import SettingsError
 from core.registry_store import RegistryStore
+from core.service import Service, ServiceSettings, build_app
+from core.settings import load
 from core.testing import ComponentFactory, RedisServer, free_port, wait_until
 
 
@@ -93,3 +99,25 @@ def test_a_bad_setting_stops_the_service_with_one_line_and_exit_2() -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "billing: ttl: expected 1-300 seconds, got 0"
+
+
+def test_route_policies_must_name_routes_the_service_has() -> None:
+    routes = web.RouteTableDef()
+
+    @routes.get("/notes")
+    async def notes(request: web.Request) -> web.Response:
+        return web.Response()
+
+    with pytest.raises(ValueError, match="expected 'METHOD /path'"):
+        Service("notes", "Notes.", routes, access={"get /notes": "public"})
+    with pytest.raises(ValueError, match="expected 'public', 'authenticated'"):
+        Service("notes", "Notes.", routes, access={"GET /notes": "everyone"})
+    typo = Service("notes", "Notes.", routes, access={"GET /note": "public"})
+    with pytest.raises(ValueError, match="'GET /note': notes has no such route"):
+        build_app(typo, ServiceSettings())
+    build_app(dataclasses.replace(typo, access={"GET /notes": "public"}), ServiceSettings())
+
+
+def test_a_bad_jwks_url_stops_the_service_with_one_line() -> None:
+    with pytest.raises(SettingsError, match="jwks_url: expected an http"):
+        load(ServiceSettings, prefix="NOTES_", argv=["--jwks-url", "auth:9100"], environ={})

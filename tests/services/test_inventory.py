@@ -21,6 +21,7 @@ import configsvc
 from core.events import Event, EventBus
 from core.settings import Secret
 from core.testing import ComponentFactory, wait_until
+from services.auth.service import AuthSettings, build_auth_app
 from services.inventory.service import SERVICE
 from tests.services.conftest import Client, MakeClient, rows
 
@@ -277,3 +278,53 @@ async def test_a_bill_whose_consumer_is_killed_mid_handling_is_taken_once_by_ano
 
 async def _equals(value: Awaitable[Any], expected: Any) -> bool:
     return await value == expected
+
+
+async def test_given_a_jwks_url_inventory_checks_tokens_itself_anyone_reads_admins_write(
+    make_service: MakeClient,
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    settings = AuthSettings(
+        redis_url=redis_url,
+        data_dir=str(tmp_path / "auth"),
+        seed_users=Secret("admin:admin-pw:admin;alice:alice-pw:user"),
+        password_cost=10,
+    )
+    auth = await aiohttp_client(build_auth_app(settings))
+    client = await make_service(SERVICE, jwks_url=str(auth.make_url("/.well-known/jwks.json")))
+
+    async def bearer(username: str) -> dict[str, str]:
+        response = await auth.post(
+            "/token", json={"username": username, "password": f"{username}-pw"}
+        )
+        return {"Authorization": f"Bearer {(await response.json())['access_token']}"}
+
+    admin, alice = await bearer("admin"), await bearer("alice")
+    body = {"name": "Webcam", "price": 59.5, "quantity": 12}
+
+    anonymous = await client.post("/products", json=body)
+    assert (anonymous.status, anonymous.headers["WWW-Authenticate"]) == (401, "Bearer")
+    assert (await anonymous.json())["detail"] == "this route needs a bearer token"
+    refused = await client.post("/products", json=body, headers=alice)
+    assert refused.status == 403
+    assert (await refused.json())["detail"] == "this route needs one of the roles: admin"
+    forged = await client.post("/products", json=body, headers={"Authorization": "Bearer x.y.z"})
+    assert forged.status == 401
+    assert 'error="invalid_token"' in forged.headers["WWW-Authenticate"]
+    created = await client.post("/products", json=body, headers=admin)
+    assert created.status == 201
+    product_id = (await created.json())["id"]
+    assert (await client.patch(f"/products/{product_id}", json={"quantity": 3})).status == 401
+    assert (await client.delete(f"/products/{product_id}", headers=alice)).status == 403
+
+    assert (await client.get("/products")).status == 200
+    assert (await client.head(f"/products/{product_id}")).status == 200
+    assert (await client.get(f"/products/{product_id}")).status == 200
+    assert (await client.get("/events/outbox")).status == 401  # not listed: a token is needed
+    assert (await client.get("/events/outbox", headers=alice)).status == 200
+    health = await client.get("/health")
+    assert health.status == 200
+    assert (await health.json())["tokens"]["keys"] == 2  # the signing key and the next one
+    assert (await client.get("/metrics")).status == 200
