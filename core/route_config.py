@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from core.balancer import BALANCERS
 from core.breaker import BreakerPolicy
 from core.outlier import OutlierPolicy
+from core.ratelimit import RateLimitPolicy
 from core.registry_store import HOSTNAME_RE, SERVICE_RE
 from core.retry import RetryPolicy
 from core.routes import (
@@ -43,7 +44,7 @@ ROUTE_KEYS = frozenset(
     (
         "id", "path", "prefix", "methods", "host", "headers", "service", "urls",
         "strip_prefix", "rewrite", "request_headers", "response_headers", "timeouts",
-        "retry", "balancer", "breaker", "outlier", "auth",
+        "retry", "balancer", "breaker", "outlier", "auth", "rate_limit",
     )
 )  # fmt: skip
 DEFAULT_KEYS = frozenset(("timeouts", "retry", "balancer", "breaker", "outlier", "auth"))
@@ -222,6 +223,10 @@ def _route(raw: Any, order: int, defaults: Mapping[str, Any]) -> Route:
     if balancer not in BALANCERS:
         raise f.error("balancer", f"expected one of {', '.join(BALANCERS)}, got {_show(balancer)}")
     auth = _auth(f, spec.get("auth", defaults.get("auth", "public")))
+    rate_limit = None
+    if "rate_limit" in spec:
+        raw_limit = f.table(spec["rate_limit"], "rate_limit")
+        rate_limit = _policy(f, RateLimitPolicy, raw_limit, "rate_limit")
     timeouts = _timeouts(f, merged["timeouts"])
     retry_doc = dict(merged["retry"])
     if "per_try_timeout" in retry_doc:
@@ -248,6 +253,7 @@ def _route(raw: Any, order: int, defaults: Mapping[str, Any]) -> Route:
         retry=retry,
         upstream=_upstream(f, balancer, retry, budget, merged),
         auth=auth,
+        rate_limit=rate_limit,
         order=order,
         _params=tuple(params),
         _fixed=fixed,

@@ -32,6 +32,7 @@ from os import PathLike
 from typing import Any
 
 from core.errors import EssaimError
+from core.ratelimit import RateLimitPolicy
 from core.retry import RetryPolicy
 from core.route_trie import Headers, Trie, split_path
 from core.upstream import UpstreamPolicy
@@ -99,7 +100,7 @@ class Route:
     ``methods`` None means any method; ``host`` is lower-case, ``*.`` for a
     suffix; ``headers`` are (lower-case name, exact value) pairs that must all
     be present. Exactly one of ``service`` and ``urls`` is set. Header names in
-    the add/remove fields are lower-case.
+    the add/remove fields are lower-case. ``rate_limit`` None: not limited.
     """
 
     id: str
@@ -119,6 +120,7 @@ class Route:
     retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
     upstream: UpstreamPolicy = dataclasses.field(default_factory=UpstreamPolicy)
     auth: str = "public"
+    rate_limit: RateLimitPolicy | None = None
     order: int = 0
     _params: tuple[tuple[int, str], ...] = dataclasses.field(default=(), repr=False, compare=False)
     _fixed: int = dataclasses.field(default=0, repr=False, compare=False)
@@ -205,6 +207,8 @@ class Route:
             outlier=_plain(self.upstream.outlier),
             auth=self.auth,
         )
+        if self.rate_limit is not None:
+            doc["rate_limit"] = _plain(self.rate_limit)
         return doc
 
     def _retry_doc(self) -> dict[str, Any]:

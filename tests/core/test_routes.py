@@ -9,6 +9,7 @@ import pytest
 from multidict import CIMultiDict
 
 from core.errors import EssaimError
+from core.ratelimit import RateLimitPolicy
 from core.routes import Route, RouteError, RouteTable
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "routes.md"
@@ -480,6 +481,22 @@ def test_policies_come_from_the_route_with_the_per_try_timeout_of_its_timeouts()
     assert RouteTable.parse({"routes": [route.describe()]}).routes[0] == route
 
 
+def test_a_rate_limit_is_a_route_s_own_and_parses_back() -> None:
+    limited, free = table(
+        r("a", "/a", rate_limit={"replenish_rate": 5, "burst_capacity": 10}), r("b", "/b")
+    ).routes
+    assert limited.rate_limit == RateLimitPolicy(replenish_rate=5, burst_capacity=10)
+    assert free.rate_limit is None
+    assert "rate_limit" not in free.describe()
+    assert limited.describe()["rate_limit"] == {
+        "replenish_rate": 5,
+        "burst_capacity": 10,
+        "requested_tokens": 1,
+        "fail_open": True,
+    }
+    assert RouteTable.parse({"routes": [limited.describe()]}).routes[0] == limited
+
+
 def test_route_errors_are_essaim_errors_and_value_errors() -> None:
     with pytest.raises(RouteError) as info:
         table(r("a", "/a", service="Bad"))
@@ -593,6 +610,18 @@ BAD_ROUTES: list[tuple[str, dict[str, Any], str]] = [
     ("auth", r("a", "/a", auth="admin"), "field 'auth': expected 'public'"),
     ("empty role", r("a", "/a", auth="roles:"), "field 'auth'"),
     ("bad role", r("a", "/a", auth="roles:a,,b"), "field 'auth'"),
+    ("rate limit table", r("a", "/a", rate_limit=5), "field 'rate_limit': expected a table"),
+    ("rate limit key", r("a", "/a", rate_limit={"rate": 5}), "'rate_limit': unknown key 'rate'"),
+    (
+        "rate limit rate",
+        r("a", "/a", rate_limit={"replenish_rate": 0}),
+        "'rate_limit': replenish_rate: expected >= 1",
+    ),
+    (
+        "rate limit burst",
+        r("a", "/a", rate_limit={"burst_capacity": 5, "requested_tokens": 6}),
+        "'rate_limit': expected 1 <= requested_tokens (6) <= burst_capacity (5)",
+    ),
     ("route not a table", "just a string", "routes[1]: expected a route table"),  # type: ignore[list-item]
 ]
 
