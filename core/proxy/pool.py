@@ -61,12 +61,20 @@ class UpstreamConnection(asyncio.Protocol):
     """One TCP (or TLS) connection to an upstream endpoint."""
 
     __slots__ = (
+        "_body_seen",
         "_complete",
+        "_head_bytes",
         "_head_only",
         "_heads",
         "_interim",
+        "_known_block",
+        "_known_head",
+        "_known_length",
+        "_known_status",
         "_parser",
         "_partial",
+        "_remaining",
+        "_status",
         "_want_head",
         "address",
         "close_after",
@@ -89,6 +97,16 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._heads: list[bytes] = []
         self._partial = b""
+        # The last response head llhttp parsed here whose body was framed by
+        # Content-Length: an identical head later skips llhttp (see _known).
+        self._known_head = b""
+        self._known_block = b""
+        self._known_status = 0
+        self._known_length = 0
+        self._head_bytes = b""
+        self._status = 0
+        self._body_seen = 0
+        self._remaining = -1
         self._want_head = False
         self._head_only = False
         self._interim = False
@@ -113,10 +131,22 @@ class UpstreamConnection(asyncio.Protocol):
         if self.tunnel:
             receiver.upstream_data(data)
             return
+        if self._remaining >= 0:
+            self._counted(receiver, data)
+            return
         if self._want_head:
+            if (
+                self._known_head
+                and not self._partial
+                and not self._head_only
+                and data.startswith(self._known_head)
+            ):
+                self._known(receiver, data)
+                return
             end = -1 if self._partial else data.find(b"\r\n\r\n")
             if end > 0 and data[9] != 49:  # a whole final head in this read: the usual case
                 self._heads.append(data[data.find(b"\r\n") : end + 2])
+                self._head_bytes = data[: end + 4]
                 self._want_head = False
             elif not self._find_heads(data):
                 logger.info(
@@ -147,9 +177,59 @@ class UpstreamConnection(asyncio.Protocol):
             if self._head_only:
                 # llhttp cannot know that the response to HEAD has no body.
                 self._parser = httptools.HttpResponseParser(self)
+            elif self._head_bytes and not self.close_after:
+                self._remember()
             receiver.upstream_done(self)
         else:
             receiver.upstream_flush()
+
+    def _remember(self) -> None:
+        """Keep the head just parsed if its body was framed by Content-Length alone."""
+        head = self._head_bytes
+        status = self._status
+        if (
+            status >= 200
+            and status not in (204, 304)
+            and head.startswith(b"HTTP/1.1 ")
+            and b"\r\ntransfer-encoding:" not in head.lower()
+        ):
+            self._known_head = head
+            self._known_block = head[head.find(b"\r\n") : -2]
+            self._known_status = status
+            self._known_length = self._body_seen
+
+    def _known(self, receiver: Receiver, data: bytes) -> None:
+        """A response whose head is byte for byte the one remembered: no need for llhttp.
+
+        The bytes are the ones llhttp accepted before, so they mean the same:
+        the status, the headers, and a body of the same Content-Length, which
+        is counted here. llhttp's state is untouched (it ended the last message).
+        """
+        self._want_head = False
+        receiver.upstream_head(self._known_status, self._known_block, False)
+        if self.receiver is not receiver:
+            return
+        self._remaining = self._known_length
+        self._counted(receiver, data[len(self._known_head) :])
+
+    def _counted(self, receiver: Receiver, body: bytes) -> None:
+        remaining = self._remaining
+        if len(body) > remaining:
+            # More than the head announced: the upstream is broken; end here.
+            body = body[:remaining]
+            self.close_after = True
+        if body:
+            receiver.upstream_body(body)
+            if self.receiver is not receiver:
+                return
+        remaining -= len(body)
+        if remaining:
+            self._remaining = remaining
+            receiver.upstream_flush()
+        else:
+            self._remaining = -1
+            self.receiver = None
+            receiver.upstream_done(self)
 
     def eof_received(self) -> bool | None:
         return None  # close our side too; connection_lost follows
@@ -199,7 +279,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        status = parser.get_status_code()
+        self._status = status = parser.get_status_code()
         block = self._heads.pop(0) if self._heads else b"\r\n"
         receiver = self.receiver
         assert receiver is not None
@@ -214,6 +294,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self.receiver is not None and not self._complete:
+            self._body_seen += len(body)
             self.receiver.upstream_body(body)
 
     def on_message_complete(self) -> None:
@@ -232,6 +313,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._want_head = True
         self._partial = b""
         self._heads.clear()
+        self._head_bytes = b""
+        self._body_seen = 0
         self.requests += 1
         assert self.transport is not None
         self.transport.write(data[0] if len(data) == 1 else b"".join(data))

@@ -101,3 +101,42 @@ async def test_idle_connections_per_address_are_bounded(
 def test_pool_describe_counts() -> None:
     pool = Pool(max_idle=3, idle_timeout=1.0)
     assert pool.describe() == {"open": 0, "idle": 0, "connects": 0, "reuses": 0}
+
+
+async def static_upstream(upstreams: Upstreams) -> str:
+    """Like nginx serving a file: the same head, byte for byte, for GET and HEAD."""
+    head = (
+        b"HTTP/1.1 200 OK\r\nServer: static\r\nDate: Wed, 25 Nov 2026 19:27:13 GMT\r\n"
+        b"Content-Length: 10\r\nConnection: keep-alive\r\n\r\n"
+    )
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            request = await reader.readuntil(b"\r\n\r\n")
+            if request.startswith(b"HEAD"):
+                writer.write(head)
+            else:
+                # The body in two writes, the second late: it arrives in its own read.
+                writer.write(head + b"01234")
+                await writer.drain()
+                await asyncio.sleep(0.01)
+                writer.write(b"56789")
+            await writer.drain()
+
+    return (await upstreams.raw(handler)).url
+
+
+async def test_repeated_identical_heads_are_framed_like_the_first(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    url = await static_upstream(upstreams)
+    gw = await gateway([{"id": "r", "prefix": "/", "urls": [url]}])
+    conn = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        for method in ("GET", "GET", "HEAD", "GET", "HEAD", "GET"):
+            async with session.request(method, gw.url + "/f") as resp:
+                assert resp.status == 200
+                assert resp.headers["Content-Length"] == "10"
+                assert "Connection" not in resp.headers
+                assert await resp.read() == (b"" if method == "HEAD" else b"0123456789")
+    assert gw.proxy.pool.connects == 1
