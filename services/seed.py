@@ -1,4 +1,8 @@
-"""The demo data the launcher creates through the gateway: a few customers and products."""
+"""The demo data the launcher creates through the gateway: a few customers and products.
+
+It logs in as the demo admin first: through the gateway, reading customers
+needs a token and creating products the admin role.
+"""
 
 from __future__ import annotations
 
@@ -21,13 +25,18 @@ PRODUCTS = (
 
 
 async def _call(
-    session: aiohttp.ClientSession, method: str, url: str, deadline: float, body: Any = None
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    deadline: float,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
 ) -> Any:
-    """One call through the gateway, tried again while the service isn't routable yet (502/503)."""
+    """One call, tried again while the service isn't routable yet (502/503/504)."""
     while True:
         try:
             async with session.request(
-                method, url, json=body, timeout=aiohttp.ClientTimeout(total=5)
+                method, url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=5)
             ) as response:
                 if response.status < 300:
                     return await response.json()
@@ -41,18 +50,33 @@ async def _call(
         await asyncio.sleep(0.1)
 
 
-async def seed(session: aiohttp.ClientSession, gateway: str, timeout: float) -> str:
-    """Create :data:`CUSTOMERS` and :data:`PRODUCTS` where there are none; what was made."""
+async def login(
+    session: aiohttp.ClientSession, auth: str, username: str, password: str, timeout: float
+) -> str:
+    """An access token from the auth service at ``auth`` (``RuntimeError`` when refused)."""
+    body = {"username": username, "password": password}
+    answer = await _call(session, "POST", auth + "/token", time.monotonic() + timeout, body)
+    return str(answer["access_token"])
+
+
+async def seed(
+    session: aiohttp.ClientSession, gateway: str, timeout: float, token: str | None = None
+) -> str:
+    """Create :data:`CUSTOMERS` and :data:`PRODUCTS` where there are none; what was made.
+
+    ``token`` (an admin's) is sent with every request.
+    """
     deadline = time.monotonic() + timeout
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     made = []
     for path, key, items in (
         ("/customers/customers", "customers", CUSTOMERS),
         ("/inventory/products", "products", PRODUCTS),
     ):
-        existing = await _call(session, "GET", gateway + path, deadline)
+        existing = await _call(session, "GET", gateway + path, deadline, headers=headers)
         if existing[key]:
             continue
         for item in items:
-            await _call(session, "POST", gateway + path, deadline, item)
+            await _call(session, "POST", gateway + path, deadline, item, headers)
         made.append(f"{len(items)} {key}")
     return " and ".join(made)

@@ -12,6 +12,7 @@ is compared line by line in any order (the round robin's start is random).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -21,6 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from core.testing import free_port, wait_until
@@ -82,8 +84,9 @@ class Launcher:
         return next(i for i, line in enumerate(self.lines) if re.search(pattern, line))
 
 
-@pytest.fixture
-async def launcher(tmp_path: Path) -> AsyncIterator[Launcher]:
+@contextlib.asynccontextmanager
+async def start_launcher(tmp_path: Path, *args: str) -> AsyncIterator[Launcher]:
+    """``python -m services ARGS`` on free ports, with an embedded Redis; SIGINT at the end."""
     ports = {name: free_port() for name in ("gateway", "admin", "registry", "configsvc", "redis")}
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ESSAIM_", "REDIS_URL"))}
@@ -92,7 +95,7 @@ async def launcher(tmp_path: Path) -> AsyncIterator[Launcher]:
         sys.executable, "-m", "services",
         "--gateway-port", str(ports["gateway"]), "--gateway-admin-port", str(ports["admin"]),
         "--registry-port", str(ports["registry"]), "--configsvc-port", str(ports["configsvc"]),
-        "--run-dir", str(run_dir),
+        "--run-dir", str(run_dir), *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, cwd=ROOT,
     )  # fmt: skip
     running = Launcher(process, run_dir, ports)
@@ -116,6 +119,27 @@ async def launcher(tmp_path: Path) -> AsyncIterator[Launcher]:
         await asyncio.wait_for(reader, 5)
 
 
+@pytest.fixture
+async def launcher(tmp_path: Path) -> AsyncIterator[Launcher]:
+    async with start_launcher(tmp_path) as running:
+        yield running
+
+
+async def up(launcher: Launcher) -> dict[str, int]:
+    """Wait for the system to be up; the pid of each process, by name."""
+
+    def up_or_gone() -> bool:
+        return launcher.printed("the system is up") or launcher.process.returncode is not None
+
+    await wait_until(up_or_gone, 60, 0.05, "the system up")
+    assert launcher.process.returncode is None, "\n".join(launcher.lines)
+    return {
+        m.group(1): int(m.group(2))
+        for m in (re.match(r"essaim\s+\|\s+(\S+)\s+pid (\d+)", line) for line in launcher.lines)
+        if m
+    }
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -134,18 +158,16 @@ def _state(pid: int) -> str:
 async def test_the_launcher_runs_the_walkthrough_restarts_a_killed_process_and_stops_everything(
     launcher: Launcher,
 ) -> None:
-    def up_or_gone() -> bool:
-        return launcher.printed("the system is up") or launcher.process.returncode is not None
-
-    await wait_until(up_or_gone, 60, 0.05, "the system up")
-    assert launcher.process.returncode is None, "\n".join(launcher.lines)
-    pids = {
-        m.group(1): int(m.group(2))
-        for m in (re.match(r"essaim\s+\|\s+(\S+)\s+pid (\d+)", line) for line in launcher.lines)
-        if m
-    }
-    assert set(pids) == {"redis", "configsvc", "registry", "gateway", "customers",
+    pids = await up(launcher)
+    assert set(pids) == {"redis", "configsvc", "registry", "auth", "gateway", "customers",
                          "inventory-1", "inventory-2", "billing"}  # fmt: skip
+
+    # The demo users' passwords, made for this run: printed, and in owner-only files.
+    for user, roles in (("admin", "admin"), ("alice", "user")):
+        path = launcher.run_dir / f"{user}.password"
+        assert path.stat().st_mode & 0o777 == 0o600
+        password = path.read_text().strip()
+        assert launcher.printed(f"{user:<12} roles {roles:<7} password {password}")
 
     examples = walkthrough()
     assert len(examples) >= 15
@@ -191,3 +213,46 @@ async def test_the_launcher_runs_the_walkthrough_restarts_a_killed_process_and_s
     assert launcher.index(r"^gateway\s+\|.*SIGTERM received") < registry_stop
     assert registry_stop < launcher.index(r"^configsvc\s+\|.*SIGTERM received")
     assert launcher.index(r"^configsvc\s+\|.*stopped") < launcher.index(r"^redis\s+\|.*SIGTERM")
+
+
+async def test_with_services_verifying_tokens_the_demo_users_tokens_pass_and_others_do_not(
+    tmp_path: Path,
+) -> None:
+    async with start_launcher(
+        tmp_path, "--services-verify-tokens", "true", "--inventory-instances", "1"
+    ) as launcher:
+        await up(launcher)  # seeded: the launcher's admin token passed the services' checks
+        urls = {
+            m.group(1): m.group(2)
+            for m in (re.match(r"essaim\s+\|\s+(\S+)\s+pid \d+\s+(\S+)", line)
+                      for line in launcher.lines)
+            if m
+        }  # fmt: skip
+        passwords = {u: (launcher.run_dir / f"{u}.password").read_text().strip()
+                     for u in ("admin", "alice")}  # fmt: skip
+        gateway = f"http://127.0.0.1:{launcher.ports['gateway']}"
+        async with aiohttp.ClientSession() as http:
+
+            async def bearer(user: str) -> dict[str, str]:
+                body = {"username": user, "password": passwords[user]}
+                async with http.post(f"{gateway}/auth/token", json=body) as r:
+                    assert r.status == 200
+                    return {"Authorization": f"Bearer {(await r.json())['access_token']}"}
+
+            admin, alice = await bearer("admin"), await bearer("alice")
+            product = {"name": "Webcam", "price": 59.5, "quantity": 12}
+            inventory = urls["inventory-1"]  # straight to the instance, past the gateway
+            async with http.post(f"{inventory}/products", json=product) as r:
+                assert r.status == 401
+            async with http.post(f"{inventory}/products", json=product, headers=alice) as r:
+                assert r.status == 403
+            async with http.post(f"{inventory}/products", json=product, headers=admin) as r:
+                assert r.status == 201
+            async with http.get(f"{inventory}/products/4") as r:
+                assert (r.status, (await r.json())["name"]) == (200, "Webcam")
+            async with http.get(f"{urls['customers']}/customers") as r:
+                assert r.status == 401
+            bill = {"customer_id": 1, "lines": [{"product_id": 4, "quantity": 2}]}
+            async with http.post(f"{gateway}/billing/bills", json=bill, headers=alice) as r:
+                # billing passes alice's token on to customers and inventory
+                assert r.status == 201, await r.text()
