@@ -74,6 +74,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "began_here",
         "closing",
+        "completed",
         "current",
         "deadline",
         "forwarded_for",
@@ -89,7 +90,10 @@ class ClientConnection(asyncio.Protocol):
         "queue",
         "read_size",
         "reading",
+        "repeat_args",
+        "repeat_read",
         "rest",
+        "simple",
         "too_large",
         "transport",
         "tunnel",
@@ -109,6 +113,16 @@ class ClientConnection(asyncio.Protocol):
         self.began_here = False
         self.http11: bool | None = None
         self.last_head: RequestHead | None = None
+        self.completed = 0
+        self.simple: tuple[bytes, bytes, list[tuple[bytes, bytes]], bool, bool] | None = None
+        self.repeat_read = b""
+        self.repeat_args: tuple[bytes, bytes, list[tuple[bytes, bytes]], bool, bool] = (
+            b"",
+            b"",
+            [],
+            False,
+            False,
+        )
         self.partial = 0
         self.read_size = 0
         self.too_large = False
@@ -159,8 +173,13 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.closing:
             return  # lingering: read and drop
+        at_boundary = not self.in_head and self.reading is None
+        if at_boundary and data == self.repeat_read:
+            self._repeat()
+            return
         self.read_size = len(data)
         self.began_here = False
+        self.completed = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -177,6 +196,13 @@ class ClientConnection(asyncio.Protocol):
                 if self.partial > self.proxy.limits.max_head:
                     self.too_large = True
                     self._malformed(None)
+            elif at_boundary and self.completed == 1 and self.simple is not None:
+                # This read was exactly one request without a body: the same
+                # bytes again will mean the same request (see _repeat).
+                self.repeat_read = data
+                self.repeat_args = self.simple
+            elif self.repeat_read:
+                self.repeat_read = b""
         current = self.current
         if current is not None and not current.started:
             current.start()
@@ -241,14 +267,15 @@ class ClientConnection(asyncio.Protocol):
         if http11 is None:
             # Taken from the first request: clients don't change versions mid-connection.
             http11 = self.http11 = parser.get_http_version() == "1.1"
-        exchange = Exchange(
-            self,
-            parser.get_method(),
-            self.url,
-            headers,
-            parser.should_keep_alive(),
-            http11,
-            parser.should_upgrade(),
+        method = parser.get_method()
+        url = self.url
+        keep_alive = parser.should_keep_alive()
+        upgrade = parser.should_upgrade()
+        exchange = Exchange(self, method, url, headers, keep_alive, http11, upgrade)
+        self.simple = (
+            (method, url, headers, keep_alive, http11)
+            if exchange.body_done and not upgrade and exchange.problem is None
+            else None
         )
         self.headers = []  # for the next request (trailers land here and are dropped)
         self.reading = exchange
@@ -265,10 +292,28 @@ class ClientConnection(asyncio.Protocol):
             reading.request_body(body)
 
     def on_message_complete(self) -> None:
+        self.completed += 1
         reading = self.reading
         self.reading = None
-        if reading is not None:
+        if reading is not None and not reading.body_done:
             reading.request_end()
+
+    def _repeat(self) -> None:
+        """The client sent again, byte for byte, a read that was one request without a body.
+
+        llhttp parsed those bytes before and ended at a message boundary, as
+        it is now: the same bytes mean the same request, so the request is
+        made from what was kept, without parsing.
+        """
+        method, url, headers, keep_alive, http11 = self.repeat_args
+        exchange = Exchange(self, method, url, headers, keep_alive, http11, False)
+        if self.current is None:
+            self.current = exchange
+            exchange.start()
+        else:
+            self.queue.append(exchange)
+            if len(self.queue) >= self.proxy.limits.max_pipeline:
+                self.pause(_PIPELINE, True)
 
     # -- used by exchanges ------------------------------------------------------------
 

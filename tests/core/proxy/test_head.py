@@ -107,3 +107,34 @@ async def test_a_repeated_head_follows_a_new_route_table(
     head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 404")
     writer.close()
+
+
+async def test_a_client_repeating_its_request_byte_for_byte_gets_each_answered(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.read()
+        return web.Response(text=f"{request.method} {request.path} {len(body)}")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    up = await upstreams.app(app)
+    gw = await gateway([{"id": "r", "prefix": "/", "urls": [up.url]}])
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+
+    async def ask(raw: bytes) -> tuple[bytes, bytes]:
+        writer.write(raw)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+        rid = re.search(rb"(?i)x-request-id: (\S+)", head).group(1)  # type: ignore[union-attr]
+        return await reader.readexactly(length), rid
+
+    get = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+    post = b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nxyz"
+    answers = [await ask(raw) for raw in (get, get, get, post, post, get)]
+    assert [body for body, _ in answers] == [
+        b"GET /a 0", b"GET /a 0", b"GET /a 0", b"POST /b 3", b"POST /b 3", b"GET /a 0",
+    ]  # fmt: skip
+    assert len({rid for _, rid in answers}) == 6
+    writer.close()
