@@ -209,7 +209,22 @@ async def events_paced(
     return result("events", f"paced {rate:.0f}/s", count / rate, latencies, count - len(done))
 
 
-async def bills(system: System, product_id: int, concurrency: int, duration: float) -> Result:
+async def login(system: System) -> dict[str, str]:
+    """The demo admin's bearer header: through the gateway, creating products needs it."""
+    password = (system.run_dir / "admin.password").read_text().strip()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{system.gateway}/auth/token", json={"username": "admin", "password": password}
+        ) as response,
+    ):
+        assert response.status == 200, await response.text()
+        return {"Authorization": f"Bearer {(await response.json())['access_token']}"}
+
+
+async def bills(
+    system: System, product_id: int, concurrency: int, duration: float, auth: dict[str, str]
+) -> Result:
     body = json.dumps(
         {"customer_id": 1, "lines": [{"product_id": product_id, "quantity": 1}]}
     ).encode()
@@ -224,7 +239,7 @@ async def bills(system: System, product_id: int, concurrency: int, duration: flo
             nonlocal errors
             while time.monotonic() < stop_at:
                 began = time.perf_counter()
-                async with http.post(url, data=body) as response:
+                async with http.post(url, data=body, headers=auth) as response:
                     await response.read()
                     if response.status == 201:
                         latencies.append(time.perf_counter() - began)
@@ -257,9 +272,9 @@ async def outbox_events(system: System, since: float) -> Result:
     return result("events", "bills' outbox", seconds, latencies, len(made) - len(done))
 
 
-async def prepare(system: System) -> tuple[int, int]:
+async def prepare(system: System, auth: dict[str, str]) -> tuple[int, int]:
     """A customer and two products with stock enough for any run (events, bills)."""
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(headers=auth) as http:
         async with http.post(
             f"{system.gateway}/customers/customers",
             json={"name": "Bench", "email": "bench@example.com"},
@@ -277,7 +292,8 @@ async def prepare(system: System) -> tuple[int, int]:
 
 
 async def bench(system: System, args: argparse.Namespace) -> list[Result]:
-    events_product, bills_product = await prepare(system)
+    auth = await login(system)  # valid 5 minutes: longer than any run
+    events_product, bills_product = await prepare(system, auth)
     redis = core_redis.connect(system.redis_url)
     bus = EventBus(redis)
     results = []
@@ -285,10 +301,10 @@ async def bench(system: System, args: argparse.Namespace) -> list[Result]:
         await events_paced(system, bus, events_product, 20, 100.0)  # warm-up
         results.append(await events_max_rate(system, bus, events_product, args.events))
         results.append(await events_paced(system, bus, events_product, args.paced, args.rate))
-        await bills(system, bills_product, 4, 0.5)  # warm-up
-        results.append(await bills(system, bills_product, 1, args.duration))
+        await bills(system, bills_product, 4, 0.5, auth)  # warm-up
+        results.append(await bills(system, bills_product, 1, args.duration, auth))
         since = time.time()
-        results.append(await bills(system, bills_product, args.concurrency, args.duration))
+        results.append(await bills(system, bills_product, args.concurrency, args.duration, auth))
         results.append(await outbox_events(system, since))
     finally:
         await redis.aclose()
