@@ -6,16 +6,21 @@ Layers, from the client inwards:
   per client TCP connection: parses requests with httptools, enforces the
   limits (head size, body size, slow clients), answers pipelined requests in
   order.
+- :mod:`core.proxy.head`: :func:`~core.proxy.head.prepare`, a request head
+  checked, routed and made ready to send upstream.
 - :mod:`core.proxy.exchange`: :class:`~core.proxy.exchange.Exchange`, one per
   proxied request: chooses an endpoint, writes the request upstream, retries,
-  streams the response back, accounts the outcome.
+  times out, accounts the outcome; :mod:`core.proxy.response` is its half that
+  receives and streams the upstream's answer.
 - :mod:`core.proxy.pool`: upstream connections and the per-endpoint pool of
   idle keep-alive connections.
 - :mod:`core.proxy.wire`: request and response heads as bytes, hop-by-hop and
   forwarded headers, problem-details responses.
 - :mod:`core.proxy.stats`: plain-int counters exported to Prometheus at
   scrape time.
+- :mod:`core.proxy.router`: the routing decision and the upstreams, fed by
+  the control plane.
 
-Nothing here awaits Redis or configsvc: the control plane
-(:mod:`core.proxy.control`) hands the data plane in-memory snapshots.
+Nothing here awaits Redis or configsvc: the control plane (``gateway.py``,
+:mod:`core.route_sources`) hands the router in-memory snapshots.
 """

@@ -38,14 +38,19 @@ from core.errors import (
 )
 from core.proxy.head import RequestHead, prepare
 from core.proxy.pool import UpstreamConnection
-from core.proxy.wire import (
-    STATUS_PREFIXES,
-    chunk,
-    problem_response,
-    scan_request,
-    scan_response,
-    status_line,
+from core.proxy.response import (
+    CONNECTING,
+    DONE,
+    PAUSE_BUFFER,
+    PAUSE_UPSTREAM,
+    QUEUED,
+    STREAMING,
+    TUNNEL,
+    WAITING,
+    ResponseSide,
 )
+from core.proxy.wire import chunk, problem_response, scan_request
+from core.tokens import UnknownKeyError
 from core.upstream import Endpoint
 
 if TYPE_CHECKING:
@@ -54,24 +59,18 @@ if TYPE_CHECKING:
 
 logger = log.get("gateway.proxy")
 
-__all__ = ["Exchange"]
+__all__ = ["DONE", "PAUSE_BUFFER", "PAUSE_UPSTREAM", "Exchange"]
 
-# Phases.
-QUEUED, CONNECTING, WAITING, STREAMING, TUNNEL, DONE = range(6)
-
-# How the response body goes to the client.
-NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = range(4)
-
-_CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_VIA = b"via: 1.1 essaim\r\n"
-_CLOSE = b"connection: close\r\n"
-_KEEP_ALIVE = b"connection: keep-alive\r\n"
 
 
-class Exchange:
-    """The state of one request through the gateway; see the module docstring."""
+class Exchange(ResponseSide):
+    """The state of one request through the gateway; see the module docstring.
+
+    What comes back from the upstream is handled by the methods of
+    :class:`~core.proxy.response.ResponseSide`.
+    """
 
     # Per-request state. The defaults live on the class so that a request
     # stores only what differs from them: an attribute store costs about as
@@ -88,9 +87,6 @@ class Exchange:
     attempt_open = False
     attempts = 0
     tried: tuple[str, ...] = ()
-    out: list[bytes] | None = None
-    resp_mode = NO_BODY
-    upstream_eof = False
     close_after = False
     sent = False
     unsent: list[bytes] | None = None
@@ -103,6 +99,12 @@ class Exchange:
     continue_ = False
     total_deadline = math.inf
     head: RequestHead | None = None
+    # Set by the route's guard: identity lines for upstream, the user id, rate
+    # limit response lines, and whether start() must first await the guard.
+    identity = b""
+    user_id: str | None = None
+    rate_lines = b""
+    gated = False
 
     def __init__(
         self,
@@ -152,6 +154,18 @@ class Exchange:
                 self._refused(url, headers, problem)
                 return
             client.last_head = None if upgrade else head
+        guard = head.plan.guard
+        if guard is not None:
+            # Checked on every request, a reused head included (tokens expire).
+            try:
+                self.identity, self.user_id = guard.identify(headers)
+            except UnknownKeyError:
+                self.gated = True  # the key set must be refreshed: start() awaits it
+            except HTTPProblem as problem:
+                self._refused(url, headers, problem)
+                return
+            if guard.limiter is not None:
+                self.gated = True
         self.head = head
         self.plan = head.plan
         self.path = head.path
@@ -192,6 +206,36 @@ class Exchange:
         if self.problem is not None:
             self.respond_problem(self.problem)
             return
+        if self.gated:
+            self.gated = False
+            self.proxy.loop.create_task(self._guarded_start())
+            return
+        self._go()
+
+    async def _guarded_start(self) -> None:
+        """Await the route's guard (a key set refresh, the rate limit), then go or refuse."""
+        plan = self.plan
+        assert plan is not None
+        assert plan.guard is not None
+        guard = plan.guard
+        try:
+            if guard.policy.public is False and self.user_id is None:
+                self.identity, self.user_id = await guard.identify_async(self.headers)
+            if guard.limiter is not None:
+                decision = await guard.admit(self.user_id, self.client.peer.decode("latin-1"))
+                if not decision.allowed:
+                    if self.phase != DONE:
+                        self.respond_problem(guard.limiter.problem(decision))
+                    return
+                self.rate_lines = guard.rate_headers(decision)
+        except HTTPProblem as problem:
+            if self.phase != DONE:
+                self.respond_problem(problem)
+            return
+        if self.phase != DONE:
+            self._go()
+
+    def _go(self) -> None:
         plan = self.plan
         assert plan is not None
         if self.continue_:
@@ -268,6 +312,7 @@ class Exchange:
         data = [
             head.request_line,
             self.proxy.host_line(self.endpoint),
+            self.identity,
             head.before_id,
             self.request_id,
             head.after_id,
@@ -353,161 +398,6 @@ class Exchange:
             return
         self._abandon_attempt()
         self.respond_problem(problem)
-
-    # -- the response, from the upstream connection --------------------------------------------
-
-    def upstream_head(self, status: int, block: bytes, close: bool) -> None:
-        plan = self.plan
-        ep = self.endpoint
-        assert plan is not None
-        assert ep is not None
-        upstream = plan.upstream
-        self.attempt_open = False
-        if status >= 500:
-            upstream.failed(ep, "5xx")
-            self.proxy.stats.upstream_error(plan.service, "5xx")
-            if status in _RETRY_STATUSES and self._may_retry("5xx", status):
-                conn = self.conn
-                self.conn = None
-                if conn is not None:
-                    conn.close()
-                self._retry("5xx")
-                return
-        else:
-            upstream.succeeded(ep)
-        self.status = status
-        self.phase = STREAMING
-        if block == plan.last_block:
-            # The same head as the last response of this route (a static file
-            # within the same second, a health check): filtered already.
-            kept, length, chunked, upgrade, via = plan.last_scan
-        else:
-            scanned = scan_response(block, plan.response_drop)
-            plan.last_block = block
-            plan.last_scan = scanned
-            kept, length, chunked, upgrade, via = scanned
-        out = [STATUS_PREFIXES.get(status) or status_line(status)[:-2], kept]
-        if plan.response_add:
-            out.extend(plan.response_add)
-        if status == 101:
-            self.resp_mode = NO_BODY
-            out.append(b"connection: upgrade\r\nupgrade: " + upgrade + _CRLF)
-        elif self.head_only or status == 204 or status == 304:
-            self.resp_mode = NO_BODY
-        elif length is not None:
-            self.resp_mode = LENGTH
-        else:
-            self.upstream_eof = not chunked
-            if self.http11:
-                self.resp_mode = CHUNKED
-                out.append(b"transfer-encoding: chunked\r\n")
-            else:
-                self.resp_mode = UNTIL_CLOSE
-                self.close_after = True
-        if (self.upgrade and status != 101) or self.proxy.draining:
-            self.close_after = True
-        tail = b"x-request-id: " + self.request_id + _CRLF
-        tail += _VIA if via is None else b"via: " + via + b", 1.1 essaim\r\n"
-        if status != 101:
-            if self.close_after:
-                tail += _CLOSE
-            elif not self.http11:
-                tail += _KEEP_ALIVE
-        out.append(tail + _CRLF)
-        if self.out is None:
-            self.out = [b"".join(out)]
-        else:
-            self.out.append(b"".join(out))
-
-    def upstream_interim(self, status: int, block: bytes) -> None:
-        # 100 Continue was the gateway's to send (Expect is not forwarded); others
-        # (103 Early Hints) go on to HTTP/1.1 clients.
-        if status == 100 or not self.http11:
-            return
-        kept = scan_response(block)[0]
-        interim = (STATUS_PREFIXES.get(status) or status_line(status)[:-2]) + kept + _CRLF
-        if self.out is None:
-            self.out = [interim]
-        else:
-            self.out.append(interim)
-
-    def upstream_body(self, data: bytes) -> None:
-        out = self.out  # made by upstream_head, which comes first
-        if out is not None:
-            if self.resp_mode == CHUNKED:
-                out.append(chunk(data))
-            elif self.resp_mode != NO_BODY:
-                out.append(data)
-
-    def upstream_flush(self) -> None:
-        out = self.out
-        if out:
-            # One write of joined bytes: uvloop's writelines goes through a
-            # queued uv_write (a loop iteration and a completion callback),
-            # write tries the socket at once.
-            self.client.transport.write(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
-            if self.phase == STREAMING:
-                self.client.deadline = (
-                    self.proxy.loop.time() + self.proxy.limits.stream_idle_timeout
-                )
-
-    def upstream_done(self, conn: UpstreamConnection) -> None:
-        out = self.out
-        if out is not None and self.resp_mode == CHUNKED:
-            out.append(_LAST_CHUNK)
-        if out:
-            self.client.transport.write(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
-        self.conn = None
-        if self.body_done:
-            self.proxy.pool.release(conn, self.proxy.loop.time())
-        else:
-            # The upstream answered before the whole request body was sent: the
-            # connection's framing is unknown from here, and the client's too.
-            conn.close()
-            self.close_after = True
-        self.finish()
-
-    def upstream_lost(self, conn: UpstreamConnection, reason: str) -> None:
-        self.conn = None
-        if self.phase == WAITING:
-            self.attempt_failed(
-                "reset",
-                BadGateway(f"{self._service()} closed the connection before answering"),
-            )
-        elif self.phase == STREAMING:
-            if self.upstream_eof:
-                # A body delimited by the connection's end: complete.
-                if self.resp_mode == CHUNKED:
-                    self.client.transport.write(_LAST_CHUNK)
-                self.finish()
-                return
-            assert self.plan is not None
-            self.proxy.stats.upstream_error(self.plan.service, "reset")
-            logger.info(
-                "%s closed the connection mid-response (request %s)",
-                self._service(),
-                self.request_id.decode(),
-            )
-            self.close_after = True
-            self.client.transport.abort()
-            self.finish()
-        elif self.phase == TUNNEL:
-            self.close_after = True
-            self.client.transport.close()
-            self.finish()
-
-    def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
-        self.phase = TUNNEL
-        self.client.tunnel_to(conn, rest)
-
-    def upstream_data(self, data: bytes) -> None:
-        self.client.transport.write(data)
-        self.client.deadline = self.proxy.loop.time() + self.proxy.limits.stream_idle_timeout
-
-    def pause_client(self, paused: bool) -> None:
-        self.client.pause(PAUSE_UPSTREAM, paused)
 
     # -- failures and retries ---------------------------------------------------------------
 
@@ -656,11 +546,6 @@ class Exchange:
         return f"{name} at {ep.host}:{ep.port}" if ep is not None else name
 
 
-# Reasons for the client connection to stop reading (see ClientConnection.pause).
-PAUSE_BUFFER = 1  # body bytes wait for an upstream connection
-PAUSE_UPSTREAM = 2  # the upstream takes the body slower than the client sends it
-
-_RETRY_STATUSES = frozenset((502, 503, 504))
 # Answers after which the rest of the client's input can't be trusted or read.
 _CLOSING_STATUSES = frozenset((400, 408, 413, 431))
 

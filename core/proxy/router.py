@@ -30,13 +30,17 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from core import log
+from core.access import PUBLIC, Policy
 from core.breaker import State
 from core.discovery import Watcher
 from core.errors import BadRequest, NotFound, ServiceUnavailable
+from core.proxy.guard import Guard
 from core.proxy.wire import header_pattern
+from core.ratelimit import RateLimiter, RateLimitPolicy
 from core.registry_store import SERVICE_RE
 from core.retry import RetryPolicy
 from core.routes import Route, RouteTable, Timeouts
+from core.tokens import Verifier
 from core.upstream import Target, Upstream, UpstreamPolicy
 
 logger = log.get("gateway.router")
@@ -74,6 +78,8 @@ class Plan:
     request_drop: frozenset[bytes] | None = None
     response_add: tuple[bytes, ...] = ()
     response_drop: re.Pattern[bytes] | None = None
+    # The route's access policy and rate limit (None: public and unlimited).
+    guard: Guard | None = None
     # A one-entry memo of the last response head filtered for this route.
     last_block: bytes = b""
     last_scan: tuple[bytes, bytes | None, bool, bytes, bytes | None] = (b"", None, False, b"", None)
@@ -139,6 +145,21 @@ class Router:
         self._header_routes = False
         # Moves with every change a prepared request head depends on.
         self.generation = 0
+        # Access control, set by the gateway before traffic: the token
+        # verifier (None: routes that need a token answer 503), the policy of
+        # discovery routes, and how to make a route's rate limiter.
+        self.verifier: Verifier | None = None
+        self.discovery_access: Policy = PUBLIC
+        self.limiter_for: Callable[[RateLimitPolicy], RateLimiter] | None = None
+
+    def _guard(self, route_id: str, policy: Policy, limit: RateLimitPolicy | None) -> Guard | None:
+        """The checks of a route, or None when it is public and unlimited."""
+        limiter = None
+        if limit is not None and self.limiter_for is not None:
+            limiter = self.limiter_for(limit)
+        if policy.public and limiter is None:
+            return None
+        return Guard(route_id, policy, self.verifier, limiter)
 
     # -- the request path --------------------------------------------------------------
 
@@ -192,6 +213,7 @@ class Router:
             connect_timeout=self.timeouts.connect,
             per_try_timeout=self.timeouts.per_try,
             total_timeout=self.timeouts.total,
+            guard=self._guard(DISCOVERY_ROUTE, self.discovery_access, None),
         )
         self._discovery[service] = plan
         return plan
@@ -231,6 +253,7 @@ class Router:
                 request_drop=request_drop,
                 response_add=response_add,
                 response_drop=response_drop,
+                guard=self._guard(route.id, Policy.parse(route.auth), route.rate_limit),
             )
         for plan in self._discovery.values():
             keep.add(self._service_key(plan.service, self.policy))

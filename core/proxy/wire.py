@@ -63,6 +63,10 @@ _REQUEST_SPECIAL = HOP_BY_HOP | frozenset(
         b"x-forwarded-prefix",
         b"x-request-id",
         b"via",
+        # The identity is the gateway's to assert (core.proxy.guard): a
+        # client's own claim never reaches a service, on any route.
+        b"x-user-id",
+        b"x-user-roles",
     )
 )
 

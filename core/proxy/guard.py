@@ -1,0 +1,96 @@
+"""A route's access policy and rate limit, as the data plane checks them per request.
+
+A :class:`Guard` is built once per route (and for the discovery routes) when
+a route table is installed; routes that are public and unlimited get none and
+pay nothing. Per request:
+
+1. :meth:`Guard.identify` verifies the bearer token against the route's
+   policy without waiting (the verifier caches tokens already seen until they
+   expire) and returns the ``x-user-id`` / ``x-user-roles`` lines to send
+   upstream. It raises the problem to answer instead: 401 (no token, or a bad
+   one) with ``WWW-Authenticate``, 403 (a missing role), 503 (the route needs
+   a token but the gateway has no key set). :class:`~core.tokens.UnknownKeyError`
+   means the key set must be refreshed first: :meth:`identify_async`.
+2. :meth:`admit` takes a token from the route's bucket in Redis (keyed by the
+   user id, else the client address) and returns the decision; the caller
+   answers :meth:`~core.ratelimit.RateLimiter.problem` when refused and adds
+   :meth:`rate_headers` to the response otherwise.
+
+The client's own ``X-User-Id`` and ``X-User-Roles`` never reach a service: the
+request scan drops them on every route (``core.proxy.wire``).
+"""
+
+from __future__ import annotations
+
+from core.access import Policy, authorize, authorize_async
+from core.errors import ServiceUnavailable
+from core.ratelimit import Decision, RateLimiter, rate_key
+from core.tokens import Identity, Verifier
+
+__all__ = ["Guard"]
+
+
+class Guard:
+    """The checks of one route: ``policy`` with ``verifier``, and ``limiter`` if limited."""
+
+    __slots__ = ("limiter", "policy", "route_id", "verifier")
+
+    def __init__(
+        self,
+        route_id: str,
+        policy: Policy,
+        verifier: Verifier | None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self.route_id = route_id
+        self.policy = policy
+        self.verifier = verifier
+        self.limiter = limiter
+
+    def _verifier(self) -> Verifier:
+        if self.verifier is None:
+            raise ServiceUnavailable(
+                "this route needs a bearer token but the gateway has no key set "
+                "(start it with --jwks-url)",
+                headers={"Retry-After": "30"},
+            )
+        return self.verifier
+
+    def identify(self, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, str | None]:
+        """``(identity header lines, user id)`` for a request allowed through; see the module doc."""
+        if self.policy.public:
+            return b"", None
+        return _lines(authorize(self._verifier(), self.policy, _authorization(headers)))
+
+    async def identify_async(self, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, str | None]:
+        """:meth:`identify` after a (rate-limited) refresh of the key set."""
+        return _lines(await authorize_async(self._verifier(), self.policy, _authorization(headers)))
+
+    async def admit(self, user_id: str | None, address: str) -> Decision:
+        """The rate limit's decision for this request (allowed when not limited)."""
+        assert self.limiter is not None
+        return await self.limiter.check(self.route_id, rate_key(user_id, address))
+
+    def rate_headers(self, decision: Decision) -> bytes:
+        """``X-RateLimit-*`` response header lines for an allowed request."""
+        assert self.limiter is not None
+        return b"".join(
+            f"{name}: {value}\r\n".encode("latin-1")
+            for name, value in self.limiter.headers(decision).items()
+        )
+
+
+def _authorization(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if len(name) == 13 and name.lower() == b"authorization":
+            return value.decode("latin-1")
+    return None
+
+
+def _lines(identity: Identity | None) -> tuple[bytes, str | None]:
+    if identity is None:
+        return b"", None
+    return (
+        f"x-user-id: {identity.sub}\r\nx-user-roles: {identity.roles_header}\r\n".encode("latin-1"),
+        identity.sub,
+    )

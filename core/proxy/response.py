@@ -1,0 +1,246 @@
+"""The upstream's answer as an exchange receives it: response head, body, end, loss.
+
+:class:`ResponseSide` is the part of :class:`core.proxy.exchange.Exchange`
+that implements :class:`core.proxy.pool.Receiver`: the upstream connection
+calls it as it parses. A 502/503/504 head may still be retried (nothing was
+written to the client yet); any other head is written to the client with
+the gateway's framing (``Content-Length`` kept, else chunked for HTTP/1.1,
+else until close), its own ``X-Request-ID`` and ``Via``, and the body
+follows as it comes, collected and written once per read.
+
+The phases of an exchange and the reasons a client connection stops reading
+are defined here, where both halves of the exchange see them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from core import log
+from core.errors import BadGateway, HTTPProblem
+from core.proxy.wire import STATUS_PREFIXES, chunk, scan_response, status_line
+
+if TYPE_CHECKING:
+    from core.proxy.pool import UpstreamConnection
+    from core.proxy.router import Plan
+    from core.proxy.server import ClientConnection, ProxyServer
+    from core.upstream import Endpoint
+
+logger = log.get("gateway.proxy")
+
+__all__ = [
+    "CONNECTING",
+    "DONE",
+    "PAUSE_BUFFER",
+    "PAUSE_UPSTREAM",
+    "QUEUED",
+    "STREAMING",
+    "TUNNEL",
+    "WAITING",
+    "ResponseSide",
+]
+
+# Phases of an exchange.
+QUEUED, CONNECTING, WAITING, STREAMING, TUNNEL, DONE = range(6)
+
+# How the response body goes to the client.
+NO_BODY, LENGTH, CHUNKED, UNTIL_CLOSE = range(4)
+
+# Reasons for the client connection to stop reading (see ClientConnection.pause).
+PAUSE_BUFFER = 1  # body bytes wait for an upstream connection
+PAUSE_UPSTREAM = 2  # the upstream takes the body slower than the client sends it
+
+_CRLF = b"\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_VIA = b"via: 1.1 essaim\r\n"
+_CLOSE = b"connection: close\r\n"
+_KEEP_ALIVE = b"connection: keep-alive\r\n"
+_RETRY_STATUSES = frozenset((502, 503, 504))
+
+
+class ResponseSide:
+    """Receiving the upstream's answer; mixed into :class:`~core.proxy.exchange.Exchange`."""
+
+    out: list[bytes] | None = None
+    resp_mode = NO_BODY
+    upstream_eof = False
+
+    if TYPE_CHECKING:
+        # Provided by Exchange.
+        client: ClientConnection
+        proxy: ProxyServer
+        plan: Plan | None
+        endpoint: Endpoint | None
+        conn: UpstreamConnection | None
+        request_id: bytes
+        phase: int
+        status: int
+        attempt_open: bool
+        close_after: bool
+        body_done: bool
+        head_only: bool
+        http11: bool
+        upgrade: bool
+
+        def _may_retry(self, kind: str, status: int = 0) -> bool: ...
+
+        def _retry(self, kind: str) -> None: ...
+
+        def attempt_failed(self, kind: str, problem: HTTPProblem) -> None: ...
+
+        def finish(self) -> None: ...
+
+        def _service(self) -> str: ...
+
+    def upstream_head(self, status: int, block: bytes, close: bool) -> None:
+        plan = self.plan
+        ep = self.endpoint
+        assert plan is not None
+        assert ep is not None
+        upstream = plan.upstream
+        self.attempt_open = False
+        if status >= 500:
+            upstream.failed(ep, "5xx")
+            self.proxy.stats.upstream_error(plan.service, "5xx")
+            if status in _RETRY_STATUSES and self._may_retry("5xx", status):
+                conn = self.conn
+                self.conn = None
+                if conn is not None:
+                    conn.close()
+                self._retry("5xx")
+                return
+        else:
+            upstream.succeeded(ep)
+        self.status = status
+        self.phase = STREAMING
+        if block == plan.last_block:
+            # The same head as the last response of this route (a static file
+            # within the same second, a health check): filtered already.
+            kept, length, chunked, upgrade, via = plan.last_scan
+        else:
+            scanned = scan_response(block, plan.response_drop)
+            plan.last_block = block
+            plan.last_scan = scanned
+            kept, length, chunked, upgrade, via = scanned
+        out = [STATUS_PREFIXES.get(status) or status_line(status)[:-2], kept]
+        if plan.response_add:
+            out.extend(plan.response_add)
+        if status == 101:
+            self.resp_mode = NO_BODY
+            out.append(b"connection: upgrade\r\nupgrade: " + upgrade + _CRLF)
+        elif self.head_only or status == 204 or status == 304:
+            self.resp_mode = NO_BODY
+        elif length is not None:
+            self.resp_mode = LENGTH
+        else:
+            self.upstream_eof = not chunked
+            if self.http11:
+                self.resp_mode = CHUNKED
+                out.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.resp_mode = UNTIL_CLOSE
+                self.close_after = True
+        if (self.upgrade and status != 101) or self.proxy.draining:
+            self.close_after = True
+        tail = b"x-request-id: " + self.request_id + _CRLF
+        tail += _VIA if via is None else b"via: " + via + b", 1.1 essaim\r\n"
+        if status != 101:
+            if self.close_after:
+                tail += _CLOSE
+            elif not self.http11:
+                tail += _KEEP_ALIVE
+        out.append(tail + _CRLF)
+        if self.out is None:
+            self.out = [b"".join(out)]
+        else:
+            self.out.append(b"".join(out))
+
+    def upstream_interim(self, status: int, block: bytes) -> None:
+        # 100 Continue was the gateway's to send (Expect is not forwarded); others
+        # (103 Early Hints) go on to HTTP/1.1 clients.
+        if status == 100 or not self.http11:
+            return
+        kept = scan_response(block)[0]
+        interim = (STATUS_PREFIXES.get(status) or status_line(status)[:-2]) + kept + _CRLF
+        if self.out is None:
+            self.out = [interim]
+        else:
+            self.out.append(interim)
+
+    def upstream_body(self, data: bytes) -> None:
+        out = self.out  # made by upstream_head, which comes first
+        if out is not None:
+            if self.resp_mode == CHUNKED:
+                out.append(chunk(data))
+            elif self.resp_mode != NO_BODY:
+                out.append(data)
+
+    def upstream_flush(self) -> None:
+        out = self.out
+        if out:
+            # One write of joined bytes: uvloop's writelines goes through a
+            # queued uv_write (a loop iteration and a completion callback),
+            # write tries the socket at once.
+            self.client.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+            if self.phase == STREAMING:
+                self.client.deadline = (
+                    self.proxy.loop.time() + self.proxy.limits.stream_idle_timeout
+                )
+
+    def upstream_done(self, conn: UpstreamConnection) -> None:
+        out = self.out
+        if out is not None and self.resp_mode == CHUNKED:
+            out.append(_LAST_CHUNK)
+        if out:
+            self.client.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+        self.conn = None
+        if self.body_done:
+            self.proxy.pool.release(conn, self.proxy.loop.time())
+        else:
+            # The upstream answered before the whole request body was sent: the
+            # connection's framing is unknown from here, and the client's too.
+            conn.close()
+            self.close_after = True
+        self.finish()
+
+    def upstream_lost(self, conn: UpstreamConnection, reason: str) -> None:
+        self.conn = None
+        if self.phase == WAITING:
+            self.attempt_failed(
+                "reset",
+                BadGateway(f"{self._service()} closed the connection before answering"),
+            )
+        elif self.phase == STREAMING:
+            if self.upstream_eof:
+                # A body delimited by the connection's end: complete.
+                if self.resp_mode == CHUNKED:
+                    self.client.transport.write(_LAST_CHUNK)
+                self.finish()
+                return
+            assert self.plan is not None
+            self.proxy.stats.upstream_error(self.plan.service, "reset")
+            logger.info(
+                "%s closed the connection mid-response (request %s)",
+                self._service(),
+                self.request_id.decode(),
+            )
+            self.close_after = True
+            self.client.transport.abort()
+            self.finish()
+        elif self.phase == TUNNEL:
+            self.close_after = True
+            self.client.transport.close()
+            self.finish()
+
+    def upstream_upgraded(self, conn: UpstreamConnection, rest: bytes) -> None:
+        self.phase = TUNNEL
+        self.client.tunnel_to(conn, rest)
+
+    def upstream_data(self, data: bytes) -> None:
+        self.client.transport.write(data)
+        self.client.deadline = self.proxy.loop.time() + self.proxy.limits.stream_idle_timeout
+
+    def pause_client(self, paused: bool) -> None:
+        self.client.pause(PAUSE_UPSTREAM, paused)
