@@ -30,20 +30,26 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from core import log
+from core.access import Policy
 from core.config_client import ConfigClient
 from core.discovery import Watcher
 from core.errors import SettingsError, problem_middleware
 from core.http import json_response
+from core.jwks import KeySet
 from core.proxy.pool import Pool
 from core.proxy.router import Router
 from core.proxy.server import Limits, ProxyServer
 from core.proxy.stats import StatsCollector
+from core.ratelimit import RateLimiter
 from core.redis import REDIS_ERRORS, Redis, connect
+from core.resp import RespClient
 from core.retry import RetryPolicy
 from core.route_sources import ConfigRoutes, RouteFile
 from core.routes import Timeouts
 from core.runner import ProtocolSite, Site, run
 from core.settings import CommonSettings, Secret, load, option
+from core.tasks import TaskSet
+from core.tokens import Verifier
 from core.upstream import UpstreamPolicy
 
 logger = log.get("gateway")
@@ -144,6 +150,22 @@ class Settings(CommonSettings):
     resync_interval: float = dataclasses.field(
         default=30.0, metadata=option("seconds between full re-reads of the registry")
     )
+    jwks_url: str = dataclasses.field(
+        default="",
+        metadata=option(
+            "the auth service's JWKS URL; without it, routes needing a token answer 503"
+        ),
+    )
+    jwt_issuer: str = dataclasses.field(
+        default="essaim-auth", metadata=option("the 'iss' that access tokens must carry")
+    )
+    jwt_audience: str = dataclasses.field(
+        default="essaim", metadata=option("the 'aud' that access tokens must carry")
+    )
+    discovery_auth: str = dataclasses.field(
+        default="public",
+        metadata=option("policy of discovery routes: public, authenticated or roles:a,b"),
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -171,6 +193,10 @@ class Settings(CommonSettings):
                 raise SettingsError(
                     f"GATEWAY_{name.upper()}: expected >= 0, got {getattr(self, name)}"
                 )
+        try:
+            Policy.parse(self.discovery_auth)
+        except ValueError as exc:
+            raise SettingsError(f"GATEWAY_DISCOVERY_AUTH: {exc}") from None
         if not self.connect_timeout <= self.per_try_timeout <= self.total_timeout:
             raise SettingsError(
                 "GATEWAY_CONNECT_TIMEOUT <= GATEWAY_PER_TRY_TIMEOUT <= GATEWAY_TOTAL_TIMEOUT expected"
@@ -273,6 +299,26 @@ async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:
     await watcher.stop()
 
 
+async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Token verification (the auth service's key set) and rate limits, before routes install."""
+    settings = app[SETTINGS]
+    router = app[ROUTER]
+    router.discovery_access = Policy.parse(settings.discovery_auth)
+    resp = RespClient(settings.redis_url)
+    router.limiter_for = lambda policy: RateLimiter.for_policy(resp, policy)
+    tasks = TaskSet("gateway")
+    keys = None
+    if settings.jwks_url:
+        keys = KeySet(settings.jwks_url)
+        router.verifier = Verifier(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+        tasks.spawn(keys.run(), "jwks")
+    yield
+    await tasks.stop()
+    if keys is not None:
+        await keys.close()
+    await resp.close()
+
+
 async def _routes_ctx(app: web.Application) -> AsyncIterator[None]:
     """The static route table: from the config service, or a file, or none."""
     settings = app[SETTINGS]
@@ -342,6 +388,7 @@ def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
     app[METRICS] = registry
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_watcher_ctx)
+    app.cleanup_ctx.append(_access_ctx)
     app.cleanup_ctx.append(_routes_ctx)
     app.router.add_get("/routes", routes)
     app.router.add_get("/upstreams", upstreams)

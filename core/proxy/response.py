@@ -73,6 +73,7 @@ class ResponseSide:
         endpoint: Endpoint | None
         conn: UpstreamConnection | None
         request_id: bytes
+        rate_lines: bytes
         phase: int
         status: int
         attempt_open: bool
@@ -142,7 +143,7 @@ class ResponseSide:
                 self.close_after = True
         if (self.upgrade and status != 101) or self.proxy.draining:
             self.close_after = True
-        tail = b"x-request-id: " + self.request_id + _CRLF
+        tail = b"x-request-id: " + self.request_id + _CRLF + self.rate_lines
         tail += _VIA if via is None else b"via: " + via + b", 1.1 essaim\r\n"
         if status != 101:
             if self.close_after:
