@@ -461,3 +461,38 @@ async def test_trailers_of_a_chunked_request_do_not_leak_into_the_next(
     first, second = parse_responses(raw)
     assert b'"body": 3' in first[2]
     assert b"x-trailer" not in second[2]
+
+
+async def test_a_slow_reader_pauses_the_upstream_instead_of_filling_memory(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    size = 32 * 1024 * 1024
+
+    async def flood(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_length = size
+        await resp.prepare(request)
+        block = b"f" * 65536
+        for _ in range(size // len(block)):
+            await resp.write(block)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/flood", flood)
+    up = await upstreams.app(app)
+    gw = await gateway(route_to(up.url))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port, limit=65536)
+    writer.write(b"GET /flood HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    await writer.drain()
+    received = 0
+    buffered = 0
+    while chunk := await reader.read(65536):
+        received += len(chunk)
+        for conn in gw.proxy.connections:
+            buffered = max(buffered, conn.transport.get_write_buffer_size())
+        if received < size // 2:
+            await asyncio.sleep(0.001)  # a slow reader for the first half
+    writer.close()
+    assert received > size
+    # Without flow control the gateway would hold most of the 32 MiB.
+    assert buffered < 4 * 1024 * 1024, buffered
