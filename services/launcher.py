@@ -11,7 +11,8 @@ once the previous one answers its health check:
    a demo admin (``admin``) and user (``alice``);
 3. the gateway (verifying tokens with the auth service's public keys), and
    the services: customers, inventory (two instances sharing one database),
-   billing.
+   billing, which verify tokens again themselves (unless
+   ``--services-verify-tokens false``).
 
 Then it seeds a few customers and products through the gateway (as the
 admin), prints one line per process, the users and the curl commands to
@@ -108,7 +109,7 @@ class LauncherSettings:
         default=True, metadata=option("create demo customers and products when there are none")
     )
     services_verify_tokens: bool = dataclasses.field(
-        default=False,
+        default=True,
         metadata=option("the business services verify bearer tokens themselves too (--jwks-url)"),
     )
     startup_timeout: float = dataclasses.field(
@@ -385,7 +386,7 @@ class Launcher:
             self.out.say(f"  {user:<12} roles {roles:<7} password {self.passwords[user]}")
         gw = f"localhost:{self.values['gateway_port']}"
         bearer = '-H "Authorization: Bearer $TOKEN"'
-        self.out.say("try (see docs/demo.md for the whole walkthrough; a token lasts 5 minutes):")
+        self.out.say("try (README.md has the whole walkthrough; a token lasts 5 minutes):")
         for line in (
             f"curl -s localhost:{self.values['registry_port']}/v1/services",
             f"TOKEN=$(curl -s -X POST {gw}/auth/token -d "

@@ -1,12 +1,16 @@
-"""``python -m services`` end to end: the launcher's processes play the walkthrough of docs/demo.md.
+"""``python -m services`` end to end: the launcher's processes play the README's walkthrough.
 
-Each ```console block of the walkthrough is split into ``$ command`` and its
-expected output. The command runs in bash against a system started by the
-launcher (the documented ports replaced by free ones, ``run/`` by the run
-directory) and its output must match, once times, event ids and revisions
-are masked. A read that shows an effect of an event (the stock after a bill)
-is read again until it matches or 10 s pass; a command marked "take turns"
-is compared line by line in any order (the round robin's start is random).
+Each ```console block under README.md's "## Walkthrough" is split into
+``$ command`` and its expected output (:mod:`tests.console`). The commands
+run one after the other in one bash session, as a user types them in one
+terminal (``TOKEN=$(curl ...)`` is there for the commands after it), from
+the directory holding the run directory (so ``run/`` is the launcher's),
+against a system started by the launcher (the documented ports replaced by
+free ones); each output must match, once times, event ids, request ids and
+revisions are masked. A read that shows an effect of an event (the stock
+after a bill) is read again until it matches or 10 s pass; a command marked
+"take turns" is compared line by line in any order (the round robin's start
+is random).
 """
 
 from __future__ import annotations
@@ -26,39 +30,21 @@ import aiohttp
 import pytest
 
 from core.testing import free_port, wait_until
+from tests.console import Shell, console_blocks
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "docs" / "demo.md"
+README = ROOT / "README.md"
 MASKS = (
     (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"), "<time>"),
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<uuid>"),
     (re.compile(r'"rev":\d+'), '"rev":<rev>'),
+    (re.compile(r'"request_id":"[^"]*"'), '"request_id":<id>'),
 )
 
 
 def walkthrough() -> list[tuple[str, list[str]]]:
     """``(command, expected output lines)`` of the console blocks under "## Walkthrough"."""
-    text = DEMO.read_text()
-    start = text.index("\n## Walkthrough\n")
-    end = text.find("\n## ", start + 1)
-    examples = []
-    for block in re.findall(r"```console\n(.*?)```", text[start:end], re.S):
-        lines = block.splitlines()
-        i = 0
-        while i < len(lines):
-            command = lines[i][2:]
-            while command.endswith("\\"):
-                i += 1
-                command = command[:-1] + " " + lines[i].strip()
-            i += 1
-            output = []
-            while i < len(lines) and not lines[i].startswith("$ "):
-                output.append(lines[i])
-                i += 1
-            while output and output[-1] == "":
-                output.pop()
-            examples.append((command, output))
-    return examples
+    return console_blocks(README, "Walkthrough")
 
 
 def normalise(lines: list[str]) -> list[str]:
@@ -171,32 +157,26 @@ async def test_the_launcher_runs_the_walkthrough_restarts_a_killed_process_and_s
 
     examples = walkthrough()
     assert len(examples) >= 15
-    for command, expected in examples:
-        shell = (
-            command.replace("localhost:8080", f"localhost:{launcher.ports['gateway']}")
-            .replace("localhost:8761", f"localhost:{launcher.ports['registry']}")
-            .replace("localhost:8888", f"localhost:{launcher.ports['configsvc']}")
-        )
-        shell = re.sub(r"(?<![\w/])run/", f"{launcher.run_dir}/", shell)
-        reads = "-X" not in command and not command.startswith("kill")
-        deadline = time.monotonic() + (10 if reads else 0)
-        while True:
-            proc = await asyncio.create_subprocess_exec(
-                "bash", "-c", shell, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    async with Shell(launcher.run_dir.parent) as shell:
+        for command, expected in examples:
+            typed = (
+                command.replace("localhost:8080", f"localhost:{launcher.ports['gateway']}")
+                .replace("localhost:8761", f"localhost:{launcher.ports['registry']}")
+                .replace("localhost:8888", f"localhost:{launcher.ports['configsvc']}")
             )
-            out, err = await proc.communicate()
-            got = out.decode().splitlines()
-            while got and got[-1] == "":
-                got.pop()
-            want = normalise(expected)
-            have = normalise(got)
-            if "take turns" in command:
-                want, have = sorted(want), sorted(have)
-            if have == want or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.1)
-        assert proc.returncode == 0, (command, err.decode())
-        assert have == want, command
+            reads = "-X" not in command and not command.startswith("kill")
+            deadline = time.monotonic() + (10 if reads else 0)
+            while True:
+                status, got, err = await shell.run(typed)
+                want = normalise(expected)
+                have = normalise(got)
+                if "take turns" in command:
+                    want, have = sorted(want), sorted(have)
+                if have == want or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            assert status == 0, (command, err)
+            assert have == want, command
 
     # The walkthrough killed inventory-1: reported and started again.
     await wait_until(lambda: launcher.printed("inventory-1 restarted"), 30, message="restart")
@@ -215,12 +195,10 @@ async def test_the_launcher_runs_the_walkthrough_restarts_a_killed_process_and_s
     assert launcher.index(r"^configsvc\s+\|.*stopped") < launcher.index(r"^redis\s+\|.*SIGTERM")
 
 
-async def test_with_services_verifying_tokens_the_demo_users_tokens_pass_and_others_do_not(
+async def test_the_services_verify_tokens_too_the_demo_users_tokens_pass_and_others_do_not(
     tmp_path: Path,
 ) -> None:
-    async with start_launcher(
-        tmp_path, "--services-verify-tokens", "true", "--inventory-instances", "1"
-    ) as launcher:
+    async with start_launcher(tmp_path, "--inventory-instances", "1") as launcher:
         await up(launcher)  # seeded: the launcher's admin token passed the services' checks
         urls = {
             m.group(1): m.group(2)
