@@ -114,15 +114,43 @@ class ResponseSide:
             upstream.succeeded(ep)
         self.status = status
         self.phase = STREAMING
-        if block == plan.last_block:
+        memo = plan.last_response
+        if (
+            memo is not None
+            and memo[0] == status
+            and memo[1] == block
+            and self.http11
+            and not self.head_only
+            and not self.upgrade
+        ):
             # The same head as the last response of this route (a static file
-            # within the same second, a health check): filtered already.
-            kept, length, chunked, upgrade, via = plan.last_scan
+            # within the same second, a health check): filtered and framed already.
+            _, _, prefix, mode, eof, via_line = memo
+            self.resp_mode = mode
+            self.upstream_eof = eof
         else:
-            scanned = scan_response(block, plan.response_drop)
-            plan.last_block = block
-            plan.last_scan = scanned
-            kept, length, chunked, upgrade, via = scanned
+            prefix, via_line = self._frame(plan, status, block)
+        tail = [prefix, b"x-request-id: ", self.request_id, _CRLF, self.rate_lines, via_line]
+        if self.proxy.draining or (self.upgrade and status != 101):
+            self.close_after = True
+        if status != 101:
+            if self.close_after:
+                tail.append(_CLOSE)
+            elif not self.http11:
+                tail.append(_KEEP_ALIVE)
+        tail.append(_CRLF)
+        if self.out is None:
+            self.out = [b"".join(tail)]
+        else:
+            self.out.append(b"".join(tail))
+
+    def _frame(self, plan: Plan, status: int, block: bytes) -> tuple[bytes, bytes]:
+        """The response head up to the gateway's own lines, and the ``Via`` line; sets the framing.
+
+        Remembered on the plan for the next response with the same status and
+        head, when nothing about this request changes the framing.
+        """
+        kept, length, chunked, upgrade, via = scan_response(block, plan.response_drop)
         out = [STATUS_PREFIXES.get(status) or status_line(status)[:-2], kept]
         if plan.response_add:
             out.extend(plan.response_add)
@@ -141,20 +169,18 @@ class ResponseSide:
             else:
                 self.resp_mode = UNTIL_CLOSE
                 self.close_after = True
-        if (self.upgrade and status != 101) or self.proxy.draining:
-            self.close_after = True
-        tail = b"x-request-id: " + self.request_id + _CRLF + self.rate_lines
-        tail += _VIA if via is None else b"via: " + via + b", 1.1 essaim\r\n"
-        if status != 101:
-            if self.close_after:
-                tail += _CLOSE
-            elif not self.http11:
-                tail += _KEEP_ALIVE
-        out.append(tail + _CRLF)
-        if self.out is None:
-            self.out = [b"".join(out)]
-        else:
-            self.out.append(b"".join(out))
+        prefix = b"".join(out)
+        via_line = _VIA if via is None else b"via: " + via + b", 1.1 essaim\r\n"
+        if self.http11 and not self.head_only and not self.upgrade and status != 101:
+            plan.last_response = (
+                status,
+                block,
+                prefix,
+                self.resp_mode,
+                self.upstream_eof,
+                via_line,
+            )
+        return prefix, via_line
 
     def upstream_interim(self, status: int, block: bytes) -> None:
         # 100 Continue was the gateway's to send (Expect is not forwarded); others

@@ -80,9 +80,10 @@ class Plan:
     response_drop: re.Pattern[bytes] | None = None
     # The route's access policy and rate limit (None: public and unlimited).
     guard: Guard | None = None
-    # A one-entry memo of the last response head filtered for this route.
-    last_block: bytes = b""
-    last_scan: tuple[bytes, bytes | None, bool, bytes, bytes | None] = (b"", None, False, b"", None)
+    # A one-entry memo of the last response head framed for this route:
+    # (status, raw header block, head up to the gateway's lines, body mode,
+    # body ends with the connection, Via line); see core.proxy.response.
+    last_response: tuple[int, bytes, bytes, int, bool, bytes] | None = None
 
 
 def _edits(
