@@ -535,7 +535,10 @@ class Exchange(ResponseSide):
         proxy.active -= 1
         plan = self.plan
         if plan is not None:
-            proxy.stats.request(plan.route, plan.service, self.status, perf_counter() - self.t0)
+            row = plan.row
+            if row is None:
+                row = plan.row = proxy.stats.row(plan.route, plan.service)
+            row.record(self.status, perf_counter() - self.t0)
         else:
             proxy.stats.request("unmatched", "unmatched", self.status, perf_counter() - self.t0)
         self.client.exchange_done(self, self.close_after or not self.body_done)

@@ -35,6 +35,7 @@ from core.breaker import State
 from core.discovery import Watcher
 from core.errors import BadRequest, NotFound, ServiceUnavailable
 from core.proxy.guard import Guard
+from core.proxy.stats import Row
 from core.proxy.wire import header_pattern
 from core.ratelimit import RateLimiter, RateLimitPolicy
 from core.registry_store import SERVICE_RE
@@ -84,6 +85,8 @@ class Plan:
     # (status, raw header block, head up to the gateway's lines, body mode,
     # body ends with the connection, Via line); see core.proxy.response.
     last_response: tuple[int, bytes, bytes, int, bool, bytes] | None = None
+    # The route's counters (core.proxy.stats.Row), found on its first request.
+    row: Row | None = None
 
 
 def _edits(

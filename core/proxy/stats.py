@@ -51,35 +51,72 @@ class Histogram:
         return out
 
 
+class Row:
+    """The counters of one route and service: answers by status, and their latency."""
+
+    __slots__ = ("counts", "latency")
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self.latency = Histogram()
+
+    def record(self, status: int, seconds: float) -> None:
+        counts = self.counts
+        counts[status] = counts.get(status, 0) + 1
+        histogram = self.latency
+        histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
+        histogram.sum += seconds
+
+
 class Stats:
     """The gateway's counters, updated by the data plane and read by the collector.
 
-    - ``requests[(route, service, status)]``: requests answered (status 499
-      when the client went away first);
-    - ``latency[route]``: seconds from the request head to the last response byte;
+    - ``rows[(route, service)]``: requests answered by status (499 when the
+      client went away first), and seconds from the request head to the last
+      response byte. A route's plan keeps its row, so that counting a request
+      needs no key to build;
     - ``upstream_errors[(service, kind)]``: failed attempts (connect, timeout,
       reset, 5xx, protocol);
     - ``retries[(service, reason)]``: attempts after the first.
     """
 
-    __slots__ = ("latency", "requests", "retries", "upstream_errors")
+    __slots__ = ("retries", "rows", "upstream_errors")
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, int], int] = {}
-        self.latency: dict[str, Histogram] = {}
+        self.rows: dict[tuple[str, str], Row] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}
         self.retries: dict[tuple[str, str], int] = {}
 
+    def row(self, route: str, service: str) -> Row:
+        """The counters of ``route`` to ``service``, kept across route table reloads."""
+        key = (route, service)
+        row = self.rows.get(key)
+        if row is None:
+            row = self.rows[key] = Row()
+        return row
+
     def request(self, route: str, service: str, status: int, seconds: float) -> None:
-        key = (route, service, status)
-        requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
-        histogram = self.latency.get(route)
-        if histogram is None:
-            histogram = self.latency[route] = Histogram()
-        # Histogram.observe, inlined: this runs once per request.
-        histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
-        histogram.sum += seconds
+        self.row(route, service).record(status, seconds)
+
+    @property
+    def requests(self) -> dict[tuple[str, str, int], int]:
+        """Requests by ``(route, service, status)``."""
+        return {
+            (route, service, status): count
+            for (route, service), row in self.rows.items()
+            for status, count in row.counts.items()
+        }
+
+    def latency(self) -> dict[str, Histogram]:
+        """Latency by route (the rows of one route merged)."""
+        merged: dict[str, Histogram] = {}
+        for (route, _), row in self.rows.items():
+            into = merged.get(route)
+            if into is None:
+                into = merged[route] = Histogram(row.latency.bounds)
+            into.counts = [a + b for a, b in zip(into.counts, row.latency.counts, strict=True)]
+            into.sum += row.latency.sum
+        return merged
 
     def upstream_error(self, service: str, kind: str) -> None:
         key = (service, kind)
@@ -126,7 +163,7 @@ class StatsCollector(Collector):
             "seconds from the request head to the last response byte, by route",
             labels=["route"],
         )
-        for route, histogram in sorted(stats.latency.items()):
+        for route, histogram in sorted(stats.latency().items()):
             latency.add_metric([route], histogram.cumulative(), histogram.sum)
         yield latency
         errors = CounterMetricFamily(
