@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import signal
 import sys
 import time
@@ -85,7 +86,7 @@ async def serve(ports: list[int]) -> None:
 class _Client(asyncio.Protocol):
     """One keep-alive connection; reads responses with Content-Length or chunked bodies."""
 
-    def __init__(self, request: bytes, done: Callable[[_Client, bool], None]) -> None:
+    def __init__(self, request: Callable[[], bytes], done: Callable[[_Client, bool], None]) -> None:
         self.request = request
         self.done = done
         self.transport: asyncio.Transport | None = None
@@ -107,7 +108,7 @@ class _Client(asyncio.Protocol):
     def send(self) -> None:
         assert self.transport is not None
         self.sent_at = time.perf_counter()
-        self.transport.write(self.request)
+        self.transport.write(self.request())
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -154,12 +155,26 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 async def load(
-    url: str, connections: int, duration: float, rate: float | None
+    url: str, connections: int, duration: float, rate: float | None, *, vary: bool = True
 ) -> dict[str, object]:
+    """Load ``url``; with ``vary`` every request has a new query string (``?n=1``, ``?n=2``...).
+
+    Varied requests are what most traffic looks like: a proxy can't reuse
+    anything it prepared for the previous request of the connection.
+    """
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path or "/"
-    request = f"GET {path} HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode()
+    head = f"HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode()
+    same = f"GET {path} ".encode() + head
+    counter = itertools.count(1)
+    prefix = f"GET {path}?n=".encode()
+
+    def request() -> bytes:
+        if not vary:
+            return same
+        return prefix + str(next(counter)).encode() + b" " + head
+
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
     lateness: list[float] = []
@@ -263,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--connections", type=int, default=32)
     run.add_argument("--duration", type=float, default=10.0)
     run.add_argument("--rate", type=float, default=None, help="requests/s (open loop)")
+    run.add_argument(
+        "--same-request", action="store_true", help="repeat one request instead of varying it"
+    )
     up = sub.add_parser("serve", help="answer 1 KiB on each port until SIGTERM")
     up.add_argument("ports", type=int, nargs="+")
     args = parser.parse_args(argv)
@@ -270,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             runner.run(serve(args.ports))
             return 0
-        result = runner.run(load(args.url, args.connections, args.duration, args.rate))
+        result = runner.run(
+            load(args.url, args.connections, args.duration, args.rate, vary=not args.same_request)
+        )
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
     return 0
 

@@ -65,6 +65,16 @@ TARGETS = {
 LATE_LIMIT_MS = 5.0
 """Past this p99 lateness of the constant-rate sends (1 ms ticks), the figures are flagged."""
 
+# Every request gets a new query string unless --same-request: what most
+# traffic looks like, where nothing prepared for the last request is reused.
+WRK_VARY = """
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, wrk.path .. "?n=" .. n)
+end
+"""
+
 WRK_SCRIPT = """
 done = function(summary, latency, requests)
   local e = summary.errors
@@ -89,6 +99,7 @@ class Options:
     use_nginx: bool
     use_wrk: bool
     output: Path | None
+    same_request: bool = False
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -103,6 +114,12 @@ def parse_args(argv: list[str]) -> Options:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--no-nginx", action="store_true", help="act as if nginx were absent")
     parser.add_argument("--no-wrk", action="store_true", help="act as if wrk were absent")
+    parser.add_argument(
+        "--same-request",
+        action="store_true",
+        help="repeat one request byte for byte (the gateway's memos then hit) instead of "
+        "giving every request a new query string",
+    )
     parser.add_argument("--output", type=Path, help="JSON results file")
     args = parser.parse_args(argv)
     quick = bool(args.quick)
@@ -121,6 +138,7 @@ def parse_args(argv: list[str]) -> Options:
         use_nginx=not args.no_nginx and nginx_binary() is not None,
         use_wrk=not args.no_wrk and shutil.which("wrk") is not None,
         output=output,
+        same_request=args.same_request,
     )
 
 
@@ -348,7 +366,7 @@ async def run_load(
     """One run: wrk (closed loop) when available, else the built-in generator."""
     if rate is None and opts.use_wrk:
         script = Path(tempfile.gettempdir()) / f"essaim-bench-wrk-{os.getpid()}.lua"
-        script.write_text(WRK_SCRIPT)
+        script.write_text(WRK_SCRIPT if opts.same_request else WRK_VARY + WRK_SCRIPT)
         cmd = [
             "wrk", "-t", str(opts.threads), "-c", str(opts.connections),
             "-d", f"{max(1, round(duration))}s", "-s", str(script), url,
@@ -373,6 +391,8 @@ async def run_load(
     ]  # fmt: skip
     if rate is not None:
         cmd += ["--rate", str(rate)]
+    if opts.same_request:
+        cmd.append("--same-request")
     out = await _run(cmd, duration)
     return dict(orjson.loads(out.strip().splitlines()[-1]))
 
@@ -609,6 +629,9 @@ async def bench(opts: Options) -> dict[str, Any]:
             "upstream": upstream_desc,
             "response_bytes": 1024,
             "path": PATH,
+            "requests": "one request repeated byte for byte (--same-request)"
+            if opts.same_request
+            else "a new query string on every request",
             "quick": opts.quick,
         },
         "cases": summary,
@@ -654,6 +677,7 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
         f"{s['repeat']} run(s) per case, interleaved, medians"
     )
     out(f"  load: {s['load']}; upstream: {s['upstream']}; {s['response_bytes']} B answers")
+    out(f"  requests: {s.get('requests', 'a new query string on every request')}")
     out(
         f"  machine: {result['machine']['cpus']} CPUs, {result['machine']['cpu']}, Python {result['machine']['python']}"
     )
