@@ -155,7 +155,13 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 
 async def load(
-    url: str, connections: int, duration: float, rate: float | None, *, vary: bool = True
+    url: str,
+    connections: int,
+    duration: float,
+    rate: float | None,
+    *,
+    vary: bool = True,
+    headers: tuple[str, ...] = (),
 ) -> dict[str, object]:
     """Load ``url``; with ``vary`` every request has a new query string (``?n=1``, ``?n=2``...).
 
@@ -165,7 +171,8 @@ async def load(
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path or "/"
-    head = f"HTTP/1.1\r\nHost: {parts.netloc}\r\n\r\n".encode()
+    extra = "".join(f"{h}\r\n" for h in headers)
+    head = f"HTTP/1.1\r\nHost: {parts.netloc}\r\n{extra}\r\n".encode()
     same = f"GET {path} ".encode() + head
     counter = itertools.count(1)
     prefix = f"GET {path}?n=".encode()
@@ -281,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--same-request", action="store_true", help="repeat one request instead of varying it"
     )
+    run.add_argument("--header", action="append", default=[], help="'Name: value', repeatable")
     up = sub.add_parser("serve", help="answer 1 KiB on each port until SIGTERM")
     up.add_argument("ports", type=int, nargs="+")
     args = parser.parse_args(argv)

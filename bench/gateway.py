@@ -190,8 +190,16 @@ async def wait_port(port: int, process: subprocess.Popen[bytes], what: str, log:
     raise RuntimeError(f"{what} did not listen on {port} within 20 s:\n{_tail(log)}")
 
 
-async def wait_http(url: str, process: subprocess.Popen[bytes], what: str, log: Path) -> None:
+async def wait_http(
+    url: str,
+    process: subprocess.Popen[bytes],
+    what: str,
+    log: Path,
+    headers: tuple[str, ...] = (),
+) -> None:
     import aiohttp
+
+    sent = dict(h.split(": ", 1) for h in headers)
 
     deadline = time.monotonic() + 30
     async with aiohttp.ClientSession() as session:
@@ -199,7 +207,9 @@ async def wait_http(url: str, process: subprocess.Popen[bytes], what: str, log: 
             if process.poll() is not None:
                 raise RuntimeError(f"{what} exited with {process.returncode}:\n{_tail(log)}")
             try:
-                async with session.get(url, timeout=aiohttp.ClientTimeout(total=1)) as r:
+                async with session.get(
+                    url, headers=sent, timeout=aiohttp.ClientTimeout(total=1)
+                ) as r:
                     if r.status == 200:
                         return
             except (TimeoutError, aiohttp.ClientError):
@@ -333,6 +343,26 @@ def routes_toml(count: int) -> str:
     return "\n".join(out)
 
 
+#: Routes beside the public one in the gateway case: the same upstream behind a
+#: token check (cached verification) and behind a rate limit too generous to
+#: refuse (its Redis round trip is what is measured).
+GUARDED_ROUTES = f"""
+[[routes]]
+id = "bench-auth"
+prefix = "/auth-bench"
+service = "{SERVICE}"
+strip_prefix = 1
+auth = "authenticated"
+
+[[routes]]
+id = "bench-limited"
+prefix = "/limited-bench"
+service = "{SERVICE}"
+strip_prefix = 1
+rate_limit = {{ replenish_rate = 10000000, burst_capacity = 10000000 }}
+"""
+
+
 def matcher_cost(tables: dict[str, Path], rounds: int = 15) -> dict[str, float]:
     """Nanoseconds per :meth:`RouteTable.match` of the benchmark's request, per table.
 
@@ -361,7 +391,11 @@ def matcher_cost(tables: dict[str, Path], rounds: int = 15) -> dict[str, float]:
 
 
 async def run_load(
-    url: str, opts: Options, duration: float, rate: float | None = None
+    url: str,
+    opts: Options,
+    duration: float,
+    rate: float | None = None,
+    headers: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """One run: wrk (closed loop) when available, else the built-in generator."""
     if rate is None and opts.use_wrk:
@@ -369,8 +403,11 @@ async def run_load(
         script.write_text(WRK_SCRIPT if opts.same_request else WRK_VARY + WRK_SCRIPT)
         cmd = [
             "wrk", "-t", str(opts.threads), "-c", str(opts.connections),
-            "-d", f"{max(1, round(duration))}s", "-s", str(script), url,
+            "-d", f"{max(1, round(duration))}s", "-s", str(script),
         ]  # fmt: skip
+        for header in headers:
+            cmd += ["-H", header]
+        cmd.append(url)
         out = await _run(cmd, duration)
         line = next((x for x in out.splitlines() if x.startswith("WRKJSON ")), None)
         if line is None:
@@ -393,6 +430,8 @@ async def run_load(
         cmd += ["--rate", str(rate)]
     if opts.same_request:
         cmd.append("--same-request")
+    for header in headers:
+        cmd += ["--header", header]
     out = await _run(cmd, duration)
     return dict(orjson.loads(out.strip().splitlines()[-1]))
 
@@ -419,6 +458,7 @@ class Case:
     proxy_pid: int | None
     upstream_pid: int
     runs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    headers: tuple[str, ...] = ()
 
 
 async def measure(
@@ -427,7 +467,7 @@ async def measure(
     """One run of ``case`` with the CPU time its proxy and upstream spent per request."""
     pids = {"proxy": case.proxy_pid, "upstream": case.upstream_pid}
     before = {k: cpu_seconds(p) for k, p in pids.items() if p is not None}
-    result = await run_load(case.url, opts, duration, rate)
+    result = await run_load(case.url, opts, duration, rate, case.headers)
     after = {k: cpu_seconds(p) for k, p in pids.items() if p is not None}
     served = max(1, int(result["requests"]))
     for key in ("proxy", "upstream"):
@@ -466,6 +506,8 @@ async def system(opts: Options, workdir: Path, notes: list[str]) -> AsyncIterato
     for name, count in (("gateway", 1), ("gateway-1000", 1000)):
         info["tables"][name] = workdir / f"routes-{count}.toml"
         info["tables"][name].write_text(routes_toml(count))
+    info["guarded"] = workdir / "routes-guarded.toml"
+    info["guarded"].write_text(routes_toml(1) + GUARDED_ROUTES)
     try:
         p1, p2 = free_port(), free_port()
         nginx = nginx_binary() if opts.use_nginx else None
@@ -526,6 +568,7 @@ async def gateways(
     redis_server = RedisServer().start()
     stack.callback(redis_server.close)
     redis = connect(redis_server.url)
+    jwks_url, token, jwks_runner = await _token_issuer()
     registrations = [
         Registration(redis, Instance(SERVICE, f"bench-{i}", "127.0.0.1", port, ttl=30))
         for i, port in enumerate(ports)
@@ -536,7 +579,7 @@ async def gateways(
             if not reg.registered.is_set():
                 raise RuntimeError("could not register the upstream instances in Redis")
         for name in ("gateway", "gateway-1000"):
-            routes = info["tables"][name]
+            routes = info["guarded"] if name == "gateway" else info["tables"][name]
             port, admin = free_port(), free_port()
             log = workdir / f"{name}.log"
             env = {
@@ -547,6 +590,7 @@ async def gateways(
                 sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(port),
                 "--admin-host", "127.0.0.1", "--admin-port", str(admin),
                 "--redis-url", redis_server.url, "--routes", str(routes), "--log-level", "warning",
+                "--jwks-url", jwks_url, "--jwt-issuer", ISSUER, "--jwt-audience", "essaim",
             ]  # fmt: skip
             proc = spawn(cmd, log, env)
             stack.callback(stop, proc)
@@ -554,11 +598,60 @@ async def gateways(
             url = f"http://127.0.0.1:{port}{PATH}"
             await wait_http(url, proc, f"{name} routing to the upstream", log)
             info["cases"].append(Case(name, url, proc.pid, upstream_pid))
+            if name == "gateway":
+                auth = (f"Authorization: Bearer {token}",)
+                for case, prefix, headers in (
+                    ("gateway-auth", "/auth-bench", auth),
+                    ("gateway-limited", "/limited-bench", ()),
+                ):
+                    guarded = f"http://127.0.0.1:{port}{prefix}/item"
+                    await wait_http(guarded, proc, f"{case} routing", log, headers=headers)
+                    info["cases"].append(
+                        Case(case, guarded, proc.pid, upstream_pid, headers=headers)
+                    )
         yield
     finally:
+        await jwks_runner.cleanup()
         for reg in registrations:
             await reg.stop()
         await redis.aclose()
+
+
+ISSUER = "essaim-bench"
+
+
+async def _token_issuer() -> tuple[str, str, Any]:
+    """A JWKS served from this process and a token signed with its key (valid 1 hour)."""
+    import base64
+    import time
+
+    import jwt
+    from aiohttp import web
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    key = Ed25519PrivateKey.generate()
+    x = base64.urlsafe_b64encode(
+        key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    ).rstrip(b"=")
+    doc = {
+        "keys": [{"kty": "OKP", "crv": "Ed25519", "x": x.decode(), "kid": "bench", "alg": "EdDSA"}]
+    }
+
+    async def serve(request: web.Request) -> web.Response:
+        return web.json_response(doc)
+
+    app = web.Application()
+    app.router.add_get("/jwks.json", serve)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": "essaim", "sub": "bench", "roles": ["user"],
+              "iat": now, "nbf": now, "exp": now + 3600, "jti": "bench"}  # fmt: skip
+    token = jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": "bench"})
+    return f"http://127.0.0.1:{port}/jwks.json", token, runner
 
 
 # ----------------------------------------------------------------------------- the run
@@ -655,6 +748,8 @@ def _ratios(summary: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
         "routes_1000_vs_1_cpu": ratio("gateway-1000", "gateway", "proxy_cpu_us"),
         "routes_1000_vs_1_cpu_best": ratio("gateway-1000", "gateway", "proxy_cpu_us_best"),
         "routes_1000_vs_1_rps": ratio("gateway-1000", "gateway", "rps"),
+        "auth_vs_public_cpu": ratio("gateway-auth", "gateway", "proxy_cpu_us"),
+        "rate_limited_vs_public_cpu": ratio("gateway-limited", "gateway", "proxy_cpu_us"),
         "added_p99_ms": fixed.get("added_p99_ms"),
     }
 
@@ -699,6 +794,16 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
             f"(target <= {t['cpu_vs_nginx']}x, aim {t['cpu_vs_nginx_aim']}x: "
             f"{_verdict(r['gateway_vs_nginx_cpu'] <= t['cpu_vs_nginx'])}); "
             f"best runs {r['gateway_vs_nginx_cpu_best']:.2f}x; req/s {r['gateway_vs_nginx_rps']:.2f}x"
+        )
+    if r.get("auth_vs_public_cpu") is not None:
+        out(
+            f"authenticated route (cached verification) / public route, CPU per request: "
+            f"{r['auth_vs_public_cpu']:.2f}x"
+        )
+    if r.get("rate_limited_vs_public_cpu") is not None:
+        out(
+            f"rate-limited route (a Redis round trip) / public route, CPU per request: "
+            f"{r['rate_limited_vs_public_cpu']:.2f}x"
         )
     if r["routes_1000_vs_1_cpu"] is not None:
         out(

@@ -45,7 +45,9 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
 
     cases = result["cases"]
     expected = (
-        {"direct", "gateway", "gateway-1000"} if (ROOT / "gateway.py").exists() else {"direct"}
+        {"direct", "gateway", "gateway-auth", "gateway-limited", "gateway-1000"}
+        if (ROOT / "gateway.py").exists()
+        else {"direct"}
     )
     assert set(cases) == expected
     for name, row in cases.items():
@@ -57,6 +59,9 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
     if "gateway" in cases:
         assert cases["gateway"]["proxy_cpu_us"] > 0
         assert result["ratios"]["routes_1000_vs_1_cpu"] is not None
+        # Every request of the guarded cases passed its token check / rate limit.
+        assert result["ratios"]["auth_vs_public_cpu"] is not None
+        assert result["ratios"]["rate_limited_vs_public_cpu"] is not None
         fixed = result["fixed_rate"]
         assert fixed["rate"] == round(cases["gateway"]["rps"] / 2)
         assert fixed["gateway"]["requests"] > 0
