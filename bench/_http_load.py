@@ -297,7 +297,14 @@ def main(argv: list[str] | None = None) -> int:
             runner.run(serve(args.ports))
             return 0
         result = runner.run(
-            load(args.url, args.connections, args.duration, args.rate, vary=not args.same_request)
+            load(
+                args.url,
+                args.connections,
+                args.duration,
+                args.rate,
+                vary=not args.same_request,
+                headers=tuple(args.header),
+            )
         )
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
     return 0
