@@ -36,7 +36,7 @@ from core.errors import (
     RequestTimeout,
     ServiceUnavailable,
 )
-from core.proxy.head import RequestHead, prepare
+from core.proxy.head import RequestHead
 from core.proxy.pool import UpstreamConnection
 from core.proxy.response import (
     CONNECTING,
@@ -131,29 +131,11 @@ class Exchange(ResponseSide):
         self.http11 = http11
         self.upgrade = upgrade
         self.head_only = method == b"HEAD"
-        head = client.last_head
-        if (
-            head is None
-            or head.url != url
-            or head.headers != headers
-            or head.method != method
-            or head.generation != proxy.router.generation
-        ):
-            try:
-                head = prepare(
-                    method,
-                    url,
-                    headers,
-                    upgrade,
-                    peer=client.peer,
-                    forwarded_for=client.forwarded_for,
-                    router=proxy.router,
-                    max_body=proxy.limits.max_body,
-                )
-            except HTTPProblem as problem:
-                self._refused(url, headers, problem)
-                return
-            client.last_head = None if upgrade else head
+        try:
+            head = client.heads.prepare(method, url, headers, upgrade)
+        except HTTPProblem as problem:
+            self._refused(url, headers, problem)
+            return
         guard = head.plan.guard
         if guard is not None:
             # Checked on every request, a reused head included (tokens expire).

@@ -54,6 +54,8 @@ DISCOVERY_ROUTE = "discovery"
 DEFAULT_POLICY = UpstreamPolicy()
 _NO_HEADERS: dict[str, str] = {}
 _DOTS = frozenset((".", ".."))
+# Routing decisions kept by method, host and path (cleared whole when full).
+_CACHE_SIZE = 4096
 DEFAULT_RETRY = RetryPolicy()
 DEFAULT_TIMEOUTS = Timeouts()
 
@@ -147,6 +149,7 @@ class Router:
         self._plans: dict[str, Plan] = {}
         self._discovery: dict[str, Plan] = {}
         self._header_routes = False
+        self._cache: dict[tuple[str, bytes | None, str], tuple[Plan, str, str]] = {}
         # Moves with every change a prepared request head depends on.
         self.generation = 0
         # Access control, set by the gateway before traffic: the token
@@ -174,6 +177,22 @@ class Router:
 
         ``path`` is the raw request path without its query.
         """
+        key = (method, host, path)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        found = self._resolve(method, host, path, headers)
+        if not self._header_routes:
+            # Cacheable: the answer depends on method, host and path only (and
+            # on the table and the registry, whose changes clear the cache).
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = found
+        return found
+
+    def _resolve(
+        self, method: str, host: bytes | None, path: str, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[Plan, str, str]:
         table = self.table
         if table.routes:
             hit = table.match(
@@ -263,6 +282,7 @@ class Router:
             keep.add(self._service_key(plan.service, self.policy))
         self._plans = plans
         self.generation += 1
+        self._cache.clear()
         self._header_routes = any(route.headers for route in table.routes)
         self.table = table
         self.source = source
@@ -288,6 +308,7 @@ class Router:
         if watcher is None:
             return
         self.generation += 1
+        self._cache.clear()
         for service in services:
             for upstream in self._by_service.get(service, ()):
                 upstream.update_instances(watcher.instances(service))

@@ -31,7 +31,7 @@ import httptools
 from core import log
 from core.errors import BadRequest, HeaderTooLarge, HTTPProblem, InternalError, RequestTimeout
 from core.proxy.exchange import DONE, PAUSE_BUFFER, Exchange
-from core.proxy.head import RequestHead
+from core.proxy.head import Heads
 from core.proxy.pool import Pool, UpstreamConnection
 from core.proxy.stats import Stats
 from core.proxy.wire import Clock, RequestIds, problem_response
@@ -79,9 +79,9 @@ class ClientConnection(asyncio.Protocol):
         "deadline",
         "forwarded_for",
         "headers",
+        "heads",
         "http11",
         "in_head",
-        "last_head",
         "parser",
         "partial",
         "paused",
@@ -112,7 +112,7 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = False
         self.began_here = False
         self.http11: bool | None = None
-        self.last_head: RequestHead | None = None
+        self.heads: Heads = None  # type: ignore[assignment]
         self.completed = 0
         self.simple: tuple[bytes, bytes, list[tuple[bytes, bytes]], bool, bool] | None = None
         self.repeat_read = b""
@@ -145,6 +145,12 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(peer, tuple) and peer:
             self.peer = str(peer[0]).encode()
         self.forwarded_for = b"x-forwarded-for: " + self.peer + b"\r\n"
+        self.heads = Heads(
+            self.proxy.router,
+            peer=self.peer,
+            forwarded_for=self.forwarded_for,
+            max_body=self.proxy.limits.max_body,
+        )
         proxy = self.proxy
         proxy.connections.add(self)
         self.deadline = proxy.loop.time() + proxy.limits.head_timeout

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from core.errors import HTTPProblem, PayloadTooLarge
-from core.proxy.head import prepare
+from core.proxy.head import Heads
 from core.proxy.router import Router
 from core.routes import RouteTable
 from tests.core.proxy.conftest import GatewayFactory, Upstreams, parse_responses, raw_exchange
@@ -21,17 +21,22 @@ def router_with(*routes: dict[str, object]) -> Router:
     return router
 
 
+def heads_for(router: Router, max_body: int = 100) -> Heads:
+    return Heads(
+        router,
+        peer=b"10.0.0.9",
+        forwarded_for=b"x-forwarded-for: 10.0.0.9\r\n",
+        max_body=max_body,
+    )
+
+
 def test_prepare_builds_the_upstream_head_around_the_request_id() -> None:
     router = router_with({"id": "a", "prefix": "/api", "urls": ["http://up:1"], "strip_prefix": 1})
-    head = prepare(
+    head = heads_for(router).prepare(
         b"POST",
         b"/api/x?y=1",
         [(b"Host", b"h"), (b"Content-Length", b"3"), (b"X-Request-ID", b"given")],
         False,
-        peer=b"10.0.0.9",
-        forwarded_for=b"x-forwarded-for: 10.0.0.9\r\n",
-        router=router,
-        max_body=100,
     )
     assert head.request_line == b"POST /x?y=1 HTTP/1.1\r\n"
     assert head.before_id == (
@@ -43,15 +48,36 @@ def test_prepare_builds_the_upstream_head_around_the_request_id() -> None:
 
 
 def test_prepare_refuses_what_cannot_go() -> None:
-    router = router_with({"id": "a", "prefix": "/", "urls": ["http://up:1"]})
-    kwargs: dict[str, object] = {
-        "peer": b"p", "forwarded_for": b"", "router": router, "max_body": 10,
-    }  # fmt: skip
+    heads = heads_for(router_with({"id": "a", "prefix": "/", "urls": ["http://up:1"]}), 10)
     with pytest.raises(PayloadTooLarge):
-        prepare(b"PUT", b"/", [(b"Content-Length", b"11")], False, **kwargs)  # type: ignore[arg-type]
+        heads.prepare(b"PUT", b"/", [(b"Content-Length", b"11")], False)
     with pytest.raises(HTTPProblem) as info:
-        prepare(b"GET", b"/", [(b"Expect", b"magic")], False, **kwargs)  # type: ignore[arg-type]
+        heads.prepare(b"GET", b"/", [(b"Expect", b"magic")], False)
     assert info.value.status == 417
+
+
+def test_what_requests_share_is_prepared_once_and_what_differs_again() -> None:
+    router = router_with(
+        {"id": "a", "prefix": "/a", "urls": ["http://up:1"]},
+        {"id": "b", "prefix": "/b", "urls": ["http://up:2"], "strip_prefix": 1},
+    )
+    heads = heads_for(router)
+    headers = [(b"Host", b"h"), (b"Accept", b"*/*")]
+    first = heads.prepare(b"GET", b"/a/1?n=1", headers, False)
+    second = heads.prepare(b"GET", b"/a/1?n=2", list(headers), False)
+    assert second.request_line == b"GET /a/1?n=2 HTTP/1.1\r\n"
+    assert second.before_id is first.before_id  # same headers, route and prefix
+    third = heads.prepare(b"GET", b"/b/2", list(headers), False)
+    assert (third.plan.route, third.request_line) == ("b", b"GET /2 HTTP/1.1\r\n")
+    assert b"x-forwarded-prefix: /b" in third.before_id
+    changed = heads.prepare(b"GET", b"/b/2", [(b"Host", b"other")], False)
+    assert b"x-forwarded-host: other" in changed.before_id
+    router.install(
+        RouteTable.parse({"routes": [{"id": "c", "prefix": "/", "urls": ["http://up:3"]}]}),
+        source="t",
+        at=1.0,
+    )
+    assert heads.prepare(b"GET", b"/b/2", [(b"Host", b"other")], False).plan.route == "c"
 
 
 async def test_a_repeated_head_gets_a_new_request_id_each_time(
