@@ -41,6 +41,7 @@ from core.proxy.pool import UpstreamConnection
 from core.proxy.response import (
     CONNECTING,
     DONE,
+    NO_BODY,
     PAUSE_BUFFER,
     PAUSE_UPSTREAM,
     QUEUED,
@@ -72,33 +73,60 @@ class Exchange(ResponseSide):
     :class:`~core.proxy.response.ResponseSide`.
     """
 
-    # Per-request state. The defaults live on the class so that a request
-    # stores only what differs from them: an attribute store costs about as
-    # much as a header scanned, and this runs once per request.
-    phase = QUEUED
-    started = False
-    status = 0
-    problem: HTTPProblem | None = None
+    # Attributes every request sets live in slots (a store costs a few
+    # instructions); the rest, set on unusual paths only, default on the class
+    # and land in the instance's dict when set. One dict for all of them costs
+    # more: past 30 names CPython stops sharing keys between instances.
+    __slots__ = (
+        "attempt_open",
+        "attempts",
+        "body_done",
+        "chunked",
+        "client",
+        "close_after",
+        "conn",
+        "continue_",
+        "endpoint",
+        "head",
+        "head_only",
+        "headers",
+        "http11",
+        "keep_alive",
+        "method",
+        "method_name",
+        "out",
+        "path",
+        "phase",
+        "plan",
+        "problem",
+        "proxy",
+        "request_id",
+        "request_line",
+        "resp_mode",
+        "sent",
+        "started",
+        "started_at",
+        "status",
+        "t0",
+        "total_deadline",
+        "tried",
+        "upgrade",
+    )
+
+    problem: HTTPProblem | None
+    plan: Plan | None
+    head: RequestHead | None
+    endpoint: Endpoint | None
+    conn: UpstreamConnection | None
+    tried: tuple[str, ...]
+
     failure: HTTPProblem | None = None
-    plan: Plan | None = None
-    conn: UpstreamConnection | None = None
     connecting: asyncio.Task[None] | None = None
-    endpoint: Endpoint | None = None
-    attempt_open = False
-    attempts = 0
-    tried: tuple[str, ...] = ()
-    close_after = False
-    sent = False
     unsent: list[bytes] | None = None
     unsent_size = 0
     body_parts: list[bytes] | None = None
     body_kept = 0
     body_size = 0
-    chunked = False
-    body_done = False
-    continue_ = False
-    total_deadline = math.inf
-    head: RequestHead | None = None
     # Set by the route's guard: identity lines for upstream, the user id, rate
     # limit response lines, and whether start() must first await the guard.
     identity = b""
@@ -126,13 +154,30 @@ class Exchange(ResponseSide):
         self.method = method
         self.headers = headers
         self.keep_alive = keep_alive
-        if not keep_alive:
-            self.close_after = True
+        self.close_after = not keep_alive
         self.http11 = http11
         self.upgrade = upgrade
         self.head_only = method == b"HEAD"
+        self.problem = None
+        self.started = False
+        self.phase = QUEUED
+        self.status = 0
+        self.total_deadline = math.inf
+        self.attempt_open = False
+        self.endpoint = None
+        self.attempts = 0
+        self.tried = ()
+        self.conn = None
+        self.sent = False
+        self.resp_mode = NO_BODY
+        self.out = None
+        self.body_done = False
+        self.chunked = False
+        self.continue_ = False
         try:
-            head = client.heads.prepare(method, url, headers, upgrade)
+            head, request_line, path, method_name = client.heads.prepare(
+                method, url, headers, upgrade
+            )
         except HTTPProblem as problem:
             self._refused(url, headers, problem)
             return
@@ -149,9 +194,10 @@ class Exchange(ResponseSide):
             if guard.limiter is not None:
                 self.gated = True
         self.head = head
+        self.request_line = request_line
         self.plan = head.plan
-        self.path = head.path
-        self.method_name = head.method_name
+        self.path = path
+        self.method_name = method_name
         self.request_id = proxy.ids.new() if head.client_id is None else head.client_id
         if head.chunked:
             self.chunked = True
@@ -164,6 +210,9 @@ class Exchange(ResponseSide):
         self, url: bytes, headers: list[tuple[bytes, bytes]], problem: HTTPProblem
     ) -> None:
         """Set up to answer ``problem``: enough of the head for the answer and the framing."""
+        self.head = None
+        self.plan = None
+        self.request_line = b""
         _, _, length, chunked, _, rid, _, _, _ = scan_request(headers)
         query_at = url.find(b"?")
         self.path = (url if query_at < 0 else url[:query_at]).decode("latin-1")
@@ -292,7 +341,7 @@ class Exchange(ResponseSide):
         head = self.head
         assert head is not None  # an exchange with no head was refused, never attached
         data = [
-            head.request_line,
+            self.request_line,
             self.proxy.host_line(self.endpoint),
             self.identity,
             head.before_id,

@@ -33,7 +33,7 @@ from core.proxy.wire import RequestIds, connection_tokens, scan_request
 if TYPE_CHECKING:
     from core.proxy.router import Plan, Router
 
-__all__ = ["HeaderFacts", "Heads", "RequestHead"]
+__all__ = ["HeaderFacts", "Heads", "Prepared", "RequestHead"]
 
 _CRLF = b"\r\n"
 _VIA = b"via: 1.1 essaim\r\n"
@@ -44,58 +44,28 @@ _METHOD_NAMES = {
 
 
 class RequestHead:
-    """A request head checked and routed, ready to go upstream.
+    """What requests that share their headers, route and stripped prefix send upstream.
 
     ``before_id`` and ``after_id`` are the upstream head after its ``Host``
-    line, around the request id's value. ``client_id`` is the client's
-    ``X-Request-ID`` when usable (else each request gets a new one).
+    line, around the request id's value (the request line comes apart).
+    ``client_id`` is the client's ``X-Request-ID`` when usable (else each
+    request gets a new one).
     """
 
-    __slots__ = (
-        "after_id",
-        "before_id",
-        "chunked",
-        "client_id",
-        "continue_",
-        "generation",
-        "headers",
-        "length",
-        "method",
-        "method_name",
-        "path",
-        "plan",
-        "request_line",
-        "url",
-    )
+    __slots__ = ("after_id", "before_id", "chunked", "client_id", "continue_", "length", "plan")
 
-    def __init__(
-        self,
-        method: bytes,
-        url: bytes,
-        headers: list[tuple[bytes, bytes]],
-        generation: int,
-        method_name: str,
-        path: str,
-        plan: Plan,
-        request_line: bytes,
-        before_id: bytes,
-        after_id: bytes,
-        facts: HeaderFacts,
-    ) -> None:
-        self.method = method
-        self.url = url
-        self.headers = headers
-        self.generation = generation
-        self.method_name = method_name
-        self.path = path
+    def __init__(self, plan: Plan, before_id: bytes, facts: HeaderFacts) -> None:
         self.plan = plan
-        self.request_line = request_line
         self.before_id = before_id
-        self.after_id = after_id
+        self.after_id = facts.after
         self.client_id = facts.client_id
         self.length = facts.size
         self.chunked = facts.chunked
         self.continue_ = facts.continue_
+
+
+#: What :meth:`Heads.prepare` gives: the head, the request line, the path, the method's name.
+Prepared = tuple[RequestHead, bytes, str, str]
 
 
 class HeaderFacts:
@@ -186,24 +156,24 @@ class Heads:
         self.peer = peer
         self.forwarded_for = forwarded_for
         self.max_body = max_body
-        self._last: RequestHead | None = None
+        self._last: tuple[bytes, list[tuple[bytes, bytes]], bytes, int, Prepared] | None = None
         self._facts: HeaderFacts | None = None
-        self._assembled: tuple[HeaderFacts, Plan, str, bytes] | None = None
+        self._assembled: tuple[HeaderFacts, Plan, str, RequestHead] | None = None
 
     def prepare(
         self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], upgrade: bool
-    ) -> RequestHead:
-        """The head of a request; the ``HTTPProblem`` to answer instead if it can't go."""
+    ) -> Prepared:
+        """``(head, request line, path, method name)``; the ``HTTPProblem`` to answer instead."""
         last = self._last
         router = self.router
         if (
             last is not None
-            and last.url == url
-            and last.headers == headers
-            and last.method == method
-            and last.generation == router.generation
+            and last[0] == url
+            and last[1] == headers
+            and last[2] == method
+            and last[3] == router.generation
         ):
-            return last
+            return last[4]
         if upgrade:
             facts = HeaderFacts(
                 headers,
@@ -244,33 +214,21 @@ class Heads:
             and assembled[2] == prefix
             and not upgrade
         ):
-            before_id = assembled[3]
+            head = assembled[3]
         else:
-            before_id = self._before_id(facts, headers, plan, prefix)
+            head = RequestHead(plan, self._before_id(facts, headers, plan, prefix), facts)
             if not upgrade:
-                self._assembled = (facts, plan, prefix, before_id)
+                self._assembled = (facts, plan, prefix, head)
         target = raw_path if upstream_path == path else upstream_path.encode("latin-1")
         request_line = (
             method + b" " + target + b" HTTP/1.1\r\n"
             if query_at < 0
             else b"".join((method, b" ", target, url[query_at:], b" HTTP/1.1\r\n"))
         )
-        head = RequestHead(
-            method,
-            url,
-            headers,
-            generation,
-            method_name,
-            path,
-            plan,
-            request_line,
-            before_id,
-            facts.after,
-            facts,
-        )
+        prepared = (head, request_line, path, method_name)
         if not upgrade:
-            self._last = head
-        return head
+            self._last = (url, headers, method, generation, prepared)
+        return prepared
 
     @staticmethod
     def _before_id(

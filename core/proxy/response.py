@@ -31,6 +31,7 @@ logger = log.get("gateway.proxy")
 __all__ = [
     "CONNECTING",
     "DONE",
+    "NO_BODY",
     "PAUSE_BUFFER",
     "PAUSE_UPSTREAM",
     "QUEUED",
@@ -61,12 +62,12 @@ _RETRY_STATUSES = frozenset((502, 503, 504))
 class ResponseSide:
     """Receiving the upstream's answer; mixed into :class:`~core.proxy.exchange.Exchange`."""
 
-    out: list[bytes] | None = None
-    resp_mode = NO_BODY
     upstream_eof = False
 
     if TYPE_CHECKING:
         # Provided by Exchange.
+        out: list[bytes] | None
+        resp_mode: int
         client: ClientConnection
         proxy: ProxyServer
         plan: Plan | None
