@@ -163,7 +163,7 @@ async def load(
     vary: bool = True,
     headers: tuple[str, ...] = (),
 ) -> dict[str, object]:
-    """Load ``url``; with ``vary`` every request has a new query string (``?n=1``, ``?n=2``...).
+    """Load ``url``; with ``vary`` every request has a new path and query (``/1?n=1``, ``/2?n=2``...).
 
     Varied requests are what most traffic looks like: a proxy can't reuse
     anything it prepared for the previous request of the connection.
@@ -175,12 +175,13 @@ async def load(
     head = f"HTTP/1.1\r\nHost: {parts.netloc}\r\n{extra}\r\n".encode()
     same = f"GET {path} ".encode() + head
     counter = itertools.count(1)
-    prefix = f"GET {path}?n=".encode()
+    prefix = f"GET {path}/".encode()
 
     def request() -> bytes:
         if not vary:
             return same
-        return prefix + str(next(counter)).encode() + b" " + head
+        n = str(next(counter)).encode()
+        return prefix + n + b"?n=" + n + b" " + head
 
     loop = asyncio.get_running_loop()
     latencies: list[float] = []

@@ -65,13 +65,14 @@ TARGETS = {
 LATE_LIMIT_MS = 5.0
 """Past this p99 lateness of the constant-rate sends (1 ms ticks), the figures are flagged."""
 
-# Every request gets a new query string unless --same-request: what most
-# traffic looks like, where nothing prepared for the last request is reused.
+# Every request gets a new path (a last segment) and query unless
+# --same-request: what most traffic looks like, where nothing prepared for the
+# last request (its route lookup included) is reused.
 WRK_VARY = """
 local n = 0
 request = function()
   n = n + 1
-  return wrk.format(nil, wrk.path .. "?n=" .. n)
+  return wrk.format(nil, wrk.path .. "/" .. n .. "?n=" .. n)
 end
 """
 
@@ -118,7 +119,7 @@ def parse_args(argv: list[str]) -> Options:
         "--same-request",
         action="store_true",
         help="repeat one request byte for byte (the gateway's memos then hit) instead of "
-        "giving every request a new query string",
+        "giving every request a new path and query string",
     )
     parser.add_argument("--output", type=Path, help="JSON results file")
     args = parser.parse_args(argv)
@@ -724,7 +725,7 @@ async def bench(opts: Options) -> dict[str, Any]:
             "path": PATH,
             "requests": "one request repeated byte for byte (--same-request)"
             if opts.same_request
-            else "a new query string on every request",
+            else "a new path and query string on every request",
             "quick": opts.quick,
         },
         "cases": summary,
@@ -772,7 +773,7 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
         f"{s['repeat']} run(s) per case, interleaved, medians"
     )
     out(f"  load: {s['load']}; upstream: {s['upstream']}; {s['response_bytes']} B answers")
-    out(f"  requests: {s.get('requests', 'a new query string on every request')}")
+    out(f"  requests: {s.get('requests', 'a new path and query string on every request')}")
     out(
         f"  machine: {result['machine']['cpus']} CPUs, {result['machine']['cpu']}, Python {result['machine']['python']}"
     )
