@@ -584,13 +584,6 @@ class Exchange(ResponseSide):
 _CLOSING_STATUSES = frozenset((400, 408, 413, 431))
 
 
-def _find(headers: list[tuple[bytes, bytes]], wanted: bytes) -> bytes:
-    for name, value in headers:
-        if name.lower() == wanted:
-            return value
-    return b""
-
-
 def _chunked(headers: list[tuple[bytes, bytes]]) -> bool:
     for name, value in headers:
         if name.lower() == b"transfer-encoding":

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from core.access import Policy, authorize, authorize_async
 from core.errors import ServiceUnavailable
+from core.proxy.wire import header_value
 from core.ratelimit import Decision, RateLimiter, rate_key
 from core.tokens import Identity, Verifier
 
@@ -81,10 +82,8 @@ class Guard:
 
 
 def _authorization(headers: list[tuple[bytes, bytes]]) -> str | None:
-    for name, value in headers:
-        if len(name) == 13 and name.lower() == b"authorization":
-            return value.decode("latin-1")
-    return None
+    value = header_value(headers, b"authorization")
+    return value.decode("latin-1") if value else None
 
 
 def _lines(identity: Identity | None) -> tuple[bytes, str | None]:

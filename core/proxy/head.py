@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from core.errors import BadRequest, HTTPProblem, PayloadTooLarge
-from core.proxy.wire import RequestIds, connection_tokens, scan_request
+from core.proxy.wire import RequestIds, connection_tokens, header_value, scan_request
 
 if TYPE_CHECKING:
     from core.proxy.router import Plan, Router
@@ -133,7 +133,7 @@ class HeaderFacts:
         elif chunked:
             after.append(b"transfer-encoding: chunked\r\n")
         if upgrade:
-            after += (b"connection: upgrade\r\nupgrade: ", _find(headers, b"upgrade"), _CRLF)
+            after += (b"connection: upgrade\r\nupgrade: ", header_value(headers, b"upgrade"), _CRLF)
         after.append(_CRLF)
         self.after = b"".join(after)
 
@@ -243,10 +243,3 @@ class Heads:
             parts += (b"x-forwarded-prefix: ", prefix.encode("latin-1"), _CRLF)
         parts.append(_PROTO_AND_ID)
         return b"".join(parts)
-
-
-def _find(headers: list[tuple[bytes, bytes]], wanted: bytes) -> bytes:
-    for name, value in headers:
-        if name.lower() == wanted:
-            return value
-    return b""

@@ -30,6 +30,7 @@ __all__ = [
     "chunk",
     "connection_tokens",
     "header_pattern",
+    "header_value",
     "problem_response",
     "scan_request",
     "scan_response",
@@ -93,6 +94,14 @@ def status_line(status: int) -> bytes:
 STATUS_LINES: dict[int, bytes] = {code: status_line(code) for code in range(100, 600)}
 #: The same without their CRLF, to be followed by a header block that starts with one.
 STATUS_PREFIXES: dict[int, bytes] = {code: line[:-2] for code, line in STATUS_LINES.items()}
+
+
+def header_value(headers: list[tuple[bytes, bytes]], wanted: bytes) -> bytes:
+    """The value of the first header named ``wanted`` (lower-case), or ``b""``."""
+    for name, value in headers:
+        if name.lower() == wanted:
+            return value
+    return b""
 
 
 def connection_tokens(value: bytes) -> frozenset[bytes]:
