@@ -53,8 +53,8 @@ from core.errors import (
 from core.http import json_response, read_body, redis_health, redis_unavailable, require_bearer
 from core.metrics import HTTPMetrics
 from core.redis import REDIS_ERRORS, Redis, connect
-from core.runner import Site, run
-from core.settings import CommonSettings, Secret, is_loopback, load, option
+from core.runner import BAD_SETTINGS, Site, configure, run
+from core.settings import CommonSettings, Secret, is_loopback, option
 from core.tasks import TaskSet
 
 logger = log.get("configsvc")
@@ -584,18 +584,15 @@ def build_app(settings: Settings) -> web.Application:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = load(
-            Settings,
-            prefix="CONFIGSVC_",
-            argv=argv,
-            prog="python -m configsvc",
-            description="Essaim config service: every component's configuration, hot-reloaded.",
-        )
-    except SettingsError as exc:
-        print(f"configsvc: {exc}", file=sys.stderr)
-        return 2
-    log.configure(settings.log_format, settings.log_level)
+    settings = configure(
+        Settings,
+        name="configsvc",
+        prefix="CONFIGSVC_",
+        argv=argv,
+        description="Essaim config service: every component's configuration, hot-reloaded.",
+    )
+    if settings is None:
+        return BAD_SETTINGS
     return run([Site(build_app(settings), settings.host, settings.port, "configsvc")],
                shutdown_timeout=settings.shutdown_timeout)  # fmt: skip
 

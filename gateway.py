@@ -17,7 +17,6 @@ away the gateway routes on what it last knew.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import gc
 import sys
@@ -35,20 +34,20 @@ from core.access import Policy
 from core.config_client import ConfigClient
 from core.discovery import Watcher
 from core.errors import SettingsError, problem_middleware
-from core.http import json_response
+from core.http import json_response, redis_health
 from core.jwks import KeySet
 from core.proxy.pool import Pool
 from core.proxy.router import Router
 from core.proxy.server import Limits, ProxyServer
 from core.proxy.stats import StatsCollector
 from core.ratelimit import RateLimiter
-from core.redis import REDIS_ERRORS, Redis, connect
+from core.redis import Redis, connect
 from core.resp import RespClient
 from core.retry import RetryPolicy
 from core.route_sources import ConfigRoutes, RouteFile
 from core.routes import Timeouts
-from core.runner import ProtocolSite, Site, run
-from core.settings import CommonSettings, Secret, load, option
+from core.runner import BAD_SETTINGS, ProtocolSite, Site, configure, run
+from core.settings import CommonSettings, Secret, option
 from core.tasks import TaskSet
 from core.tokens import Verifier
 from core.upstream import UpstreamPolicy
@@ -248,11 +247,7 @@ async def upstreams(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     """``GET /health``: 200 while serving; ``DEGRADED`` when Redis or the config service is away."""
     app = request.app
-    try:
-        await asyncio.wait_for(app[REDIS].ping(), 1.0)
-        redis_ok = True
-    except REDIS_ERRORS:
-        redis_ok = False
+    redis_ok = await redis_health(app[REDIS])
     watcher = app[WATCHER]
     router = app[ROUTER]
     body: dict[str, Any] = {
@@ -399,22 +394,19 @@ def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = load(
-            Settings,
-            prefix="GATEWAY_",
-            argv=argv,
-            prog="python -m gateway",
-            description=(
-                "Essaim API gateway: routes requests to services by the static route table,\n"
-                "else by name (/{service}/rest), with load balancing, outlier ejection,\n"
-                "circuit breakers, retries and timeouts. Needs Redis; configsvc is optional."
-            ),
-        )
-    except SettingsError as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
-        return 2
-    log.configure(settings.log_format, settings.log_level)
+    settings = configure(
+        Settings,
+        name="gateway",
+        prefix="GATEWAY_",
+        argv=argv,
+        description=(
+            "Essaim API gateway: routes requests to services by the static route table,\n"
+            "else by name (/{service}/rest), with load balancing, outlier ejection,\n"
+            "circuit breakers, retries and timeouts. Needs Redis; configsvc is optional."
+        ),
+    )
+    if settings is None:
+        return BAD_SETTINGS
     app, proxy = build_app(settings)
     started = time.monotonic()
 

@@ -41,8 +41,8 @@ from core.registry_api import (
 from core.registry_events import EventHub
 from core.registry_expiry import Expirer
 from core.registry_store import RegistryStore
-from core.runner import Site, run
-from core.settings import CommonSettings, Secret, is_loopback, load, option
+from core.runner import BAD_SETTINGS, Site, configure, run
+from core.settings import CommonSettings, Secret, is_loopback, option
 from core.tasks import TaskSet
 
 logger = log.get("registry")
@@ -172,18 +172,15 @@ def build_app(settings: Settings) -> web.Application:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        settings = load(
-            Settings,
-            prefix="REGISTRY_",
-            argv=argv,
-            prog="python -m registry",
-            description="Essaim discovery service: where every service records its address.",
-        )
-    except SettingsError as exc:
-        print(f"registry: {exc}", file=sys.stderr)
-        return 2
-    log.configure(settings.log_format, settings.log_level)
+    settings = configure(
+        Settings,
+        name="registry",
+        prefix="REGISTRY_",
+        argv=argv,
+        description="Essaim discovery service: where every service records its address.",
+    )
+    if settings is None:
+        return BAD_SETTINGS
     return run([Site(build_app(settings), settings.host, settings.port, "registry")],
                shutdown_timeout=settings.shutdown_timeout)  # fmt: skip
 

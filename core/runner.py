@@ -13,19 +13,34 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from aiohttp import web
 
 from core import log
-from core.errors import StartupError
+from core.errors import SettingsError, StartupError
+from core.settings import CommonSettings, load
 
 logger = log.get("runner")
 
-STARTUP_FAILURE = 3
+S = TypeVar("S", bound=CommonSettings)
 
-__all__ = ["STARTUP_FAILURE", "ProtocolSite", "Site", "install_uvloop", "run"]
+STARTUP_FAILURE = 3
+#: The exit code of a process whose settings are missing or malformed.
+BAD_SETTINGS = 2
+
+__all__ = [
+    "BAD_SETTINGS",
+    "STARTUP_FAILURE",
+    "ProtocolSite",
+    "Site",
+    "configure",
+    "install_uvloop",
+    "run",
+]
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,31 @@ class ProtocolSite:
     name: str = "proxy"
     start: Callable[[], Awaitable[None]] | None = None
     drain: Callable[[float], Awaitable[None]] | None = None
+
+
+def configure(
+    cls: type[S],
+    *,
+    name: str,
+    prefix: str,
+    argv: Sequence[str] | None,
+    description: str,
+    prog: str | None = None,
+) -> S | None:
+    """A component's settings, read once, with logging configured from them.
+
+    A bad value prints one line (``name: VARIABLE: reason``) on stderr and
+    returns None: ``main`` then returns :data:`BAD_SETTINGS`.
+    """
+    try:
+        settings = load(
+            cls, prefix=prefix, argv=argv, prog=prog or f"python -m {name}", description=description
+        )
+    except SettingsError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return None
+    log.configure(settings.log_format, settings.log_level)
+    return settings
 
 
 def install_uvloop() -> bool:

@@ -46,7 +46,6 @@ import os
 import re
 import secrets
 import sqlite3
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -71,8 +70,8 @@ from core.metrics import HTTPMetrics
 from core.outbox import OutboxRelay
 from core.redis import Redis, connect
 from core.retry import RetryPolicy
-from core.runner import Site, run
-from core.settings import CommonSettings, Secret, load, option
+from core.runner import BAD_SETTINGS, Site, configure, run
+from core.settings import CommonSettings, Secret, option
 from core.tasks import TaskSet
 from core.tokens import Verifier
 from core.upstream import UpstreamPolicy
@@ -627,18 +626,16 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
 
 def run_service(service: Service, argv: Sequence[str] | None = None) -> int:
     """Run ``service`` until SIGTERM/SIGINT; the process's exit code (2: bad settings, 3: failed start)."""
-    try:
-        settings = load(
-            service.settings,
-            prefix=service.env_prefix,
-            argv=argv,
-            prog=f"python -m services.{service.name}",
-            description=service.description,
-        )
-    except SettingsError as exc:
-        print(f"{service.name}: {exc}", file=sys.stderr)
-        return 2
-    log.configure(settings.log_format, settings.log_level)
+    settings = configure(
+        service.settings,
+        name=service.name,
+        prefix=service.env_prefix,
+        argv=argv,
+        prog=f"python -m services.{service.name}",
+        description=service.description,
+    )
+    if settings is None:
+        return BAD_SETTINGS
     app = build_app(service, settings)
 
     async def on_started(bound: list[tuple[str, str, int]]) -> None:
