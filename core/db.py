@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -202,7 +203,7 @@ def _connect(path: Path, synchronous: Synchronous, busy_timeout: float) -> Conne
         factory=Connection,
     )
     try:
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        mode = _wal(conn, busy_timeout)
         if mode != "wal":
             raise sqlite3.OperationalError(f"WAL mode refused (journal_mode={mode})")
         conn.execute(f"PRAGMA synchronous={synchronous}")
@@ -211,6 +212,22 @@ def _connect(path: Path, synchronous: Synchronous, busy_timeout: float) -> Conne
         conn.close()
         raise
     return conn
+
+
+def _wal(conn: sqlite3.Connection, busy_timeout: float) -> str:
+    """Switch to WAL; retried while locked, since SQLite's busy handler doesn't cover it.
+
+    A new file's first connection converts it; another process opening the
+    file at that moment gets "database is locked" at once, not after waiting.
+    """
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _migrate(conn: sqlite3.Connection, path: Path, migrations: Sequence[Migration]) -> int:
