@@ -1,15 +1,27 @@
 # One command each: make test, make lint, make bench, make up.
+# Every target installs exactly the lock (uv.lock) first; `make lock` refreshes it.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# uv installs the lock; it lives in its own small virtualenv, installed from
+# requirements/uv.txt with pip's --require-hashes.
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
 STAMP := $(VENV)/.installed
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
+export UV_NO_PROGRESS := 1
 
-.PHONY: test lint bench up venv clean
+.PHONY: test lint bench up venv lock clean
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+$(UV): requirements/uv.txt
+	$(PYTHON) -m venv --clear $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements/uv.txt
+	touch $(UV)
+
+# --locked: fail if uv.lock no longer matches pyproject.toml (run `make lock`).
+$(STAMP): uv.lock pyproject.toml $(UV)
+	$(UV) sync --quiet --locked --extra dev --python $(PYTHON)
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -28,5 +40,10 @@ bench: $(STAMP)
 up: $(STAMP)
 	$(PY) -m services $(UP_ARGS)
 
+# Refresh the lock on purpose: every dependency to its newest release that
+# pyproject.toml's ranges allow. Say what moved in CHANGELOG.md.
+lock: $(UV)
+	$(UV) lock --upgrade --python $(PYTHON)
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
