@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 import orjson
 from aiohttp import web
@@ -36,6 +37,8 @@ class EventHub:
 
     def __init__(self, redis: Redis) -> None:
         self.queues: set[asyncio.Queue[str | None]] = set()
+        #: Called with every change as published (raw JSON), before the streams get it.
+        self.listeners: list[Callable[[str], None]] = []
         self.subscription = Subscription(
             redis, [CHANNEL], self._on_message, on_connect=self._on_connect, name="registry:events"
         )
@@ -47,6 +50,8 @@ class EventHub:
                 queue.put_nowait(CATCH_UP)
 
     async def _on_message(self, channel: str, data: str) -> None:
+        for listener in self.listeners:
+            listener(data)
         for queue in list(self.queues):
             try:
                 queue.put_nowait(data)
