@@ -130,9 +130,11 @@ async def test_applications_as_xml_by_default(client: Client) -> None:
     inst = root.find("application/instance")
     assert inst is not None
     port = inst.find("port")
-    assert port is not None and port.text == "8080" and port.get("enabled") == "true"
+    assert port is not None
+    assert (port.text, port.get("enabled")) == ("8080", "true")
     center = inst.find("dataCenterInfo")
-    assert center is not None and center.get("class", "").endswith("DefaultDataCenterInfo")
+    assert center is not None
+    assert center.get("class", "").endswith("DefaultDataCenterInfo")
     assert inst.findtext("metadata/management.port") == "8080"
     assert inst.findtext("overriddenstatus") == "UNKNOWN"
 
