@@ -2,8 +2,9 @@
 
 Each registers on the native HTTP API, is reached through the gateway,
 heartbeats, registers again when the registry forgot it (a 404 heartbeat),
-and deregisters on SIGTERM; the Node.js one also follows its config by
-ETag polling.
+and deregisters on SIGTERM; the Node.js one also follows its config through
+configsvc's change stream (its periodic re-read is 30 s away, so only the
+push can bring the change within the test's 5 s).
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ async def test_node_example_registers_is_routed_follows_config_and_deregisters(
     proc = await spawn(
         node, "examples/node/service.js",
         env={"REGISTRY_URL": registry.url, "REGISTRY_TOKEN": TOKEN, "CONFIGSVC_URL": configsvc.url,
-             "CONFIGSVC_TOKEN": TOKEN, "TTL": "3", "CONFIG_POLL": "0.2", "INSTANCE_ID": "n1"},
+             "CONFIGSVC_TOKEN": TOKEN, "TTL": "3", "INSTANCE_ID": "n1"},
     )  # fmt: skip
     try:
 

@@ -5,12 +5,15 @@
 //   - registers with the registry, heartbeats every TTL/3 seconds, registers again when a
 //     heartbeat answers 404 (the registry forgot it: expired, or Redis was emptied), and
 //     deregisters on SIGTERM or Ctrl-C before it exits;
-//   - follows its config (app SERVICE, profile PROFILE) by polling configsvc with
-//     If-None-Match: an unchanged config costs a 304, a change is applied at once.
+//   - follows its config (app SERVICE, profile PROFILE): it reads it at start, then
+//     listens to configsvc's change stream (GET /v1/events, Server-Sent Events) and reads
+//     it again (If-None-Match: a 304 when nothing it uses changed) on a change to one of
+//     its documents, on a resync, after a reconnect, and every CONFIG_RESYNC seconds.
 //
 // Settings (environment): REGISTRY_URL (http://127.0.0.1:8761), REGISTRY_TOKEN,
 // CONFIGSVC_URL (http://127.0.0.1:8888), CONFIGSVC_TOKEN, SERVICE (hello-node),
-// PROFILE (default), HOST (127.0.0.1), PORT (0: any free port), TTL (10), CONFIG_POLL (2 s).
+// PROFILE (default), HOST (127.0.0.1), PORT (0: any free port), TTL (10),
+// CONFIG_RESYNC (30 s).
 // docs/other-languages.md describes the API it uses.
 'use strict';
 const http = require('http');
@@ -23,7 +26,8 @@ const SERVICE = env.SERVICE || 'hello-node';
 const PROFILE = env.PROFILE || 'default';
 const HOST = env.HOST || '127.0.0.1';
 const TTL = Number(env.TTL || 10);
-const POLL = Number(env.CONFIG_POLL || 2) * 1000;
+const RESYNC = Number(env.CONFIG_RESYNC || 30) * 1000;
+const DOCUMENTS = new Set(['application', SERVICE, `${SERVICE}-${PROFILE}`]);
 const ID = env.INSTANCE_ID || `${SERVICE}-${os.hostname()}-${process.pid}`;
 const INSTANCE = `${REGISTRY}/v1/services/${SERVICE}/instances/${encodeURIComponent(ID)}`;
 
@@ -80,7 +84,7 @@ async function heartbeat() {
 
 let etag = null;
 let configWarned = false;
-async function pollConfig() {
+async function readConfig() {
   try {
     const res = await call('GET', `${CONFIGSVC}/v1/config/${SERVICE}/${PROFILE}`, {
       token: env.CONFIGSVC_TOKEN,
@@ -101,6 +105,61 @@ async function pollConfig() {
   }
 }
 
+// configsvc's change stream: {rev, document, version} per change, or a resync.
+let lastEventId = null;
+let stream = null;
+function followChanges() {
+  const headers = { Accept: 'text/event-stream' };
+  if (lastEventId !== null) headers['Last-Event-ID'] = lastEventId;
+  const req = http.request(`${CONFIGSVC}/v1/events`, { headers }, (res) => {
+    if (res.statusCode !== 200) {
+      res.resume();
+      return reconnect(`answered ${res.statusCode}`);
+    }
+    readConfig(); // whatever changed while no stream was open
+    let buffer = '';
+    res.setEncoding('utf8');
+    res.on('data', (chunk) => {
+      buffer += chunk.replace(/\r\n/g, '\n');
+      let end;
+      while ((end = buffer.indexOf('\n\n')) >= 0) {
+        onEvent(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+      }
+    });
+    res.on('end', () => reconnect('ended'));
+    res.on('error', (err) => reconnect(err.message));
+  });
+  req.on('error', (err) => reconnect(err.message));
+  req.end();
+  stream = req;
+}
+
+function onEvent(text) {
+  let type = 'message';
+  let data = '';
+  for (const line of text.split('\n')) {
+    if (line.startsWith('id:')) lastEventId = line.slice(3).trim();
+    else if (line.startsWith('event:')) type = line.slice(6).trim();
+    else if (line.startsWith('data:')) data += line.slice(5).trim();
+  }
+  if (type === 'resync') return readConfig();
+  if (type === 'change' && DOCUMENTS.has(JSON.parse(data).document)) return readConfig();
+  return undefined;
+}
+
+let reconnecting = null;
+function reconnect(why) {
+  if (stopping || reconnecting) return;
+  log(`config stream ${why}; reconnecting in 1 s`);
+  reconnecting = setTimeout(() => {
+    reconnecting = null;
+    followChanges();
+  }, 1000);
+}
+
+let stopping = false;
+
 const server = http.createServer((req, res) => {
   const send = (status, doc) => {
     res.writeHead(status, { 'Content-Type': 'application/json' });
@@ -117,7 +176,7 @@ const server = http.createServer((req, res) => {
 async function main() {
   await new Promise((resolve) => server.listen(port, HOST, resolve));
   port = server.address().port;
-  await pollConfig();
+  await readConfig();
   for (;;) {
     try {
       await register();
@@ -129,14 +188,16 @@ async function main() {
   }
   log(`registered ${SERVICE}/${ID} at http://${HOST}:${port}, heartbeat every ${TTL / 3} s`);
   const beats = setInterval(heartbeat, (TTL * 1000) / 3);
-  const polls = setInterval(pollConfig, POLL);
+  followChanges();
+  const resyncs = setInterval(readConfig, RESYNC);
 
-  let stopping = false;
   const stop = async () => {
     if (stopping) return;
     stopping = true;
     clearInterval(beats);
-    clearInterval(polls);
+    clearInterval(resyncs);
+    clearTimeout(reconnecting);
+    if (stream) stream.destroy();
     try {
       await call('DELETE', INSTANCE, { token: env.REGISTRY_TOKEN });
       log('deregistered');
