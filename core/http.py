@@ -19,6 +19,8 @@ since messages may have been lost meanwhile.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hmac
 from collections.abc import Awaitable, Callable
@@ -40,6 +42,7 @@ __all__ = [
     "frame",
     "json_response",
     "open_stream",
+    "presented_secret",
     "read_body",
     "read_json",
     "redis_health",
@@ -94,18 +97,39 @@ def json_response(
     )
 
 
-def require_bearer(request: web.Request, token: Secret, what: str) -> None:
-    """:class:`Unauthorized` unless ``token`` is empty or the request carries it as a bearer.
+def presented_secret(request: web.Request) -> str | None:
+    """The credential a request carries: a bearer token, or the password of HTTP Basic.
 
-    ``what`` names the variable holding the token in the error, e.g.
-    ``REGISTRY_TOKEN``. The comparison takes the same time whatever the token.
+    Basic is how Eureka and Spring Cloud Config clients authenticate (the
+    user and password in the service URL, ``http://user:TOKEN@host/eureka/``);
+    the user name is not checked. None when there is no usable credential.
+    """
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        return given.strip()
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(given.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        _, sep, password = decoded.partition(":")
+        return password if sep else None
+    return None
+
+
+def require_bearer(request: web.Request, token: Secret, what: str) -> None:
+    """:class:`Unauthorized` unless ``token`` is empty or the request carries it.
+
+    The token is accepted as a bearer (``Authorization: Bearer <token>``) or
+    as the password of HTTP Basic (:func:`presented_secret`). ``what`` names
+    the variable holding the token in the error, e.g. ``REGISTRY_TOKEN``. The
+    comparison takes the same time whatever the token.
     """
     if not token:
         return
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), token.reveal().encode()
-    ):
+    given = presented_secret(request)
+    if given is None or not hmac.compare_digest(given.encode(), token.reveal().encode()):
         realm = what.split("_")[0].lower()
         raise Unauthorized(
             f"this request requires 'Authorization: Bearer <{what}>'",

@@ -10,6 +10,7 @@ ones in revision order, re-reading the retained stream on a gap, and sends a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import orjson
 from aiohttp import web
@@ -30,6 +31,14 @@ class EventHub(ChannelHub):
 
     def __init__(self, redis: Redis) -> None:
         super().__init__(redis, CHANNEL, name="registry:events")
+        #: Called with every change as published (raw JSON), before the streams get it
+        #: (the Eureka API's delta listens here).
+        self.listeners: list[Callable[[str], None]] = []
+
+    async def _on_message(self, channel: str, data: str) -> None:
+        for listener in self.listeners:
+            listener(data)
+        await super()._on_message(channel, data)
 
 
 async def stream_events(
