@@ -16,6 +16,7 @@ Tests never touch a Redis they did not start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -32,7 +33,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from core.redis import server_binary
+from core.redis import Redis, Subscription, server_binary
 
 __all__ = [
     "Component",
@@ -40,6 +41,7 @@ __all__ = [
     "RedisServer",
     "free_port",
     "redis_binary",
+    "subscribed",
     "wait_until",
 ]
 
@@ -90,6 +92,30 @@ async def wait_until(
         if time.monotonic() >= deadline:
             raise TimeoutError(f"{message} not reached within {timeout}s") from last_exc
         await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def subscribed(redis: Redis, *channels: str) -> AsyncIterator[list[tuple[str, str]]]:
+    """Collect what is published on ``channels`` into a list, on any topology.
+
+    Sharded pub/sub on Cluster, plain elsewhere (:class:`core.redis.Subscription`);
+    the list fills in the background once the subscription is live.
+    """
+    received: list[tuple[str, str]] = []
+
+    async def collect(channel: str, data: str) -> None:
+        received.append((channel, data))
+
+    subscription = Subscription(redis, channels, collect, name="test")
+    task = asyncio.ensure_future(subscription.run())
+    try:
+        await wait_until(subscription.connected.is_set, 10.0, message="subscribed")
+        yield received
+    finally:
+        subscription.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class RedisServer:
