@@ -178,7 +178,15 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.binary} exited with {self.process.returncode}")
+                log = Path(self.dir, "server.log")
+                tail = (
+                    log.read_text(errors="replace").strip().splitlines()[-3:]
+                    if log.exists()
+                    else []
+                )
+                raise RuntimeError(
+                    f"{self.binary} exited with {self.process.returncode}: {' | '.join(tail)}"
+                )
             if self.ping():
                 return self
             time.sleep(0.01)
@@ -322,6 +330,21 @@ class SentinelTopology:
             server.close()
 
 
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair (port, port + 10000) for a cluster node")
+
+
 class ClusterTopology:
     """A Redis Cluster of ``size`` primaries (no replicas) on free loopback ports.
 
@@ -334,7 +357,7 @@ class ClusterTopology:
         binary = redis_binary()
         self.servers = []
         for _ in range(size):
-            server = RedisServer(binary=binary)
+            server = RedisServer(_cluster_port(), binary=binary)
             server.args = [
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", os.path.join(server.dir, "nodes.conf"),
