@@ -245,7 +245,7 @@ def connect(url: str | RedisURL, *, timeout: float = 2.0, max_connections: int =
             health_check_interval=30,
             **common,
         )
-        return cast(aioredis.Redis, sentinel.master_for(target.primary))
+        return cast(aioredis.Redis, sentinel.master_for(target.primary, redis_class=_SentinelRedis))
     pool = aioredis.BlockingConnectionPool.from_url(
         target.url,
         max_connections=max_connections,
@@ -254,6 +254,16 @@ def connect(url: str | RedisURL, *, timeout: float = 2.0, max_connections: int =
         **common,
     )
     return aioredis.Redis.from_pool(pool)
+
+
+class _SentinelRedis(aioredis.Redis):
+    """The primary's client; closing it also closes its connections to the Sentinels."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        manager = getattr(self.connection_pool, "sentinel_manager", None)
+        for client in getattr(manager, "sentinels", ()):
+            await client.aclose()
 
 
 class Backoff:

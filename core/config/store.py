@@ -33,10 +33,12 @@ import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
+from redis.asyncio.sentinel import SentinelConnectionPool
 
+from core import log
 from core.config.document import canonical, content_hash
 from core.config.merge import deep_merge
 from core.redis import Redis, publish_command, tag
@@ -55,6 +57,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+logger = log.get("configsvc")
 
 PREFIX = "essaim:" + tag("cfg") + ":"
 REV_KEY = PREFIX + "rev"
@@ -301,11 +305,17 @@ class ConfigStore:
         keep: int = HISTORY_KEPT,
         cache_size: int = 512,
         concurrency: int = 32,
+        replica_wait: float = 1.0,
     ) -> None:
         self.redis = redis
         self.keep = keep
         self._limit = asyncio.Semaphore(concurrency)
         self.publish = publish_command(redis)
+        #: Behind Sentinel a write waits (up to ``replica_wait`` s) for one replica.
+        self.replicated = isinstance(
+            getattr(redis, "connection_pool", None), SentinelConnectionPool
+        )
+        self.replica_wait = replica_wait
         self._write = redis.register_script(_WRITE)
         self._read = redis.register_script(_READ)
         self._parsed: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -372,7 +382,20 @@ class ConfigStore:
                     canonical(w.content),
                     w.file,
                 ]
-        now, flat, done = await self._call(self._write(keys=keys, args=args))
+        if self.replicated:
+            # Behind Sentinel: acknowledge once a replica has the write too
+            # (WAIT applies to the writes of its own connection: one pipeline).
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._write(keys=keys, args=args, client=cast(Any, pipe))
+                pipe.execute_command("WAIT", 1, int(self.replica_wait * 1000))
+                (now, flat, done), replicas = await self._call(pipe.execute())
+            if int(done) and not int(replicas):
+                logger.warning(
+                    "config write acknowledged by the primary only: no replica within %.1fs",
+                    self.replica_wait,
+                )
+        else:
+            now, flat, done = await self._call(self._write(keys=keys, args=args))
         if not int(done):
             raise NotImported("Redis holds no import of the config directory")
         results = []

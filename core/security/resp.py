@@ -310,7 +310,12 @@ class RespClient:
 
     async def _call(self, key: Arg | None, payload: bytes, args: tuple[Arg, ...] | None) -> Any:
         if self.target.topology != "cluster":
-            node = self._primary or await self._find_primary()
+            node = self._primary
+            if node is None or (
+                self.target.topology == "sentinel" and (node.protocol is None or node.protocol.lost)
+            ):
+                # Behind Sentinel every new connection asks where the primary is now.
+                node = await self._find_primary()
             reply = await node.send(payload)
             if isinstance(reply, RespError) and str(reply).startswith("READONLY"):
                 # A failover demoted the server under this connection.
