@@ -50,8 +50,8 @@ from core.routes.table import Timeouts
 from core.runner import BAD_SETTINGS, STARTUP_FAILURE, ProtocolSite, Site, configure, run
 from core.security.access import Policy
 from core.security.jwks import KeySet
-from core.security.ratelimit import RateLimiter
 from core.security.resp import RespClient
+from core.security.synced import Syncer, limiter_factory
 from core.security.tokens import Verifier
 from core.settings import CommonSettings, Secret, option
 from core.tasks import TaskSet
@@ -336,7 +336,9 @@ async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
     router = app[ROUTER]
     router.discovery_access = Policy.parse(settings.discovery_auth)
     resp = RespClient(settings.redis_url)
-    router.limiter_for = lambda policy: RateLimiter.for_policy(resp, policy)
+    syncer = Syncer()
+    router.limiter_for = limiter_factory(resp, syncer)
+    syncer.start()
     tasks = TaskSet("gateway")
     keys = None
     if settings.jwks_url:
@@ -345,6 +347,7 @@ async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
         tasks.spawn(keys.run(), "jwks")
     yield
     await tasks.stop()
+    await syncer.stop()
     if keys is not None:
         await keys.close()
     await resp.close()

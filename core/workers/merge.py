@@ -15,8 +15,11 @@ The JSON merge follows one rule per kind of value, so that fields added later
 merge sensibly without a change here:
 
 - counters (names in :data:`SUMMED`, and every number inside ``failures``)
-  are summed; ``MAXED`` numbers (times left, rates) take the largest and
+  are summed; ``MAXED`` numbers (times left, rates, the latest time
+  something happened) take the largest and
   ``MINNED`` the smallest;
+- ``null`` defers to the other workers' values (a table rejected by one
+  worker and not yet read by the other shows the rejection);
 - booleans are true when true in any worker;
 - lists of objects with a ``name`` or ``key`` are merged by it; lists of
   strings are united;
@@ -45,11 +48,20 @@ SUMMED = frozenset(
         "buffered_calls", "failed_buffered_calls", "half_open_permits_used",
         "successful_calls", "failed_calls", "not_permitted_calls", "opened",
         "balance", "retries", "exhausted", "open", "idle", "connects", "reuses",
-        "connections", "active",
+        "connections", "active", "applied", "rejected",
     }
 )  # fmt: skip
 MAXED = frozenset(
-    {"ejected_for", "consecutive_failures", "retry_after", "failure_rate", "last_sync", "rev"}
+    {
+        "ejected_for",
+        "consecutive_failures",
+        "retry_after",
+        "failure_rate",
+        "last_sync",
+        "rev",
+        "at",
+        "installed_at",
+    }
 )
 MINNED = frozenset({"eligible"})
 
@@ -97,6 +109,8 @@ def merge_metrics(texts: Sequence[tuple[str, str]], *, per_worker: bool = False)
 
 def merge_documents(docs: Sequence[Any], key: str | None = None) -> Any:
     """The workers' ``docs`` (same shape) merged by the rules of the module doc."""
+    # A worker with nothing to say (null: no rejection yet) defers to the others.
+    docs = [d for d in docs if d is not None]
     if not docs:
         return None
     first = docs[0]
