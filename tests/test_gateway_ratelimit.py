@@ -58,23 +58,14 @@ async def two_gateways(
     gateways = []
     for _ in range(2):
         admin = free_port()
-        gateways.append(
-            await components.start(
-                "gateway",
-                "--host",
-                "127.0.0.1",
-                "--admin-port",
-                str(admin),
-                "--redis-url",
-                redis_url,
-                "--routes",
-                str(routes),
-                "--workers",
-                str(PROCESSES // 2),
-                health_port=admin,
-                timeout=60,
-            )  # fmt: skip
-        )
+        gw = await components.start(
+            "gateway",
+            "--host", "127.0.0.1", "--admin-port", str(admin), "--redis-url", redis_url,
+            "--routes", str(routes), "--workers", str(PROCESSES // 2),
+            health_port=admin,
+            timeout=60,
+        )  # fmt: skip
+        gateways.append(gw)
     return gateways
 
 

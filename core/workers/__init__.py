@@ -10,8 +10,13 @@
 - :mod:`core.workers.merge`: one admin view out of every worker's
   (Prometheus text summed, JSON documents merged).
 
-Public names: :class:`~core.workers.supervisor.Supervisor`,
-:class:`~core.workers.handover.HandoverServer`,
-:func:`~core.workers.handover.take_over`,
-:func:`~core.workers.sockets.listen`.
+Public face: :class:`core.workers.supervisor.Supervisor` (with
+:class:`~core.workers.supervisor.WorkerSpec` and
+:func:`~core.workers.supervisor.notify_ready`, the worker's side),
+:class:`core.workers.handover.HandoverServer` and
+:func:`core.workers.handover.take_over`, :func:`core.workers.sockets.listen`
+and :func:`~core.workers.sockets.ensure_free`,
+:func:`core.workers.admin.build_admin`. The package imports only the
+foundation: it knows nothing of the gateway but the shape of its admin
+documents (:mod:`core.workers.merge`).
 """

@@ -46,11 +46,13 @@ async def test_a_known_key_is_decided_without_redis_and_an_unknown_one_is_read_f
     limiter = synced(resp, Clock())
     assert limiter.decide("r", "addr:a") is None  # never seen: Redis first
     first = await limiter.check("r", "addr:a")
-    assert first.allowed and first.remaining == 9
+    assert first.allowed
+    assert first.remaining == 9
     decisions = [limiter.decide("r", "addr:a") for _ in range(12)]
     assert [d.allowed for d in decisions if d is not None] == [True] * 9 + [False] * 3
     refused = decisions[-1]
-    assert refused is not None and refused.retry_after == 1
+    assert refused is not None
+    assert refused.retry_after == 1
 
 
 async def test_what_one_process_spent_is_seen_by_the_next_after_a_sync(
@@ -96,7 +98,8 @@ async def test_the_policy_knows_its_mode_and_rejects_others() -> None:
     policy = build_policy(
         RateLimitPolicy, {"replenish_rate": 5, "burst_capacity": 5, "mode": "synced"}
     )
-    assert policy.mode == "synced" and policy.sync_interval == 0.005
+    assert policy.mode == "synced"
+    assert policy.sync_interval == 0.005
     with pytest.raises(SettingsError, match="mode"):
         RateLimitPolicy(mode="eventually")
     with pytest.raises(SettingsError, match="sync_interval"):
