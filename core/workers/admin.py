@@ -6,8 +6,9 @@ ready worker at once and merge the answers (:mod:`core.workers.merge`):
 
 - ``GET /metrics``: the sum of the workers' samples, plus the parent's own
   (``gateway_workers``, ``gateway_worker_restarts_total``,
-  ``gateway_worker_reloads_total``); ``?per_worker=1`` keeps one series per
-  worker with a ``worker`` label instead;
+  ``gateway_worker_reloads_total``, and its ``process_*`` series added to
+  theirs: the whole gateway's CPU and memory); ``?per_worker=1`` keeps one
+  series per worker with a ``worker`` label instead;
 - ``GET /upstreams``, ``GET /routes``: the workers' documents merged;
   ``?per_worker=1`` lists each worker's own;
 - ``GET /health``: ``UP`` when every worker is ready and says ``UP``; 503
@@ -26,15 +27,18 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client.exposition import generate_latest
 
 from core.http import json_response
+from core.metrics import new_registry
 from core.workers.merge import merge_documents, merge_metrics
 from core.workers.supervisor import Supervisor, Worker
 
 __all__ = ["SUPERVISOR", "build_admin"]
 
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
+PROCESS = web.AppKey("process", CollectorRegistry)
 
 _TIMEOUT = aiohttp.ClientTimeout(total=1.0)
 
@@ -72,6 +76,7 @@ async def metrics(request: web.Request) -> web.Response:
     answered, _ = await _ask_all(supervisor, "/metrics")
     texts = [(str(w.slot), text) for w, status, text in answered if status == 200]
     texts.append(("parent", _own_metrics(supervisor)))
+    texts.append(("parent", generate_latest(request.app[PROCESS]).decode()))
     body = merge_metrics(texts, per_worker=_per_worker(request))
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -151,6 +156,7 @@ def build_admin(supervisor: Supervisor, middlewares: list[Any]) -> web.Applicati
     """The parent's admin application over ``supervisor``'s workers."""
     app = web.Application(middlewares=middlewares)
     app[SUPERVISOR] = supervisor
+    app[PROCESS] = new_registry()  # the parent's own process_* series, added to the workers'
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/upstreams", upstreams)
     app.router.add_get("/routes", routes)

@@ -65,6 +65,10 @@ MAXED = frozenset(
 )
 MINNED = frozenset({"eligible"})
 
+#: Samples that are not amounts: the earliest start, the largest limit, a constant 1.
+_SAMPLE_MIN = frozenset({"process_start_time_seconds"})
+_SAMPLE_MAX = frozenset({"process_max_fds", "python_info"})
+
 
 class _Families(Collector):
     def __init__(self, families: list[Metric]) -> None:
@@ -77,8 +81,10 @@ class _Families(Collector):
 def merge_metrics(texts: Sequence[tuple[str, str]], *, per_worker: bool = False) -> bytes:
     """Prometheus text of ``(worker, text)`` pairs, as one scrape.
 
-    Samples with the same name and labels are summed; with ``per_worker``
-    each keeps its own value with a ``worker`` label instead.
+    Samples with the same name and labels are summed (the process's CPU
+    seconds and memory too: the whole gateway's), but for the earliest
+    ``process_start_time_seconds`` and the largest ``process_max_fds``; with
+    ``per_worker`` each keeps its own value with a ``worker`` label instead.
     """
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
@@ -96,7 +102,15 @@ def merge_metrics(texts: Sequence[tuple[str, str]], *, per_worker: bool = False)
                 if per_worker:
                     labels["worker"] = worker
                 key = (sample.name, tuple(sorted(labels.items())))
-                samples[key] = samples.get(key, 0.0) + sample.value
+                seen = samples.get(key)
+                if seen is None:
+                    samples[key] = sample.value
+                elif sample.name in _SAMPLE_MIN:
+                    samples[key] = min(seen, sample.value)
+                elif sample.name in _SAMPLE_MAX:
+                    samples[key] = max(seen, sample.value)
+                else:
+                    samples[key] = seen + sample.value
     for name, family in families.items():
         family.samples = [
             Sample(sample_name, dict(labels), value, None, None)

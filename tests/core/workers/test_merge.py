@@ -115,3 +115,17 @@ def test_upstream_documents_sum_counters_and_show_disagreements_by_count() -> No
     assert billing["breaker"]["failed_calls"] == 5
     assert billing["breaker"]["failure_rate"] == 0.6
     assert billing["eligible"] == 0
+
+
+def test_process_series_add_up_but_the_start_time_is_the_earliest() -> None:
+    def process(start: float, rss: float) -> str:
+        return (
+            "# HELP process_start_time_seconds start\n# TYPE process_start_time_seconds gauge\n"
+            f"process_start_time_seconds {start}\n"
+            "# HELP process_resident_memory_bytes rss\n# TYPE process_resident_memory_bytes gauge\n"
+            f"process_resident_memory_bytes {rss}\n"
+        )
+
+    merged = samples(merge_metrics([("0", process(200.0, 10.0)), ("1", process(100.0, 5.0))]))
+    assert merged[("process_start_time_seconds", ())] == 100.0
+    assert merged[("process_resident_memory_bytes", ())] == 15.0
