@@ -56,7 +56,7 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
             "gateway-synced",
             "gateway-1000",
             "gateway-w2",
-        }  # fmt: skip
+        }
         if (ROOT / "gateway.py").exists()
         else {"direct"}
     )
