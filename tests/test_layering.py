@@ -28,8 +28,8 @@ LAYERS = [
     "workers",
 ]
 FOUNDATION = {
-    "settings", "errors", "log", "redis", "tasks", "runner", "http", "validation", "metrics", "db",
-    "testing",
+    "settings", "errors", "log", "redis", "tasks", "runner", "http", "validation", "trace", "metrics",
+    "db", "testing",
 }  # fmt: skip
 
 
