@@ -47,7 +47,7 @@ import weakref
 from collections.abc import Callable
 
 from core import log
-from core.security.ratelimit import KEY_PREFIX, Decision, RateLimiter, RateLimitPolicy
+from core.security.ratelimit import Decision, RateLimiter, RateLimitPolicy, bucket_key
 from core.security.resp import RespClient, RespError, Script
 
 logger = log.get("ratelimit")
@@ -116,7 +116,7 @@ class SyncedRateLimiter(RateLimiter):
 
     def decide(self, route_id: str, key: str) -> Decision | None:
         """The decision from the local bucket; None when the key must be read from Redis first."""
-        bucket = self.buckets.get(f"{KEY_PREFIX}{route_id}:{key}")
+        bucket = self.buckets.get(bucket_key(route_id, key))
         if bucket is None:
             return None
         now = self.clock()
@@ -143,7 +143,7 @@ class SyncedRateLimiter(RateLimiter):
         decision = self.decide(route_id, key)
         if decision is not None:
             return decision
-        full = f"{KEY_PREFIX}{route_id}:{key}"
+        full = bucket_key(route_id, key)
         try:
             async with asyncio.timeout(self.timeout):
                 level = await self._call(full, 0)
