@@ -119,7 +119,7 @@ async def test_py_eureka_client_registers_heartbeats_discovers_and_deregisters(
 async def test_eureka_js_client_registers_and_is_routed_to_through_the_gateway(
     components: ComponentFactory, redis_url: str, http: aiohttp.ClientSession
 ) -> None:
-    modules = npm.node_modules(npm.EUREKA_JS)
+    modules = npm.node_modules()
     registry = await components.start("registry", "--redis-url", redis_url, "--token", TOKEN)
     admin = free_port()
     gateway = await components.start(
