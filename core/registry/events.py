@@ -15,9 +15,9 @@ from collections.abc import Callable
 import orjson
 from aiohttp import web
 
+from core.http import CATCH_UP, KEEPALIVE, ChannelHub, frame, open_stream, resume_from
 from core.redis import Redis
 from core.registry.store import CHANNEL, RegistryStore
-from core.sse import CATCH_UP, KEEPALIVE, ChannelHub, frame, open_stream, resume_from
 
 __all__ = ["EventHub", "stream_events"]
 
@@ -47,7 +47,7 @@ async def stream_events(
     """``GET /v1/events?since=REV``: retained events after REV, then live ones, as SSE.
 
     ``Last-Event-ID`` (sent by EventSource on reconnect) takes precedence over
-    ``since`` (:func:`core.sse.resume_from`); the stream opens with a
+    ``since`` (:func:`core.http.resume_from`); the stream opens with a
     ``retry:`` field. When what follows REV is no longer retained, a
     ``resync`` event (data: the current revision) tells the client to list
     everything again.
