@@ -18,14 +18,17 @@ from typing import Any
 import pytest
 import schemathesis
 from aiohttp import web
+from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, Phase, given, settings
 from openapi_spec_validator import validate
 from schemathesis import checks
 
+import configsvc
 import registry
 from core.openapi.spec import drift
 from core.testing import ComponentFactory, RedisServer
 
+TOKEN = "openapi-test-token"
 CHECKS = [
     checks.not_a_server_error,
     checks.status_code_conformance,
@@ -59,6 +62,15 @@ async def test_the_registry_document_is_valid_and_lists_exactly_its_routes(redis
     assert drift(app, doc) == ([], [])
 
 
+async def test_the_config_service_document_is_valid_and_lists_exactly_its_routes(
+    redis_url: str, tmp_path: Path
+) -> None:
+    app = configsvc.build_app(configsvc.Settings(redis_url=redis_url, config_dir=str(tmp_path)))
+    doc = await _document(app)
+    validate(doc)
+    assert drift(app, doc) == ([], [])
+
+
 @pytest.fixture(scope="module")
 def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     redis = RedisServer().start()
@@ -72,8 +84,11 @@ def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         redis.close()
 
 
-def fuzz(base_url: str) -> list[str]:
-    """Run schemathesis on every operation of the document at ``base_url``; the failures."""
+def fuzz(base_url: str, headers: dict[str, str] | None = None) -> list[str]:
+    """Run schemathesis on every operation of the document at ``base_url``; the failures.
+
+    ``headers`` go with every request (a token, so that writes are exercised).
+    """
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     failures: list[str] = []
     for result in schema.get_all_operations():
@@ -82,7 +97,7 @@ def fuzz(base_url: str) -> list[str]:
         @given(case=operation.as_strategy())
         @EXAMPLES
         def run(case: Any) -> None:
-            case.call_and_validate(checks=CHECKS)
+            case.call_and_validate(checks=CHECKS, headers=headers)
 
         try:
             run()
@@ -95,4 +110,29 @@ def fuzz(base_url: str) -> list[str]:
 
 def test_the_registry_answers_as_its_document_says(registry_url: str) -> None:
     failures = fuzz(registry_url)
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.fixture(scope="module")
+def configsvc_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    redis = RedisServer().start()
+    work: Path = tmp_path_factory.mktemp("openapi-configsvc")
+    (work / "config").mkdir()
+    (work / "config" / "application.toml").write_text("[http]\ntimeout = 5\n")
+    (work / "config" / "billing.toml").write_text("[billing]\ntax_rate = 0.2\n")
+    factory = ComponentFactory(work)
+    try:
+        env = {"REDIS_URL": redis.url, "CONFIGSVC_TOKEN": TOKEN,
+               "CONFIGSVC_ENCRYPT_KEY": Fernet.generate_key().decode()}  # fmt: skip
+        component = asyncio.run(
+            factory.start("configsvc", "--config-dir", str(work / "config"), env=env)
+        )
+        yield component.url
+    finally:
+        factory.close()
+        redis.close()
+
+
+def test_the_config_service_answers_as_its_document_says(configsvc_url: str) -> None:
+    failures = fuzz(configsvc_url, {"Authorization": f"Bearer {TOKEN}"})
     assert not failures, "\n\n".join(failures)
