@@ -14,7 +14,7 @@ import asyncio
 import importlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import schemathesis
@@ -25,10 +25,14 @@ from openapi_spec_validator import validate
 from schemathesis import checks
 
 import configsvc
+import gateway
 import registry
 from core.openapi.spec import drift
+from core.proxy import openapi
 from core.service.scaffold import build_app
-from core.testing import ComponentFactory, RedisServer
+from core.testing import ComponentFactory, RedisServer, free_port
+from core.workers.admin import build_admin
+from core.workers.supervisor import Supervisor
 
 TOKEN = "openapi-test-token"
 CHECKS = [
@@ -182,4 +186,42 @@ def test_each_demo_service_answers_as_its_document_says(
     name: str, demo_urls: dict[str, str]
 ) -> None:
     failures = fuzz(demo_urls[name])
+    assert not failures, "\n\n".join(failures)
+
+
+async def test_the_gateway_admin_documents_are_valid_and_list_exactly_their_routes(
+    redis_url: str,
+) -> None:
+    admin, _ = gateway.build_app(gateway.Settings(redis_url=redis_url))
+    doc = await _document(admin)
+    validate(doc)
+    assert drift(admin, doc) == ([], [])
+    # The parent of --workers N: the same API, merged, and /workers.
+    parent = build_admin(cast(Supervisor, None), [])
+    doc = openapi.build(workers=True).document()
+    validate(doc)
+    assert drift(parent, doc) == ([], [])
+
+
+@pytest.fixture(scope="module")
+def gateway_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    redis = RedisServer().start()
+    work: Path = tmp_path_factory.mktemp("openapi-gateway")
+    factory = ComponentFactory(work)
+    admin = free_port()
+    try:
+        asyncio.run(
+            factory.start(
+                "gateway", "--host", "127.0.0.1", "--admin-port", str(admin), "--workers", "1",
+                env={"REDIS_URL": redis.url}, health_port=admin,
+            )
+        )  # fmt: skip
+        yield f"http://127.0.0.1:{admin}"
+    finally:
+        factory.close()
+        redis.close()
+
+
+def test_the_gateway_admin_answers_as_its_document_says(gateway_admin_url: str) -> None:
+    failures = fuzz(gateway_admin_url)
     assert not failures, "\n\n".join(failures)
