@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import os
 import re
 import secrets
@@ -71,6 +72,7 @@ from core.runner import BAD_SETTINGS, Site, configure, run
 from core.security.access import IDENTITY, PUBLIC, Policy, access_middleware
 from core.security.jwks import KeySet
 from core.security.tokens import Verifier
+from core.service.access_log import access_log_middleware
 from core.service.calls import Calls, Timeouts, forwarding_middleware
 from core.settings import CommonSettings, Secret, option
 from core.tasks import TaskSet
@@ -161,6 +163,10 @@ class ServiceSettings(CommonSettings):
     jwt_audience: str = dataclasses.field(
         default="essaim", metadata=option("the aud verified tokens must carry")
     )
+    access_log: bool = dataclasses.field(
+        default=True,
+        metadata=option("one log line per request answered (logger essaim.access)"),
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -215,8 +221,9 @@ class Service:
       object in force;
     - ``calls``: the services it calls (``request.app[CALLS]``);
     - ``emits``: the event types it adds to its outbox (a relay publishes them);
-    - ``handlers``: event type to :data:`EventHandler`, consumed by one
-      consumer of the group named after the service;
+    - ``handlers``: event type to :data:`EventHandler`, called as
+      ``handler(app, conn, event)`` by one consumer of the group named after
+      the service (a handler that can't be called so is refused here);
     - ``settings``: its settings class, :class:`ServiceSettings` or a subclass
       with settings of its own (``request.app[SETTINGS]`` is the object);
     - ``contexts``: cleanup contexts of its own resources, opened after the
@@ -251,10 +258,37 @@ class Service:
             if not method.isupper() or not path.startswith("/"):
                 raise ValueError(f"access: {key!r}: expected 'METHOD /path'")
             Policy.parse(text)
+        for event_type, handler in self.handlers.items():
+            _check_handler(event_type, handler)
 
     @property
     def env_prefix(self) -> str:
         return self.name.upper().replace("-", "_") + "_"
+
+
+def _check_handler(event_type: str, handler: Any) -> None:
+    """Refuse, when the service is declared, a handler the consumer could not call.
+
+    A wrong signature would otherwise show only when the first event comes:
+    a ``TypeError`` on every delivery, then a dead letter.
+    """
+    name = getattr(handler, "__qualname__", repr(handler))
+    if inspect.iscoroutinefunction(handler):
+        raise ValueError(
+            f"handlers[{event_type!r}]: {name} is async; an event handler runs on the "
+            "database's thread, inside the transaction: def handler(app, conn, event) -> None"
+        )
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):
+        return  # no signature to read (a builtin): the first event will tell
+    try:
+        signature.bind(None, None, None)
+    except TypeError:
+        raise ValueError(
+            f"handlers[{event_type!r}]: {name}{signature} can't be called as "
+            "handler(app, conn, event)"
+        ) from None
 
 
 class _Lifecycle:
@@ -594,9 +628,12 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
         response.headers["X-Instance-ID"] = instance_id
         return response
 
+    # The access log sits inside the request's span (its ids) and outside the
+    # problem middleware (the status the client gets).
+    access = [access_log_middleware(service.name, instance_id)] if settings.access_log else []
     app = web.Application(
-        middlewares=[metrics.middleware, identify, forwarding_middleware, problem_middleware,
-                     redis_unavailable(service.name), _database_busy],
+        middlewares=[metrics.middleware, identify, forwarding_middleware, *access,
+                     problem_middleware, redis_unavailable(service.name), _database_busy],
         client_max_size=1024 * 1024,
     )  # fmt: skip
     app[SERVICE] = service
