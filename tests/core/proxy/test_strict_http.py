@@ -7,6 +7,7 @@ upstream server recorded of the request line it got.
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -204,3 +205,14 @@ async def test_via_names_the_clients_protocol_version(
     _, headers, _ = await ask(gw.port, b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
     assert headers["via"] == "1.1 essaim"
     assert b"\r\nvia: 1.1 essaim\r\n" in rec.heads[-1]
+
+
+async def test_the_gateways_problems_name_the_public_path_in_instance(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    _, up = await recorder(upstreams)
+    gw = await gateway(routes(up.url))
+    _, _, body = await ask(gw.port, b"GET /nowhere/x?q=1 HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert json.loads(body)["instance"] == "/nowhere/x"
+    _, _, body = await ask(gw.port, b"GET /api/a/%2e%2e/b HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert json.loads(body)["instance"] == "/api/a/%2e%2e/b"  # refused: as the client wrote it
