@@ -165,19 +165,37 @@ def problem_from_http_exception(exc: web.HTTPException) -> HTTPProblem:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def public_path(request: web.Request, path: str | None = None) -> str:
+    """``path`` (default: the request's) as the client reaches it, behind the gateway's prefix.
+
+    The gateway says in ``X-Forwarded-Prefix`` what it stripped (``/customers``
+    of ``/customers/customers/7`` on a discovery route); a value that is not
+    a path is ignored.
+    """
+    prefix = request.headers.get("X-Forwarded-Prefix", "").rstrip("/")
+    if prefix and not prefix.startswith("/"):
+        prefix = ""
+    return prefix + (request.path if path is None else path)
+
+
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render every error as problem details; log unexpected ones with their traceback."""
+    """Render every error as problem details; log unexpected ones with their traceback.
+
+    The ``instance`` is the public path (:func:`public_path`): the one the
+    client asked for, through the gateway or not.
+    """
     try:
         return await handler(request)
     except HTTPProblem as exc:
-        return exc.to_response(request.path)
+        return exc.to_response(public_path(request))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return problem_from_http_exception(exc).to_response(request.path)
+        return problem_from_http_exception(exc).to_response(public_path(request))
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return InternalError("the server failed to handle this request").to_response(request.path)
+        problem = InternalError("the server failed to handle this request")
+        return problem.to_response(public_path(request))

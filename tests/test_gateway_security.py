@@ -167,6 +167,13 @@ def _hs256_with_public_key(signer: Signer) -> str:
     return f"{header}.{payload}.{b64url(mac)}"
 
 
+def _with_header(signer: Signer, header: Any) -> str:
+    """A token signed by ``signer`` with exactly ``header`` (of any JSON type)."""
+    h = b64url(json.dumps(header).encode())
+    p = b64url(json.dumps(signer.claims()).encode())
+    return f"{h}.{p}.{b64url(signer.private.sign(f'{h}.{p}'.encode()))}"
+
+
 def _alg_none(signer: Signer) -> str:
     header = b64url(json.dumps({"alg": "none", "typ": "JWT", "kid": signer.kid}).encode())
     return f"{header}.{b64url(json.dumps(signer.claims()).encode())}."
@@ -186,15 +193,25 @@ async def test_every_bad_token_is_401_with_invalid_token(redis_url: str, start: 
         "alg none": _alg_none(good),
         "HS256 with the public key": _hs256_with_public_key(good),
         "garbage": "not.a.jwt",
+        # Header fields of the wrong type were a 500 with a traceback (issue 10).
+        "kid a list": _with_header(good, {"alg": "EdDSA", "kid": ["x"]}),
+        "kid a number": _with_header(good, {"alg": "EdDSA", "kid": 1}),
+        "kid an object": _with_header(good, {"alg": "EdDSA", "kid": {}}),
+        "alg a list": _with_header(good, {"alg": ["EdDSA"], "kid": good.kid}),
+        "typ a number": _with_header(good, {"alg": "EdDSA", "kid": good.kid, "typ": 1}),
+        "crit": _with_header(good, {"alg": "EdDSA", "kid": good.kid, "crit": ["exp"]}),
     }
     for what, token in bad.items():
         status, body, headers = await call(gw.url + "/members/x", token)
         assert status == 401, what
-        assert headers["WWW-Authenticate"].startswith('Bearer error="invalid_token"'), what
+        assert headers["WWW-Authenticate"].startswith(
+            'Bearer realm="essaim", error="invalid_token"'
+        ), what
         assert body["status"] == 401, what
     status, body, headers = await call(gw.url + "/members/x")
     assert status == 401
-    assert headers["WWW-Authenticate"].startswith("Bearer")
+    assert headers["WWW-Authenticate"] == 'Bearer realm="essaim"'
+    assert "Traceback" not in gw.comp.log
 
 
 async def test_a_missing_role_is_403(redis_url: str, start: Start) -> None:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from core import log
 from core.errors import (
     BadGateway,
+    BadRequest,
     GatewayTimeout,
     HTTPProblem,
     PayloadTooLarge,
@@ -223,7 +224,10 @@ class Exchange(ResponseSide):
         self.head = None
         self.plan = None
         self.request_line = b""
-        _, _, length, chunked, _, rid, _, _, _ = scan_request(headers)
+        try:
+            _, _, length, chunked, _, rid, _, _, _ = scan_request(headers)
+        except BadRequest:  # two Host lines: the 400 closes the connection anyway
+            length, chunked, rid = None, False, None
         query_at = url.find(b"?")
         self.path = (url if query_at < 0 else url[:query_at]).decode("latin-1")
         self.method_name = self.method.decode("ascii", "replace")
@@ -564,6 +568,7 @@ class Exchange(ResponseSide):
                 date=self.proxy.clock.date(),
                 close=self.close_after,
                 head_only=self.head_only,
+                http11=self.http11,
             )
         )
         self.finish()

@@ -25,10 +25,12 @@ has its own cache by method, host and path.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from core.errors import BadRequest, HTTPProblem, PayloadTooLarge
 from core.proxy.wire import RequestIds, connection_tokens, header_value, scan_request
+from core.routes.path import NEEDS_WORK, normalize_path
 
 if TYPE_CHECKING:
     from core.proxy.router import Plan, Router
@@ -36,7 +38,13 @@ if TYPE_CHECKING:
 __all__ = ["HeaderFacts", "Heads", "Prepared", "RequestHead"]
 
 _CRLF = b"\r\n"
-_VIA = b"via: 1.1 essaim\r\n"
+_PROTOCOL = {True: b"1.1 essaim", False: b"1.0 essaim"}
+_NEEDS_WORK = NEEDS_WORK.search
+# A Host value (RFC 9110 7.2, RFC 3986 3.2.2): an IP literal or a reg-name,
+# then an optional port. Empty is valid (RFC 9112 3.2).
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?")
+# The absolute-form (RFC 9112 3.2.2): scheme, authority, then the rest.
+_ABSOLUTE = re.compile(rb"(?i)https?://([^/?#]*)(.*)", re.DOTALL)
 _PROTO_AND_ID = b"x-forwarded-proto: http\r\nx-request-id: "
 _METHOD_NAMES = {
     m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -75,6 +83,12 @@ class HeaderFacts:
     ``X-Forwarded-For`` and ``-Host`` lines; ``after`` the upstream head after
     the request id (``Via``, framing, the blank line); ``listed`` the names
     that ``Connection`` lists (dropped too when a route drops headers).
+
+    ``host`` is what routing sees: ``authority``, the host of an
+    absolute-form target, when given (it replaces ``Host``, RFC 9112
+    3.2.2), else the ``Host`` header. ``BadRequest`` (RFC 9112 3.2) for an
+    HTTP/1.1 request (``http11``) without ``Host``, any request with two,
+    or a ``Host`` that is not a valid ``host[:port]``.
     """
 
     __slots__ = (
@@ -98,8 +112,17 @@ class HeaderFacts:
         peer: bytes,
         forwarded_for: bytes,
         max_body: int,
+        http11: bool = True,
+        authority: bytes | None = None,
     ) -> None:
         lines, host, length, chunked, xff, rid, expect, connection, via = scan_request(headers)
+        if host is None:
+            if http11:
+                raise BadRequest("an HTTP/1.1 request must have a Host header")
+        elif _HOST.fullmatch(host) is None:
+            raise BadRequest("the Host header is not a valid host[:port]")
+        if authority is not None:
+            host = authority
         listed = connection_tokens(connection) if connection else frozenset()
         if listed:
             lines, host, length, chunked, xff, rid, expect, _, via = scan_request(headers, listed)
@@ -127,7 +150,11 @@ class HeaderFacts:
         if host is not None:
             forwarded += b"x-forwarded-host: " + host + _CRLF
         self.forwarded = forwarded
-        after = [_CRLF, _VIA if via is None else b"via: " + via + b", 1.1 essaim\r\n"]
+        protocol = _PROTOCOL[http11]
+        after = [
+            _CRLF,
+            b"via: " + (protocol if via is None else via + b", " + protocol) + _CRLF,
+        ]
         if length is not None:
             after += (b"content-length: ", length, _CRLF)
         elif chunked:
@@ -146,6 +173,7 @@ class Heads:
         "_facts",
         "_last",
         "forwarded_for",
+        "http11",
         "max_body",
         "peer",
         "router",
@@ -156,6 +184,9 @@ class Heads:
         self.peer = peer
         self.forwarded_for = forwarded_for
         self.max_body = max_body
+        # The client's protocol (HTTP/1.1, else 1.0), set by the connection
+        # from its first request: Host is required of 1.1, Via names it.
+        self.http11 = True
         self._last: tuple[bytes, list[tuple[bytes, bytes]], bytes, int, Prepared] | None = None
         self._facts: HeaderFacts | None = None
         self._assembled: tuple[HeaderFacts, Plan, str, RequestHead] | None = None
@@ -163,7 +194,15 @@ class Heads:
     def prepare(
         self, method: bytes, url: bytes, headers: list[tuple[bytes, bytes]], upgrade: bool
     ) -> Prepared:
-        """``(head, request line, path, method name)``; the ``HTTPProblem`` to answer instead."""
+        """``(head, request line, path, method name)``; the ``HTTPProblem`` to answer instead.
+
+        ``path`` is the normalized public path (:mod:`core.routes.path`):
+        the one routed, judged by the route's policy and, after the route's
+        own prefix stripping or rewrite, sent upstream. ``url`` is the
+        origin-form target (``/path?query``) or the absolute-form
+        (``http://host/path?query``), whose host replaces ``Host``. A
+        fragment (``#``) is refused: a target has none (RFC 9112 3.2).
+        """
         last = self._last
         router = self.router
         if (
@@ -174,13 +213,21 @@ class Heads:
             and last[3] == router.generation
         ):
             return last[4]
-        if upgrade:
+        whole = url
+        authority = None
+        if url[:1] != b"/":
+            if method == b"CONNECT":
+                raise _connect_refused()
+            authority, url = _absolute(url, method)
+        if upgrade or authority is not None:
             facts = HeaderFacts(
                 headers,
-                True,
+                upgrade,
                 peer=self.peer,
                 forwarded_for=self.forwarded_for,
                 max_body=self.max_body,
+                http11=self.http11,
+                authority=authority,
             )
         else:
             facts = self._facts  # type: ignore[assignment]
@@ -191,18 +238,19 @@ class Heads:
                     peer=self.peer,
                     forwarded_for=self.forwarded_for,
                     max_body=self.max_body,
+                    http11=self.http11,
                 )
         if upgrade and method == b"CONNECT":
-            raise HTTPProblem(
-                "CONNECT is not supported by this gateway",
-                status=405,
-                headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
-            )
+            raise _connect_refused()
+        if b"#" in url:
+            raise BadRequest("a request target has no fragment ('#'): RFC 9112 3.2")
         query_at = url.find(b"?")
         raw_path = url if query_at < 0 else url[:query_at]
-        if raw_path[:1] != b"/":
-            raise BadRequest("the request target must be a path (origin-form)")
-        path = raw_path.decode("latin-1")
+        if _NEEDS_WORK(raw_path) is None:
+            path = raw_path.decode("latin-1")  # the common case: already normal, no copy
+        else:
+            path = normalize_path(raw_path.decode("latin-1"))
+            raw_path = path.encode("latin-1")
         method_name = _METHOD_NAMES.get(method) or method.decode("ascii")
         generation = router.generation
         plan, upstream_path, prefix = router.resolve(method_name, facts.host, path, headers)
@@ -227,7 +275,7 @@ class Heads:
         )
         prepared = (head, request_line, path, method_name)
         if not upgrade:
-            self._last = (url, headers, method, generation, prepared)
+            self._last = (whole, headers, method, generation, prepared)
         return prepared
 
     @staticmethod
@@ -243,3 +291,28 @@ class Heads:
             parts += (b"x-forwarded-prefix: ", prefix.encode("latin-1"), _CRLF)
         parts.append(_PROTO_AND_ID)
         return b"".join(parts)
+
+
+def _absolute(url: bytes, method: bytes) -> tuple[bytes, bytes]:
+    """``(authority, origin-form target)`` of an absolute-form target; ``BadRequest`` otherwise.
+
+    ``http://h:8080/a?b`` is ``(b"h:8080", b"/a?b")``; an empty path is ``/``.
+    The authority must be a valid ``host[:port]``, without user info.
+    """
+    m = _ABSOLUTE.fullmatch(url)
+    if m is None:
+        if url == b"*" and method == b"OPTIONS":
+            raise BadRequest("OPTIONS * (the asterisk-form) is not supported by this gateway")
+        raise BadRequest("the request target must be a path (origin-form) or an http(s) URL")
+    authority, rest = m.group(1, 2)
+    if not authority or _HOST.fullmatch(authority) is None:
+        raise BadRequest("the request target's authority is not a valid host[:port]")
+    return authority, rest if rest[:1] == b"/" else b"/" + rest
+
+
+def _connect_refused() -> HTTPProblem:
+    return HTTPProblem(
+        "CONNECT is not supported by this gateway",
+        status=405,
+        headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
+    )

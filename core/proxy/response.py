@@ -5,7 +5,8 @@ that implements :class:`core.proxy.pool.Receiver`: the upstream connection
 calls it as it parses. A 502/503/504 head may still be retried (nothing was
 written to the client yet); any other head is written to the client with
 the gateway's framing (``Content-Length`` kept, else chunked for HTTP/1.1,
-else until close), its own ``X-Request-ID`` and ``Via``, and the body
+else until close), its own ``X-Request-ID`` and ``Via``, a ``Date`` when
+the upstream sent none, and the body
 follows as it comes, collected and written once per read.
 
 The phases of an exchange and the reasons a client connection stops reading
@@ -14,6 +15,7 @@ are defined here, where both halves of the exchange see them.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from core import log
@@ -53,7 +55,9 @@ PAUSE_UPSTREAM = 2  # the upstream takes the body slower than the client sends i
 
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
-_VIA = b"via: 1.1 essaim\r\n"
+# Via names the protocol the client spoke (HTTP/1.1, else 1.0).
+_PROTOCOL = {True: b"1.1 essaim", False: b"1.0 essaim"}
+_DATED = re.compile(rb"\r\ndate:", re.IGNORECASE).search
 _CLOSE = b"connection: close\r\n"
 _KEEP_ALIVE = b"connection: keep-alive\r\n"
 _RETRY_STATUSES = frozenset((502, 503, 504))
@@ -126,12 +130,14 @@ class ResponseSide:
         ):
             # The same head as the last response of this route (a static file
             # within the same second, a health check): filtered and framed already.
-            _, _, prefix, mode, eof, via_line = memo
+            _, _, prefix, mode, eof, via_line, dated = memo
             self.resp_mode = mode
             self.upstream_eof = eof
         else:
-            prefix, via_line = self._frame(plan, status, block)
+            prefix, via_line, dated = self._frame(plan, status, block)
         tail = [prefix, b"x-request-id: ", self.request_id, _CRLF, self.rate_lines, via_line]
+        if not dated:
+            tail += (b"date: ", self.proxy.clock.date(), _CRLF)
         if self.proxy.draining or (self.upgrade and status != 101):
             self.close_after = True
         if status != 101:
@@ -145,8 +151,12 @@ class ResponseSide:
         else:
             self.out.append(b"".join(tail))
 
-    def _frame(self, plan: Plan, status: int, block: bytes) -> tuple[bytes, bytes]:
-        """The response head up to the gateway's own lines, and the ``Via`` line; sets the framing.
+    def _frame(self, plan: Plan, status: int, block: bytes) -> tuple[bytes, bytes, bool]:
+        """The head up to the gateway's own lines, the ``Via`` line, whether it is dated; sets the framing.
+
+        A response without ``Date`` gets the gateway's (RFC 9110 6.6.1: an
+        origin with a clock must send one; the gateway has one), except an
+        interim or 101 response.
 
         Remembered on the plan for the next response with the same status and
         head, when nothing about this request changes the framing.
@@ -171,7 +181,9 @@ class ResponseSide:
                 self.resp_mode = UNTIL_CLOSE
                 self.close_after = True
         prefix = b"".join(out)
-        via_line = _VIA if via is None else b"via: " + via + b", 1.1 essaim\r\n"
+        protocol = _PROTOCOL[self.http11]
+        via_line = b"via: " + (protocol if via is None else via + b", " + protocol) + _CRLF
+        dated = status < 200 or _DATED(block) is not None
         if self.http11 and not self.head_only and not self.upgrade and status != 101:
             plan.last_response = (
                 status,
@@ -180,8 +192,9 @@ class ResponseSide:
                 self.resp_mode,
                 self.upstream_eof,
                 via_line,
+                dated,
             )
-        return prefix, via_line
+        return prefix, via_line, dated
 
     def upstream_interim(self, status: int, block: bytes) -> None:
         # 100 Continue was the gateway's to send (Expect is not forwarded); others

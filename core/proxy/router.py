@@ -30,7 +30,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from core import log
-from core.errors import BadRequest, NotFound, ServiceUnavailable
+from core.errors import NotFound, ServiceUnavailable
 from core.proxy.guard import Guard
 from core.proxy.stats import Row
 from core.proxy.wire import header_pattern
@@ -53,7 +53,6 @@ DISCOVERY_ROUTE = "discovery"
 
 DEFAULT_POLICY = UpstreamPolicy()
 _NO_HEADERS: dict[str, str] = {}
-_DOTS = frozenset((".", ".."))
 # Routing decisions kept by method, host and path (cleared whole when full).
 _CACHE_SIZE = 4096
 DEFAULT_RETRY = RetryPolicy()
@@ -85,8 +84,8 @@ class Plan:
     guard: Guard | None = None
     # A one-entry memo of the last response head framed for this route:
     # (status, raw header block, head up to the gateway's lines, body mode,
-    # body ends with the connection, Via line); see core.proxy.response.
-    last_response: tuple[int, bytes, bytes, int, bool, bytes] | None = None
+    # body ends with the connection, Via line, has a Date); see core.proxy.response.
+    last_response: tuple[int, bytes, bytes, int, bool, bytes, bool] | None = None
     # The route's counters (core.proxy.stats.Row), found on its first request.
     row: Row | None = None
 
@@ -175,7 +174,8 @@ class Router:
     ) -> tuple[Plan, str, str]:
         """``(plan, upstream path, stripped prefix)`` for a request; an ``HTTPProblem`` if none.
 
-        ``path`` is the raw request path without its query.
+        ``path`` is the request path without its query, normalized
+        (:func:`core.routes.path.normalize_path`).
         """
         key = (method, host, path)
         cached = self._cache.get(key)
@@ -206,8 +206,6 @@ class Router:
                 upstream_path = route.upstream_path(params, path)
                 stripped = _stripped(route, path) if route.strip_prefix else ""
                 return self._plans[route.id], upstream_path, stripped
-        if "/." in path and not _DOTS.isdisjoint(path.split("/")):
-            raise BadRequest("a path with '.' or '..' segments is not routed")
         end = path.find("/", 1)
         service = path[1:end] if end > 0 else path[1:]
         found = self._discovery.get(service)

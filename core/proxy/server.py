@@ -55,6 +55,12 @@ class _HeadTooLarge(Exception):
     pass
 
 
+def _version_refused(version: str) -> HTTPProblem:
+    if version.startswith("0."):
+        return BadRequest("a request line must end with HTTP/1.1 or HTTP/1.0 (HTTP/0.9 is refused)")
+    return HTTPProblem(f"HTTP/{version} is not supported: use HTTP/1.1", status=505)
+
+
 class ClientConnection(asyncio.Protocol):
     """One client connection: parsing, limits, pipelining, flow control."""
 
@@ -257,12 +263,19 @@ class ClientConnection(asyncio.Protocol):
                 raise _HeadTooLarge
         parser = self.parser
         http11 = self.http11
-        if http11 is None:
-            # Taken from the first request: clients don't change versions mid-connection.
-            http11 = self.http11 = parser.get_http_version() == "1.1"
+        keep_alive = parser.should_keep_alive()
+        if http11 is None or not keep_alive:
+            # The version is read from the first request (clients don't change
+            # versions mid-connection) and from any that ends the connection:
+            # HTTP/0.9 has no keep-alive, so none passes unseen, and reading
+            # it costs more than a whole route match.
+            version = parser.get_http_version()
+            if version != "1.1" and version != "1.0":
+                raise _version_refused(version)
+            if http11 is None:
+                http11 = self.http11 = self.heads.http11 = version == "1.1"
         method = parser.get_method()
         url = self.url
-        keep_alive = parser.should_keep_alive()
         upgrade = parser.should_upgrade()
         exchange = Exchange(self, method, url, headers, keep_alive, http11, upgrade)
         self.simple = (
@@ -379,6 +392,8 @@ class ClientConnection(asyncio.Protocol):
         if self.too_large:
             limit = self.proxy.limits.max_head
             problem: HTTPProblem = HeaderTooLarge(f"the request head is over {limit} bytes")
+        elif isinstance(cause, HTTPProblem):  # refused by a callback (the HTTP version)
+            problem = cause
         elif cause is not None and not isinstance(cause, _HeadTooLarge):
             logger.error("handling a request head failed", exc_info=cause)
             problem = InternalError("the gateway failed to handle this request")
@@ -402,6 +417,7 @@ class ClientConnection(asyncio.Protocol):
                 request_id=self.proxy.ids.new(),
                 date=self.proxy.clock.date(),
                 close=True,
+                http11=self.http11 is not False,
             )
         )
         self.proxy.stats.request("unmatched", "unmatched", problem.status, 0.0)

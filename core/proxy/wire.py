@@ -18,7 +18,7 @@ from http import HTTPStatus
 
 import orjson
 
-from core.errors import HTTPProblem
+from core.errors import BadRequest, HTTPProblem
 
 __all__ = [
     "HOP_BY_HOP",
@@ -134,7 +134,8 @@ def scan_request(
     the ones the gateway sets itself and the names in ``drop`` left out); the
     others are what the gateway needs (None when absent). Repeated
     ``X-Forwarded-For`` and ``Via`` values are joined with ``", "``,
-    ``Connection`` values with ``","``.
+    ``Connection`` values with ``","``. Two ``Host`` lines are a
+    ``BadRequest``: which one would the route and the upstream each believe?
     """
     lines: list[bytes] = []
     host = length = xff = rid = expect = via = None
@@ -146,6 +147,8 @@ def scan_request(
         if low not in special:
             lines.append(name + b": " + value + b"\r\n")
         elif low == b"host":
+            if host is not None:
+                raise BadRequest("a request must not have two Host headers (RFC 9112 3.2)")
             host = value
         elif low == b"content-length":
             length = value
@@ -295,12 +298,14 @@ def problem_response(
     close: bool,
     head_only: bool = False,
     extra_headers: Iterable[bytes] = (),
+    http11: bool = True,
 ) -> bytes:
     """A whole problem-details response (RFC 9457) as bytes.
 
     The body has the problem's members, ``instance`` (the request path) and
     ``request_id``; the head has the problem's own headers (``Retry-After``),
-    ``X-Request-ID``, ``Via`` and ``Connection: close`` when ``close``.
+    ``X-Request-ID``, ``Via`` (naming the client's protocol: ``1.0 essaim``
+    unless ``http11``) and ``Connection: close`` when ``close``.
     ``head_only`` leaves the body out (a HEAD request) but keeps its length.
     """
     doc = problem.body(instance)
@@ -311,7 +316,7 @@ def problem_response(
         b"content-type: application/problem+json\r\ncontent-length: %d\r\n" % len(body),
         b"date: " + date + b"\r\n",
         b"x-request-id: " + request_id + b"\r\n",
-        b"via: 1.1 essaim\r\n",
+        b"via: 1.1 essaim\r\n" if http11 else b"via: 1.0 essaim\r\n",
     ]
     for name, value in problem.headers.items():
         parts.append(f"{name}: {value}\r\n".encode("latin-1"))

@@ -5,7 +5,9 @@ Public face:
 - :class:`core.routes.table.RouteTable` (parse, match) and
   :class:`~core.routes.table.RouteError`;
 - :mod:`core.routes.sources`: where tables come from (a file or configsvc),
-  installed into whatever the caller hands in.
+  installed into whatever the caller hands in;
+- :func:`core.routes.path.normalize_path`: the one normalized request path
+  that the data plane matches, judges and forwards.
 
 :mod:`core.routes.parse` (the format) and :mod:`core.routes.trie` (the
 matching structure) are internal to the package.

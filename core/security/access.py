@@ -4,7 +4,7 @@ A policy is written ``public``, ``authenticated`` or ``roles:a,b`` (any one
 of the roles suffices), the format of the gateway's route ``auth`` field.
 :meth:`Policy.check` answers the question "may this identity pass?" with
 nothing, :class:`~core.errors.Unauthorized` (no identity: 401 with a
-``WWW-Authenticate: Bearer`` challenge) or :class:`~core.errors.Forbidden`
+``WWW-Authenticate: Bearer realm="essaim"`` challenge) or :class:`~core.errors.Forbidden`
 (403, ``error="insufficient_scope"``).
 
 :func:`authorize` is the whole step for one request: the ``Authorization``
@@ -28,7 +28,14 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from core.errors import Forbidden, Unauthorized
-from core.security.tokens import ROLE_RE, Identity, UnknownKeyError, Verifier, bearer_token
+from core.security.tokens import (
+    ROLE_RE,
+    Identity,
+    UnknownKeyError,
+    Verifier,
+    bearer_token,
+    challenge,
+)
 
 __all__ = [
     "IDENTITY",
@@ -84,15 +91,16 @@ class Policy:
             return
         if identity is None:
             raise Unauthorized(
-                "this route needs a bearer token", headers={"WWW-Authenticate": "Bearer"}
+                "this route needs a bearer token", headers={"WWW-Authenticate": challenge()}
             )
         if self.kind == "roles" and not identity.has_any(self.roles):
             wanted = ", ".join(sorted(self.roles))
             raise Forbidden(
                 f"this route needs one of the roles: {wanted}",
                 headers={
-                    "WWW-Authenticate": 'Bearer error="insufficient_scope", '
-                    f'error_description="needs one of the roles: {wanted}"'
+                    "WWW-Authenticate": challenge(
+                        "insufficient_scope", f"needs one of the roles: {wanted}"
+                    )
                 },
             )
 

@@ -113,8 +113,8 @@ class KeySet:
         self._failing = False
 
     def get(self, kid: str) -> Ed25519PublicKey | None:
-        """The key named ``kid``, or None when the set does not hold it."""
-        return self.keys.get(kid)
+        """The key named ``kid``, or None when the set does not hold it (or ``kid`` is no string)."""
+        return self.keys.get(kid) if isinstance(kid, str) else None
 
     def load(self, doc: Any) -> None:
         """Replace the set by the keys of JWKS document ``doc`` (``ValueError`` if not one)."""

@@ -1,11 +1,14 @@
 """Verifying access tokens: EdDSA JWTs checked against a :class:`~core.security.jwks.KeySet`.
 
 :class:`Verifier` turns a bearer token into an :class:`Identity` or raises
-:class:`TokenError` (401 with ``WWW-Authenticate: Bearer error="invalid_token"``).
+:class:`TokenError` (401 with ``WWW-Authenticate: Bearer realm="essaim", error="invalid_token"``).
 The signature is checked by PyJWT with ``algorithms=["EdDSA"]`` and nothing
 else, against the key named by the token's ``kid``: ``alg: none``, an HS256
 token "signed" with the public key, or a key of another type are refused
-before any key is used. ``iss`` and ``aud`` must match; ``exp``, ``nbf`` and
+before any key is used, and so is a header with a field of the wrong type
+(``"kid": ["x"]``) or a field our issuer never writes (only ``alg``, ``kid``,
+``typ``): every malformed token is a :class:`TokenError`, never another
+exception. ``iss`` and ``aud`` must match; ``exp``, ``nbf`` and
 ``iat`` are checked against the verifier's own clock with ``leeway`` seconds
 of tolerance, so that a cached verification and a full one always agree.
 
@@ -20,6 +23,7 @@ withdrawn from the key set, the whole cache is forgotten.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -41,6 +45,7 @@ from core.errors import Unauthorized
 from core.security.jwks import KeySet
 
 __all__ = [
+    "REALM",
     "ROLE_RE",
     "SUBJECT_RE",
     "Identity",
@@ -48,6 +53,7 @@ __all__ = [
     "UnknownKeyError",
     "Verifier",
     "bearer_token",
+    "challenge",
 ]
 
 #: A role name, as in route policies (``roles:a,b``).
@@ -58,22 +64,38 @@ SUBJECT_RE = re.compile(r"^[!-+\--~]{1,256}$")
 MAX_TOKEN_BYTES = 8192
 #: Claims every access token must carry.
 REQUIRED_CLAIMS = ("exp", "iat", "sub", "iss", "aud")
+#: The header fields an access token may have (the auth service writes these).
+_HEADER_FIELDS = frozenset(("alg", "kid", "typ"))
+#: The ``realm`` of every ``WWW-Authenticate: Bearer`` challenge (RFC 6750 3).
+REALM = "essaim"
+
+
+def challenge(error: str | None = None, description: str | None = None) -> str:
+    """A ``WWW-Authenticate: Bearer`` value: ``realm``, then ``error`` and its description.
+
+    RFC 6750 section 3: a challenge to a request that carried no token has
+    no ``error``; one that carried a bad token says ``invalid_token``.
+    """
+    value = f'Bearer realm="{REALM}"'
+    if error is not None:
+        value += f', error="{error}"'
+    if description is not None:
+        value += f', error_description="{description}"'
+    return value
 
 
 class TokenError(Unauthorized):
     """The bearer token is not acceptable; ``reason`` says why, in a few words.
 
-    Answered as 401 with ``WWW-Authenticate: Bearer error="invalid_token",
-    error_description="<reason>"`` (RFC 6750 section 3.1).
+    Answered as 401 with ``WWW-Authenticate: Bearer realm="essaim",
+    error="invalid_token", error_description="<reason>"`` (RFC 6750 section 3.1).
     """
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(
             f"the bearer token is invalid: {reason}",
-            headers={
-                "WWW-Authenticate": f'Bearer error="invalid_token", error_description="{reason}"'
-            },
+            headers={"WWW-Authenticate": challenge("invalid_token", reason)},
         )
 
 
@@ -206,13 +228,16 @@ class Verifier:
             raise TokenError("token too long")
         try:
             header = jwt.get_unverified_header(token)
-        except DecodeError:
+        except InvalidTokenError:  # DecodeError, and PyJWT's own header checks ("kid": [])
             raise TokenError("malformed token") from None
         if header.get("alg") != "EdDSA":
             raise TokenError("algorithm not allowed")
         kid = header.get("kid")
-        if not isinstance(kid, str):
+        if not isinstance(kid, str) or not kid:
             raise TokenError("no key id")
+        if not _HEADER_FIELDS.issuperset(header) or not isinstance(header.get("typ", ""), str):
+            # Our issuer writes alg, kid and typ; anything else (crit, jku, x5c...) is not ours.
+            raise TokenError("unexpected header field")
         key = self.keys.get(kid)
         if key is None:
             raise UnknownKeyError(kid)
@@ -245,6 +270,9 @@ class Verifier:
             raise TokenError("malformed token") from None
         except InvalidTokenError:
             raise TokenError("invalid token") from None
+        except (TypeError, ValueError, KeyError, OverflowError):
+            # A claim of a type PyJWT did not expect: still only a bad token.
+            raise TokenError("malformed token") from None
         return self._identity(claims)
 
     def _identity(self, claims: dict[str, Any]) -> Identity:
@@ -272,4 +300,10 @@ def _number(claims: Mapping[str, Any], name: str) -> float:
     value = claims[name]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TokenError(f"claim {name} is not a number")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        raise TokenError(f"claim {name} is not a finite number") from None
+    if not math.isfinite(number):  # JSON's Infinity and NaN, which Python's parser accepts
+        raise TokenError(f"claim {name} is not a finite number")
+    return number

@@ -56,7 +56,7 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from core import log
+from core import errors, log
 from core.config.client import ConfigClient, TypedView
 from core.db import Database, Migration
 from core.errors import ServiceUnavailable, SettingsError, problem_middleware
@@ -505,10 +505,7 @@ def public_path(request: web.Request, path: str) -> str:
     For ``Location`` headers: ``/customers/7`` answered through the gateway's
     discovery route is ``/customers/customers/7`` for the client.
     """
-    prefix = request.headers.get("X-Forwarded-Prefix", "").rstrip("/")
-    if prefix and not prefix.startswith("/"):
-        prefix = ""
-    return prefix + path
+    return errors.public_path(request, path)
 
 
 async def health(request: web.Request) -> web.Response:

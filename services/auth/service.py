@@ -3,7 +3,7 @@
 | method and path | answer |
 |---|---|
 | ``POST /token`` | ``{username, password}``: ``{access_token, token_type, expires_in, refresh_token, refresh_expires_in}`` |
-| ``POST /token/refresh`` | ``{refresh_token}``: new tokens; the refresh token given is spent |
+| ``POST /token/refresh`` | ``{refresh_token}``: new tokens; the refresh token given is spent; 400 ``invalid_grant`` if refused |
 | ``POST /token/revoke`` | ``{refresh_token}``: 200 whether or not it was known (RFC 7009) |
 | ``GET /.well-known/jwks.json`` | the public keys, by ``kid`` |
 | ``POST /keys/rotate`` | a new key signs from now on (needs a token with the admin role) |
@@ -37,7 +37,7 @@ from typing import Any
 from aiohttp import web
 
 from core import log
-from core.errors import SettingsError, TooManyRequests, Unauthorized
+from core.errors import BadRequest, SettingsError, TooManyRequests, Unauthorized
 from core.http import json_response, read_json
 from core.security.access import Policy, authorize_async
 from core.security.jwks import KeySet
@@ -346,6 +346,16 @@ def _refresh_token(body: Any) -> str:
     return value
 
 
+def _invalid_grant(detail: str) -> BadRequest:
+    """A refused refresh: RFC 6749 5.2's ``invalid_grant`` (400), in problem details.
+
+    The body carries both formats' members: ``error`` and
+    ``error_description`` for OAuth 2.0 clients, ``type``, ``title``,
+    ``status`` and ``detail`` for the rest (RFC 9457 allows extensions).
+    """
+    return BadRequest(detail, error="invalid_grant", error_description=detail, headers=NO_STORE)
+
+
 @routes.post("/token/refresh")
 async def refresh_tokens(request: web.Request) -> web.Response:
     """Spend a refresh token for new tokens; a reused one revokes its whole family."""
@@ -367,10 +377,10 @@ async def refresh_tokens(request: web.Request) -> web.Response:
     result = await db.transaction(spend)
     if isinstance(result, refresh.InvalidRefreshToken):
         logger.info("refresh refused: %s", result.reason)
-        raise Unauthorized(f"invalid refresh token: {result.reason}")
+        raise _invalid_grant(f"invalid refresh token: {result.reason}")
     user, new_token = result
     if user is None or user.disabled:
-        raise Unauthorized("invalid refresh token: the user is gone")
+        raise _invalid_grant("invalid refresh token: the user is gone")
     await maintain_keys(app)
     return json_response(_tokens(state, user, new_token), headers=NO_STORE)
 

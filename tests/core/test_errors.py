@@ -46,6 +46,16 @@ async def test_problem_has_type_title_status_detail_instance(
     }
 
 
+async def test_behind_the_gateway_the_instance_is_the_public_path_with_its_prefix(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+) -> None:
+    client = await make(aiohttp_client)
+    resp = await client.get("/missing", headers={"X-Forwarded-Prefix": "/customers"})
+    assert (await resp.json())["instance"] == "/customers/missing"
+    resp = await client.get("/missing", headers={"X-Forwarded-Prefix": "not-a-path"})
+    assert (await resp.json())["instance"] == "/missing"
+
+
 async def test_extension_members_and_headers_are_kept(
     aiohttp_client: Callable[..., Awaitable[Client]],
 ) -> None:

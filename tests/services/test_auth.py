@@ -222,11 +222,15 @@ async def test_refresh_spends_the_token_and_a_reuse_revokes_the_session(auth: Cl
     assert second["access_token"] != first["access_token"]
 
     reuse = await auth.post("/token/refresh", json={"refresh_token": first["refresh_token"]})
-    assert reuse.status == 401
-    assert (await reuse.json())["detail"] == "invalid refresh token: reused: the session is revoked"
+    assert reuse.status == 400  # RFC 6749 5.2: invalid_grant, not 401
+    refused = await reuse.json()
+    assert refused["error"] == "invalid_grant"
+    assert refused["detail"] == "invalid refresh token: reused: the session is revoked"
+    assert refused["error_description"] == refused["detail"]
+    assert reuse.headers["Cache-Control"] == "no-store"
     # The thief may hold the second token: it is revoked too.
     r = await auth.post("/token/refresh", json={"refresh_token": second["refresh_token"]})
-    assert (r.status, (await r.json())["detail"]) == (401, "invalid refresh token: revoked")
+    assert (r.status, (await r.json())["detail"]) == (400, "invalid refresh token: revoked")
 
 
 async def test_revoked_refresh_token_no_longer_works(auth: Client) -> None:
@@ -234,7 +238,7 @@ async def test_revoked_refresh_token_no_longer_works(auth: Client) -> None:
     r = await auth.post("/token/revoke", json={"refresh_token": session["refresh_token"]})
     assert (r.status, await r.json()) == (200, {})
     r = await auth.post("/token/refresh", json={"refresh_token": session["refresh_token"]})
-    assert r.status == 401
+    assert (r.status, (await r.json())["error"]) == (400, "invalid_grant")
     unknown = await auth.post("/token/revoke", json={"refresh_token": "never-issued"})
     assert unknown.status == 200  # RFC 7009: no oracle for valid tokens
 
@@ -243,7 +247,7 @@ async def test_refresh_token_expires(auth: Client, clock: Clock) -> None:
     session = await tokens(auth)
     clock.now += 8 * 3600
     r = await auth.post("/token/refresh", json={"refresh_token": session["refresh_token"]})
-    assert (r.status, (await r.json())["detail"]) == (401, "invalid refresh token: expired")
+    assert (r.status, (await r.json())["detail"]) == (400, "invalid refresh token: expired")
 
 
 async def test_jwks_publishes_the_signing_key_and_the_next_one(auth: Client) -> None:

@@ -305,7 +305,10 @@ async def test_given_a_jwks_url_inventory_checks_tokens_itself_anyone_reads_admi
     body = {"name": "Webcam", "price": 59.5, "quantity": 12}
 
     anonymous = await client.post("/products", json=body)
-    assert (anonymous.status, anonymous.headers["WWW-Authenticate"]) == (401, "Bearer")
+    assert (anonymous.status, anonymous.headers["WWW-Authenticate"]) == (
+        401,
+        'Bearer realm="essaim"',
+    )
     assert (await anonymous.json())["detail"] == "this route needs a bearer token"
     refused = await client.post("/products", json=body, headers=alice)
     assert refused.status == 403

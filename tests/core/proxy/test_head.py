@@ -50,9 +50,9 @@ def test_prepare_builds_the_upstream_head_around_the_request_id() -> None:
 def test_prepare_refuses_what_cannot_go() -> None:
     heads = heads_for(router_with({"id": "a", "prefix": "/", "urls": ["http://up:1"]}), 10)
     with pytest.raises(PayloadTooLarge):
-        heads.prepare(b"PUT", b"/", [(b"Content-Length", b"11")], False)
+        heads.prepare(b"PUT", b"/", [(b"Host", b"h"), (b"Content-Length", b"11")], False)
     with pytest.raises(HTTPProblem) as info:
-        heads.prepare(b"GET", b"/", [(b"Expect", b"magic")], False)
+        heads.prepare(b"GET", b"/", [(b"Host", b"h"), (b"Expect", b"magic")], False)
     assert info.value.status == 417
 
 

@@ -42,7 +42,7 @@ def test_missing_identity_is_401_with_a_bearer_challenge() -> None:
         with pytest.raises(Unauthorized) as info:
             Policy.parse(text).check(None)
         assert info.value.status == 401
-        assert info.value.headers["WWW-Authenticate"] == "Bearer"
+        assert info.value.headers["WWW-Authenticate"] == 'Bearer realm="essaim"'
 
 
 def test_missing_role_is_403() -> None:
@@ -105,7 +105,7 @@ async def test_service_middleware_enforces_policies_and_sets_the_identity(
     assert (r.status, await r.json()) == (200, {"sub": None})
     r = await client.post("/whoami")
     assert r.status == 401
-    assert r.headers["WWW-Authenticate"] == "Bearer"
+    assert r.headers["WWW-Authenticate"] == 'Bearer realm="essaim"'
     assert r.content_type == "application/problem+json"
     r = await client.post("/whoami", headers={"Authorization": f"Bearer {a.token()}"})
     assert r.status == 403
@@ -114,4 +114,4 @@ async def test_service_middleware_enforces_policies_and_sets_the_identity(
     assert (r.status, await r.json()) == (200, {"sub": "boss"})
     r = await client.post("/whoami", headers={"Authorization": f"Bearer {a.token(ttl=-60)}"})
     assert r.status == 401
-    assert r.headers["WWW-Authenticate"].startswith('Bearer error="invalid_token"')
+    assert r.headers["WWW-Authenticate"].startswith('Bearer realm="essaim", error="invalid_token"')

@@ -69,7 +69,7 @@ def test_error_is_a_401_with_an_invalid_token_challenge() -> None:
     exc = info.value
     assert exc.status == 401
     assert exc.headers["WWW-Authenticate"] == (
-        'Bearer error="invalid_token", error_description="token expired"'
+        'Bearer realm="essaim", error="invalid_token", error_description="token expired"'
     )
     assert exc.body()["detail"] == "the bearer token is invalid: token expired"
 
