@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from core.proxy.head import Heads
     from core.proxy.pool import Pool, UpstreamConnection
     from core.proxy.stats import Stats
-    from core.proxy.wire import Clock, RequestIds
+    from core.proxy.wire import Clock, RequestIds, TraceIds
     from core.upstream.upstream import Endpoint
 
 __all__ = ["Client", "Limits", "Proxy"]
@@ -44,6 +44,7 @@ class Proxy(Protocol):
     pool: Pool
     stats: Stats
     ids: RequestIds
+    traces: TraceIds
     clock: Clock
     active: int
     draining: bool

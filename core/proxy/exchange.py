@@ -65,6 +65,8 @@ __all__ = ["DONE", "PAUSE_BUFFER", "PAUSE_UPSTREAM", "Exchange"]
 
 _LAST_CHUNK = b"0\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_TRACEPARENT = b"traceparent: 00-"
+_CRLF = b"\r\n"
 
 
 class Exchange(ResponseSide):
@@ -105,11 +107,13 @@ class Exchange(ResponseSide):
         "request_line",
         "resp_mode",
         "sent",
+        "span_id",
         "started",
         "started_at",
         "status",
         "t0",
         "total_deadline",
+        "trace_id",
         "tried",
         "upgrade",
     )
@@ -210,6 +214,9 @@ class Exchange(ResponseSide):
         self.path = path
         self.method_name = method_name
         self.request_id = proxy.ids.new() if head.client_id is None else head.client_id
+        # The gateway's span of the client's trace (or of a trace it starts).
+        self.trace_id = proxy.traces.trace() if head.trace_id is None else head.trace_id
+        self.span_id = proxy.traces.span()
         if head.chunked:
             self.chunked = True
         elif not head.length:
@@ -225,7 +232,7 @@ class Exchange(ResponseSide):
         self.plan = None
         self.request_line = b""
         try:
-            _, _, length, chunked, _, rid, _, _, _ = scan_request(headers)
+            _, _, length, chunked, _, rid, _, _, _, _ = scan_request(headers)
         except BadRequest:  # two Host lines: the 400 closes the connection anyway
             length, chunked, rid = None, False, None
         query_at = url.find(b"?")
@@ -357,6 +364,13 @@ class Exchange(ResponseSide):
         data = [
             self.request_line,
             self.proxy.host_line(self.endpoint),
+            _TRACEPARENT,
+            self.trace_id,
+            b"-",
+            self.span_id,
+            b"-",
+            head.trace_flags,
+            _CRLF,
             self.identity,
             head.before_id,
             self.request_id,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from core.errors import BadRequest, HTTPProblem, PayloadTooLarge
 from core.proxy.wire import RequestIds, connection_tokens, header_value, scan_request
 from core.routes.path import NEEDS_WORK, normalize_path
+from core.trace import parse_traceparent
 
 if TYPE_CHECKING:
     from core.proxy.router import Plan, Router
@@ -57,16 +58,29 @@ class RequestHead:
     ``before_id`` and ``after_id`` are the upstream head after its ``Host``
     line, around the request id's value (the request line comes apart).
     ``client_id`` is the client's ``X-Request-ID`` when usable (else each
-    request gets a new one).
+    request gets a new one); ``trace_id`` and ``trace_flags`` those of the
+    client's valid ``traceparent`` (else each request starts a trace).
     """
 
-    __slots__ = ("after_id", "before_id", "chunked", "client_id", "continue_", "length", "plan")
+    __slots__ = (
+        "after_id",
+        "before_id",
+        "chunked",
+        "client_id",
+        "continue_",
+        "length",
+        "plan",
+        "trace_flags",
+        "trace_id",
+    )
 
     def __init__(self, plan: Plan, before_id: bytes, facts: HeaderFacts) -> None:
         self.plan = plan
         self.before_id = before_id
         self.after_id = facts.after
         self.client_id = facts.client_id
+        self.trace_id = facts.trace_id
+        self.trace_flags = facts.trace_flags
         self.length = facts.size
         self.chunked = facts.chunked
         self.continue_ = facts.continue_
@@ -102,6 +116,8 @@ class HeaderFacts:
         "lines",
         "listed",
         "size",
+        "trace_flags",
+        "trace_id",
     )
 
     def __init__(
@@ -115,7 +131,7 @@ class HeaderFacts:
         http11: bool = True,
         authority: bytes | None = None,
     ) -> None:
-        lines, host, length, chunked, xff, rid, expect, connection, via = scan_request(headers)
+        lines, host, length, chunked, xff, rid, expect, connection, via, tp = scan_request(headers)
         if host is None:
             if http11:
                 raise BadRequest("an HTTP/1.1 request must have a Host header")
@@ -125,7 +141,9 @@ class HeaderFacts:
             host = authority
         listed = connection_tokens(connection) if connection else frozenset()
         if listed:
-            lines, host, length, chunked, xff, rid, expect, _, via = scan_request(headers, listed)
+            lines, host, length, chunked, xff, rid, expect, _, via, tp = scan_request(
+                headers, listed
+            )
         size = None
         if length is not None:
             size = int(length)
@@ -144,6 +162,13 @@ class HeaderFacts:
         self.continue_ = continue_
         self.listed = listed
         self.client_id = None if rid is None else RequestIds.usable(rid)
+        self.trace_id: bytes | None = None
+        self.trace_flags = b"01"
+        if tp is not None:
+            parsed = parse_traceparent(tp.decode("latin-1"))
+            if parsed is not None:
+                self.trace_id, _, flags = (part.encode() for part in parsed)
+                self.trace_flags = flags
         forwarded = (
             forwarded_for if xff is None else b"x-forwarded-for: " + xff + b", " + peer + _CRLF
         )

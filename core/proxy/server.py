@@ -34,7 +34,7 @@ from core.proxy.exchange import DONE, PAUSE_BUFFER, Exchange
 from core.proxy.head import Heads
 from core.proxy.pool import Pool, UpstreamConnection
 from core.proxy.stats import Stats
-from core.proxy.wire import Clock, RequestIds, problem_response
+from core.proxy.wire import Clock, RequestIds, TraceIds, problem_response
 from core.upstream.upstream import Endpoint
 
 if TYPE_CHECKING:
@@ -465,6 +465,7 @@ class ProxyServer:
         self.pool = pool or Pool()
         self.stats = stats or Stats()
         self.ids = RequestIds()
+        self.traces = TraceIds()
         self.clock = Clock()
         self.tick = tick
         self.connections: set[ClientConnection] = set()

@@ -27,6 +27,7 @@ __all__ = [
     "STATUS_PREFIXES",
     "Clock",
     "RequestIds",
+    "TraceIds",
     "chunk",
     "connection_tokens",
     "header_pattern",
@@ -64,6 +65,8 @@ _REQUEST_SPECIAL = HOP_BY_HOP | frozenset(
         b"x-forwarded-prefix",
         b"x-request-id",
         b"via",
+        # The gateway's span is the parent of what it sends upstream (W3C Trace Context).
+        b"traceparent",
         # The identity is the gateway's to assert (core.proxy.guard): a
         # client's own claim never reaches a service, on any route.
         b"x-user-id",
@@ -125,11 +128,12 @@ def scan_request(
     bytes | None,
     bytes,
     bytes | None,
+    bytes | None,
 ]:
     """One pass over a request's headers.
 
     Returns ``(lines, host, content_length, chunked, x_forwarded_for,
-    x_request_id, expect, connection, via)``: ``lines`` are the
+    x_request_id, expect, connection, via, traceparent)``: ``lines`` are the
     ``name: value\r\n`` lines to forward as they are (hop-by-hop headers,
     the ones the gateway sets itself and the names in ``drop`` left out); the
     others are what the gateway needs (None when absent). Repeated
@@ -138,7 +142,7 @@ def scan_request(
     ``BadRequest``: which one would the route and the upstream each believe?
     """
     lines: list[bytes] = []
-    host = length = xff = rid = expect = via = None
+    host = length = xff = rid = expect = via = traceparent = None
     chunked = False
     connection = b""
     special = _REQUEST_SPECIAL if drop is None else _REQUEST_SPECIAL | drop
@@ -164,7 +168,9 @@ def scan_request(
             expect = value
         elif low == b"via":
             via = value if via is None else via + b", " + value
-    return lines, host, length, chunked, xff, rid, expect, connection, via
+        elif low == b"traceparent":
+            traceparent = value
+    return lines, host, length, chunked, xff, rid, expect, connection, via, traceparent
 
 
 #: Response header lines the gateway removes, or reads (Content-Length stays).
@@ -270,6 +276,32 @@ class RequestIds:
             if stripped and b" " not in stripped and b"\t" not in stripped:
                 return stripped
         return None
+
+
+class TraceIds:
+    """Trace and span ids for W3C Trace Context, as lower-case hex bytes.
+
+    A span id is a random per-process prefix (8 hex digits) and a counter
+    (8 more); a new trace id, a random 16-digit prefix and a 16-digit
+    counter: unique across processes with overwhelming probability, never
+    all zeros, and several times cheaper than asking the OS for 16 random
+    bytes per request.
+    """
+
+    __slots__ = ("_next", "_span", "_trace")
+
+    def __init__(self) -> None:
+        self._span = os.urandom(4).hex().encode()
+        self._trace = os.urandom(8).hex().encode()
+        self._next = 0
+
+    def span(self) -> bytes:
+        self._next += 1
+        return self._span + b"%08x" % (self._next & 0xFFFFFFFF)
+
+    def trace(self) -> bytes:
+        self._next += 1
+        return self._trace + b"%016x" % self._next
 
 
 class Clock:

@@ -84,6 +84,43 @@ async def test_forwarded_headers_request_id_and_via(
             assert resp.headers["X-Request-ID"] == "abc-123"
 
 
+async def test_the_upstream_gets_the_gateways_span_of_the_clients_trace_or_a_new_one(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    up = await upstreams.app(echo_app())
+    gw = await gateway([{"id": "r", "prefix": "/api", "urls": [up.url], "strip_prefix": 1}])
+    client_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    shape = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+    async with aiohttp.ClientSession() as session:
+
+        async def upstream_saw(**headers: str) -> dict[str, str]:
+            async with session.get(gw.url + "/api/x", headers=headers) as resp:
+                seen: dict[str, str] = (await resp.json())["headers"]
+                return seen
+
+        # A valid traceparent: same trace, the gateway's own span as the parent.
+        seen = await upstream_saw(
+            traceparent=f"00-{client_trace}-00f067aa0ba902b7-00", tracestate="vendor=1"
+        )
+        found = shape.fullmatch(seen["traceparent"])
+        assert found is not None
+        assert found.group(1) == client_trace
+        assert found.group(2) not in ("00f067aa0ba902b7", "0" * 16)
+        assert found.group(3) == "00"  # the client's sampling decision is kept
+        assert seen["tracestate"] == "vendor=1"
+        # Each request is a span of its own.
+        again = await upstream_saw(traceparent=f"00-{client_trace}-00f067aa0ba902b7-01")
+        assert shape.fullmatch(again["traceparent"]).group(2) != found.group(2)  # type: ignore[union-attr]
+        # None, or an invalid one: a new trace, never the client's malformed header.
+        for headers in ({}, {"traceparent": "00-XYZ-00f067aa0ba902b7-01"},
+                        {"traceparent": f"ff-{client_trace}-00f067aa0ba902b7-01"}):  # fmt: skip
+            seen = await upstream_saw(**headers)
+            started = shape.fullmatch(seen["traceparent"])
+            assert started is not None
+            assert started.group(1) not in (client_trace, "0" * 32)
+            assert started.group(3) == "01"
+
+
 async def test_hop_by_hop_and_connection_listed_headers_are_removed_both_ways(
     upstreams: Upstreams, gateway: GatewayFactory
 ) -> None:

@@ -32,7 +32,7 @@ def test_scan_request_keeps_end_to_end_headers_and_reads_the_special_ones() -> N
         (b"X-Forwarded-Proto", b"https"),
         (b"Expect", b"100-continue"),
     ]
-    lines, host, length, chunked, xff, rid, expect, connection, via = scan_request(headers)
+    lines, host, length, chunked, xff, rid, expect, connection, via, _ = scan_request(headers)
     assert lines == [b"User-Agent: curl/8\r\n"]
     assert (host, length, chunked) == (b"shop.example", b"12", False)
     assert xff == b"10.0.0.1, 10.0.0.2"
