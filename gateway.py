@@ -41,6 +41,7 @@ from core.errors import SettingsError, StartupError, problem_middleware
 from core.http import json_response, redis_health
 from core.metrics import new_registry
 from core.proxy import openapi as admin_openapi
+from core.proxy.access import AccessLog, parse_mode
 from core.proxy.pool import Pool
 from core.proxy.router import Router
 from core.proxy.server import Limits, ProxyServer
@@ -178,6 +179,13 @@ class Settings(CommonSettings):
         default="public",
         metadata=option("policy of discovery routes: public, authenticated or roles:a,b"),
     )
+    access_log: str = dataclasses.field(
+        default="off",
+        metadata=option(
+            "one access-log line per request on stderr: off, on, or N (one request in N, "
+            "and every answer of 400 or more)"
+        ),
+    )
     workers: int = dataclasses.field(
         default=0,
         metadata=option(
@@ -202,6 +210,10 @@ class Settings(CommonSettings):
 
     def validate(self) -> None:
         super().validate()
+        try:
+            parse_mode(self.access_log)
+        except ValueError as exc:
+            raise SettingsError(f"GATEWAY_ACCESS_LOG: {exc}") from None
         for name in ("admin_port",):
             value = getattr(self, name)
             if not 0 <= value <= 65535:
@@ -401,6 +413,9 @@ def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
     )
     pool = Pool(max_idle=settings.pool_max_idle, idle_timeout=settings.pool_idle_timeout)
     proxy = ProxyServer(router, settings.limits, pool=pool)
+    every = parse_mode(settings.access_log)
+    if every:
+        proxy.access = AccessLog(every, json=settings.log_format == "json")
     registry = new_registry()
     registry.register(
         StatsCollector(

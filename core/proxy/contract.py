@@ -14,6 +14,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from core.proxy.access import AccessLog
     from core.proxy.head import Heads
     from core.proxy.pool import Pool, UpstreamConnection
     from core.proxy.stats import Stats
@@ -45,6 +46,7 @@ class Proxy(Protocol):
     stats: Stats
     ids: RequestIds
     traces: TraceIds
+    access: AccessLog | None
     clock: Clock
     active: int
     draining: bool

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -84,6 +85,7 @@ class Exchange(ResponseSide):
         "attempt_open",
         "attempts",
         "body_done",
+        "bytes_out",
         "chunked",
         "client",
         "close_after",
@@ -141,6 +143,8 @@ class Exchange(ResponseSide):
     # The plan of the route whose policy refused the request (401, 403): its
     # answer is counted under that route, though nothing is proxied.
     refused_by: Plan | None = None
+    # Why the gateway answered itself (a problem's detail), for the access log.
+    answered_problem: str | None = None
 
     def __init__(
         self,
@@ -170,6 +174,7 @@ class Exchange(ResponseSide):
         self.started = False
         self.phase = QUEUED
         self.status = 0
+        self.bytes_out = 0
         self.total_deadline = math.inf
         self.attempt_open = False
         self.endpoint = None
@@ -239,6 +244,7 @@ class Exchange(ResponseSide):
         self.path = (url if query_at < 0 else url[:query_at]).decode("latin-1")
         self.method_name = self.method.decode("ascii", "replace")
         self.request_id = self.proxy.ids.keep_or_new(rid)
+        self.trace_id = self.span_id = b""
         if chunked:
             self.chunked = True
         elif length is None or length.strip() == b"0":
@@ -567,6 +573,7 @@ class Exchange(ResponseSide):
             self.finish()
             return
         self.status = problem.status
+        self.answered_problem = problem.detail
         if (
             not self.body_done
             or self.upgrade  # the client's bytes after the head are not HTTP any more
@@ -574,17 +581,19 @@ class Exchange(ResponseSide):
             or self.proxy.draining
         ):
             self.close_after = True
-        self.client.transport.write(
-            problem_response(
-                problem,
-                instance=self.path,
-                request_id=self.request_id,
-                date=self.proxy.clock.date(),
-                close=self.close_after,
-                head_only=self.head_only,
-                http11=self.http11,
-            )
+        answer = problem_response(
+            problem,
+            instance=self.path,
+            request_id=self.request_id,
+            date=self.proxy.clock.date(),
+            close=self.close_after,
+            head_only=self.head_only,
+            http11=self.http11,
         )
+        self.bytes_out += len(answer)
+        self.client.transport.write(answer)
+        if problem.status >= 502 and self.proxy.access is None:
+            _log_failure(self, problem)
         self.finish()
 
     def finish(self) -> None:
@@ -596,19 +605,56 @@ class Exchange(ResponseSide):
         plan = self.plan
         if plan is None:
             plan = self.refused_by
+        duration = perf_counter() - self.t0
         if plan is not None:
             row = plan.row
             if row is None:
                 row = plan.row = proxy.stats.row(plan.route, plan.service)
-            row.record(self.status, perf_counter() - self.t0)
+            row.record(self.status, duration)
         else:
-            proxy.stats.request("unmatched", "unmatched", self.status, perf_counter() - self.t0)
+            proxy.stats.request("unmatched", "unmatched", self.status, duration)
+        access = proxy.access
+        if access is not None:
+            if plan is None:
+                access.record(self, "unmatched", "unmatched", duration)
+            else:
+                access.record(self, plan.route, plan.service, duration)
         self.client.exchange_done(self, self.close_after or not self.body_done)
 
     def _service(self) -> str:
         ep = self.endpoint
         name = self.plan.service if self.plan is not None else "the upstream"
         return f"{name} at {ep.host}:{ep.port}" if ep is not None else name
+
+
+_failure_log = [0.0, 0, 0]  # the second, lines written in it, lines left out
+
+
+def _log_failure(ex: Exchange, problem: HTTPProblem) -> None:
+    """One warning per gateway-made 502/503/504 (the access log, when on, has it already).
+
+    At most 20 lines a second: an outage answers thousands of requests a
+    second the same way; the next line says how many were left out.
+    """
+    now = time.monotonic()
+    second, written, skipped = _failure_log
+    if now - second >= 1.0:
+        _failure_log[:] = [now, 0, 0]
+        written = 0
+        if skipped:
+            logger.warning("%d more gateway failures were not logged in the last second", skipped)
+    if written >= 20:
+        _failure_log[2] += 1
+        return
+    _failure_log[1] += 1
+    ep = ex.endpoint
+    where = f"{ep.host}:{ep.port}" if ep is not None else "no instance"
+    service = ex.plan.service if ex.plan is not None else "unmatched"
+    logger.warning(
+        "%s %s answered %d for %s (%s): %s [request %s trace %s]",
+        ex.method_name, ex.path, problem.status, service, where, problem.detail,
+        ex.request_id.decode("latin-1"), ex.trace_id.decode(),
+    )  # fmt: skip
 
 
 # Answers after which the rest of the client's input can't be trusted or read.

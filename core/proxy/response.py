@@ -81,6 +81,7 @@ class ResponseSide:
         rate_lines: bytes
         phase: int
         status: int
+        bytes_out: int
         attempt_open: bool
         close_after: bool
         body_done: bool
@@ -222,7 +223,9 @@ class ResponseSide:
             # One write of joined bytes: uvloop's writelines goes through a
             # queued uv_write (a loop iteration and a completion callback),
             # write tries the socket at once.
-            self.client.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self.bytes_out += len(data)
+            self.client.transport.write(data)
             out.clear()
             if self.phase == STREAMING:
                 self.client.deadline = (
@@ -234,7 +237,9 @@ class ResponseSide:
         if out is not None and self.resp_mode == CHUNKED:
             out.append(_LAST_CHUNK)
         if out:
-            self.client.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            self.bytes_out += len(data)
+            self.client.transport.write(data)
             out.clear()
         self.conn = None
         if self.body_done:
@@ -280,6 +285,7 @@ class ResponseSide:
         self.client.tunnel_to(conn, rest)
 
     def upstream_data(self, data: bytes) -> None:
+        self.bytes_out += len(data)
         self.client.transport.write(data)
         self.client.deadline = self.proxy.loop.time() + self.proxy.limits.stream_idle_timeout
 

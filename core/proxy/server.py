@@ -29,6 +29,7 @@ import httptools
 
 from core import log
 from core.errors import BadRequest, HeaderTooLarge, HTTPProblem, InternalError, RequestTimeout
+from core.proxy.access import AccessLog
 from core.proxy.contract import Limits
 from core.proxy.exchange import DONE, PAUSE_BUFFER, Exchange
 from core.proxy.head import Heads
@@ -466,6 +467,8 @@ class ProxyServer:
         self.stats = stats or Stats()
         self.ids = RequestIds()
         self.traces = TraceIds()
+        #: The access log, when one is kept (``gateway.py`` sets it).
+        self.access: AccessLog | None = None
         self.clock = Clock()
         self.tick = tick
         self.connections: set[ClientConnection] = set()
@@ -510,6 +513,8 @@ class ProxyServer:
             if now >= next_pool_sweep:
                 self.pool.sweep(now)
                 next_pool_sweep = now + 1.0
+            if self.access is not None:
+                self.access.flush()
 
     async def drain(self, timeout: float) -> None:
         """Let requests in flight finish within ``timeout`` seconds, then close everything."""
@@ -537,6 +542,8 @@ class ProxyServer:
                 await self._sweeper
             self._sweeper = None
         self.pool.close()
+        if self.access is not None:
+            self.access.flush()
 
     def describe(self) -> dict[str, Any]:
         return {
