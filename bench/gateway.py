@@ -14,7 +14,8 @@ at a fixed number of keep-alive connections, to:
   always``) and Caddy (``reverse_proxy``, ``GOMAXPROCS=1``), as anchors, when
   installed (``apt-get install haproxy caddy``), no access log in any;
 - ``gateway``: ``python -m gateway --workers 1`` with one static route to the
-  service; ``gateway-auth``, ``gateway-limited`` and ``gateway-synced``: the
+  service; ``gateway-accesslog``: the same with every request in the access
+  log (JSON); ``gateway-auth``, ``gateway-limited`` and ``gateway-synced``: the
   same process behind a token check, an exact rate limit (a Redis round trip
   per request) and a synced one (decided in memory);
 - ``gateway-1000``: the same with 1,000 routes, the one hit declared last;
@@ -749,7 +750,7 @@ async def gateways(
             await reg.start(wait=5)
             if not reg.registered.is_set():
                 raise RuntimeError("could not register the upstream instances in Redis")
-        names = [("gateway", 1), ("gateway-1000", 1)]
+        names = [("gateway", 1), ("gateway-1000", 1), ("gateway-accesslog", 1)]
         if workers > 1:
             names.append((f"gateway-w{workers}", workers))
         for name, count in names:
@@ -767,6 +768,9 @@ async def gateways(
                 "--jwks-url", jwks_url, "--jwt-issuer", ISSUER, "--jwt-audience", "essaim",
                 "--workers", str(count),
             ]  # fmt: skip
+            if name == "gateway-accesslog":
+                # Every request logged (to the case's log file), in JSON as operators keep it.
+                cmd += ["--access-log", "on", "--log-format", "json"]
             proc = spawn(cmd, log, env)
             stack.callback(stop, proc)
             await wait_http(f"http://127.0.0.1:{admin}/health", proc, name, log)
@@ -930,6 +934,7 @@ def _ratios(summary: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
         "auth_vs_public_cpu": ratio("gateway-auth", "gateway", "proxy_cpu_us"),
         "rate_limited_vs_public_cpu": ratio("gateway-limited", "gateway", "proxy_cpu_us"),
         "synced_vs_public_cpu": ratio("gateway-synced", "gateway", "proxy_cpu_us"),
+        "access_log_vs_none_cpu": ratio("gateway-accesslog", "gateway", "proxy_cpu_us"),
         "added_p99_ms": fixed.get("added_p99_ms"),
         "cpu_vs_nginx": {
             name: ratio(name, "nginx", "proxy_cpu_us")
@@ -1016,6 +1021,12 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
         out(
             f"rate-limited route (a Redis round trip) / public route, CPU per request: "
             f"{r['rate_limited_vs_public_cpu']:.2f}x"
+        )
+    if r.get("access_log_vs_none_cpu") is not None:
+        out(
+            f"access log on (every request, JSON) / off, CPU per request: "
+            f"{r['access_log_vs_none_cpu']:.2f}x (target <= 1.1x: "
+            f"{_verdict(r['access_log_vs_none_cpu'] <= 1.1)})"
         )
     if r.get("synced_vs_public_cpu") is not None:
         out(
