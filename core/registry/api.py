@@ -14,9 +14,10 @@ from prometheus_client import Gauge
 
 from core.config.client import ConfigClient, TypedView
 from core.errors import NotFound
-from core.http import json_response, read_json, redis_health, require_bearer
+from core.http import json_response, read_json, redis_health
 from core.metrics import HTTPMetrics
 from core.redis import Redis
+from core.registry.credentials import Credentials
 from core.registry.events import EventHub, stream_events
 from core.registry.expiry import Expirer
 from core.registry.store import (
@@ -26,7 +27,7 @@ from core.registry.store import (
     parse_patch,
     parse_registration,
 )
-from core.settings import Secret
+from core.registry.targets import TargetPolicy
 
 BODY_LIMIT = 64 * 1024
 
@@ -46,7 +47,8 @@ class Dynamic:
 
 
 # Typed application keys, set by ``registry.build_app`` and its cleanup contexts.
-TOKEN = web.AppKey("token", Secret)
+CREDENTIALS = web.AppKey("credentials", Credentials)
+TARGETS = web.AppKey("targets", TargetPolicy)
 REDIS = web.AppKey("redis", Redis)
 STORE = web.AppKey("store", RegistryStore)
 HUB = web.AppKey("hub", EventHub)
@@ -57,23 +59,23 @@ CONFIG = web.AppKey("config", ConfigClient)
 DYNAMIC = web.AppKey("dynamic", TypedView[Dynamic])
 
 
-def _require_token(request: web.Request) -> None:
-    require_bearer(request, request.app[TOKEN], "REGISTRY_TOKEN")
-
-
 def _names(request: web.Request) -> tuple[str, str]:
-    return (
-        check_service(request.match_info["service"]),
-        check_instance_id(request.match_info["id"]),
-    )
+    """The service and instance id of a write, once its token may write that service.
+
+    401/403 come first, so that a client without the right token learns
+    nothing about the names it tried.
+    """
+    service = request.match_info["service"]
+    request.app[CREDENTIALS].authorize(request, service)
+    return check_service(service), check_instance_id(request.match_info["id"])
 
 
 async def register(request: web.Request) -> web.Response:
-    _require_token(request)
     service, instance_id = _names(request)
     body = await read_json(request, BODY_LIMIT)
     default_ttl = request.app[DYNAMIC].current.default_ttl
     instance = parse_registration(service, instance_id, body, default_ttl)
+    await request.app[TARGETS].check(instance.host, instance.port)
     rev, created = await request.app[STORE].register(instance)
     stored = await request.app[STORE].get(service, instance_id)
     doc = (stored or instance).to_dict()
@@ -81,7 +83,6 @@ async def register(request: web.Request) -> web.Response:
 
 
 async def heartbeat(request: web.Request) -> web.Response:
-    _require_token(request)
     service, instance_id = _names(request)
     if not await request.app[STORE].heartbeat(service, instance_id):
         raise NotFound(
@@ -91,7 +92,6 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 
 async def patch(request: web.Request) -> web.Response:
-    _require_token(request)
     service, instance_id = _names(request)
     changes = parse_patch(await read_json(request, BODY_LIMIT))
     updated = await request.app[STORE].update(service, instance_id, changes)
@@ -102,7 +102,6 @@ async def patch(request: web.Request) -> web.Response:
 
 
 async def deregister(request: web.Request) -> web.Response:
-    _require_token(request)
     service, instance_id = _names(request)
     if not await request.app[STORE].deregister(service, instance_id):
         raise NotFound(f"instance {service}/{instance_id} is not registered")
