@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,6 +23,7 @@ from aiohttp import web
 
 from core import log
 from core.errors import SettingsError, StartupError
+from core.files import PRIVATE_UMASK
 from core.settings import CommonSettings, load
 
 logger = log.get("runner")
@@ -82,7 +84,9 @@ def configure(
     """A component's settings, read once, with logging configured from them.
 
     A bad value prints one line (``name: VARIABLE: reason``) on stderr and
-    returns None: ``main`` then returns :data:`BAD_SETTINGS`.
+    returns None: ``main`` then returns :data:`BAD_SETTINGS`. It also sets the
+    process's umask to :data:`core.files.PRIVATE_UMASK` (files 0600,
+    directories 0700).
     """
     try:
         settings = load(
@@ -92,6 +96,8 @@ def configure(
         print(f"{name}: {exc}", file=sys.stderr)
         return None
     log.configure(settings.log_format, settings.log_level)
+    # Whatever the component creates (databases, config copies) is owner-only from the start.
+    os.umask(PRIVATE_UMASK)
     return settings
 
 

@@ -55,6 +55,7 @@ from typing import IO, Literal
 import aiohttp
 
 from core.errors import SettingsError
+from core.files import PRIVATE_UMASK, private_dir
 from core.redis import REDIS_ERRORS, connect, server_binary
 from core.registry.credentials import service_token
 from core.settings import Secret, load, option
@@ -250,7 +251,7 @@ class Launcher:
             raise SettingsError(
                 f"run_dir: {run_dir} is not empty and not an essaim run directory; choose another"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(run_dir)  # tokens, passwords, databases: only their owner may look
         (run_dir / MARKER).touch()
         lock = open(run_dir / ".lock", "w")  # noqa: SIM115 - held for the life of the run
         try:
@@ -272,7 +273,7 @@ class Launcher:
             else:
                 entry.unlink()
         for sub in ("data", "logs", "redis"):
-            (run_dir / sub).mkdir(exist_ok=True)
+            private_dir(run_dir / sub)
 
     def _secret(self, name: str, value: str) -> None:
         """``value`` in ``{run_dir}/name``, readable by its owner only."""
@@ -484,6 +485,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"services: {exc}", file=sys.stderr)
         return 2
+    # Every file of the run (and of its children, which inherit it) is owner-only.
+    os.umask(PRIVATE_UMASK)
     width = max(len("essaim"), *(len(s.name) + (3 if s.count else 0) for s in PROCESSES))
     output = Output(sys.stdout, width)
     launcher = Launcher(settings, output)

@@ -43,6 +43,7 @@ from core.config.merge import changed_paths, deep_merge, freeze
 from core.config.store import CHANNEL
 from core.config.typed import TypedView
 from core.errors import StartupError, UpstreamError
+from core.files import private_dir
 from core.redis import Backoff, Redis, Subscription
 from core.settings import Secret
 from core.tasks import TaskSet
@@ -571,7 +572,7 @@ class ConfigClient:
             "saved_at": time.time(),
         }
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             # Owner-only: the copy holds decrypted secrets when the config has any.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
