@@ -3,7 +3,7 @@
 The foundation, flat here and imported by everything: :mod:`core.settings`,
 :mod:`core.errors`, :mod:`core.log`, :mod:`core.redis`, :mod:`core.tasks`,
 :mod:`core.runner`, :mod:`core.http`, :mod:`core.validation`, :mod:`core.sse`,
-:mod:`core.metrics`, :mod:`core.db`, :mod:`core.files` and :mod:`core.testing`. It imports
+:mod:`core.metrics`, :mod:`core.db` and :mod:`core.testing`. It imports
 none of the packages.
 
 The packages, lowest first (a package imports only the foundation and the

@@ -34,7 +34,7 @@ from typing import Literal, TypeVar
 
 from core import log
 from core.errors import StartupError
-from core.files import private_dir, private_file
+from core.settings import private_dir, private_file
 
 logger = log.get("db")
 

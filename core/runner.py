@@ -23,8 +23,7 @@ from aiohttp import web
 
 from core import log
 from core.errors import SettingsError, StartupError
-from core.files import PRIVATE_UMASK
-from core.settings import CommonSettings, load
+from core.settings import PRIVATE_UMASK, CommonSettings, load
 
 logger = log.get("runner")
 
@@ -85,7 +84,7 @@ def configure(
 
     A bad value prints one line (``name: VARIABLE: reason``) on stderr and
     returns None: ``main`` then returns :data:`BAD_SETTINGS`. It also sets the
-    process's umask to :data:`core.files.PRIVATE_UMASK` (files 0600,
+    process's umask to :data:`core.settings.PRIVATE_UMASK` (files 0600,
     directories 0700).
     """
     try:

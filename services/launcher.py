@@ -55,10 +55,9 @@ from typing import IO, Literal
 import aiohttp
 
 from core.errors import SettingsError
-from core.files import PRIVATE_UMASK, private_dir
 from core.redis import REDIS_ERRORS, connect, server_binary
 from core.registry.credentials import service_token
-from core.settings import Secret, load, option
+from core.settings import PRIVATE_UMASK, Secret, load, option, private_dir
 from services import seed
 from services.supervisor import Child, Output, StartupFailed, Supervisor
 

@@ -43,9 +43,8 @@ from core.config.merge import changed_paths, deep_merge, freeze
 from core.config.store import CHANNEL
 from core.config.typed import TypedView
 from core.errors import StartupError, UpstreamError
-from core.files import private_dir
 from core.redis import Backoff, Redis, Subscription
-from core.settings import Secret
+from core.settings import Secret, private_dir
 from core.tasks import TaskSet
 
 logger = log.get("config")
