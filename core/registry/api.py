@@ -22,6 +22,7 @@ from core.registry.credentials import Credentials
 from core.registry.events import EventHub, stream_events
 from core.registry.expiry import Expirer
 from core.registry.store import (
+    Instance,
     RegistryStore,
     check_instance_id,
     check_service,
@@ -60,6 +61,21 @@ CONFIG = web.AppKey("config", ConfigClient)
 DYNAMIC = web.AppKey("dynamic", TypedView[Dynamic])
 
 
+def authorize_write(request: web.Request, service: str) -> None:
+    """The one check of a write to ``service``'s instances, whatever the API (native, Eureka).
+
+    401 unless the request carries the operator token or a service token
+    (:mod:`core.registry.credentials`), as a bearer or as the password of
+    HTTP Basic; 403 when its token may write another service only.
+    """
+    request.app[CREDENTIALS].authorize(request, service)
+
+
+async def check_target(request: web.Request, instance: Instance) -> None:
+    """422 when ``instance``'s address is one the registry refuses (:mod:`core.registry.targets`)."""
+    await request.app[TARGETS].check(instance.host, instance.port)
+
+
 def _names(request: web.Request) -> tuple[str, str]:
     """The service and instance id of a write, once its token may write that service.
 
@@ -67,7 +83,7 @@ def _names(request: web.Request) -> tuple[str, str]:
     nothing about the names it tried.
     """
     service = request.match_info["service"]
-    request.app[CREDENTIALS].authorize(request, service)
+    authorize_write(request, service)
     return check_service(service), check_instance_id(request.match_info["id"])
 
 
@@ -76,7 +92,7 @@ async def register(request: web.Request) -> web.Response:
     body = await read_json(request, BODY_LIMIT)
     default_ttl = request.app[DYNAMIC].current.default_ttl
     instance = parse_registration(service, instance_id, body, default_ttl)
-    await request.app[TARGETS].check(instance.host, instance.port)
+    await check_target(request, instance)
     rev, created = await request.app[STORE].register(instance)
     stored = await request.app[STORE].get(service, instance_id)
     doc = (stored or instance).to_dict()

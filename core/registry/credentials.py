@@ -11,6 +11,8 @@ change, deregister), as Consul's ACLs grant ``service:write`` on a name:
   token accepts the same tokens, and whoever holds the operator token (the
   launcher, an operator: ``python -m registry token NAME``) issues them.
 
+A token is presented as a bearer (``Authorization: Bearer <token>``) or as
+the password of HTTP Basic (Eureka clients: ``http://app:<token>@host/eureka/``).
 Reads stay open to all. With no operator token set, writes are open too
 (a registry alone on loopback, for development); the registry says so at
 start. A refusal is problem details: 401 for a missing, malformed or forged
@@ -26,6 +28,7 @@ import hmac
 from aiohttp import web
 
 from core.errors import Forbidden, Unauthorized
+from core.http import presented_secret
 from core.registry.model import SERVICE_RE
 from core.settings import Secret
 
@@ -85,14 +88,12 @@ class Credentials:
         """Whether writes need no token at all (none configured)."""
         return not self.operator
 
-    def verify(self, authorization: str) -> Grant:
-        """The grant of an ``Authorization`` header value; :class:`Unauthorized` when none.
+    def verify(self, token: str | None) -> Grant:
+        """The grant of a presented token; :class:`Unauthorized` when it grants nothing.
 
         Every comparison takes the same time whatever the token.
         """
-        scheme, _, given = authorization.partition(" ")
-        token = given.strip()
-        if scheme.lower() != "bearer" or not token:
+        if not token:
             raise Unauthorized(
                 "this request requires 'Authorization: Bearer <token>': the operator's "
                 "REGISTRY_TOKEN or the service's own token (svc.<service>.<mac>)",
@@ -119,7 +120,7 @@ class Credentials:
         """
         if self.open:
             return None
-        grant = self.verify(request.headers.get("Authorization", ""))
+        grant = self.verify(presented_secret(request))
         if grant.service is not None and grant.service != service:
             raise Forbidden(
                 f"{grant.describe()}; not {service!r}",
