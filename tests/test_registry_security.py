@@ -10,6 +10,7 @@ and its token registers through the API, and is refused with another's.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import subprocess
@@ -206,3 +207,47 @@ async def test_without_a_token_the_registry_warns_that_anyone_can_write(
         "registry", "--redis-url", redis_url, env={"REGISTRY_TOKEN": OPERATOR}
     )
     assert "no REGISTRY_TOKEN" not in secured.log
+
+
+def eureka_instance(app: str, host: str, port: int) -> dict[str, Any]:
+    return {
+        "instance": {
+            "instanceId": f"{host}:{app}:{port}", "hostName": host, "app": app.upper(),
+            "ipAddr": host, "status": "UP", "port": {"$": port, "@enabled": "true"},
+            "dataCenterInfo": {"@class": "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo",
+                               "name": "MyOwn"},
+            "leaseInfo": {"renewalIntervalInSecs": 5, "durationInSecs": 15},
+        }
+    }  # fmt: skip
+
+
+async def test_the_eureka_api_takes_the_same_scopes_and_targets(
+    components: ComponentFactory, redis_url: str
+) -> None:
+    reg = await components.start(
+        "registry", "--redis-url", redis_url, env={"REGISTRY_TOKEN": OPERATOR}
+    )
+    billing = issued("billing")
+    # Eureka clients put the token in the service URL: HTTP Basic, any user name.
+    basic = base64.b64encode(f"billing:{billing}".encode()).decode()
+    auth = {"Authorization": f"Basic {basic}"}
+    async with aiohttp.ClientSession() as http:
+
+        async def post(app: str, host: str, port: int) -> tuple[int, str]:
+            body = eureka_instance(app, host, port)
+            async with http.post(
+                f"{reg.url}/eureka/apps/{app.upper()}", json=body, headers=auth
+            ) as r:
+                return r.status, await r.text()
+
+        assert (await post("billing", "127.0.0.1", free_port()))[0] == 204
+        status, text = await post("customers", "127.0.0.1", free_port())
+        assert status == 403
+        assert "of the service 'billing' only" in text
+        status, text = await post("billing", "169.254.169.254", 80)
+        assert status == 422
+        assert "denied network 169.254.0.0/16" in text
+        async with http.get(f"{reg.url}/v1/services") as r:
+            assert {name: s["instances"] for name, s in (await r.json())["services"].items()} == {
+                "billing": 1
+            }
