@@ -75,6 +75,7 @@ async def test_a_service_token_writes_its_own_service_only_and_the_operator_ever
         ):
             status, problem = await write(http, method, url, billing, payload)
             assert status == 403, (method, url)
+            assert problem["may_write"] == "billing"
             assert problem["detail"] == (
                 "this token may register, heartbeat, change and deregister instances of the "
                 "service 'billing' only; not 'customers'"

@@ -128,6 +128,6 @@ class Credentials:
                     "WWW-Authenticate": f'{_REALM}, error="insufficient_scope", '
                     f'scope="service:{grant.service}:write"'
                 },
-                errors=[{"field": "service", "reason": f"token scoped to {grant.service!r}"}],
+                may_write=grant.service,
             )
         return grant
