@@ -66,6 +66,7 @@ from core.events.consumer import Consumer
 from core.events.outbox import OutboxRelay
 from core.http import json_response, redis_health, redis_unavailable
 from core.metrics import HTTPMetrics
+from core.openapi.spec import Spec
 from core.redis import Redis, connect
 from core.registry.client import RegistryClient
 from core.registry.discovery import Instance, Registration, Watcher
@@ -73,6 +74,7 @@ from core.runner import BAD_SETTINGS, Site, configure, run
 from core.security.access import IDENTITY, PUBLIC, Policy, access_middleware
 from core.security.jwks import KeySet
 from core.security.tokens import Verifier
+from core.service import openapi as service_openapi
 from core.service.access_log import access_log_middleware
 from core.service.calls import Calls, Timeouts, forwarding_middleware
 from core.settings import CommonSettings, Secret, option
@@ -255,7 +257,11 @@ class Service:
       routes to the service say;
     - ``admin_access``: the policy of the operator's actions the scaffold
       adds, replaying and discarding dead letters (:data:`ADMIN_ROUTES`);
-      an ``access`` entry for one of them overrides it.
+      an ``access`` entry for one of them overrides it;
+    - ``openapi``: a function that describes the service's routes in its
+      OpenAPI document (``spec.op(...)`` for each), served at
+      ``/openapi.json`` with the scaffold's own routes
+      (:mod:`core.service.openapi`).
     """
 
     name: str
@@ -272,6 +278,7 @@ class Service:
     access: Mapping[str, str] = dataclasses.field(default_factory=dict)
     default_access: str = "authenticated"
     admin_access: str = "roles:admin"
+    openapi: Callable[[Spec], None] | None = None
 
     def __post_init__(self) -> None:
         Policy.parse(self.default_access)
@@ -682,6 +689,7 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
     app.on_shutdown.append(_deregister)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics.handle)
+    app.router.add_get("/openapi.json", service_openapi.build(service).handle)
     events_http.add_routes(app, consumes=bool(service.handlers), emits=bool(service.emits))
     app.add_routes(service.routes)
     policy_for = route_policies(service, app)
