@@ -139,7 +139,7 @@ async def run(quick: bool, instances: int) -> dict[str, Any]:
                 batches,
                 lambda i: bus.publish_fields(batch),
                 per=100,
-            )  # fmt: skip
+            )
         )
         stream = Keys().stream("bench.tick")
         await redis.xgroup_create(stream, "bench", id="0")
@@ -164,7 +164,7 @@ async def run(quick: bool, instances: int) -> dict[str, Any]:
                 "rate-limit decision",
                 n,
                 lambda i: limiter.check("route", f"addr:10.0.{i % 1000 // 256}.{i % 256}"),
-            )  # fmt: skip
+            )
         )
         config = ConfigStore(redis)
         for name in ("application", "billing", "billing-prod"):
