@@ -257,7 +257,7 @@ class Heads:
                 path = normalize_path(raw_path.decode("latin-1"))
                 raw_path = path.encode("latin-1")
             else:  # '?' first: the path is normal, and the query is not ours to touch
-                if url.find(b"#", query_at) >= 0:
+                if found.end() != len(url):  # the query's scan stopped at a '#'
                     raise _fragment()
                 raw_path = url[:query_at]
                 path = raw_path.decode("latin-1")
