@@ -40,6 +40,7 @@ from core.config.client import ConfigClient
 from core.errors import SettingsError, StartupError, problem_middleware
 from core.http import json_response, redis_health
 from core.metrics import new_registry
+from core.proxy import openapi as admin_openapi
 from core.proxy.pool import Pool
 from core.proxy.router import Router
 from core.proxy.server import Limits, ProxyServer
@@ -429,6 +430,7 @@ def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
     app.router.add_get("/upstreams", upstreams)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", admin_openapi.build(workers=False).handle)
     return app, proxy
 
 
@@ -533,6 +535,14 @@ def _single(settings: Settings) -> int:
         gc.collect()
         gc.freeze()
         await handover()
+        # SIGHUP's default action would end the process: say what reloads instead.
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP,
+            lambda: logger.warning(
+                "SIGHUP ignored: a single process has no workers to replace; run with "
+                "--workers 2 or more, or restart with --control-socket and --takeover"
+            ),
+        )
         logger.info("gateway ready in %.2fs", time.monotonic() - started)
 
     return run(

@@ -32,6 +32,7 @@ from prometheus_client.exposition import generate_latest
 
 from core.http import json_response
 from core.metrics import new_registry
+from core.proxy import openapi
 from core.workers.merge import merge_documents, merge_metrics
 from core.workers.supervisor import Supervisor, Worker
 
@@ -162,4 +163,5 @@ def build_admin(supervisor: Supervisor, middlewares: list[Any]) -> web.Applicati
     app.router.add_get("/routes", routes)
     app.router.add_get("/health", health)
     app.router.add_get("/workers", workers)
+    app.router.add_get("/openapi.json", openapi.build(workers=True).handle)
     return app
