@@ -169,7 +169,8 @@ async def bill_concurrently(
                 ], doc
                 run.refused.append(doc)
                 return
-            assert status in (0, 503) and time.monotonic() < deadline, (status, doc)
+            assert status in (0, 503), (status, doc)
+            assert time.monotonic() < deadline, (status, doc)
             await asyncio.sleep(0.1)
 
     async def watch_stock() -> None:
