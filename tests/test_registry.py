@@ -253,6 +253,22 @@ async def test_last_event_id_resumes_after_it(client: Client) -> None:
     resp.close()
 
 
+async def test_last_event_id_wins_over_since_and_the_stream_says_when_to_reconnect(
+    client: Client,
+) -> None:
+    # An EventSource opened on ?since=0 reconnects to that URL with Last-Event-ID:
+    # it must resume there, not replay everything.
+    for iid in ("a", "b", "c"):
+        await put(client, "customers", iid)
+    resp = await client.get("/v1/events?since=0", headers={"Last-Event-ID": "2"})
+    lines = []
+    while not any(line.startswith("data: ") for line in lines):
+        lines.append((await asyncio.wait_for(resp.content.readline(), 5)).decode().rstrip("\n"))
+    assert "retry: 1000" in lines
+    assert [orjson.loads(line[6:])["rev"] for line in lines if line.startswith("data: ")] == [3]
+    resp.close()
+
+
 BAD_INPUTS: list[tuple[str, str, Any, int]] = [
     ("PUT", "/v1/services/customers/instances/c1", b"{not json", 400),
     ("PUT", "/v1/services/customers/instances/c1", {"host": "h", "port": "80"}, 400),

@@ -23,6 +23,8 @@ __all__ = ["EventHub", "stream_events"]
 
 SSE_QUEUE = 1000
 SSE_KEEPALIVE = 15.0
+#: Milliseconds an EventSource waits before reconnecting (the stream's `retry:` field).
+RETRY_MS = 1000
 #: Queued to a stream when the hub reconnected: events may have been lost.
 CATCH_UP = ""
 
@@ -88,11 +90,14 @@ async def stream_events(
 ) -> web.StreamResponse:
     """``GET /v1/events?since=REV``: retained events after REV, then live ones, as SSE.
 
-    ``Last-Event-ID`` (sent by EventSource on reconnect) takes the place of
-    ``since``. When what follows REV is no longer retained, a ``resync`` event
+    ``Last-Event-ID`` (sent by EventSource on reconnect) takes precedence over
+    ``since``. The stream opens with ``retry:`` (:data:`RETRY_MS`), the
+    reconnection delay EventSource clients use. When what follows REV is no longer retained, a ``resync`` event
     (data: the current revision) tells the client to list everything again.
     """
-    raw = request.query.get("since") or request.headers.get("Last-Event-ID")
+    # An EventSource reconnects to the same URL with Last-Event-ID: the header
+    # is where it got to, the query only where it started.
+    raw = request.headers.get("Last-Event-ID") or request.query.get("since")
     try:
         since = int(raw) if raw is not None else None
     except ValueError:
@@ -111,7 +116,9 @@ async def stream_events(
             }
         )
         await response.prepare(request)
-        await response.write(f": essaim registry events after rev {since}\n\n".encode())
+        await response.write(
+            f": essaim registry events after rev {since}\nretry: {RETRY_MS}\n\n".encode()
+        )
         last = await _catch_up(response, store, since)
         while True:
             try:

@@ -56,7 +56,7 @@ from core.events.saga import Compensation, Saga, SagaState, Step
 from core.http import json_response, read_json
 from core.service.calls import Calls
 from core.service.scaffold import CALLS, DB, DYNAMIC, SAGAS, Service, public_path
-from core.service.validation import Fields, cents_to_number, path_id, query_int, query_seconds
+from core.validation import Fields, cents_to_number, path_id, query_int, query_seconds
 
 BODY_LIMIT = 64 * 1024
 MAX_LINES = 100
