@@ -20,13 +20,16 @@ within ``[billing] reservation_timeout`` seconds: ``rejected`` (reason
 ``timeout``), and ``bill.cancelled`` tells inventory to release whatever it
 may have reserved. Cancelling (while ``pending`` or ``confirmed``: there are
 no payments yet, so every confirmed bill is unpaid) sends ``bill.cancelled``
-too; inventory answers ``stock.released``. Nothing is stored unless every
-line was priced:
+too; inventory answers ``stock.released``.
+
+A shortage is never refused here, even one billing can see: the stock it
+reads may be gone, or back, by the time inventory reserves, and one answer
+for every shortage (a ``rejected`` bill with the reason per line) is simpler
+for clients than two. Nothing is stored unless every line was priced:
 
 - 400/422 for a malformed body, a quantity that is not a positive integer, a
-  product listed twice, an unknown customer or product, or more units than
-  the product has in stock when billing reads it (``errors`` names each bad
-  field): a bill the stock visibly can't serve is refused at once;
+  product listed twice, an unknown customer or product (``errors`` names
+  each bad field);
 - 503 with ``Retry-After`` when ``customers`` or ``inventory`` can't answer
   (no instance up, its breaker open, unreachable, timed out, or failing).
 
@@ -346,11 +349,6 @@ async def create_bill(request: web.Request) -> web.Response:
         if product is None:
             problems.fail(f"lines[{i}].product_id", f"no product with id {product_id}")
             continue
-        if int(product["quantity"]) < quantity:
-            problems.fail(
-                f"lines[{i}].quantity",
-                f"only {product['quantity']} of product {product_id} in stock",
-            )
         price_cents = int((Decimal(str(product["price"])) * 100).to_integral_value())
         lines.append(Line(product_id, str(product["name"]), quantity, price_cents))
     problems.check()
