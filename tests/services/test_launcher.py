@@ -233,4 +233,4 @@ async def test_the_services_verify_tokens_too_the_demo_users_tokens_pass_and_oth
             bill = {"customer_id": 1, "lines": [{"product_id": 4, "quantity": 2}]}
             async with http.post(f"{gateway}/billing/bills", json=bill, headers=alice) as r:
                 # billing passes alice's token on to customers and inventory
-                assert r.status == 201, await r.text()
+                assert r.status == 202, await r.text()
