@@ -36,6 +36,7 @@ from prometheus_client import Counter, Gauge
 from core import log
 from core.config.crypto import Cipher, SecretReads, Undecryptable, check_ciphers, decrypt_document
 from core.config.document import MAX_BYTES, Format, check_name, parse
+from core.config.events import ChangeHub, stream_changes
 from core.config.files import Importer
 from core.config.reads import SharedReads
 from core.config.store import ConfigStore, NotImported, Version, WriteResult
@@ -135,6 +136,7 @@ READS = web.AppKey("reads", SharedReads)
 METRICS = web.AppKey("metrics", HTTPMetrics)
 METERS = web.AppKey("meters", Meters)
 SECRETS = web.AppKey("secrets", SecretReads)
+HUB = web.AppKey("hub", ChangeHub)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -538,6 +540,28 @@ async def _importer_ctx(app: web.Application) -> AsyncIterator[None]:
     await tasks.stop()
 
 
+async def _events_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The change hub behind ``GET /v1/events``: its subscription runs until stop."""
+    hub = ChangeHub(app[REDIS])
+    app[HUB] = hub
+    tasks = TaskSet("configsvc:events")
+    tasks.spawn(hub.subscription.run(), "events")
+    yield
+    hub.subscription.stop()
+    await tasks.stop()
+
+
+async def _end_streams(app: web.Application) -> None:
+    """Open event streams end at shutdown, so the drain does not wait for them."""
+    if HUB in app:
+        app[HUB].shutdown()
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/events?since=REV``: see :mod:`core.config.events`."""
+    return await stream_changes(request, request.app[STORE], request.app[HUB])
+
+
 def build_app(settings: Settings) -> web.Application:
     """The config service application; Redis is connected in its cleanup context."""
     metrics = HTTPMetrics("configsvc")
@@ -569,6 +593,8 @@ def build_app(settings: Settings) -> web.Application:
     )
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_importer_ctx)
+    app.cleanup_ctx.append(_events_ctx)
+    app.on_shutdown.append(_end_streams)
     app.router.add_get("/v1/config/{app}/{profile}", get_config)
     app.router.add_get("/v1/documents", list_documents)
     app.router.add_get("/v1/documents/{name}", get_document)
@@ -578,6 +604,7 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/documents/{name}/rollback", rollback)
     app.router.add_post("/v1/reload", reload)
     app.router.add_post("/v1/encrypt", encrypt)
+    app.router.add_get("/v1/events", events)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics.handle)
     return app
