@@ -53,7 +53,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from core.errors import HTTPProblem, NotFound, ServiceUnavailable
+from core.errors import Conflict, HTTPProblem, NotFound, ServiceUnavailable
 from core.events.bus import Event, now_iso
 from core.events.saga import Compensation, Saga, SagaState, Step
 from core.http import json_response, read_json
@@ -120,10 +120,16 @@ MIGRATIONS = (
     ) WITHOUT ROWID;
     """,
     # Bills made before the saga had their stock taken by bill.created: confirmed.
+    # Inventory has no reservation of theirs to release: they can't be cancelled.
     """
     INSERT INTO essaim_sagas (saga, id, state, data, timeout, retry, created_at, updated_at)
-    SELECT 'bill', CAST(id AS TEXT), 'confirmed', '{}', 0, 0,
-           strftime('%s', 'now'), strftime('%s', 'now') FROM bills;
+    SELECT 'bill', CAST(b.id AS TEXT), 'confirmed',
+           json_object('bill_id', b.id, 'customer_id', b.customer_id, 'legacy', 1, 'lines', (
+               SELECT json_group_array(json_object('product_id', l.product_id,
+                                                   'quantity', l.quantity))
+               FROM bill_lines AS l WHERE l.bill_id = b.id)),
+           30, 5, strftime('%s', 'now'), strftime('%s', 'now')
+    FROM bills AS b;
     """,
 )
 
@@ -463,6 +469,13 @@ async def cancel_bill(request: web.Request) -> web.Response:
     def cancel(conn: sqlite3.Connection) -> None:
         if not conn.execute("SELECT 1 FROM bills WHERE id = ?", (bill_id,)).fetchone():
             raise NotFound(f"no bill with id {bill_id}")
+        saga = BILLS.get(conn, str(bill_id))
+        if saga is not None and saga.data.get("legacy"):
+            raise Conflict(
+                f"bill {bill_id} was made before stock reservations were recorded:"
+                " it can't be cancelled",
+                state=saga.state,
+            )
         BILLS.move(conn, str(bill_id), "cancelled", allowed=CANCELLABLE, reason=reason,
                    compensate="cancelled")  # fmt: skip
 

@@ -19,7 +19,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from core.db import Database
 from core.testing import Component, ComponentFactory, RedisServer, wait_until
+from services.billing.service import MIGRATIONS, SERVICE
+from tests.services.conftest import MakeClient
 
 
 @dataclass
@@ -385,3 +388,25 @@ async def test_a_bill_inventory_does_not_answer_in_time_is_rejected_and_its_stoc
     ]
     _, dead, _ = await call("GET", f"{inventory.url}/events/dead")
     assert dead["dead_letters"] == []
+
+
+async def test_a_bill_made_before_the_saga_is_confirmed_and_cannot_be_cancelled(
+    make_service: MakeClient, tmp_path: Path
+) -> None:
+    """A database of the first version: its bills' stock was taken with no reservation kept."""
+    old = await Database.open(tmp_path / "billing", "billing", MIGRATIONS[:1])
+    await old.transaction(
+        lambda c: (
+            c.execute("INSERT INTO bills VALUES (1, 7, 'EUR', '0.2', 100, 20, 120, 'then')"),
+            c.execute("INSERT INTO bill_lines VALUES (1, 0, 3, 'Monitor', 2, 50, 100)"),
+        )
+    )
+    await old.close()
+    client = await make_service(SERVICE)
+    listed = await (await client.get("/bills")).json()
+    assert [(b["id"], b["status"]) for b in listed["bills"]] == [(1, "confirmed")]
+    refused = await client.post("/bills/1/cancel")
+    assert refused.status == 409
+    assert (await refused.json())["detail"] == (
+        "bill 1 was made before stock reservations were recorded: it can't be cancelled"
+    )
