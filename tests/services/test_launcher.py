@@ -39,6 +39,7 @@ MASKS = (
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<uuid>"),
     (re.compile(r'"rev":\d+'), '"rev":<rev>'),
     (re.compile(r'"request_id":"[^"]*"'), '"request_id":<id>'),
+    (re.compile(r'"traceparent":"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]"'), '"traceparent":<trace>'),
 )
 
 
