@@ -388,6 +388,12 @@ async def test_a_bill_inventory_does_not_answer_in_time_is_rejected_and_its_stoc
     ]
     _, dead, _ = await call("GET", f"{inventory.url}/events/dead")
     assert dead["dead_letters"] == []
+    _, health, _ = await call("GET", f"{billing.url}/health")
+    counters = health["events"]["sagas"]["bill"]
+    assert (counters["timeouts"], counters["compensated"]) == (1, 2), counters
+    assert counters["moved"] >= 1  # the kept bill; the late answer to the other is stale
+    async with aiohttp.ClientSession() as http, http.get(f"{billing.url}/metrics") as r:
+        assert 'billing_saga_events_total{outcome="timeouts",saga="bill"} 1.0' in await r.text()
 
 
 async def test_a_bill_made_before_the_saga_is_confirmed_and_cannot_be_cancelled(
