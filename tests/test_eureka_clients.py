@@ -10,6 +10,7 @@ as their users write it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import sys
@@ -21,6 +22,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from core.registry.store import EVENTS_KEY
 from core.testing import ComponentFactory, free_port, wait_until
 from tests import npm
 
@@ -55,7 +57,7 @@ async def event_types(redis_url: str, instance_id: str) -> list[str]:
     """The types of the registry's retained events about ``instance_id``, oldest first."""
     r = aioredis.Redis.from_url(redis_url)
     try:
-        entries = await r.xrange("essaim:reg:events")
+        entries = await r.xrange(EVENTS_KEY)
     finally:
         await r.aclose()
     events = [orjson.loads(fields[b"e"]) for _, fields in entries]
@@ -65,8 +67,10 @@ async def event_types(redis_url: str, instance_id: str) -> list[str]:
 async def test_py_eureka_client_registers_heartbeats_discovers_and_deregisters(
     components: ComponentFactory, redis_url: str, http: aiohttp.ClientSession
 ) -> None:
-    registry = await components.start("registry", "--redis-url", redis_url, "--token", TOKEN)
-    native = await components.start("tests.upstream_server", "--name", "native-1")
+    registry, native = await asyncio.gather(
+        components.start("registry", "--redis-url", redis_url, "--token", TOKEN),
+        components.start("tests.upstream_server", "--name", "native-1"),
+    )
     resp = await http.put(
         f"{registry.url}/v1/services/natsvc/instances/n1",
         json={"host": "127.0.0.1", "port": native.port, "ttl": 60},
@@ -119,12 +123,14 @@ async def test_py_eureka_client_registers_heartbeats_discovers_and_deregisters(
 async def test_eureka_js_client_registers_and_is_routed_to_through_the_gateway(
     components: ComponentFactory, redis_url: str, http: aiohttp.ClientSession
 ) -> None:
-    modules = npm.node_modules(npm.EUREKA_JS)
-    registry = await components.start("registry", "--redis-url", redis_url, "--token", TOKEN)
+    modules = npm.node_modules()
     admin = free_port()
-    gateway = await components.start(
-        "gateway", "--host", "127.0.0.1", "--admin-port", str(admin), "--redis-url", redis_url,
-        "--shutdown-timeout", "3", health_port=admin,
+    registry, gateway = await asyncio.gather(
+        components.start("registry", "--redis-url", redis_url, "--token", TOKEN),
+        components.start(
+            "gateway", "--host", "127.0.0.1", "--admin-port", str(admin), "--redis-url", redis_url,
+            "--shutdown-timeout", "3", health_port=admin,
+        ),
     )  # fmt: skip
     port = free_port()
     url = f"http://eureka:{TOKEN}@127.0.0.1:{registry.port}/eureka/apps/"
@@ -148,6 +154,22 @@ async def test_eureka_js_client_registers_and_is_routed_to_through_the_gateway(
         async with http.get(f"{gateway.url}/jsapp/hello?x=1") as resp:
             assert (await resp.json())["path"] == "/hello?x=1"
 
+        # An OUT_OF_SERVICE override (Eureka's way) takes it out of the gateway's routing,
+        # whatever its heartbeats say, until the override is removed.
+        status_url = f"{registry.url}/eureka/apps/JSAPP/127.0.0.1:jsapp:{port}/status"
+        basic = {"Authorization": "Basic " + base64.b64encode(f"eureka:{TOKEN}".encode()).decode()}
+        async with http.put(status_url + "?value=OUT_OF_SERVICE", headers=basic) as resp:
+            assert resp.status == 200
+
+        async def unrouted() -> bool:
+            async with http.get(f"{gateway.url}/jsapp/hello") as resp:
+                return resp.status == 503
+
+        await wait_until(unrouted, 5, 0.1, "the gateway stops routing to an OUT_OF_SERVICE one")
+        async with http.delete(status_url, headers=basic) as resp:
+            assert resp.status == 200
+        await wait_until(routed, 5, 0.1, "the gateway routes to it again")
+
         # Heartbeats keep it past its 3 s lease.
         first = (await instances(http, registry.url, "jsapp"))[0].get("last_heartbeat")
 
@@ -161,11 +183,6 @@ async def test_eureka_js_client_registers_and_is_routed_to_through_the_gateway(
         assert await line(proc) == "stopped"
         assert await asyncio.wait_for(proc.wait(), 10) == 0
         assert await instances(http, registry.url, "jsapp") == []
-
-        async def unrouted() -> bool:
-            async with http.get(f"{gateway.url}/jsapp/hello") as resp:
-                return resp.status == 503
-
         await wait_until(unrouted, 5, 0.1, "the gateway stops routing to it")
     finally:
         if proc.returncode is None:

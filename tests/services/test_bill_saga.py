@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from core.events.bus import Event
+from core.events.bus import Event, Keys
 from core.testing import Component, ComponentFactory, RedisServer, wait_until
 from tests.services.conftest import rows
 
@@ -246,7 +246,7 @@ async def test_with_an_inventory_instance_killed_in_the_middle_exactly_20_are_co
         async with bus(system) as redis:
 
             async def holding() -> bool:  # events delivered to it and not yet acknowledged
-                summary = await redis.xpending("essaim:events:bill.created", "inventory")
+                summary = await redis.xpending(Keys().stream("bill.created"), "inventory")
                 return any(c["name"] == "inventory-1" for c in summary["consumers"])
 
             with contextlib.suppress(TimeoutError):
@@ -292,11 +292,15 @@ async def bus(system: System) -> AsyncIterator[aioredis.Redis]:
         await client.aclose()
 
 
+async def streams(redis: aioredis.Redis) -> list[str]:
+    """The event streams (not the replays nor the dead letters of a group)."""
+    keys = await redis.keys("essaim:events:*")
+    return sorted(k for k in keys if not k.endswith((":retry", ":dead")))
+
+
 async def quiet(system: System, redis: aioredis.Redis) -> bool:
     """Every group has read and acknowledged everything, and no outbox holds an event."""
-    for stream in await redis.keys("essaim:events:*"):
-        if stream.startswith(("essaim:events:dead:", "essaim:events:retry:")):
-            continue
+    for stream in await streams(redis):
         for group in await redis.xinfo_groups(stream):
             if group["pending"] or group.get("lag") != 0:
                 return False
@@ -324,9 +328,7 @@ async def test_every_event_delivered_again_as_itself_or_as_a_new_event_changes_n
         await wait_until(lambda: quiet(system, redis), 20, message="the system quiet")
         before = await _snapshot(system)
         replayed = 0
-        for stream in sorted(await redis.keys("essaim:events:*")):
-            if stream.startswith(("essaim:events:dead:", "essaim:events:retry:")):
-                continue
+        for stream in await streams(redis):
             for _, fields in await redis.xrange(stream):
                 again = Event.from_fields(fields)
                 fresh = Event(again.type, again.source, again.data)  # the same, as a new event

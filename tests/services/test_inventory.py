@@ -18,7 +18,7 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient
 
 import configsvc
-from core.events.bus import Event, EventBus
+from core.events.bus import Event, EventBus, Keys
 from core.settings import Secret
 from core.testing import ComponentFactory, wait_until
 from services.auth.service import AuthSettings, build_auth_app
@@ -137,7 +137,7 @@ async def test_a_bill_reserves_its_stock_once_answers_and_emits_stock_low_under_
     events = await health_events(client)
     assert (events["consumer"]["handled"], events["consumer"]["duplicates"]) == (1, 1)
 
-    low = await wait_until(lambda: redis.xrange("essaim:events:stock.low"), 5, message="stock.low")
+    low = await wait_until(lambda: redis.xrange(Keys().stream("stock.low")), 5, message="stock.low")
     assert len(low) == 1
     data = Event.from_fields(low[0][1]).data
     assert data == {"product_id": monitor, "name": "Monitor", "quantity": 4, "threshold": 5,
@@ -145,14 +145,14 @@ async def test_a_bill_reserves_its_stock_once_answers_and_emits_stock_low_under_
     outbox = await (await client.get("/events/outbox")).json()
     assert [e["type"] for e in outbox["events"]] == ["stock.reserved", "stock.low"]  # newest first
     assert all(e["published"] for e in outbox["events"])
-    reserved = Event.from_fields((await redis.xrange("essaim:events:stock.reserved"))[0][1])
+    reserved = Event.from_fields((await redis.xrange(Keys().stream("stock.reserved")))[0][1])
     assert reserved.data == {"bill_id": 1, "lines": event.data["lines"]}
-    assert len(await redis.xrange("essaim:events:stock.reserved")) == 1  # the duplicate: nothing
+    assert len(await redis.xrange(Keys().stream("stock.reserved"))) == 1  # the duplicate: nothing
 
     await bus.publish(bill((monitor, 1), bill_id=2))  # already under: no second alert
     await wait_until(lambda: _handled(client, 3), 10)
     assert await quantity(client, monitor) == 3
-    assert len(await redis.xrange("essaim:events:stock.low")) == 1
+    assert len(await redis.xrange(Keys().stream("stock.low"))) == 1
 
 
 async def _handled(client: Client, count: int) -> bool:
@@ -164,7 +164,7 @@ async def answers(redis: aioredis.Redis, type: str, count: int) -> list[Any]:
     """The data of the first ``count`` events of ``type``, once there are that many."""
 
     async def found() -> list[Any]:
-        entries = await redis.xrange(f"essaim:events:{type}")
+        entries = await redis.xrange(Keys().stream(type))
         return [Event.from_fields(f).data for _, f in entries] if len(entries) >= count else []
 
     return list(await wait_until(found, 10, message=f"{count} {type}"))
@@ -225,7 +225,7 @@ async def test_a_cancelled_bill_releases_its_stock_even_when_the_cancel_comes_fi
     await bus.publish(bill((monitor, 3), bill_id=2))
     await wait_until(lambda: _handled(client, 5), 10, message="the late bill handled")
     assert await quantity(client, monitor) == 7
-    assert len(await redis.xrange("essaim:events:stock.reserved")) == 1
+    assert len(await redis.xrange(Keys().stream("stock.reserved"))) == 1
 
     await bus.publish(Event("bill.created", "billing", {"bill_id": 3}))  # malformed: a dead letter
     letters = await wait_until(
@@ -308,7 +308,7 @@ async def test_a_bill_whose_consumer_is_killed_mid_handling_is_taken_once_by_ano
             await EventBus(redis).publish(bill((1, 4)))
 
             async def pending_on_first() -> bool:
-                summary = await redis.xpending("essaim:events:bill.created", "inventory")
+                summary = await redis.xpending(Keys().stream("bill.created"), "inventory")
                 return any(c["name"] == "inventory-a" for c in summary["consumers"])
 
             await wait_until(pending_on_first, 10, message="the bill delivered to inventory-a")
