@@ -410,7 +410,8 @@ async def test_replaying_or_discarding_dead_letters_needs_the_admin_role(
         return {"Authorization": f"Bearer {(await response.json())['access_token']}"}
 
     admin, alice = await bearer("admin"), await bearer("alice")
-    await EventBus(redis).publish(bill((99, 1)))  # no product 99: a dead letter
+    # Malformed (no lines): a dead letter (a shortage or an unknown product is an answer).
+    await EventBus(redis).publish(Event("bill.created", "billing", {"bill_id": 99}))
 
     async def dead() -> list[dict[str, Any]]:
         listed = await client.get("/events/dead", headers=alice)  # a login may look
