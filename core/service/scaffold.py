@@ -14,8 +14,11 @@ the events it emits and handles) and its ``__main__`` calls
    billing), and the shared ``[http]`` table sets the call timeouts live;
 4. the registry watcher and :class:`core.service.calls.Calls`, when the service calls
    others;
-5. the outbox relay, when it emits events;
-6. the event consumer (group: the service's name), when it handles events.
+5. the outbox relay, when it emits events (its own, or its sagas' commands);
+6. the saga runners (:class:`core.events.saga.SagaRunner`), one per saga it
+   owns: timeouts, resends, waits;
+7. the event consumer (group: the service's name), when it handles events
+   (its own handlers, and its sagas' replies).
 
 The instance registers with the registry once its port is listening (so a
 port of 0 registers the port the OS picked) and deregisters first at
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import inspect
 import os
 import re
@@ -61,13 +65,15 @@ from core.config.client import ConfigClient, TypedView
 from core.db import Database, Migration
 from core.errors import ServiceUnavailable, SettingsError, problem_middleware
 from core.events import http as events_http
-from core.events.bus import Event, EventBus
+from core.events.bus import Event, EventBus, TxHandler
 from core.events.consumer import Consumer
 from core.events.outbox import OutboxRelay
+from core.events.saga import Saga, SagaRunner
 from core.http import json_response, redis_health, redis_unavailable
 from core.metrics import HTTPMetrics
 from core.openapi.spec import Spec
 from core.redis import Redis, connect
+from core.registry.client import RegistryClient
 from core.registry.discovery import Instance, Registration, Watcher
 from core.runner import BAD_SETTINGS, Site, configure, run
 from core.security.access import IDENTITY, PUBLIC, Policy, access_middleware
@@ -90,6 +96,7 @@ __all__ = [
     "DYNAMIC",
     "IDENTITY",
     "REDIS",
+    "SAGAS",
     "SETTINGS",
     "VERIFIER",
     "CallConfig",
@@ -128,6 +135,17 @@ class ServiceSettings(CommonSettings):
     )
     config_token: Secret = dataclasses.field(
         default=Secret(""), metadata=option("bearer token for configsvc, if it wants one")
+    )
+    registry_url: str = dataclasses.field(
+        default="",
+        metadata=option(
+            "the registry's URL: register through its API with --registry-token "
+            "(none: write the registry's Redis keys directly)"
+        ),
+    )
+    registry_token: Secret = dataclasses.field(
+        default=Secret(""),
+        metadata=option("the registry token of this service (svc.NAME.MAC) or the operator's"),
     )
     advertise_host: str = dataclasses.field(
         default="",
@@ -183,6 +201,12 @@ class ServiceSettings(CommonSettings):
                 raise SettingsError(f"{name}: expected > 0, got {getattr(self, name)}")
         if self.max_deliveries < 1:
             raise SettingsError(f"max_deliveries: expected >= 1, got {self.max_deliveries}")
+        if self.registry_url:
+            parts = urlsplit(self.registry_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise SettingsError(
+                    f"registry_url: expected an http(s) URL, got {self.registry_url!r}"
+                )
         if self.jwks_url:
             parts = urlsplit(self.jwks_url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -226,6 +250,10 @@ class Service:
     - ``handlers``: event type to :data:`EventHandler`, called as
       ``handler(app, conn, event)`` by one consumer of the group named after
       the service (a handler that can't be called so is refused here);
+    - ``sagas``: the sagas it owns (:mod:`core.events.saga`): their replies
+      are consumed by the same consumer, their commands and compensations
+      go through its outbox, and ``request.app[SAGAS][name]`` is each one's
+      :class:`~core.events.saga.SagaRunner`;
     - ``settings``: its settings class, :class:`ServiceSettings` or a subclass
       with settings of its own (``request.app[SETTINGS]`` is the object);
     - ``contexts``: cleanup contexts of its own resources, opened after the
@@ -237,6 +265,9 @@ class Service:
       ``default_access`` for the others. Enforced only when the service is
       given a JWKS URL (``--jwks-url``); they should say what the gateway's
       routes to the service say;
+    - ``admin_access``: the policy of the operator's actions the scaffold
+      adds, replaying and discarding dead letters (:data:`ADMIN_ROUTES`);
+      an ``access`` entry for one of them overrides it;
     - ``openapi``: a function that describes the service's routes in its
       OpenAPI document (``spec.op(...)`` for each), served at
       ``/openapi.json`` with the scaffold's own routes
@@ -252,14 +283,17 @@ class Service:
     calls: tuple[str, ...] = ()
     emits: tuple[str, ...] = ()
     handlers: Mapping[str, EventHandler] = dataclasses.field(default_factory=dict)
+    sagas: tuple[Saga, ...] = ()
     settings: type[ServiceSettings] = ServiceSettings
     contexts: tuple[CleanupContext, ...] = ()
     access: Mapping[str, str] = dataclasses.field(default_factory=dict)
     default_access: str = "authenticated"
+    admin_access: str = "roles:admin"
     openapi: Callable[[Spec], None] | None = None
 
     def __post_init__(self) -> None:
         Policy.parse(self.default_access)
+        Policy.parse(self.admin_access)
         for key, text in self.access.items():
             method, _, path = key.partition(" ")
             if not method.isupper() or not path.startswith("/"):
@@ -267,6 +301,20 @@ class Service:
             Policy.parse(text)
         for event_type, handler in self.handlers.items():
             _check_handler(event_type, handler)
+        for saga in self.sagas:
+            for reply in saga.reply_types:
+                if reply in self.handlers:
+                    raise ValueError(f"{reply!r} is both a handler's and saga {saga.name!r}'s")
+
+    @property
+    def publishes(self) -> bool:
+        """Whether it needs an outbox relay: it emits events or runs sagas."""
+        return bool(self.emits or self.sagas)
+
+    @property
+    def consumes(self) -> bool:
+        """Whether it needs a consumer: it handles events or runs sagas."""
+        return bool(self.handlers or self.sagas)
 
     @property
     def env_prefix(self) -> str:
@@ -320,6 +368,8 @@ WATCHER = web.AppKey("watcher", Watcher)
 CALLS = web.AppKey("calls", Calls)
 RELAY = events_http.RELAY
 CONSUMER = events_http.CONSUMER
+#: The runner of each saga the service owns, by the saga's name.
+SAGAS = web.AppKey("sagas", dict[str, SagaRunner])
 #: The token verifier, when the service was given a JWKS URL.
 VERIFIER = web.AppKey("verifier", Verifier)
 
@@ -418,7 +468,7 @@ async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
-    if not app[SERVICE].emits:
+    if not app[SERVICE].publishes:
         yield
         return
     relay = OutboxRelay(app[DB], EventBus(app[REDIS]), poll_interval=app[SETTINGS].outbox_poll)
@@ -428,18 +478,33 @@ async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
     await relay.stop()
 
 
+async def _sagas_ctx(app: web.Application) -> AsyncIterator[None]:
+    """A runner per saga: started before the consumer hands it replies, stopped after it."""
+    runners = {saga.name: SagaRunner(saga, app[DB]) for saga in app[SERVICE].sagas}
+    app[SAGAS] = runners
+    for runner in runners.values():
+        await runner.start()
+    yield
+    for runner in runners.values():
+        await runner.stop()
+
+
 async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
     service, settings = app[SERVICE], app[SETTINGS]
-    if not service.handlers:
+    if not service.consumes:
         yield
         return
-    handlers = dict(service.handlers)
+    handlers: dict[str, TxHandler] = {
+        type: functools.partial(handler, app) for type, handler in service.handlers.items()
+    }
+    for runner in app[SAGAS].values():
+        handlers.update(dict.fromkeys(runner.saga.reply_types, runner.handle))
 
     def dispatch(conn: sqlite3.Connection, event: Event) -> None:
         handler = handlers.get(event.type)
         if handler is None:
             raise LookupError(f"{service.name} has no handler for events of type {event.type!r}")
-        handler(app, conn, event)
+        handler(conn, event)
 
     consumer = Consumer(
         app[REDIS],
@@ -475,8 +540,8 @@ async def _deregister(app: web.Application) -> None:
 async def start_registration(app: web.Application, host: str, port: int) -> Registration:
     """Register the instance listening on ``host:port`` and keep it registered.
 
-    Called once the port listens. It doesn't wait for Redis: the registration
-    keeps trying in the background when Redis is away.
+    Called once the port listens. It doesn't wait for Redis (or the registry,
+    with ``--registry-url``): the registration keeps trying in the background.
     """
     settings = app[SETTINGS]
     advertise = settings.advertise_host or ("127.0.0.1" if host in ("", "0.0.0.0", "::") else host)
@@ -488,11 +553,17 @@ async def start_registration(app: web.Application, host: str, port: int) -> Regi
         ttl=settings.ttl,
         metadata={"pid": str(os.getpid())},
     )
-    registration = Registration(app[REDIS], instance)
+    target: Redis | RegistryClient = app[REDIS]
+    if settings.registry_url:
+        target = RegistryClient(settings.registry_url, settings.registry_token)
+    registration = Registration(target, instance)
     app[LIFECYCLE].registration = registration
     await registration.start(wait=2.0)
     if not registration.registered.is_set():
-        logger.warning("not registered yet (Redis unreachable); retrying in the background")
+        logger.warning(
+            "not registered yet (%s); retrying in the background",
+            registration.refusal or "the registry is unreachable",
+        )
     return registration
 
 
@@ -540,6 +611,8 @@ async def health(request: web.Request) -> web.Response:
         body["tokens"] = {"jwks_url": keys.url, "keys": len(keys.keys), "fetches": keys.fetches,
                           "failures": keys.failures}  # fmt: skip
     body["events"] = await events_http.describe(app.get(CONSUMER), app.get(RELAY))
+    if app.get(SAGAS):
+        body["events"]["sagas"] = {name: r.describe() for name, r in app[SAGAS].items()}
     return json_response(body, status=200 if db_ok else 503)
 
 
@@ -560,6 +633,17 @@ class _EventMetrics(Collector):
             )
             for outcome in ("handled", "duplicates", "failures", "dead_lettered"):
                 family.add_metric([outcome], getattr(consumer, outcome))
+            yield family
+        runners = self.app.get(SAGAS)
+        if runners:
+            family = CounterMetricFamily(
+                f"{self.namespace}_saga_events",
+                "what came of the sagas' replies, timeouts and resends, by saga",
+                labels=["saga", "outcome"],
+            )
+            for name, runner in runners.items():
+                for outcome, count in runner.describe().items():
+                    family.add_metric([name, outcome], count)
             yield family
         relay = self.app.get(RELAY)
         if relay is not None:
@@ -589,6 +673,9 @@ async def _database_busy(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 OPEN_PATHS = ("/health", "/metrics")
+#: The scaffold's routes that change what a service will do, for admins only by
+#: default (:attr:`Service.admin_access`): a replay re-runs events, a discard loses them.
+ADMIN_ROUTES = (("POST", "/events/dead/replay"), ("POST", "/events/dead/discard"))
 
 
 def route_policies(service: Service, app: web.Application) -> Callable[[web.Request], Policy]:
@@ -597,7 +684,9 @@ def route_policies(service: Service, app: web.Application) -> Callable[[web.Requ
     Raises ``ValueError`` for an ``access`` key that names no route of ``app``.
     """
     declared = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource}
-    policies: dict[tuple[str, str], Policy] = {}
+    policies: dict[tuple[str, str], Policy] = {
+        route: Policy.parse(service.admin_access) for route in ADMIN_ROUTES if route in declared
+    }
     for key, text in service.access.items():
         method, _, path = key.partition(" ")
         if (method, path) not in declared:
@@ -647,13 +736,13 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
     app[LIFECYCLE] = _Lifecycle()
     metrics.registry.register(_EventMetrics(app, metrics.namespace))
     for ctx in (_access_ctx, _redis_ctx, _db_ctx, _config_ctx, _calls_ctx, _relay_ctx,
-                _consumer_ctx, *service.contexts, _registration_ctx):  # fmt: skip
+                _sagas_ctx, _consumer_ctx, *service.contexts, _registration_ctx):  # fmt: skip
         app.cleanup_ctx.append(ctx)
     app.on_shutdown.append(_deregister)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics.handle)
     app.router.add_get("/openapi.json", service_openapi.build(service).handle)
-    events_http.add_routes(app, consumes=bool(service.handlers), emits=bool(service.emits))
+    events_http.add_routes(app, consumes=service.consumes, emits=service.publishes)
     app.add_routes(service.routes)
     policy_for = route_policies(service, app)
     if settings.jwks_url:
