@@ -4,9 +4,10 @@ The launcher (``python -m services``) starts every component as its own
 process on loopback (embedded Redis, configsvc, registry, gateway,
 customers, two inventory instances, billing; logs at ``warning``). Then:
 
-- **events**: ``bill.created`` events (one unit of a product each) published
-  straight onto the bus, as billing's relay would, and handled by the two
-  inventory instances (one consumer group, one SQLite database, a
+- **events**: ``bill.created`` events (one unit of a product each, each for
+  a bill id of its own that billing doesn't know, so that inventory reserves
+  and answers every one) published straight onto the bus, as billing's relay
+  would, and handled by the two inventory instances (one consumer group, one SQLite database, a
   transaction per batch). Latency runs from just before the publish call to
   the ``handled_at`` that the handling transaction records
   (``essaim_handled``, read from inventory's database file; one machine, one
@@ -22,6 +23,14 @@ customers, two inventory instances, billing; logs at ``warning``). Then:
   from their outbox row (``created_at``, in the bill's transaction) to their
   ``handled_at`` in inventory: the events' whole way in the real system
   (``bills' outbox``).
+- **saga**: the same loaded run's bills from ``pending`` to ``confirmed``:
+  from the saga's start (in the bill's transaction, ``essaim_sagas.created_at``)
+  to the transaction that confirmed it (``updated_at``), after billing's
+  outbox, the bus, inventory's reservation and answer, its outbox, the bus
+  again and billing's consumer; ``per s`` is bills confirmed per second.
+  Then ``paced``: bills sent at a fixed rate (up to 32 connections), each
+  measured from just before its ``POST`` was sent to its
+  confirmation (the client's wait for a confirmed bill, without polling).
 
 Results are printed as a table and written to ``bench/results/system.json``.
 """
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -171,8 +181,11 @@ async def wait_handled(db: Path, ids: set[str], timeout: float) -> dict[str, flo
         await asyncio.sleep(0.05)
 
 
+_BILL_IDS = itertools.count(-1, -1)  # bills billing never made: their answers are ignored
+
+
 def bill_event(product_id: int) -> Event:
-    return Event("bill.created", "bench", {"bill_id": 0, "lines": [
+    return Event("bill.created", "bench", {"bill_id": next(_BILL_IDS), "lines": [
         {"product_id": product_id, "quantity": 1}]})  # fmt: skip
 
 
@@ -241,7 +254,7 @@ async def bills(
                 began = time.perf_counter()
                 async with http.post(url, data=body, headers=auth) as response:
                     await response.read()
-                    if response.status == 201:
+                    if response.status == 202:
                         latencies.append(time.perf_counter() - began)
                     else:
                         errors += 1
@@ -270,6 +283,84 @@ async def outbox_events(system: System, since: float) -> Result:
     latencies = [done[i] - made[i] for i in done]
     seconds = max(done.values()) - min(made.values()) if done else 0.0
     return result("events", "bills' outbox", seconds, latencies, len(made) - len(done))
+
+
+def confirmed_bills(db: Path, since: float) -> dict[str, tuple[float, float]]:
+    """``bill id -> (saga started, confirmed)`` of the bills confirmed that started since ``since``."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT id, created_at, updated_at FROM essaim_sagas"
+            " WHERE saga = 'bill' AND state = 'confirmed' AND created_at >= ?",
+            (since,),
+        ).fetchall()
+    finally:
+        conn.close()
+    return {i: (c, u) for i, c, u in rows}
+
+
+def started_bills(db: Path, since: float) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = conn.execute(
+            "SELECT count(*) FROM essaim_sagas WHERE saga = 'bill' AND created_at >= ?", (since,)
+        ).fetchone()
+    finally:
+        conn.close()
+    return int(row[0])
+
+
+async def wait_confirmed(
+    db: Path, since: float, count: int, timeout: float
+) -> dict[str, tuple[float, float]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        done = await asyncio.to_thread(confirmed_bills, db, since)
+        if len(done) >= count or time.monotonic() > deadline:
+            return done
+        await asyncio.sleep(0.05)
+
+
+async def saga_loaded(system: System, since: float, mode: str) -> Result:
+    """The bills started since ``since``: from their saga's start to their confirmation."""
+    made = await asyncio.to_thread(started_bills, system.billing_db, since)
+    done = await wait_confirmed(system.billing_db, since, made, 60)
+    latencies = [u - c for c, u in done.values()]
+    seconds = max(u for _, u in done.values()) - min(c for c, _ in done.values()) if done else 0
+    return result("saga", mode, seconds, latencies, made - len(done))
+
+
+async def saga_paced(
+    system: System, product_id: int, count: int, rate: float, auth: dict[str, str]
+) -> Result:
+    """``count`` bills at ``rate`` a second: from sending the ``POST`` to the bill confirmed."""
+    body = json.dumps(
+        {"customer_id": 1, "lines": [{"product_id": product_id, "quantity": 1}]}
+    ).encode()
+    url = f"{system.gateway}/billing/bills"
+    sent: dict[str, float] = {}
+    errors = 0
+    since = time.time()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as http:
+        start = time.monotonic()
+
+        async def one(n: int) -> None:
+            nonlocal errors
+            delay = start + n / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            began = time.time()
+            async with http.post(url, data=body, headers=auth) as response:
+                doc = await response.json(content_type=None)
+                if response.status == 202:
+                    sent[str(doc["id"])] = began
+                else:
+                    errors += 1
+
+        await asyncio.gather(*(one(n) for n in range(count)))
+    done = await wait_confirmed(system.billing_db, since, len(sent), 60)
+    latencies = [done[i][1] - sent[i] for i in sent if i in done]
+    return result("saga", f"paced {rate:.0f}/s", count / rate, latencies, count - len(latencies))
 
 
 async def prepare(system: System, auth: dict[str, str]) -> tuple[int, int]:
@@ -306,6 +397,10 @@ async def bench(system: System, args: argparse.Namespace) -> list[Result]:
         since = time.time()
         results.append(await bills(system, bills_product, args.concurrency, args.duration, auth))
         results.append(await outbox_events(system, since))
+        results.append(await saga_loaded(system, since, f"{args.concurrency} connections"))
+        results.append(
+            await saga_paced(system, bills_product, args.saga_bills, args.saga_rate, auth)
+        )
     finally:
         await redis.aclose()
     return results
@@ -334,12 +429,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--concurrency", type=int, default=16, help="connections of the loaded bills run"
     )
+    parser.add_argument(
+        "--saga-rate", type=float, help="bills per second of the paced saga run [quick 50, 100]"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
     args = parser.parse_args(argv)
     args.events = args.events or (500 if args.quick else 10_000)
     args.rate = args.rate or (200.0 if args.quick else 500.0)
     args.paced = int(args.rate * (1 if args.quick else 10))
     args.duration = args.duration or (1.0 if args.quick else 10.0)
+    args.saga_rate = args.saga_rate or (50.0 if args.quick else 100.0)
+    args.saga_bills = int(args.saga_rate * (1 if args.quick else 10))
     workdir = Path(tempfile.mkdtemp(prefix="essaim-bench-system-"))
     system = System(workdir)
     install_uvloop()

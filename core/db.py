@@ -12,13 +12,15 @@ it does not know.
 Besides the service's own tables, :meth:`Database.open` keeps the tables of
 the core mechanisms (:data:`CORE_SCHEMA`, outside ``user_version``):
 ``essaim_outbox`` (events waiting for :class:`core.events.outbox.OutboxRelay`) and
-``essaim_handled`` (event ids a :class:`core.events.bus.Consumer` has handled).
+``essaim_handled`` (event ids a :class:`core.events.consumer.Consumer` has handled) and
+``essaim_sagas`` (the sagas a service runs, :mod:`core.events.saga`).
 
 All SQLite calls of a database run on one thread of its own, one at a time:
 :meth:`Database.run` for reads, :meth:`Database.transaction` for writes. A
 transaction that called :func:`core.events.outbox.add_to_outbox` notifies the
 ``on_outbox`` listeners (the relay's ``wake``) right after its commit, even if
-the awaiting coroutine was cancelled meanwhile.
+the awaiting coroutine was cancelled meanwhile; so do the callbacks given to
+:func:`after_commit` during the transaction.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from core.settings import private_dir, private_file
 
 logger = log.get("db")
 
-__all__ = ["CORE_SCHEMA", "Connection", "Database", "Migration"]
+__all__ = ["CORE_SCHEMA", "Connection", "Database", "Migration", "after_commit"]
 
 T = TypeVar("T")
 
@@ -71,6 +73,27 @@ CREATE TABLE IF NOT EXISTS essaim_handled (
     PRIMARY KEY (grp, event_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS essaim_handled_at ON essaim_handled (handled_at);
+CREATE TABLE IF NOT EXISTS essaim_sagas (
+    saga           TEXT NOT NULL,
+    id             TEXT NOT NULL,
+    state          TEXT NOT NULL,
+    data           TEXT NOT NULL,
+    reason         TEXT,
+    timeout        REAL NOT NULL,
+    retry          REAL NOT NULL,
+    deadline       REAL,
+    next_send      REAL,
+    sends          INTEGER NOT NULL DEFAULT 0,
+    compensation   TEXT,
+    compensated_at REAL,
+    created_at     REAL NOT NULL,
+    updated_at     REAL NOT NULL,
+    PRIMARY KEY (saga, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS essaim_sagas_deadline
+    ON essaim_sagas (deadline) WHERE deadline IS NOT NULL;
+CREATE INDEX IF NOT EXISTS essaim_sagas_next_send
+    ON essaim_sagas (next_send) WHERE next_send IS NOT NULL;
 """
 
 
@@ -78,6 +101,22 @@ class Connection(sqlite3.Connection):
     """The connection type of a :class:`Database`; remembers an outbox write until commit."""
 
     outbox_written = False
+    committed: list[Callable[[], None]] | None = None
+
+
+def after_commit(conn: sqlite3.Connection, callback: Callable[[], None]) -> None:
+    """Call ``callback()`` on the event loop once the transaction open on ``conn`` commits.
+
+    For wake-ups (a waiter, a relay): it is dropped if the transaction rolls
+    back, but not if only a savepoint inside it does, so a callback may run
+    for a change that did not happen; it must only make its owner look again.
+    Outside a :meth:`Database.transaction` it raises ``RuntimeError``.
+    """
+    if not isinstance(conn, Connection) or not conn.in_transaction:
+        raise RuntimeError("after_commit must run inside a Database.transaction")
+    if conn.committed is None:
+        conn.committed = []
+    conn.committed.append(callback)
 
 
 class Database:
@@ -167,18 +206,24 @@ class Database:
     def _in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
         conn.outbox_written = False
+        conn.committed = None
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn)
             conn.execute("COMMIT")
         except BaseException:
             conn.outbox_written = False
+            conn.committed = None
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         if conn.outbox_written:
             conn.outbox_written = False
             self._loop.call_soon_threadsafe(self._notify)
+        if conn.committed:
+            for callback in conn.committed:
+                self._loop.call_soon_threadsafe(callback)
+            conn.committed = None
         return result
 
     def _notify(self) -> None:

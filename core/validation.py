@@ -16,6 +16,7 @@ the JSON number back.
 
 from __future__ import annotations
 
+import math
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -24,7 +25,7 @@ from aiohttp import web
 
 from core.errors import BadRequest, NotFound, Unprocessable
 
-__all__ = ["Fields", "cents_to_number", "path_id", "query_int"]
+__all__ = ["Fields", "cents_to_number", "path_id", "query_int", "query_seconds"]
 
 _MISSING: Any = object()
 
@@ -242,5 +243,26 @@ def query_int(request: web.Request, name: str, default: int, minimum: int, maxim
         raise BadRequest(
             f"query parameter {name!r} must be between {minimum} and {maximum}",
             errors=[{"field": name, "reason": f"must be between {minimum} and {maximum}"}],
+        )
+    return value
+
+
+def query_seconds(request: web.Request, name: str, maximum: float) -> float | None:
+    """The number of seconds in the query parameter ``name``, ``0 <= value <= maximum``.
+
+    None when it is absent; :class:`BadRequest` when it is not such a number.
+    """
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= maximum:  # NaN fails too
+        raise BadRequest(
+            f"query parameter {name!r} must be a number of seconds from 0 to {maximum:g},"
+            f" got {raw[:40]!r}",
+            errors=[{"field": name, "reason": f"expected a number from 0 to {maximum:g}"}],
         )
     return value

@@ -405,7 +405,7 @@ class Launcher:
             f"curl -s {gw}/inventory/products",
             f"curl -s -X POST {gw}/billing/bills {bearer} -d "
             """'{"customer_id": 1, "lines": [{"product_id": 3, "quantity": 3}]}'""",
-            f"curl -s {gw}/inventory/products/3",
+            f"curl -s '{gw}/billing/bills/1?wait=5' {bearer}",
         ):
             self.out.say(f"  {line}")
         self.out.say("Ctrl-C stops everything.")

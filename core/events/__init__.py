@@ -9,5 +9,8 @@ Public face:
 - :mod:`core.events.consumer`: idempotent consumer groups, claiming, dead
   letters after N deliveries;
 - :mod:`core.events.dead_letters` and :mod:`core.events.http`: dead letters
-  to list, replay or discard, over HTTP.
+  to list, replay or discard, over HTTP;
+- :mod:`core.events.saga`: sagas, a business transaction across services
+  kept in its owner's database (:class:`~core.events.saga.Saga`,
+  :class:`~core.events.saga.SagaRunner`).
 """

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from core.errors import BadRequest, HTTPProblem, PayloadTooLarge
 from core.proxy.wire import RequestIds, connection_tokens, header_value, scan_request
-from core.routes.path import NEEDS_WORK, normalize_path
+from core.routes.path import TARGET_SCAN, normalize_path
 from core.trace import parse_traceparent
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ __all__ = ["HeaderFacts", "Heads", "Prepared", "RequestHead"]
 
 _CRLF = b"\r\n"
 _PROTOCOL = {True: b"1.1 essaim", False: b"1.0 essaim"}
-_NEEDS_WORK = NEEDS_WORK.search
+_SCAN = TARGET_SCAN.search
 # A Host value (RFC 9110 7.2, RFC 3986 3.2.2): an IP literal or a reg-name,
 # then an optional port. Empty is valid (RFC 9112 3.2).
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?")
@@ -267,15 +267,25 @@ class Heads:
                 )
         if upgrade and method == b"CONNECT":
             raise _connect_refused()
-        if b"#" in url:
-            raise BadRequest("a request target has no fragment ('#'): RFC 9112 3.2")
-        query_at = url.find(b"?")
-        raw_path = url if query_at < 0 else url[:query_at]
-        if _NEEDS_WORK(raw_path) is None:
-            path = raw_path.decode("latin-1")  # the common case: already normal, no copy
+        found = _SCAN(url)
+        if found is None:  # a normal path and no query: used as it came
+            query_at = -1
+            raw_path = url
+            path = url.decode("latin-1")
         else:
-            path = normalize_path(raw_path.decode("latin-1"))
-            raw_path = path.encode("latin-1")
+            query_at = found.start()
+            if url[query_at] != 63:  # not '?' first: a fragment, or a path that needs work
+                if url.find(b"#") >= 0:
+                    raise _fragment()
+                query_at = url.find(b"?")
+                raw_path = url if query_at < 0 else url[:query_at]
+                path = normalize_path(raw_path.decode("latin-1"))
+                raw_path = path.encode("latin-1")
+            else:  # '?' first: the path is normal, and the query is not ours to touch
+                if found.end() != len(url):  # the query's scan stopped at a '#'
+                    raise _fragment()
+                raw_path = url[:query_at]
+                path = raw_path.decode("latin-1")
         method_name = _METHOD_NAMES.get(method) or method.decode("ascii")
         generation = router.generation
         plan, upstream_path, prefix = router.resolve(method_name, facts.host, path, headers)
@@ -341,3 +351,7 @@ def _connect_refused() -> HTTPProblem:
         status=405,
         headers={"Allow": "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"},
     )
+
+
+def _fragment() -> BadRequest:
+    return BadRequest("a request target has no fragment ('#'): RFC 9112 3.2")

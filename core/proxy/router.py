@@ -200,6 +200,7 @@ class Router:
                 host.decode("latin-1") if host is not None else None,
                 path,
                 _header_getter(headers) if self._header_routes else _NO_HEADERS,
+                normalized=True,
             )
             if hit is not None:
                 route, params = hit

@@ -27,8 +27,10 @@ The query is not the path's: it is never touched. A fragment (``#``) has no
 place in a request target at all (RFC 9112 section 3.2); the caller refuses
 it before the path is split from the query.
 
-:data:`NEEDS_WORK` finds, in one regex scan, the paths that need any of this;
-the others (most requests) are used as they came, without a copy.
+:data:`TARGET_SCAN` finds, in one regex scan of a whole origin-form target,
+the query, a ``#`` or anything that makes its path need work: a target whose
+first find is a query without a fragment, or nothing (most requests), has a
+path that is used as it came, without a copy.
 """
 
 from __future__ import annotations
@@ -37,10 +39,15 @@ import re
 
 from core.errors import BadRequest
 
-__all__ = ["NEEDS_WORK", "normalize_path"]
+__all__ = ["TARGET_SCAN", "normalize_path"]
 
-#: Matches somewhere in a path that :func:`normalize_path` may change or refuse.
-NEEDS_WORK = re.compile(rb"[%\\]|/\.|//")
+#: In a target: the query (``?`` and what follows up to a ``#``), a fragment's
+#: ``#``, or what makes a path need :func:`normalize_path` (``%``, a
+#: backslash, ``/.``, ``//``), whichever comes first. A match on the query
+#: that ends before the target does stopped at a ``#``. One regex scan costs
+#: less than the ``bytes.find`` calls it replaces (about 1,200 instructions
+#: each under callgrind, 2,400 for a ``bytes`` ``in``).
+TARGET_SCAN = re.compile(rb"\?[^#]*|[#%\\]|/[./]")
 
 _PCT = re.compile(r"%(.?.?)")
 _HEX = frozenset("0123456789abcdefABCDEF")

@@ -126,8 +126,14 @@ class RouteTable:
         host: str | None,
         path: str,
         headers: Headers,
+        *,
+        normalized: bool = False,
     ) -> tuple[Route, dict[str, str]] | None:
         """The route for a request and its path parameters, or None.
+
+        ``normalized``: ``path`` is already in the form of
+        :func:`core.routes.path.normalize_path` (the gateway's data plane
+        normalizes every path once), so it is split without looking again.
 
         ``path`` is the request path without the query; ``host`` the Host
         header (a port and a trailing dot are ignored); ``headers`` a
@@ -136,9 +142,13 @@ class RouteTable:
         with percent-encoded unreserved characters decoded and other escapes
         kept (RFC 3986 normalisation), so they can go upstream as they are.
         """
-        segments = split_path(path)
-        if segments is None:
-            return None
+        if normalized:
+            segments = path[1:].split("/")
+        else:
+            found = split_path(path)
+            if found is None:
+                return None
+            segments = found
         if host is not None and self._by_host:
             tries = self._host_tries.get(host)
             if tries is None:

@@ -47,7 +47,7 @@ def build(service: Service) -> Spec:
         "GET", "/openapi.json", "This document", tags=ops, redis=False, responses=[(200, json(ANY))]
     )
     events = ["events"]
-    if service.handlers:
+    if service.consumes:
         spec.op("GET", "/events/dead", "The service's dead letters, oldest first", tags=events,
                 auth=True, query={"after": DEAD_LETTER_ID,
                                   "count": {"type": "integer", "minimum": 1, "maximum": 1000}},
@@ -63,7 +63,7 @@ def build(service: Service) -> Spec:
                 description=f"An admin action ({service.admin_access} by default).",
                 responses=[(200, json(obj(discarded=INTEGER))), ADMIN_ONLY,
                            problem(422, "ids that are not dead letter ids")])  # fmt: skip
-    if service.emits:
+    if service.publishes:
         spec.op(
             "GET",
             "/events/outbox",

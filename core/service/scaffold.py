@@ -14,8 +14,11 @@ the events it emits and handles) and its ``__main__`` calls
    billing), and the shared ``[http]`` table sets the call timeouts live;
 4. the registry watcher and :class:`core.service.calls.Calls`, when the service calls
    others;
-5. the outbox relay, when it emits events;
-6. the event consumer (group: the service's name), when it handles events.
+5. the outbox relay, when it emits events (its own, or its sagas' commands);
+6. the saga runners (:class:`core.events.saga.SagaRunner`), one per saga it
+   owns: timeouts, resends, waits;
+7. the event consumer (group: the service's name), when it handles events
+   (its own handlers, and its sagas' replies).
 
 The instance registers with the registry once its port is listening (so a
 port of 0 registers the port the OS picked) and deregisters first at
@@ -42,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import inspect
 import os
 import re
@@ -61,9 +65,10 @@ from core.config.client import ConfigClient, TypedView
 from core.db import Database, Migration
 from core.errors import ServiceUnavailable, SettingsError, problem_middleware
 from core.events import http as events_http
-from core.events.bus import Event, EventBus
+from core.events.bus import Event, EventBus, TxHandler
 from core.events.consumer import Consumer
 from core.events.outbox import OutboxRelay
+from core.events.saga import Saga, SagaRunner
 from core.http import json_response, redis_health, redis_unavailable
 from core.metrics import HTTPMetrics
 from core.openapi.spec import Spec
@@ -91,6 +96,7 @@ __all__ = [
     "DYNAMIC",
     "IDENTITY",
     "REDIS",
+    "SAGAS",
     "SETTINGS",
     "VERIFIER",
     "CallConfig",
@@ -244,6 +250,10 @@ class Service:
     - ``handlers``: event type to :data:`EventHandler`, called as
       ``handler(app, conn, event)`` by one consumer of the group named after
       the service (a handler that can't be called so is refused here);
+    - ``sagas``: the sagas it owns (:mod:`core.events.saga`): their replies
+      are consumed by the same consumer, their commands and compensations
+      go through its outbox, and ``request.app[SAGAS][name]`` is each one's
+      :class:`~core.events.saga.SagaRunner`;
     - ``settings``: its settings class, :class:`ServiceSettings` or a subclass
       with settings of its own (``request.app[SETTINGS]`` is the object);
     - ``contexts``: cleanup contexts of its own resources, opened after the
@@ -273,6 +283,7 @@ class Service:
     calls: tuple[str, ...] = ()
     emits: tuple[str, ...] = ()
     handlers: Mapping[str, EventHandler] = dataclasses.field(default_factory=dict)
+    sagas: tuple[Saga, ...] = ()
     settings: type[ServiceSettings] = ServiceSettings
     contexts: tuple[CleanupContext, ...] = ()
     access: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -290,6 +301,20 @@ class Service:
             Policy.parse(text)
         for event_type, handler in self.handlers.items():
             _check_handler(event_type, handler)
+        for saga in self.sagas:
+            for reply in saga.reply_types:
+                if reply in self.handlers:
+                    raise ValueError(f"{reply!r} is both a handler's and saga {saga.name!r}'s")
+
+    @property
+    def publishes(self) -> bool:
+        """Whether it needs an outbox relay: it emits events or runs sagas."""
+        return bool(self.emits or self.sagas)
+
+    @property
+    def consumes(self) -> bool:
+        """Whether it needs a consumer: it handles events or runs sagas."""
+        return bool(self.handlers or self.sagas)
 
     @property
     def env_prefix(self) -> str:
@@ -343,6 +368,8 @@ WATCHER = web.AppKey("watcher", Watcher)
 CALLS = web.AppKey("calls", Calls)
 RELAY = events_http.RELAY
 CONSUMER = events_http.CONSUMER
+#: The runner of each saga the service owns, by the saga's name.
+SAGAS = web.AppKey("sagas", dict[str, SagaRunner])
 #: The token verifier, when the service was given a JWKS URL.
 VERIFIER = web.AppKey("verifier", Verifier)
 
@@ -441,7 +468,7 @@ async def _calls_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
-    if not app[SERVICE].emits:
+    if not app[SERVICE].publishes:
         yield
         return
     relay = OutboxRelay(app[DB], EventBus(app[REDIS]), poll_interval=app[SETTINGS].outbox_poll)
@@ -451,18 +478,33 @@ async def _relay_ctx(app: web.Application) -> AsyncIterator[None]:
     await relay.stop()
 
 
+async def _sagas_ctx(app: web.Application) -> AsyncIterator[None]:
+    """A runner per saga: started before the consumer hands it replies, stopped after it."""
+    runners = {saga.name: SagaRunner(saga, app[DB]) for saga in app[SERVICE].sagas}
+    app[SAGAS] = runners
+    for runner in runners.values():
+        await runner.start()
+    yield
+    for runner in runners.values():
+        await runner.stop()
+
+
 async def _consumer_ctx(app: web.Application) -> AsyncIterator[None]:
     service, settings = app[SERVICE], app[SETTINGS]
-    if not service.handlers:
+    if not service.consumes:
         yield
         return
-    handlers = dict(service.handlers)
+    handlers: dict[str, TxHandler] = {
+        type: functools.partial(handler, app) for type, handler in service.handlers.items()
+    }
+    for runner in app[SAGAS].values():
+        handlers.update(dict.fromkeys(runner.saga.reply_types, runner.handle))
 
     def dispatch(conn: sqlite3.Connection, event: Event) -> None:
         handler = handlers.get(event.type)
         if handler is None:
             raise LookupError(f"{service.name} has no handler for events of type {event.type!r}")
-        handler(app, conn, event)
+        handler(conn, event)
 
     consumer = Consumer(
         app[REDIS],
@@ -569,6 +611,8 @@ async def health(request: web.Request) -> web.Response:
         body["tokens"] = {"jwks_url": keys.url, "keys": len(keys.keys), "fetches": keys.fetches,
                           "failures": keys.failures}  # fmt: skip
     body["events"] = await events_http.describe(app.get(CONSUMER), app.get(RELAY))
+    if app.get(SAGAS):
+        body["events"]["sagas"] = {name: r.describe() for name, r in app[SAGAS].items()}
     return json_response(body, status=200 if db_ok else 503)
 
 
@@ -589,6 +633,17 @@ class _EventMetrics(Collector):
             )
             for outcome in ("handled", "duplicates", "failures", "dead_lettered"):
                 family.add_metric([outcome], getattr(consumer, outcome))
+            yield family
+        runners = self.app.get(SAGAS)
+        if runners:
+            family = CounterMetricFamily(
+                f"{self.namespace}_saga_events",
+                "what came of the sagas' replies, timeouts and resends, by saga",
+                labels=["saga", "outcome"],
+            )
+            for name, runner in runners.items():
+                for outcome, count in runner.describe().items():
+                    family.add_metric([name, outcome], count)
             yield family
         relay = self.app.get(RELAY)
         if relay is not None:
@@ -681,13 +736,13 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
     app[LIFECYCLE] = _Lifecycle()
     metrics.registry.register(_EventMetrics(app, metrics.namespace))
     for ctx in (_access_ctx, _redis_ctx, _db_ctx, _config_ctx, _calls_ctx, _relay_ctx,
-                _consumer_ctx, *service.contexts, _registration_ctx):  # fmt: skip
+                _sagas_ctx, _consumer_ctx, *service.contexts, _registration_ctx):  # fmt: skip
         app.cleanup_ctx.append(ctx)
     app.on_shutdown.append(_deregister)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics.handle)
     app.router.add_get("/openapi.json", service_openapi.build(service).handle)
-    events_http.add_routes(app, consumes=bool(service.handlers), emits=bool(service.emits))
+    events_http.add_routes(app, consumes=service.consumes, emits=service.publishes)
     app.add_routes(service.routes)
     policy_for = route_policies(service, app)
     if settings.jwks_url:

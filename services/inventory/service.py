@@ -14,22 +14,36 @@ with at most two decimals (kept in cents), ``quantity`` the units in stock
 force. The threshold is ``[inventory] low_stock_threshold`` in configsvc and
 applies as soon as it changes there.
 
-Events: it handles ``bill.created`` (consumer group ``inventory``) by taking
-each line's quantity from stock, all lines or none, exactly once per event.
-A bill for a product it doesn't know, or for more than is in stock, fails and
-is retried, then dead-lettered (``GET /events/dead``); restock, then replay
-it (``POST /events/dead/replay``). When a product's stock falls under the
-threshold (by a bill or a ``PATCH``) it emits ``stock.low`` through its
-outbox, in the same transaction.
+Events: inventory is a participant in billing's bill saga (consumer group
+``inventory``), and answers through its outbox in the transaction that acts:
+
+- ``bill.created``: reserve every line of the bill or none, in one
+  transaction. Every line served: the quantities leave the stock and it
+  answers ``stock.reserved``; else nothing is taken and it answers
+  ``stock.rejected`` with ``reason: {code: "out_of_stock", detail, lines}``,
+  each line that can't be served with its ``reason``. A shortage is an
+  answer, never a failure: no retries, no dead letter.
+- ``bill.cancelled``: release what the bill holds (the quantities go back
+  into stock) and answer ``stock.released``.
+
+Both are idempotent by bill (table ``reservations``): a bill asked again
+gets the answer it got the first time; a cancellation that comes before the
+bill's ``bill.created`` leaves the bill ``released``, so the reservation
+never happens. Only a malformed event fails (and ends as a dead letter,
+``GET /events/dead``). When a product's stock falls under the threshold (by
+a reservation or a ``PATCH``) it emits ``stock.low`` through its outbox, in
+the same transaction.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import time
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from core.errors import NotFound
@@ -62,6 +76,15 @@ MIGRATIONS = (
         name        TEXT NOT NULL,
         price_cents INTEGER NOT NULL CHECK (price_cents >= 0),
         quantity    INTEGER NOT NULL CHECK (quantity >= 0)
+    );
+    """,
+    """
+    CREATE TABLE reservations (
+        bill_id    INTEGER PRIMARY KEY,
+        status     TEXT NOT NULL CHECK (status IN ('reserved', 'rejected', 'released')),
+        lines      TEXT NOT NULL,
+        reason     TEXT,
+        updated_at REAL NOT NULL
     );
     """,
 )
@@ -199,53 +222,117 @@ async def delete_product(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-class StockError(Exception):
-    """A bill's stock can't be taken (unknown product, not enough units): retried, then dead."""
-
-
-def _bill_lines(event: Event) -> tuple[Any, list[tuple[int, int]]]:
+def _bill_lines(event: Event) -> tuple[int, list[tuple[int, int]]]:
+    """``(bill_id, [(product_id, quantity)])`` of a bill event; ``ValueError`` when malformed."""
     data = event.data
     if not isinstance(data, dict) or not isinstance(data.get("lines"), list):
-        raise ValueError(f"bill.created {event.id}: data has no 'lines' array")
+        raise ValueError(f"{event.type} {event.id}: data has no 'lines' array")
+    bill_id = data.get("bill_id")
+    if not isinstance(bill_id, int) or isinstance(bill_id, bool):
+        raise ValueError(f"{event.type} {event.id}: data has no integer 'bill_id'")
     lines = []
     for line in data["lines"]:
         try:
             product_id, quantity = int(line["product_id"]), int(line["quantity"])
         except (KeyError, TypeError, ValueError):
-            raise ValueError(f"bill.created {event.id}: malformed line {line!r}") from None
+            raise ValueError(f"{event.type} {event.id}: malformed line {line!r}") from None
         if quantity <= 0:
-            raise ValueError(f"bill.created {event.id}: quantity {quantity} is not positive")
+            raise ValueError(f"{event.type} {event.id}: quantity {quantity} is not positive")
         lines.append((product_id, quantity))
-    return data.get("bill_id"), lines
+    return bill_id, lines
+
+
+def _answer(conn: sqlite3.Connection, type: str, data: dict[str, Any]) -> None:
+    add_to_outbox(conn, Event(type, "inventory", data))
+
+
+def _lines_doc(lines: list[tuple[int, int]]) -> list[dict[str, int]]:
+    return [{"product_id": p, "quantity": q} for p, q in lines]
+
+
+def _record(
+    conn: sqlite3.Connection, bill_id: int, status: str, lines: Any, reason: Any = None
+) -> None:
+    conn.execute(
+        "INSERT INTO reservations (bill_id, status, lines, reason, updated_at) VALUES (?, ?, ?, ?, ?)"
+        " ON CONFLICT (bill_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
+        (bill_id, status, orjson.dumps(lines).decode(),
+         None if reason is None else orjson.dumps(reason).decode(), time.time()),
+    )  # fmt: skip
 
 
 def on_bill_created(app: web.Application, conn: sqlite3.Connection, event: Event) -> None:
-    """Take a bill's quantities from stock: every line or, raising, none (the savepoint)."""
+    """Reserve a bill's lines, all or none, and answer; a bill seen before gets its answer again."""
     bill_id, lines = _bill_lines(event)
-    threshold = _threshold(app)
+    seen = conn.execute(
+        "SELECT status, lines, reason FROM reservations WHERE bill_id = ?", (bill_id,)
+    ).fetchone()
+    if seen is not None:
+        status, recorded, reason = seen
+        if status == "reserved":
+            _answer(conn, "stock.reserved", {"bill_id": bill_id, "lines": orjson.loads(recorded)})
+        elif status == "rejected":
+            _answer(conn, "stock.rejected", {"bill_id": bill_id, "reason": orjson.loads(reason)})
+        # released: cancelled before it was reserved; the saga no longer waits for an answer
+        return
+    problems = []
+    found = []
     for product_id, quantity in lines:
-        before = _select(conn, product_id)
-        if before is None:
-            raise StockError(f"bill {bill_id}: no product with id {product_id}")
-        if before[3] < quantity:
-            raise StockError(
-                f"bill {bill_id}: product {product_id} has {before[3]} in stock, {quantity} billed"
-            )
+        row = _select(conn, product_id)
+        if row is None:
+            problems.append({"product_id": product_id, "quantity": quantity, "available": 0,
+                             "reason": f"no product with id {product_id}"})  # fmt: skip
+        elif row[3] < quantity:
+            problems.append({"product_id": product_id, "quantity": quantity, "available": row[3],
+                             "reason": f"only {row[3]} in stock"})  # fmt: skip
+        else:
+            found.append((row, quantity))
+    if problems:
+        detail = "; ".join(f"product {p['product_id']}: {p['reason']}" for p in problems)
+        reason = {"code": "out_of_stock", "detail": detail, "lines": problems}
+        _record(conn, bill_id, "rejected", _lines_doc(lines), reason)
+        _answer(conn, "stock.rejected", {"bill_id": bill_id, "reason": reason})
+        return
+    threshold = _threshold(app)
+    for before, quantity in found:
         conn.execute(
-            "UPDATE products SET quantity = quantity - ? WHERE id = ?", (quantity, product_id)
+            "UPDATE products SET quantity = quantity - ? WHERE id = ?", (quantity, before[0])
         )
         after = (before[0], before[1], before[2], before[3] - quantity)
         _stock_fell(conn, after, before[3], threshold, {"cause": "bill", "bill_id": bill_id})
+    _record(conn, bill_id, "reserved", _lines_doc(lines))
+    _answer(conn, "stock.reserved", {"bill_id": bill_id, "lines": _lines_doc(lines)})
+
+
+def on_bill_cancelled(app: web.Application, conn: sqlite3.Connection, event: Event) -> None:
+    """Release what a bill holds (nothing, when it was rejected or never came) and answer."""
+    bill_id, _ = _bill_lines(event)
+    seen = conn.execute(
+        "SELECT status, lines FROM reservations WHERE bill_id = ?", (bill_id,)
+    ).fetchone()
+    released: list[dict[str, int]] = []
+    if seen is None:
+        _record(conn, bill_id, "released", [])  # a bill.created coming later reserves nothing
+    elif seen[0] == "reserved":
+        released = orjson.loads(seen[1])
+        for line in released:  # a product deleted since has nowhere to go back to
+            conn.execute(
+                "UPDATE products SET quantity = quantity + ? WHERE id = ?",
+                (line["quantity"], line["product_id"]),
+            )
+        _record(conn, bill_id, "released", released)
+    _answer(conn, "stock.released", {"bill_id": bill_id, "lines": released})
 
 
 SERVICE = Service(
     name="inventory",
-    description="Essaim demo service: products and their stock; takes billed units from stock.",
+    description="Essaim demo service: products and their stock; reserves and releases the stock"
+    " of bills (billing's saga).",
     routes=routes,
     migrations=MIGRATIONS,
     config=InventoryConfig,
-    emits=("stock.low",),
-    handlers={"bill.created": on_bill_created},
+    emits=("stock.low", "stock.reserved", "stock.rejected", "stock.released"),
+    handlers={"bill.created": on_bill_created, "bill.cancelled": on_bill_cancelled},
     openapi=describe,
     # As the gateway's routes say (config/gateway.toml): anyone reads products,
     # admins change them; the rest (events) needs a token.

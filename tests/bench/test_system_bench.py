@@ -28,6 +28,8 @@ def test_quick_system_bench_prints_a_table_and_writes_results(tmp_path: Path) ->
         ("bills", "1 connections"),
         ("bills", "16 connections"),
         ("events", "bills' outbox"),
+        ("saga", "16 connections"),
+        ("saga", "paced 50/s"),
     ]
     for result in report["results"]:
         assert result["errors"] == 0

@@ -57,10 +57,18 @@ def test_the_demo_routes_parse_and_say_who_may_do_what() -> None:
     assert limited[0].rate_limit == RateLimitPolicy(replenish_rate=5, burst_capacity=10)
     assert all(r.rate_limit is None for r in table.routes if r.id != "auth-tokens")
 
+    # Reading bills waits up to 30 s (?wait=): a longer per-try timeout than the default.
+    for path in ("/billing/bills", "/billing/bills/7"):
+        assert routed(table, "GET", path) == ("bills-read", "authenticated", "billing", path[8:])
+    bills = table.match("GET", None, "/billing/bills/7", {})
+    assert bills is not None
+    assert bills[0].timeouts.per_try > 30
+
     # The rest goes to the discovery routes, whose policy is GATEWAY_DISCOVERY_AUTH.
     for method, path in (
         ("GET", "/customers/customers"),
         ("POST", "/billing/bills"),
+        ("POST", "/billing/bills/7/cancel"),
         ("GET", "/inventory/events/dead"),
         ("OPTIONS", "/inventory/products"),
     ):

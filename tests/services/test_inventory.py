@@ -1,4 +1,4 @@
-"""The inventory service: products, the stock taken by ``bill.created``, ``stock.low``, dead letters.
+"""The inventory service: products, its part in the bill saga, ``stock.low``, dead letters.
 
 Events are published here as billing's relay would (``EventBus.publish``):
 what is tested is the service's use of the bus (the bus itself is tested in
@@ -122,7 +122,7 @@ async def test_bad_products_are_refused_and_change_nothing(
     assert rows(db, "SELECT * FROM products") == before
 
 
-async def test_a_bill_takes_its_stock_once_and_emits_stock_low_under_the_threshold(
+async def test_a_bill_reserves_its_stock_once_answers_and_emits_stock_low_under_the_threshold(
     client: Client, redis: aioredis.Redis, redis_url: str
 ) -> None:
     monitor = await product(client, "Monitor", 199, 7)
@@ -143,8 +143,11 @@ async def test_a_bill_takes_its_stock_once_and_emits_stock_low_under_the_thresho
     assert data == {"product_id": monitor, "name": "Monitor", "quantity": 4, "threshold": 5,
                     "cause": "bill", "bill_id": 1}  # fmt: skip
     outbox = await (await client.get("/events/outbox")).json()
-    assert [e["type"] for e in outbox["events"]] == ["stock.low"]
-    assert outbox["events"][0]["published"] is True
+    assert [e["type"] for e in outbox["events"]] == ["stock.reserved", "stock.low"]  # newest first
+    assert all(e["published"] for e in outbox["events"])
+    reserved = Event.from_fields((await redis.xrange(Keys().stream("stock.reserved")))[0][1])
+    assert reserved.data == {"bill_id": 1, "lines": event.data["lines"]}
+    assert len(await redis.xrange(Keys().stream("stock.reserved"))) == 1  # the duplicate: nothing
 
     await bus.publish(bill((monitor, 1), bill_id=2))  # already under: no second alert
     await wait_until(lambda: _handled(client, 3), 10)
@@ -157,30 +160,82 @@ async def _handled(client: Client, count: int) -> bool:
     return bool(consumer["handled"] + consumer["duplicates"] >= count)
 
 
-async def test_a_bill_that_cannot_be_served_becomes_a_dead_letter_and_replays_after_a_restock(
+async def answers(redis: aioredis.Redis, type: str, count: int) -> list[Any]:
+    """The data of the first ``count`` events of ``type``, once there are that many."""
+
+    async def found() -> list[Any]:
+        entries = await redis.xrange(Keys().stream(type))
+        return [Event.from_fields(f).data for _, f in entries] if len(entries) >= count else []
+
+    return list(await wait_until(found, 10, message=f"{count} {type}"))
+
+
+async def test_a_bill_that_cannot_be_served_is_rejected_with_a_reason_per_line_never_dead(
     client: Client, redis: aioredis.Redis
 ) -> None:
     monitor = await product(client, "Monitor", 199, 2)
     keyboard = await product(client, "Keyboard", 49.9, 10)
-    await EventBus(redis).publish(bill((keyboard, 1), (monitor, 3)))
-
-    async def dead() -> list[dict[str, Any]]:
-        return list((await (await client.get("/events/dead")).json())["dead_letters"])
-
-    letters = await wait_until(dead, 10, message="a dead letter")
-    assert letters[0]["deliveries"] == 2
-    assert f"product {monitor} has 2 in stock, 3 billed" in letters[0]["error"]
-    assert letters[0]["event"]["type"] == "bill.created"
+    bus = EventBus(redis)
+    await bus.publish(bill((keyboard, 1), (monitor, 3), (99, 1)))
+    [rejected] = await answers(redis, "stock.rejected", 1)
+    assert rejected == {"bill_id": 1, "reason": {
+        "code": "out_of_stock",
+        "detail": f"product {monitor}: only 2 in stock; product 99: no product with id 99",
+        "lines": [
+            {"product_id": monitor, "quantity": 3, "available": 2, "reason": "only 2 in stock"},
+            {"product_id": 99, "quantity": 1, "available": 0, "reason": "no product with id 99"},
+        ],
+    }}  # fmt: skip
     assert await quantity(client, keyboard) == 10  # all lines or none
 
-    bad = await client.post("/events/dead/replay", json={"ids": ["nope"]})
-    assert bad.status == 422
+    # Asked again (billing sends a command again until it hears back): the same answer,
+    # even after a restock; a bill that can be served is served.
     await client.patch(f"/products/{monitor}", json={"quantity": 5})
-    replayed = await client.post("/events/dead/replay", json={"ids": [letters[0]["id"]]})
-    assert await replayed.json() == {"replayed": 1}
-    await wait_until(lambda: _quantity_is(client, monitor, 2), 10, message="the replay handled")
-    assert await quantity(client, keyboard) == 9
-    assert await dead() == []
+    await bus.publish(bill((keyboard, 1), (monitor, 3), (99, 1)))
+    await bus.publish(bill((keyboard, 1), (monitor, 3), bill_id=2))
+    assert (await answers(redis, "stock.rejected", 2))[1] == rejected
+    assert (await answers(redis, "stock.reserved", 1))[0]["bill_id"] == 2
+    assert (await quantity(client, monitor), await quantity(client, keyboard)) == (2, 9)
+    assert (await (await client.get("/events/dead")).json())["dead_letters"] == []
+
+
+async def test_a_cancelled_bill_releases_its_stock_even_when_the_cancel_comes_first(
+    client: Client, redis: aioredis.Redis
+) -> None:
+    monitor = await product(client, "Monitor", 199, 7)
+    bus = EventBus(redis)
+
+    def cancel(bill_id: int) -> Event:
+        data = {"bill_id": bill_id, "cause": "cancelled",
+                "lines": [{"product_id": monitor, "quantity": 3}]}  # fmt: skip
+        return Event("bill.cancelled", "billing", data)
+
+    await bus.publish(bill((monitor, 3), bill_id=1))
+    await answers(redis, "stock.reserved", 1)
+    assert await quantity(client, monitor) == 4
+    await bus.publish(cancel(1))
+    await bus.publish(cancel(1))  # sent again: released once, answered again
+    released = await answers(redis, "stock.released", 2)
+    assert released == [{"bill_id": 1, "lines": [{"product_id": monitor, "quantity": 3}]},
+                        {"bill_id": 1, "lines": []}]  # fmt: skip
+    assert await quantity(client, monitor) == 7
+
+    await bus.publish(cancel(2))  # the cancel overtook its bill: the bill must reserve nothing
+    await answers(redis, "stock.released", 3)
+    await bus.publish(bill((monitor, 3), bill_id=2))
+    await wait_until(lambda: _handled(client, 5), 10, message="the late bill handled")
+    assert await quantity(client, monitor) == 7
+    assert len(await redis.xrange(Keys().stream("stock.reserved"))) == 1
+
+    await bus.publish(Event("bill.created", "billing", {"bill_id": 3}))  # malformed: a dead letter
+    letters = await wait_until(
+        lambda: _dead(client), 10, message="the malformed event dead-lettered"
+    )
+    assert "data has no 'lines' array" in letters[0]["error"]
+
+
+async def _dead(client: Client) -> list[Any]:
+    return list((await (await client.get("/events/dead")).json())["dead_letters"])
 
 
 async def _quantity_is(client: Client, product_id: int, expected: int) -> bool:
@@ -358,7 +413,8 @@ async def test_replaying_or_discarding_dead_letters_needs_the_admin_role(
         return {"Authorization": f"Bearer {(await response.json())['access_token']}"}
 
     admin, alice = await bearer("admin"), await bearer("alice")
-    await EventBus(redis).publish(bill((99, 1)))  # no product 99: a dead letter
+    # Malformed (no lines): a dead letter (a shortage or an unknown product is an answer).
+    await EventBus(redis).publish(Event("bill.created", "billing", {"bill_id": 99}))
 
     async def dead() -> list[dict[str, Any]]:
         listed = await client.get("/events/dead", headers=alice)  # a login may look

@@ -85,6 +85,8 @@ async def test_the_upstream_gets_the_normalized_path_that_was_routed(
         b"/api/products#",
         b"/api/x#frag",
         b"/api/x?a=1#f",
+        b"/api/a#b?c",
+        b"/api/%61#",
         b"/api/a/../b",
         b"/api/a/%2e%2E/b",
         b"/api/%2E/b",
