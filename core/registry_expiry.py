@@ -56,9 +56,14 @@ class Expirer:
             reply = await self.redis.config_get("notify-keyspace-events")
             current = str(reply.get("notify-keyspace-events") or "")
             if "E" not in current or ("x" not in current and "A" not in current):
-                await self.redis.config_set("notify-keyspace-events", current + "".join(
-                    c for c in "Ex" if c not in current
-                ))  # fmt: skip
+                wanted = current + "".join(c for c in "Ex" if c not in current)
+                await self.redis.config_set("notify-keyspace-events", wanted)
+                # A change to a server others may share: never silent.
+                logger.warning(
+                    "changed the Redis server's notify-keyspace-events from %r to %r"
+                    " (expired-key events, to see instances expire at once)",
+                    current, wanted,
+                )  # fmt: skip
             self.notifications = True
         except RedisError as exc:
             if isinstance(exc, UNAVAILABLE):
