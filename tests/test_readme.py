@@ -1,62 +1,67 @@
-"""The README's console examples run as shown.
+"""Every block of README.md is played, checked, or visibly set aside with a reason that holds.
 
-Each ```console block under a section named here is split into ``$ command``
-and its expected output (:mod:`tests.console`); the commands run one after the
-other in one bash session, as typed in one terminal, against components
-started for the test (their default ports replaced by free ones) and each
-output must match, times aside. A command commented ``# Server-Sent Events``
-is read for one second and compared up to the lines shown.
+- ```console blocks are played, every one, in order, against the system the
+  launcher started (``tests/services/test_launcher.py``, which reads them with
+  the same :func:`tests.console.console_blocks`);
+- ```text blocks show what the launcher prints: the same test checks that
+  the launcher printed each of their lines;
+- ```toml blocks are route tables: each must be one the gateway accepts;
+- ```sh blocks hold commands that can't be played inside the suite; each
+  command is in :data:`NOT_PLAYED` with its reason, and the reason is checked.
+
+A block of any other kind, or a command without a reason, fails the test.
 """
 
 from __future__ import annotations
 
-import re
+import subprocess
+import tomllib
 from pathlib import Path
 
-from core.testing import ComponentFactory
-from tests.console import Shell, console_blocks
+from core.route_config import parse_table
+from tests.console import console_blocks, fenced_blocks
+from tests.services import test_launcher
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 
-
-REV = re.compile(r'"rev":\d+')
-
-
-def normalise(lines: list[str], *, revs: bool = False) -> list[str]:
-    """Times always, and the config service's change counter with ``revs``."""
-    out = [TIME.sub("<time>", line) for line in lines]
-    return [REV.sub('"rev":N', line) for line in out] if revs else out
-
-
-async def play(section: str, port_of: dict[str, int], *, revs: bool = False) -> None:
-    """Run every example of ``section`` and compare its output."""
-    examples = console_blocks(README, section)
-    assert len(examples) >= 5, section
-    async with Shell() as shell:
-        for command, expected in examples:
-            for default, port in port_of.items():
-                command = command.replace(default, f"localhost:{port}")
-            streaming = "# Server-Sent Events" in command
-            if streaming:
-                command = "timeout 1 " + command.split("#")[0]
-            status, got, err = await shell.run(command)
-            if streaming:
-                got = got[: len(expected)]
-            else:
-                assert status == 0, (command, err)
-            assert normalise(got, revs=revs) == normalise(expected, revs=revs), command
+#: Commands not played, with why: ``(reason, make target, what the target must run)``.
+NOT_PLAYED = {
+    "make up": (
+        "runs until Ctrl-C; it runs `python -m services`, which tests/services/test_launcher.py"
+        " starts as `make up` does and plays every console block against",
+        "up",
+        "-m services",
+    ),
+    "make test": ("runs this test suite itself", "test", "-m pytest"),
+}
 
 
-async def test_registry_curl_examples_run_as_shown(
-    components: ComponentFactory, redis_url: str
-) -> None:
-    registry = await components.start("registry", "--redis-url", redis_url)
-    await play("The registry (discovery service)", {"localhost:8761": registry.port})
+def commands(block: str) -> list[str]:
+    """The commands of an ``sh`` block: its lines without comments and blank lines."""
+    return [cmd for line in block.splitlines() if (cmd := line.split("#")[0].strip())]
 
 
-async def test_config_service_curl_examples_run_as_shown(
-    components: ComponentFactory, redis_url: str
-) -> None:
-    configsvc = await components.start("configsvc", "--redis-url", redis_url)
-    await play("The config service", {"localhost:8888": configsvc.port}, revs=True)
+def test_every_block_is_played_checked_or_set_aside_with_a_reason() -> None:
+    blocks = fenced_blocks(README)
+    kinds = {lang for lang, _ in blocks}
+    assert kinds <= {"console", "text", "toml", "sh"}, kinds
+    # The launcher's test plays the console blocks of the whole file, not a section.
+    assert test_launcher.readme_examples() == console_blocks(README)
+    assert sum(1 for lang, _ in blocks if lang == "console") >= 15
+    for lang, body in blocks:
+        if lang == "toml":
+            assert parse_table(tomllib.loads(body))
+        if lang == "sh":
+            unclassified = [cmd for cmd in commands(body) if cmd not in NOT_PLAYED]
+            assert unclassified == [], "a README command neither played nor set aside"
+
+
+def test_the_commands_set_aside_run_what_their_reason_says() -> None:
+    shown = {cmd for lang, body in fenced_blocks(README) if lang == "sh" for cmd in commands(body)}
+    assert shown == set(NOT_PLAYED)  # no stale reason either
+    for _reason, target, runs in NOT_PLAYED.values():
+        dry = subprocess.run(
+            ["make", "-n", "-s", target], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        assert runs in dry.stdout.strip().splitlines()[-1], (target, dry.stdout)
