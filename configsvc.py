@@ -1,13 +1,13 @@
 """The config service: ``python -m configsvc``.
 
-An HTTP API over config documents kept in Redis (:mod:`core.config_store`):
+An HTTP API over config documents kept in Redis (:mod:`core.config.store`):
 the merged config of an app and profile, raw documents with their versions,
 history and rollback, and the import of the config directory
-(:mod:`core.config_files`) at start and on ``POST /v1/reload``. Every change
-is published on the change channel, which :class:`core.config_client.ConfigClient`
+(:mod:`core.config.files`) at start and on ``POST /v1/reload``. Every change
+is published on the change channel, which :class:`core.config.client.ConfigClient`
 follows to apply it without a restart.
 
-Encrypted values (:mod:`core.config_crypto`): a ``{cipher}...`` value is
+Encrypted values (:mod:`core.config.crypto`): a ``{cipher}...`` value is
 stored as written, accepted only when it decrypts with ``CONFIGSVC_ENCRYPT_KEY``,
 and served decrypted by ``GET /v1/config/...`` to a client with the token only;
 ``POST /v1/encrypt`` makes such values. Neither plaintext nor ciphertext is
@@ -34,11 +34,11 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge
 
 from core import log
-from core.config_crypto import Cipher, SecretReads, Undecryptable, check_ciphers, decrypt_document
-from core.config_document import MAX_BYTES, Format, check_name, parse
-from core.config_files import Importer
-from core.config_reads import SharedReads
-from core.config_store import ConfigStore, NotImported, Version, WriteResult
+from core.config.crypto import Cipher, SecretReads, Undecryptable, check_ciphers, decrypt_document
+from core.config.document import MAX_BYTES, Format, check_name, parse
+from core.config.files import Importer
+from core.config.reads import SharedReads
+from core.config.store import ConfigStore, NotImported, Version, WriteResult
 from core.errors import (
     BadRequest,
     InternalError,

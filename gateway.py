@@ -30,27 +30,27 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from core import log
-from core.access import Policy
-from core.config_client import ConfigClient
-from core.discovery import Watcher
+from core.config.client import ConfigClient
 from core.errors import SettingsError, problem_middleware
 from core.http import json_response, redis_health
-from core.jwks import KeySet
 from core.proxy.pool import Pool
 from core.proxy.router import Router
 from core.proxy.server import Limits, ProxyServer
 from core.proxy.stats import StatsCollector
-from core.ratelimit import RateLimiter
 from core.redis import Redis, connect
-from core.resp import RespClient
-from core.retry import RetryPolicy
-from core.route_sources import ConfigRoutes, RouteFile
-from core.routes import Timeouts
+from core.registry.discovery import Watcher
+from core.routes.sources import ConfigRoutes, RouteFile
+from core.routes.table import Timeouts
 from core.runner import BAD_SETTINGS, ProtocolSite, Site, configure, run
+from core.security.access import Policy
+from core.security.jwks import KeySet
+from core.security.ratelimit import RateLimiter
+from core.security.resp import RespClient
+from core.security.tokens import Verifier
 from core.settings import CommonSettings, Secret, option
 from core.tasks import TaskSet
-from core.tokens import Verifier
-from core.upstream import UpstreamPolicy
+from core.upstream.retry import RetryPolicy
+from core.upstream.upstream import UpstreamPolicy
 
 logger = log.get("gateway")
 

@@ -1,10 +1,10 @@
 """The discovery service: ``python -m registry``.
 
-An HTTP API over the registry's Redis state (:mod:`core.registry_store`):
+An HTTP API over the registry's Redis state (:mod:`core.registry.store`):
 register, heartbeat, change, deregister and list instances, and a
-Server-Sent Events stream of changes (:mod:`core.registry_events`). The
+Server-Sent Events stream of changes (:mod:`core.registry.events`). The
 process holds no state of its own: restarting it loses nothing. It also runs
-the expirer (:mod:`core.registry_expiry`), which turns an expired instance
+the expirer (:mod:`core.registry.expiry`), which turns an expired instance
 key into a ``down`` event within a second.
 """
 
@@ -19,12 +19,12 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge
 
 from core import log
-from core.config_client import ConfigClient
+from core.config.client import ConfigClient
 from core.errors import SettingsError, problem_middleware
 from core.http import redis_unavailable
 from core.metrics import HTTPMetrics
 from core.redis import connect
-from core.registry_api import (
+from core.registry.api import (
     BODY_LIMIT,
     CONFIG,
     DYNAMIC,
@@ -38,9 +38,9 @@ from core.registry_api import (
     Dynamic,
     add_routes,
 )
-from core.registry_events import EventHub
-from core.registry_expiry import Expirer
-from core.registry_store import RegistryStore
+from core.registry.events import EventHub
+from core.registry.expiry import Expirer
+from core.registry.store import RegistryStore
 from core.runner import BAD_SETTINGS, Site, configure, run
 from core.settings import CommonSettings, Secret, is_loopback, option
 from core.tasks import TaskSet

@@ -2,7 +2,7 @@
 
 Starts a private Redis, the config service (``python -m configsvc``, its own
 process) and ``--clients`` config clients spread over ``--processes``
-processes (``python -m core.config_watch``; each client has its own Redis
+processes (``python -m core.config.watch``; each client has its own Redis
 subscription). Then, ``--changes`` times, it PUTs a new version of the
 ``billing`` document and waits until every client has applied the new merged
 version. The latency of one client for one change runs from just before the
@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from core.config_watch import WatcherProcesses
+from core.config.watch import WatcherProcesses
 from core.runner import install_uvloop
 from core.testing import RedisServer, free_port, wait_until
 

@@ -3,12 +3,12 @@
 Measures how many events per second go from the producer to a handled event,
 and the latency of each, in two ways of producing:
 
-- ``publish``: :meth:`core.events.EventBus.publish` (one ``XADD``);
+- ``publish``: :meth:`core.events.bus.EventBus.publish` (one ``XADD``);
 - ``outbox``: a :meth:`core.db.Database.transaction` writing a row and its
-  event with :func:`core.outbox.add_to_outbox`, published by the
-  :class:`core.outbox.OutboxRelay` the commit wakes.
+  event with :func:`core.events.outbox.add_to_outbox`, published by the
+  :class:`core.events.outbox.OutboxRelay` the commit wakes.
 
-The consumer is a :class:`core.event_consumer.Consumer` with a transactional
+The consumer is a :class:`core.events.consumer.Consumer` with a transactional
 handler (it records the event as handled and bumps a counter row in its own
 SQLite database). Latency runs from just before the publish call (or the
 transaction) to the handler, measured with one clock since everything runs in
@@ -37,9 +37,9 @@ from typing import Any
 
 from core import redis as core_redis
 from core.db import Database
-from core.event_consumer import Consumer
-from core.events import Event, EventBus
-from core.outbox import OutboxRelay, add_to_outbox
+from core.events.bus import Event, EventBus
+from core.events.consumer import Consumer
+from core.events.outbox import OutboxRelay, add_to_outbox
 from core.runner import install_uvloop
 from core.testing import RedisServer
 

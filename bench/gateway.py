@@ -21,7 +21,7 @@ CPU time of the proxy process (and of the upstream) per request, from
 served. Then, at half of the gateway's saturation rate, an open-loop
 constant-rate run (:mod:`bench._http_load`) against ``direct`` and the
 gateway gives the p99 latency the gateway adds. Last, the cost of one
-:meth:`core.routes.RouteTable.match` with 1 and with 1,000 routes.
+:meth:`core.routes.table.RouteTable.match` with 1 and with 1,000 routes.
 
 Results: a table on stdout and JSON in ``--output`` (by default
 ``bench/results/gateway.json``; ``--quick`` writes only when asked).
@@ -370,7 +370,7 @@ def matcher_cost(tables: dict[str, Path], rounds: int = 15) -> dict[str, float]:
     The tables are timed in turns and each keeps its best round, so that a
     noisy neighbour slows both rather than one.
     """
-    from core.routes import RouteTable
+    from core.routes.table import RouteTable
 
     calls: dict[str, Callable[[], object]] = {}
     for name, path in tables.items():
@@ -561,9 +561,9 @@ async def gateways(
     ports: tuple[int, int],
     upstream_pid: int,
 ) -> AsyncIterator[None]:
-    from core.discovery import Registration
     from core.redis import connect
-    from core.registry_store import Instance
+    from core.registry.discovery import Registration
+    from core.registry.store import Instance
     from core.testing import RedisServer
 
     redis_server = RedisServer().start()

@@ -29,9 +29,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from core.discovery import Watcher
 from core.redis import connect
-from core.registry_store import Instance, RegistryStore
+from core.registry.discovery import Watcher
+from core.registry.store import Instance, RegistryStore
 from core.testing import RedisServer, free_port, wait_until
 
 RESULTS = Path(__file__).parent / "results"

@@ -1,18 +1,18 @@
 """``python -m bench security [--quick] [--output PATH]``: the cost of auth on one request.
 
-Token verification (:mod:`core.tokens`), in one process, on one core:
+Token verification (:mod:`core.security.tokens`), in one process, on one core:
 
 - ``verify cached``: :meth:`Verifier.verify` of a token already verified (the
   path of every request after a user's first), a dict lookup and a clock read;
 - ``authorize cached``: the whole per-request step of the gateway
-  (:func:`core.access.authorize`: header parsing, cached verify, role check);
+  (:func:`core.security.access.authorize`: header parsing, cached verify, role check);
 - ``verify full``: a token never seen (the cache is cleared between calls):
   header decoding, Ed25519 signature check by PyJWT, claims;
 - ``reject bad signature``: a forged token, which is never cached.
 
-Rate limiting (:mod:`core.ratelimit`), against a private Redis started for the
+Rate limiting (:mod:`core.security.ratelimit`), against a private Redis started for the
 run: ``rate limit check`` is one :meth:`RateLimiter.check` (one EVALSHA of the
-token-bucket script over :class:`core.resp.RespClient`), sequential, as wall
+token-bucket script over :class:`core.security.resp.RespClient`), sequential, as wall
 time and as the CPU time of the calling process per call (the Redis server's
 own CPU is not counted); ``rate limit check, 64 concurrent`` is the CPU per
 check when 64 checks are in flight on the one pipelined connection.
@@ -38,13 +38,13 @@ import jwt
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from core.access import Policy, authorize
-from core.jwks import KeySet
-from core.ratelimit import RateLimiter
-from core.resp import RespClient
 from core.runner import install_uvloop
+from core.security.access import Policy, authorize
+from core.security.jwks import KeySet
+from core.security.ratelimit import RateLimiter
+from core.security.resp import RespClient
+from core.security.tokens import TokenError, Verifier
 from core.testing import RedisServer
-from core.tokens import TokenError, Verifier
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "security.json"

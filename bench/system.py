@@ -48,7 +48,7 @@ from typing import Any
 import aiohttp
 
 from core import redis as core_redis
-from core.events import Event, EventBus
+from core.events.bus import Event, EventBus
 from core.runner import install_uvloop
 from core.testing import free_port
 

@@ -12,7 +12,7 @@ import random
 import timeit
 from typing import Any
 
-from core.upstream import Target, Upstream, UpstreamPolicy
+from core.upstream.upstream import Target, Upstream, UpstreamPolicy
 
 
 def _upstream(balancer: str, n: int) -> Upstream:

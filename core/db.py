@@ -11,12 +11,12 @@ it does not know.
 
 Besides the service's own tables, :meth:`Database.open` keeps the tables of
 the core mechanisms (:data:`CORE_SCHEMA`, outside ``user_version``):
-``essaim_outbox`` (events waiting for :class:`core.outbox.OutboxRelay`) and
-``essaim_handled`` (event ids a :class:`core.events.Consumer` has handled).
+``essaim_outbox`` (events waiting for :class:`core.events.outbox.OutboxRelay`) and
+``essaim_handled`` (event ids a :class:`core.events.bus.Consumer` has handled).
 
 All SQLite calls of a database run on one thread of its own, one at a time:
 :meth:`Database.run` for reads, :meth:`Database.transaction` for writes. A
-transaction that called :func:`core.outbox.add_to_outbox` notifies the
+transaction that called :func:`core.events.outbox.add_to_outbox` notifies the
 ``on_outbox`` listeners (the relay's ``wake``) right after its commit, even if
 the awaiting coroutine was cancelled meanwhile.
 """
@@ -151,7 +151,7 @@ class Database:
     async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """``fn(conn)`` on the database's thread inside ``BEGIN IMMEDIATE`` ... ``COMMIT``.
 
-        Everything ``fn`` writes (its rows and any :func:`core.outbox.add_to_outbox`)
+        Everything ``fn`` writes (its rows and any :func:`core.events.outbox.add_to_outbox`)
         commits together, or not at all when ``fn`` raises (the exception is
         re-raised). ``fn`` must not commit or roll back itself. It runs
         to completion even if the awaiting task is cancelled.

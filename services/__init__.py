@@ -1,4 +1,4 @@
-"""The demo system: business services built on :mod:`core.service`, and its launcher.
+"""The demo system: business services built on :mod:`core.service.scaffold`, and its launcher.
 
 Each service is a package run as its own process (``python -m services.customers``,
 ``services.inventory``, ``services.billing``); ``python -m services`` starts the

@@ -63,7 +63,7 @@ from typing import IO, Literal
 
 import aiohttp
 
-from core.config_files import read_directory
+from core.config.files import read_directory
 from core.errors import SettingsError
 from core.redis import REDIS_ERRORS, connect, server_binary
 from core.settings import load, option

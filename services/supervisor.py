@@ -32,7 +32,7 @@ from typing import IO, Any
 
 import aiohttp
 
-from core.resp import RespClient, RespError
+from core.security.resp import RespClient, RespError
 
 __all__ = ["Child", "Output", "StartupFailed", "Supervisor", "describe_exit"]
 

@@ -18,7 +18,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 import configsvc
-from core.config_store import CHANNEL
+from core.config.store import CHANNEL
 from core.settings import Secret
 from core.testing import ComponentFactory, RedisServer, wait_until
 

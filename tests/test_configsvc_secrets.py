@@ -24,8 +24,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.fernet import Fernet
 
 import configsvc
-from core.config_client import ConfigClient
-from core.config_watch import WatcherProcesses
+from core.config.client import ConfigClient
+from core.config.watch import WatcherProcesses
 from core.settings import Secret
 from core.testing import ComponentFactory, wait_until
 

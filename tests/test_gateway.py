@@ -17,9 +17,9 @@ import pytest_asyncio
 from aiohttp import web
 
 import gateway
-from core.discovery import Registration
 from core.redis import connect
-from core.registry_store import Instance
+from core.registry.discovery import Registration
+from core.registry.store import Instance
 from core.testing import Component, ComponentFactory, RedisServer, free_port, wait_until
 
 

@@ -18,7 +18,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 import registry
-from core.registry_store import CHANNEL, EVENTS_KEY
+from core.registry.store import CHANNEL, EVENTS_KEY
 from core.settings import Secret
 from core.testing import ComponentFactory, RedisServer, wait_until
 

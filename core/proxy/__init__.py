@@ -22,5 +22,5 @@ Layers, from the client inwards:
   the control plane.
 
 Nothing here awaits Redis or configsvc: the control plane (``gateway.py``,
-:mod:`core.route_sources`) hands the router in-memory snapshots.
+:mod:`core.routes.sources`) hands the router in-memory snapshots.
 """

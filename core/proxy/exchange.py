@@ -3,12 +3,12 @@
 An :class:`Exchange` is made by the client connection when a request head is
 parsed, and started when it is the oldest unanswered request of its
 connection (pipelining). It then runs as callbacks, never as a task: pick an
-endpoint (:meth:`core.upstream.Upstream.choose`), take a breaker permit, take
+endpoint (:meth:`core.upstream.upstream.Upstream.choose`), take a breaker permit, take
 an idle pooled connection or open one, write the request head (one
 ``bytes.join``) with whatever body has arrived, stream the rest of the body,
 and stream the response back as it is parsed.
 
-Retries follow :meth:`core.upstream.Upstream.retry_allowed`: a connect
+Retries follow :meth:`core.upstream.upstream.Upstream.retry_allowed`: a connect
 failure on any method; a reset, a timeout, or a 502/503/504 only for an
 idempotent method, only before the response head was written to the client,
 and only while the request body can be sent again (no body, or one that fit
@@ -51,8 +51,8 @@ from core.proxy.response import (
     ResponseSide,
 )
 from core.proxy.wire import chunk, problem_response, scan_request
-from core.tokens import UnknownKeyError
-from core.upstream import Endpoint
+from core.security.tokens import UnknownKeyError
+from core.upstream.upstream import Endpoint
 
 if TYPE_CHECKING:
     from core.proxy.router import Plan

@@ -9,11 +9,11 @@ pay nothing. Per request:
    expire) and returns the ``x-user-id`` / ``x-user-roles`` lines to send
    upstream. It raises the problem to answer instead: 401 (no token, or a bad
    one) with ``WWW-Authenticate``, 403 (a missing role), 503 (the route needs
-   a token but the gateway has no key set). :class:`~core.tokens.UnknownKeyError`
+   a token but the gateway has no key set). :class:`~core.security.tokens.UnknownKeyError`
    means the key set must be refreshed first: :meth:`identify_async`.
 2. :meth:`admit` takes a token from the route's bucket in Redis (keyed by the
    user id, else the client address) and returns the decision; the caller
-   answers :meth:`~core.ratelimit.RateLimiter.problem` when refused and adds
+   answers :meth:`~core.security.ratelimit.RateLimiter.problem` when refused and adds
    :meth:`rate_headers` to the response otherwise.
 
 The client's own ``X-User-Id`` and ``X-User-Roles`` never reach a service: the
@@ -22,11 +22,11 @@ request scan drops them on every route (``core.proxy.wire``).
 
 from __future__ import annotations
 
-from core.access import Policy, authorize, authorize_async
 from core.errors import ServiceUnavailable
 from core.proxy.wire import header_value
-from core.ratelimit import Decision, RateLimiter, rate_key
-from core.tokens import Identity, Verifier
+from core.security.access import Policy, authorize, authorize_async
+from core.security.ratelimit import Decision, RateLimiter, rate_key
+from core.security.tokens import Identity, Verifier
 
 __all__ = ["Guard"]
 

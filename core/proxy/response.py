@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from core.proxy.pool import UpstreamConnection
     from core.proxy.router import Plan
     from core.proxy.server import ClientConnection, ProxyServer
-    from core.upstream import Endpoint
+    from core.upstream.upstream import Endpoint
 
 logger = log.get("gateway.proxy")
 

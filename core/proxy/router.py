@@ -8,12 +8,12 @@ awaits anything; a request sees either the old table or the new one.
 
 A request goes to the first of:
 
-1. the static route the table matches (``core.routes.RouteTable.match``);
+1. the static route the table matches (``core.routes.table.RouteTable.match``);
 2. the discovery route ``/{service}/rest``: ``service`` as registered,
    ``/{service}`` stripped; an unknown service is 404, and 503 while no
    registry snapshot was ever loaded (Redis away since the start).
 
-Upstreams: one :class:`core.upstream.Upstream` per service and policy
+Upstreams: one :class:`core.upstream.upstream.Upstream` per service and policy
 (routes to a service with the same balancer, breaker and outlier settings
 share its endpoint health and breaker), and one per static route with a URL
 list. They survive table reloads while their key stays, so breaker state and
@@ -30,19 +30,19 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from core import log
-from core.access import PUBLIC, Policy
-from core.breaker import State
-from core.discovery import Watcher
 from core.errors import BadRequest, NotFound, ServiceUnavailable
 from core.proxy.guard import Guard
 from core.proxy.stats import Row
 from core.proxy.wire import header_pattern
-from core.ratelimit import RateLimiter, RateLimitPolicy
-from core.registry_store import SERVICE_RE
-from core.retry import RetryPolicy
-from core.routes import Route, RouteTable, Timeouts
-from core.tokens import Verifier
-from core.upstream import Target, Upstream, UpstreamPolicy
+from core.registry.discovery import Watcher
+from core.registry.store import SERVICE_RE
+from core.routes.table import Route, RouteTable, Timeouts
+from core.security.access import PUBLIC, Policy
+from core.security.ratelimit import RateLimiter, RateLimitPolicy
+from core.security.tokens import Verifier
+from core.upstream.breaker import State
+from core.upstream.retry import RetryPolicy
+from core.upstream.upstream import Target, Upstream, UpstreamPolicy
 
 logger = log.get("gateway.router")
 

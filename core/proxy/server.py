@@ -35,7 +35,7 @@ from core.proxy.head import Heads
 from core.proxy.pool import Pool, UpstreamConnection
 from core.proxy.stats import Stats
 from core.proxy.wire import Clock, RequestIds, problem_response
-from core.upstream import Endpoint
+from core.upstream.upstream import Endpoint
 
 if TYPE_CHECKING:
     from core.proxy.router import Router

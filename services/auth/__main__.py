@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from core.service import run_service
+from core.service.scaffold import run_service
 from services.auth.service import SERVICE
 
 if __name__ == "__main__":

@@ -37,14 +37,14 @@ from typing import Any
 from aiohttp import web
 
 from core import log
-from core.access import Policy, authorize_async
 from core.errors import SettingsError, TooManyRequests, Unauthorized
 from core.http import json_response, read_json
-from core.jwks import KeySet
-from core.service import DB, SETTINGS, CleanupContext, Service, ServiceSettings, build_app
+from core.security.access import Policy, authorize_async
+from core.security.jwks import KeySet
+from core.security.tokens import Verifier
+from core.service.scaffold import DB, SETTINGS, CleanupContext, Service, ServiceSettings, build_app
+from core.service.validation import Fields
 from core.settings import Secret, option
-from core.tokens import Verifier
-from core.validation import Fields
 from services.auth import refresh, throttle, users
 from services.auth.keys import KeyRing, KeyRow
 from services.auth.passwords import hash_password, verify_password

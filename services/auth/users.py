@@ -10,7 +10,7 @@ import dataclasses
 import re
 import sqlite3
 
-from core.tokens import ROLE_RE
+from core.security.tokens import ROLE_RE
 
 __all__ = ["SCHEMA", "USERNAME_RE", "Seed", "User", "find", "get", "parse_seed", "upsert"]
 

@@ -39,13 +39,13 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 
-from core.calls import Calls
 from core.errors import HTTPProblem, NotFound, ServiceUnavailable
-from core.events import Event, now_iso
+from core.events.bus import Event, now_iso
+from core.events.outbox import add_to_outbox
 from core.http import json_response, read_json
-from core.outbox import add_to_outbox
-from core.service import CALLS, DB, DYNAMIC, Service, public_path
-from core.validation import Fields, cents_to_number, path_id, query_int
+from core.service.calls import Calls
+from core.service.scaffold import CALLS, DB, DYNAMIC, Service, public_path
+from core.service.validation import Fields, cents_to_number, path_id, query_int
 
 BODY_LIMIT = 64 * 1024
 MAX_LINES = 100

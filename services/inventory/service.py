@@ -33,11 +33,11 @@ from typing import Any
 from aiohttp import web
 
 from core.errors import NotFound
-from core.events import Event
+from core.events.bus import Event
+from core.events.outbox import add_to_outbox
 from core.http import json_response, read_json
-from core.outbox import add_to_outbox
-from core.service import DB, DYNAMIC, Service, public_path
-from core.validation import Fields, cents_to_number, path_id, query_int
+from core.service.scaffold import DB, DYNAMIC, Service, public_path
+from core.service.validation import Fields, cents_to_number, path_id, query_int
 
 BODY_LIMIT = 64 * 1024
 MAX_QUANTITY = 10**9

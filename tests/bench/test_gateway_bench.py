@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 
 from bench.gateway import routes_toml
-from core.routes import RouteTable
+from core.routes.table import RouteTable
 
 ROOT = Path(__file__).resolve().parents[2]
 

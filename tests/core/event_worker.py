@@ -27,9 +27,9 @@ from pathlib import Path
 
 from core import redis as core_redis
 from core.db import Database
-from core.event_consumer import Consumer
-from core.events import Event, EventBus
-from core.outbox import OutboxRelay, add_to_outbox
+from core.events.bus import Event, EventBus
+from core.events.consumer import Consumer
+from core.events.outbox import OutboxRelay, add_to_outbox
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,8 +9,8 @@ import pytest
 
 from core.db import Database
 from core.errors import StartupError
-from core.events import Event
-from core.outbox import add_to_outbox
+from core.events.bus import Event
+from core.events.outbox import add_to_outbox
 
 CUSTOMERS = "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT NOT NULL)"
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from core.service import Service, ServiceSettings, build_app
+from core.service.scaffold import Service, ServiceSettings, build_app
 
 Client = TestClient[Any, Any]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -24,7 +24,7 @@ def make_service(
 
     Its database is in ``tmp_path / name``; settings default to short
     intervals. It is not registered (registration starts with the process's
-    listener, see ``tests/core/test_service.py``).
+    listener, see ``tests/core/service/test_scaffold.py``).
     """
 
     async def make(service: Service, **overrides: Any) -> Client:

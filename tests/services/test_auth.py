@@ -15,10 +15,10 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from core.errors import SettingsError
-from core.jwks import KeySet
+from core.security.jwks import KeySet
+from core.security.tokens import TokenError, Verifier
 from core.settings import Secret, load
 from core.testing import ComponentFactory
-from core.tokens import TokenError, Verifier
 from services.auth.service import AuthSettings, build_auth_app
 
 Client = TestClient[Any, Any]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.ratelimit import RateLimitPolicy
-from core.routes import Route, RouteTable
+from core.routes.table import Route, RouteTable
+from core.security.ratelimit import RateLimitPolicy
 
 ROUTES = Path(__file__).resolve().parents[2] / "config" / "gateway.toml"
 

@@ -18,7 +18,7 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient
 
 import configsvc
-from core.events import Event, EventBus
+from core.events.bus import Event, EventBus
 from core.settings import Secret
 from core.testing import ComponentFactory, wait_until
 from services.auth.service import AuthSettings, build_auth_app

@@ -20,12 +20,12 @@ from typing import Any
 import pytest_asyncio
 from aiohttp import web
 
-from core.discovery import Watcher
 from core.proxy.router import Router
 from core.proxy.server import Limits, ProxyServer
-from core.retry import RetryPolicy
-from core.routes import RouteTable, Timeouts
-from core.upstream import UpstreamPolicy
+from core.registry.discovery import Watcher
+from core.routes.table import RouteTable, Timeouts
+from core.upstream.retry import RetryPolicy
+from core.upstream.upstream import UpstreamPolicy
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

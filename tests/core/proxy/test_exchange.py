@@ -14,15 +14,15 @@ import aiohttp
 import pytest_asyncio
 from aiohttp import web
 
-from core.breaker import BreakerPolicy
-from core.discovery import Registration, Watcher
-from core.outlier import OutlierPolicy
 from core.redis import Redis, connect
-from core.registry_store import Instance
-from core.retry import RetryPolicy
-from core.routes import Timeouts
+from core.registry.discovery import Registration, Watcher
+from core.registry.store import Instance
+from core.routes.table import Timeouts
 from core.testing import free_port, wait_until
-from core.upstream import UpstreamPolicy
+from core.upstream.breaker import BreakerPolicy
+from core.upstream.outlier import OutlierPolicy
+from core.upstream.retry import RetryPolicy
+from core.upstream.upstream import UpstreamPolicy
 from tests.core.proxy.conftest import GatewayFactory, Server, Upstreams, raw_exchange
 
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from core.errors import HTTPProblem, PayloadTooLarge
 from core.proxy.head import Heads
 from core.proxy.router import Router
-from core.routes import RouteTable
+from core.routes.table import RouteTable
 from tests.core.proxy.conftest import GatewayFactory, Upstreams, parse_responses, raw_exchange
 
 

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from core.errors import BadRequest, NotFound
 from core.proxy.router import Router
-from core.routes import RouteTable
+from core.routes.table import RouteTable
 from tests.core.proxy.conftest import GatewayFactory, Upstreams
 
 

@@ -1,0 +1,507 @@
+"""The config service's state in Redis: documents, their versions, the change channel.
+
+Only :class:`ConfigStore` knows the key layout. Every write is one Lua script
+that changes the document, appends its version to the history, bumps the
+revision and publishes the change, atomically; a batch (a directory import)
+is one script too, so readers never see half of it. Keys (``{n}`` a
+document name)::
+
+    essaim:cfg:rev          counter, the revision of the last change (any document)
+    essaim:cfg:names        set of the names of the current (not deleted) documents
+    essaim:cfg:d:{n}        hash: version, hash, time (epoch ms), origin, content (JSON)
+    essaim:cfg:h:{n}        list, newest first, of the last 50 versions (JSON, with content);
+                            a DELETE is a version too (``deleted: true``)
+    essaim:cfg:seq          hash name -> last version number given (outlives DELETE,
+                            so that numbers only grow)
+    essaim:cfg:files        hash name -> SHA-256 of the file last imported for it
+    essaim:cfg:imported     set when the config directory was imported into this Redis
+    essaim:cfg:changes      pub/sub channel: {"rev": R, "document": N, "version": V}
+
+Writing content whose hash equals the current version's is not a change: no
+version, no revision, no message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import re
+from collections import OrderedDict
+from collections.abc import Awaitable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import orjson
+
+from core.config.document import canonical, content_hash
+from core.config.merge import deep_merge
+from core.redis import Redis
+
+__all__ = [
+    "CHANNEL",
+    "HISTORY_KEPT",
+    "ConfigStore",
+    "Merged",
+    "NotImported",
+    "Version",
+    "Write",
+    "WriteResult",
+    "merged_version",
+    "sources_of",
+]
+
+T = TypeVar("T")
+
+PREFIX = "essaim:cfg:"
+REV_KEY = PREFIX + "rev"
+NAMES_KEY = PREFIX + "names"
+SEQ_KEY = PREFIX + "seq"
+FILES_KEY = PREFIX + "files"
+IMPORTED_KEY = PREFIX + "imported"
+CHANNEL = PREFIX + "changes"
+HISTORY_KEPT = 50
+
+_ORIGIN_RE = re.compile(r"^[a-z0-9:.-]{1,64}$")
+
+
+def doc_key(name: str) -> str:
+    return f"{PREFIX}d:{name}"
+
+
+def history_key(name: str) -> str:
+    return f"{PREFIX}h:{name}"
+
+
+def iso(ms: int) -> str:
+    """Epoch milliseconds as ISO 8601 UTC with milliseconds."""
+    return (
+        datetime.fromtimestamp(ms / 1000, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+# ARGV: keep, mode, then per document 6 values:
+#   name, op ('put'|'del'|'file'), hash, origin, content JSON,
+#   file ('' leave the file record, '-' forget it, else the file's hash)
+# Returns {now, {status, version, rev, ...}}: status 2 created, 1 written, 0 unchanged,
+# -1 unknown (del).
+# Op 'file' changes the file record only. Mode '1': an import (marks Redis imported);
+# '2': refuse ({now, {}, 0}) unless Redis is marked imported; '0': no condition.
+# Names, hashes and origins are checked by the caller, so they are safe inside JSON text.
+_WRITE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local keep = tonumber(ARGV[1])
+if ARGV[2] == '1' then
+  redis.call('SET', 'essaim:cfg:imported', now, 'NX')
+elseif ARGV[2] == '2' and redis.call('EXISTS', 'essaim:cfg:imported') == 0 then
+  return {now, {}, 0}
+end
+local out = {}
+for i = 3, #ARGV, 6 do
+  local name, op, hash, origin, content, file = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
+  local dkey = 'essaim:cfg:d:' .. name
+  local cur = redis.call('HMGET', dkey, 'version', 'hash')
+  if file == '-' then
+    redis.call('HDEL', 'essaim:cfg:files', name)
+  elseif file ~= '' then
+    redis.call('HSET', 'essaim:cfg:files', name, file)
+  end
+  if op == 'file' then
+    out[#out + 1] = 0
+    out[#out + 1] = tonumber(cur[1] or '0')
+    out[#out + 1] = 0
+  elseif op == 'put' and cur[2] == hash then
+    out[#out + 1] = 0
+    out[#out + 1] = tonumber(cur[1])
+    out[#out + 1] = 0
+  elseif op == 'del' and not cur[1] then
+    out[#out + 1] = -1
+    out[#out + 1] = 0
+    out[#out + 1] = 0
+  else
+    local version = redis.call('HINCRBY', 'essaim:cfg:seq', name, 1)
+    local entry
+    local created = false
+    if op == 'put' then
+      redis.call('HSET', dkey, 'version', version, 'hash', hash, 'time', now,
+                 'origin', origin, 'content', content)
+      redis.call('SADD', 'essaim:cfg:names', name)
+      entry = '{"version":' .. version .. ',"hash":"' .. hash .. '","time":' .. now ..
+              ',"origin":"' .. origin .. '","deleted":false,"content":' .. content .. '}'
+      if not cur[1] then created = true end
+    else
+      redis.call('DEL', dkey)
+      redis.call('SREM', 'essaim:cfg:names', name)
+      entry = '{"version":' .. version .. ',"hash":null,"time":' .. now ..
+              ',"origin":"' .. origin .. '","deleted":true,"content":null}'
+    end
+    local hkey = 'essaim:cfg:h:' .. name
+    redis.call('LPUSH', hkey, entry)
+    redis.call('LTRIM', hkey, 0, keep - 1)
+    local rev = redis.call('INCR', 'essaim:cfg:rev')
+    redis.call('PUBLISH', 'essaim:cfg:changes',
+               '{"rev":' .. rev .. ',"document":"' .. name .. '","version":' .. version .. '}')
+    out[#out + 1] = created and 2 or 1
+    out[#out + 1] = version
+    out[#out + 1] = rev
+  end
+end
+return {now, out, 1}
+"""
+
+
+# ARGV: document names. Returns {imported, rev, {version, hash, time, origin, content}...}
+# (fields false/None for an absent document): one command instead of a MULTI pipeline.
+_READ = """
+local out = {redis.call('EXISTS', 'essaim:cfg:imported'), redis.call('GET', 'essaim:cfg:rev')}
+for i = 1, #ARGV do
+  out[#out + 1] = redis.call('HMGET', 'essaim:cfg:d:' .. ARGV[i],
+                             'version', 'hash', 'time', 'origin', 'content')
+end
+return out
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Version:
+    """One version of a document. A deletion is a version with ``deleted`` and no content."""
+
+    name: str
+    version: int
+    hash: str | None
+    time: int
+    origin: str
+    deleted: bool = False
+    content: Mapping[str, Any] | None = None
+
+    def meta(self) -> dict[str, Any]:
+        """The version without its content, as served by the history and config endpoints."""
+        doc: dict[str, Any] = {
+            "version": self.version,
+            "hash": self.hash,
+            "time": iso(self.time),
+            "origin": self.origin,
+        }
+        if self.deleted:
+            doc["deleted"] = True
+        return doc
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Write:
+    """One document change for :meth:`ConfigStore.write_many`; ``content=None`` deletes it.
+
+    ``file`` records the hash of the file it was imported from (``"-"`` to
+    forget the file, ``""`` to leave the record alone); with ``only_file``
+    the document itself is left alone.
+    """
+
+    name: str
+    content: Mapping[str, Any] | None
+    origin: str = "api"
+    file: str = ""
+    only_file: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a write did: ``changed`` False when the content was already current.
+
+    ``created`` when the document did not exist (or was deleted) before;
+    ``rev`` is 0 when nothing changed; ``found`` is False for the deletion of
+    a document that does not exist.
+    """
+
+    name: str
+    changed: bool
+    version: int
+    rev: int
+    time: int
+    found: bool = True
+    created: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Merged:
+    """The merged config of one app and profile, read atomically at revision ``rev``.
+
+    ``layers`` are the sources' contents, lowest precedence first (shared with
+    the store's cache: never mutate them); ``config`` merges them.
+    ``imported`` is False when Redis holds no import of the config directory.
+    """
+
+    app: str
+    profile: str
+    rev: int
+    version: str
+    sources: tuple[Version, ...]
+    layers: tuple[Mapping[str, Any], ...] = ()
+    imported: bool = True
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return deep_merge(*self.layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "app": self.app,
+            "profile": self.profile,
+            "version": self.version,
+            "sources": [{"name": s.name, **s.meta()} for s in self.sources],
+            "config": self.config,
+        }
+
+
+def sources_of(app: str, profile: str) -> list[str]:
+    """The document names merged for ``app`` and ``profile``, lowest precedence first."""
+    names: list[str] = []
+    for name in ("application", app, f"{app}-{profile}"):
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def merged_version(sources: Sequence[Version]) -> str:
+    """The identity of a merged result: changes whenever any source's version or content does.
+
+    16 hex digits of SHA-256 over each source's name, version and hash, so a
+    version number reused after Redis was emptied still gives a new identity
+    when the content differs.
+    """
+    text = "|".join(f"{s.name}:{s.version}:{s.hash}" for s in sources)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class NotImported(Exception):
+    """A conditional write found Redis without the config directory's import."""
+
+
+class ConfigStore:
+    """Every read and write of the config service's Redis state.
+
+    Methods raise the Redis client's errors when Redis is unreachable; the
+    HTTP service answers 503 then. Parsed document contents are cached by
+    hash (content never changes for a given hash), so serving a merged config
+    parses each version once.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        keep: int = HISTORY_KEPT,
+        cache_size: int = 512,
+        concurrency: int = 32,
+    ) -> None:
+        self.redis = redis
+        self.keep = keep
+        self._limit = asyncio.Semaphore(concurrency)
+        self._write = redis.register_script(_WRITE)
+        self._read = redis.register_script(_READ)
+        self._parsed: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._rendered: OrderedDict[str, bytes] = OrderedDict()
+        self._cache_size = cache_size
+
+    async def _call(self, command: Awaitable[T]) -> T:
+        """Await one Redis command or pipeline, at most ``concurrency`` at a time.
+
+        A burst of requests (every client refetching after a change) then
+        queues here instead of exhausting the client's connection pool, which
+        fails with "Too many connections" past its limit.
+        """
+        async with self._limit:
+            return await command
+
+    # -- writing -----------------------------------------------------------------
+
+    async def write(
+        self,
+        name: str,
+        content: Mapping[str, Any],
+        origin: str = "api",
+        *,
+        if_imported: bool = False,
+    ) -> WriteResult:
+        """Make ``content`` the current version of ``name`` (no new version when identical)."""
+        writes = [Write(name, content, origin)]
+        return (await self.write_many(writes, if_imported=if_imported))[0]
+
+    async def delete(
+        self, name: str, origin: str = "api", *, if_imported: bool = False
+    ) -> WriteResult:
+        """Delete ``name`` (recorded as a version); ``found`` False when it did not exist."""
+        return (await self.write_many([Write(name, None, origin)], if_imported=if_imported))[0]
+
+    async def write_many(
+        self, writes: Sequence[Write], *, mark_imported: bool = False, if_imported: bool = False
+    ) -> list[WriteResult]:
+        """Apply ``writes`` atomically, in order; one result per write.
+
+        ``mark_imported`` records that this is a directory import. With
+        ``if_imported`` nothing is written and :class:`NotImported` raised
+        when Redis holds no import (it was emptied): the caller imports first,
+        so that the import can't overwrite this write.
+        """
+        mode = "1" if mark_imported else "2" if if_imported else "0"
+        args: list[str | int | bytes] = [self.keep, mode]
+        for w in writes:
+            if not _ORIGIN_RE.match(w.origin):
+                raise ValueError(f"invalid origin {w.origin!r}")
+            if w.only_file:
+                args += [w.name, "file", "", w.origin, "", w.file]
+            elif w.content is None:
+                args += [w.name, "del", "", w.origin, "", w.file]
+            else:
+                args += [
+                    w.name,
+                    "put",
+                    content_hash(w.content),
+                    w.origin,
+                    canonical(w.content),
+                    w.file,
+                ]
+        now, flat, done = await self._call(self._write(args=args))
+        if not int(done):
+            raise NotImported("Redis holds no import of the config directory")
+        results = []
+        for i, w in enumerate(writes):
+            status, version, rev = (int(x) for x in flat[3 * i : 3 * i + 3])
+            results.append(
+                WriteResult(
+                    w.name,
+                    changed=status >= 1,
+                    version=version,
+                    rev=rev,
+                    time=int(now),
+                    found=status != -1,
+                    created=status == 2,
+                )
+            )
+        return results
+
+    # -- reading -----------------------------------------------------------------
+
+    async def get(self, name: str) -> Version | None:
+        """The current version of ``name`` with its content; None when absent or deleted."""
+        # decode_responses: replies are str.
+        fields: dict[str, str] = await self._call(self.redis.hgetall(doc_key(name)))  # type: ignore[arg-type]
+        return self._version(name, fields)
+
+    async def history(self, name: str) -> list[Version]:
+        """The retained versions of ``name``, newest first (with content)."""
+        raw = await self._call(self.redis.lrange(history_key(name), 0, -1))
+        return [self._entry(name, str(item)) for item in raw]
+
+    async def version(self, name: str, number: int) -> Version | None:
+        """Version ``number`` of ``name`` if it is still retained."""
+        for entry in await self.history(name):
+            if entry.version == number:
+                return entry
+        return None
+
+    async def names(self) -> list[str]:
+        """The names of the current documents, sorted."""
+        return sorted(str(n) for n in await self._call(self.redis.smembers(NAMES_KEY)))
+
+    async def rev(self) -> int:
+        return int(await self._call(self.redis.get(REV_KEY)) or 0)
+
+    async def files(self) -> dict[str, str]:
+        """Document name -> hash of the file it was last imported from."""
+        return {
+            str(k): str(v) for k, v in (await self._call(self.redis.hgetall(FILES_KEY))).items()
+        }
+
+    async def origins(self, names: Sequence[str]) -> dict[str, str | None]:
+        """The origin of each current document in ``names`` (None when absent)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hget(doc_key(name), "origin")
+        return dict(zip(names, await self._call(pipe.execute()), strict=True))
+
+    async def imported(self) -> bool:
+        """Whether a directory import ever ran against this Redis (False after it was emptied)."""
+        return bool(await self._call(self.redis.exists(IMPORTED_KEY)))
+
+    async def merged(self, app: str, profile: str) -> Merged:
+        """The deep merge ``application < app < app-profile``, read at one revision.
+
+        One round trip; the contents are parsed once per hash (cached).
+        """
+        names = sources_of(app, profile)
+        imported, rev_raw, *docs = await self._call(self._read(args=names))
+        sources: list[Version] = []
+        layers: list[Mapping[str, Any]] = []
+        for name, (version, hash_, at, origin, content) in zip(names, docs, strict=True):
+            if version is not None:
+                sources.append(Version(name, int(version), hash_, int(at), origin or "api"))
+                layers.append(self._content(hash_, content))
+        return Merged(
+            app=app,
+            profile=profile,
+            rev=int(rev_raw or 0),
+            version=merged_version(sources),
+            sources=tuple(sources),
+            layers=tuple(layers),
+            imported=bool(imported),
+        )
+
+    def render(self, merged: Merged) -> bytes:
+        """The JSON of ``merged`` as served (``Merged.to_dict``), cached per app, profile and version.
+
+        Every client of an app asks for the same version after a change: it
+        is merged and serialised once.
+        """
+        key = f"{merged.app}/{merged.profile}/{merged.version}"
+        body = self._rendered.get(key)
+        if body is None:
+            body = orjson.dumps(merged.to_dict())
+            self._rendered[key] = body
+            if len(self._rendered) > self._cache_size:
+                self._rendered.popitem(last=False)
+        else:
+            self._rendered.move_to_end(key)
+        return body
+
+    # -- decoding ----------------------------------------------------------------
+
+    def _version(
+        self, name: str, fields: Mapping[str, str], *, content: bool = True
+    ) -> Version | None:
+        if not fields or "version" not in fields:
+            return None
+        return Version(
+            name=name,
+            version=int(fields["version"]),
+            hash=fields["hash"],
+            time=int(fields["time"]),
+            origin=fields.get("origin", "api"),
+            content=self._content(fields["hash"], fields["content"]) if content else None,
+        )
+
+    def _entry(self, name: str, raw: str) -> Version:
+        doc = orjson.loads(raw)
+        return Version(
+            name=name,
+            version=int(doc["version"]),
+            hash=doc["hash"],
+            time=int(doc["time"]),
+            origin=str(doc["origin"]),
+            deleted=bool(doc["deleted"]),
+            content=doc["content"],
+        )
+
+    def _content(self, hash_: str, raw: str) -> dict[str, Any]:
+        """The parsed content for ``hash_`` (cached; callers must not mutate it)."""
+        cached = self._parsed.get(hash_)
+        if cached is not None:
+            self._parsed.move_to_end(hash_)
+            return cached
+        parsed: dict[str, Any] = orjson.loads(raw)
+        self._parsed[hash_] = parsed
+        if len(self._parsed) > self._cache_size:
+            self._parsed.popitem(last=False)
+        return parsed

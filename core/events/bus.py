@@ -1,0 +1,195 @@
+"""The event bus on Redis Streams: the envelope, the key layout, publishing.
+
+An :class:`Event` carries CloudEvents' attribute names (``specversion``,
+``id``, ``type``, ``source``, ``time``, ``datacontenttype``, ``data``) and is
+stored as one stream entry, one field per attribute, ``data`` as JSON.
+Producers should publish through the outbox (:mod:`core.events.outbox`), which
+never loses an event nor publishes one without its data change;
+:meth:`EventBus.publish` is the direct way, for events that may be lost with
+the request that made them. Consuming is :mod:`core.events.consumer`; dead
+letters are :mod:`core.events.dead_letters`. Keys, with the default prefix::
+
+    essaim:events:{type}           stream of the events of one type
+    essaim:events:retry:{group}    replayed dead letters, read by that group only
+    essaim:events:dead:{group}     dead letters of one group
+
+Types and group names never contain ``:``, so the three families never collide.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from core.redis import Redis
+
+__all__ = [
+    "PREFIX",
+    "AsyncHandler",
+    "Event",
+    "EventBus",
+    "Keys",
+    "TxHandler",
+    "check_name",
+    "now_iso",
+    "redis_fields",
+]
+
+PREFIX = "essaim:events:"
+SPECVERSION = "1.0"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")
+
+
+def now_iso() -> str:
+    """The current UTC time in RFC 3339 with milliseconds (``2024-05-01T12:00:00.123Z``)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def redis_fields(fields: Mapping[str, str]) -> dict[Any, Any]:
+    """Stream fields as redis-py's (invariant) parameter type wants them."""
+    return dict(fields)
+
+
+def check_name(what: str, value: str) -> str:
+    """``value`` when it is a valid event type or group name, else ``ValueError``."""
+    if not NAME_RE.match(value):
+        raise ValueError(f"invalid {what} {value!r}: letters, digits, '.', '_', '-' only")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One event: what happened (``type``), where (``source``), when, and its ``data``.
+
+    ``id`` is unique per event (a new UUID by default) and is what consumers
+    deduplicate on: publishing the same event twice delivers it twice but
+    handles it once. ``data`` is anything orjson can encode.
+    """
+
+    type: str
+    source: str
+    data: Any = None
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    time: str = field(default_factory=now_iso)
+
+    def __post_init__(self) -> None:
+        check_name("event type", self.type)
+        if not self.source:
+            raise ValueError("an event needs a source")
+        if not self.id:
+            raise ValueError("an event needs an id")
+
+    def to_fields(self) -> dict[str, str]:
+        """The stream entry's fields."""
+        return {
+            "specversion": SPECVERSION,
+            "id": self.id,
+            "type": self.type,
+            "source": self.source,
+            "time": self.time,
+            "datacontenttype": "application/json",
+            "data": orjson.dumps(self.data).decode(),
+        }
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str, str]) -> Event:
+        """The event in a stream entry; ``ValueError`` when it is not a valid envelope."""
+        try:
+            spec = fields.get("specversion", SPECVERSION)
+            if spec != SPECVERSION:
+                raise ValueError(f"unsupported specversion {spec!r}")
+            return cls(
+                id=fields["id"],
+                type=fields["type"],
+                source=fields["source"],
+                time=fields["time"],
+                data=orjson.loads(fields["data"]),
+            )
+        except KeyError as exc:
+            raise ValueError(f"missing attribute {exc.args[0]!r}") from None
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"data is not JSON: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event in CloudEvents' JSON format."""
+        return {
+            "specversion": SPECVERSION,
+            "id": self.id,
+            "type": self.type,
+            "source": self.source,
+            "time": self.time,
+            "datacontenttype": "application/json",
+            "data": self.data,
+        }
+
+
+#: Handles one event inside the transaction that records it as handled; must not commit.
+TxHandler = Callable[[sqlite3.Connection, Event], None]
+#: Handles one event outside the database; see :class:`Consumer` for what that guarantees.
+AsyncHandler = Callable[[Event], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The Redis keys of the bus under ``prefix``."""
+
+    prefix: str = PREFIX
+
+    def stream(self, type: str) -> str:
+        return f"{self.prefix}{check_name('event type', type)}"
+
+    def retry(self, group: str) -> str:
+        return f"{self.prefix}retry:{check_name('group', group)}"
+
+    def dead(self, group: str) -> str:
+        return f"{self.prefix}dead:{check_name('group', group)}"
+
+
+class EventBus:
+    """The producer side: appends events to their type's stream.
+
+    Each stream keeps about ``maxlen`` entries (``None``: no trimming). A
+    consumer group that falls further behind than that loses the oldest
+    entries, which are logged when it tries to claim them.
+    """
+
+    def __init__(self, redis: Redis, *, prefix: str = PREFIX, maxlen: int | None = 100_000) -> None:
+        self.redis = redis
+        self.keys = Keys(prefix)
+        self.maxlen = maxlen
+
+    async def publish(self, event: Event) -> str:
+        """Append ``event``; returns its stream entry id.
+
+        Raises one of :data:`core.redis.REDIS_ERRORS` when Redis is away: the
+        event is then not published (use the outbox when that matters).
+        """
+        stream = self.keys.stream(event.type)
+        return str(
+            await self.redis.xadd(stream, redis_fields(event.to_fields()), maxlen=self.maxlen)
+        )
+
+    async def publish_many(self, events: Sequence[Event]) -> list[str]:
+        """Append ``events`` in order in one round trip; their entry ids."""
+        return await self.publish_fields([(event.type, event.to_fields()) for event in events])
+
+    async def publish_fields(self, entries: Sequence[tuple[str, Mapping[str, str]]]) -> list[str]:
+        """Append already encoded events, ``(type, fields)``, in order in one round trip.
+
+        For the outbox relay, which stores events encoded. On an error some of
+        them may have been appended: publishing again duplicates those, which
+        consumers handle once.
+        """
+        if not entries:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for type, fields in entries:
+                pipe.xadd(self.keys.stream(type), redis_fields(fields), maxlen=self.maxlen)
+            return [str(entry_id) for entry_id in await pipe.execute()]

@@ -1,0 +1,177 @@
+"""The registry's HTTP API: handlers, application keys and the dynamic settings.
+
+The handlers are thin: validation and every read and write are in
+:mod:`core.registry.store`; the SSE stream in :mod:`core.registry.events`.
+``registry.py`` (the entry point) builds the application around them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from aiohttp import web
+from prometheus_client import Gauge
+
+from core.config.client import ConfigClient, TypedView
+from core.errors import NotFound
+from core.http import json_response, read_json, redis_health, require_bearer
+from core.metrics import HTTPMetrics
+from core.redis import Redis
+from core.registry.events import EventHub, stream_events
+from core.registry.expiry import Expirer
+from core.registry.store import (
+    RegistryStore,
+    check_instance_id,
+    check_service,
+    parse_patch,
+    parse_registration,
+)
+from core.settings import Secret
+
+BODY_LIMIT = 64 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Dynamic:
+    """The settings that configsvc may change while the registry runs (document ``registry``)."""
+
+    default_ttl: int = 10
+    sweep_interval: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.default_ttl <= 300:
+            raise ValueError(f"default_ttl: expected 1-300, got {self.default_ttl}")
+        if not 0 < self.sweep_interval <= 60:
+            raise ValueError(f"sweep_interval: expected (0, 60] seconds, got {self.sweep_interval}")
+
+
+# Typed application keys, set by ``registry.build_app`` and its cleanup contexts.
+TOKEN = web.AppKey("token", Secret)
+REDIS = web.AppKey("redis", Redis)
+STORE = web.AppKey("store", RegistryStore)
+HUB = web.AppKey("hub", EventHub)
+METRICS = web.AppKey("metrics", HTTPMetrics)
+EXPIRER = web.AppKey("expirer", Expirer)
+SSE_CLIENTS = web.AppKey("sse_clients", Gauge)
+CONFIG = web.AppKey("config", ConfigClient)
+DYNAMIC = web.AppKey("dynamic", TypedView[Dynamic])
+
+
+def _require_token(request: web.Request) -> None:
+    require_bearer(request, request.app[TOKEN], "REGISTRY_TOKEN")
+
+
+def _names(request: web.Request) -> tuple[str, str]:
+    return (
+        check_service(request.match_info["service"]),
+        check_instance_id(request.match_info["id"]),
+    )
+
+
+async def register(request: web.Request) -> web.Response:
+    _require_token(request)
+    service, instance_id = _names(request)
+    body = await read_json(request, BODY_LIMIT)
+    default_ttl = request.app[DYNAMIC].current.default_ttl
+    instance = parse_registration(service, instance_id, body, default_ttl)
+    rev, created = await request.app[STORE].register(instance)
+    stored = await request.app[STORE].get(service, instance_id)
+    doc = (stored or instance).to_dict()
+    return json_response({"rev": rev, "instance": doc}, status=201 if created else 200)
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    _require_token(request)
+    service, instance_id = _names(request)
+    if not await request.app[STORE].heartbeat(service, instance_id):
+        raise NotFound(
+            f"instance {service}/{instance_id} is not registered (unknown or expired): register again"
+        )
+    return web.Response(status=204)
+
+
+async def patch(request: web.Request) -> web.Response:
+    _require_token(request)
+    service, instance_id = _names(request)
+    changes = parse_patch(await read_json(request, BODY_LIMIT))
+    updated = await request.app[STORE].update(service, instance_id, changes)
+    if updated is None:
+        raise NotFound(f"instance {service}/{instance_id} is not registered")
+    current = await request.app[STORE].get(service, instance_id)
+    return json_response({"instance": (current or updated).to_dict()})
+
+
+async def deregister(request: web.Request) -> web.Response:
+    _require_token(request)
+    service, instance_id = _names(request)
+    if not await request.app[STORE].deregister(service, instance_id):
+        raise NotFound(f"instance {service}/{instance_id} is not registered")
+    return web.Response(status=204)
+
+
+async def list_services(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    rev, snapshot = await store.snapshot()
+    services = {
+        name: {
+            "instances": len(insts),
+            "up": sum(1 for i in insts.values() if i.status == "UP"),
+        }
+        for name, insts in sorted(snapshot.items())
+    }
+    return json_response({"rev": rev, "services": services})
+
+
+async def list_instances(request: web.Request) -> web.Response:
+    service = check_service(request.match_info["service"])
+    store = request.app[STORE]
+    everything = request.query.get("all", "") not in ("", "0", "false")
+    rev, instances = await store.listing(service)
+    if not instances and not await store.known(service):
+        raise NotFound(f"no service named {service!r} is registered")
+    if not everything:
+        instances = [i for i in instances if i.status == "UP"]
+    return json_response(
+        {
+            "service": service,
+            "rev": rev,
+            "instances": [i.to_dict() for i in instances],
+        }
+    )
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/events?since=REV``: see :func:`core.registry.events.stream_events`."""
+    app = request.app
+    gauge = app[SSE_CLIENTS]
+    gauge.inc()
+    try:
+        return await stream_events(request, app[STORE], app[HUB])
+    finally:
+        gauge.dec()
+
+
+async def health(request: web.Request) -> web.Response:
+    app = request.app
+    redis_ok = await redis_health(app[REDIS])
+    body = {
+        "status": "UP" if redis_ok else "DEGRADED",
+        "redis": "UP" if redis_ok else "DOWN",
+        "keyspace_notifications": app[EXPIRER].notifications,
+        "config": app[CONFIG].describe(),
+    }
+    return json_response(body, status=200 if redis_ok else 503)
+
+
+def add_routes(app: web.Application, metrics: HTTPMetrics) -> None:
+    """The registry's routes, as in DESIGN.md's Registry section."""
+    base = "/v1/services/{service}/instances/{id}"
+    app.router.add_put(base, register)
+    app.router.add_put(base + "/heartbeat", heartbeat)
+    app.router.add_patch(base, patch)
+    app.router.add_delete(base, deregister)
+    app.router.add_get("/v1/services", list_services)
+    app.router.add_get("/v1/services/{service}", list_instances)
+    app.router.add_get("/v1/events", events)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics.handle)

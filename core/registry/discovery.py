@@ -1,0 +1,270 @@
+"""Client side of discovery: :class:`Registration` and :class:`Watcher`.
+
+Both talk to Redis directly through :class:`core.registry.store.RegistryStore`
+(the same key layout and scripts as the registry service; no HTTP hop).
+
+- :class:`Registration` keeps one instance registered: it registers, renews
+  the TTL every TTL/3, registers again whenever a heartbeat finds the instance
+  gone (expired, or Redis restarted empty), and deregisters on stop.
+- :class:`Watcher` keeps an in-memory snapshot of every service's live
+  instances, current through the change channel. It re-lists on a revision
+  gap, after every (re)connect and every ``resync_interval``; while Redis is
+  away it serves its last snapshot. The gateway's hot path reads it without
+  awaiting anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from core import log
+from core.redis import REDIS_ERRORS, Backoff, Redis, Subscription
+from core.registry.store import CHANNEL, Event, Instance, RegistryStore
+from core.tasks import TaskSet
+
+logger = log.get("discovery")
+
+__all__ = ["Event", "Instance", "Registration", "Watcher"]
+
+
+class Registration:
+    """Keeps ``instance`` registered while running. Start with :meth:`start`, end with :meth:`stop`.
+
+    ``registered`` is set while the registry is believed to hold the
+    instance; ``registrations`` counts how many times it had to register.
+    """
+
+    def __init__(self, redis: Redis, instance: Instance) -> None:
+        self.store = RegistryStore(redis)
+        self.instance = instance
+        self.registered = asyncio.Event()
+        self.registrations = 0
+        self._tasks = TaskSet("registration")
+
+    @property
+    def interval(self) -> float:
+        return self.instance.ttl / 3
+
+    async def start(self, *, wait: float | None = None) -> None:
+        """Start the heartbeat loop; with ``wait``, wait that long for the first registration.
+
+        It does not fail when Redis is away: the loop keeps trying.
+        """
+        self._tasks.spawn(self._run(), self.instance.service)
+        if wait:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.registered.wait(), wait)
+
+    async def _register(self) -> None:
+        rev, _ = await self.store.register(self.instance)
+        self.registrations += 1
+        self.registered.set()
+        logger.info(
+            "registered %s/%s at %s (rev %d)",
+            self.instance.service, self.instance.id, self.instance.url, rev,
+        )  # fmt: skip
+
+    async def _run(self) -> None:
+        backoff = Backoff(base=0.1, cap=min(2.0, self.interval))
+        while True:
+            try:
+                if not self.registered.is_set():
+                    await self._register()
+                elif not await self.store.heartbeat(self.instance.service, self.instance.id):
+                    logger.warning(
+                        "%s/%s was no longer registered (expired or Redis emptied); registering again",
+                        self.instance.service, self.instance.id,
+                    )  # fmt: skip
+                    await self._register()
+                backoff.reset()
+                await asyncio.sleep(self.interval)
+            except REDIS_ERRORS as exc:
+                if backoff.attempt == 0:
+                    logger.warning(
+                        "registration of %s: Redis unavailable (%s)", self.instance.id, exc
+                    )
+                await backoff.sleep()
+
+    async def set_status(self, status: str) -> None:
+        """Change the instance's status in the registry (e.g. OUT_OF_SERVICE before a drain)."""
+        self.instance = dataclasses.replace(self.instance, status=status)
+        await self.store.update(self.instance.service, self.instance.id, {"status": status})
+
+    async def stop(self, *, deregister: bool = True) -> None:
+        """Stop heartbeating and, unless told otherwise, deregister (best effort, bounded)."""
+        await self._tasks.stop()
+        if deregister:
+            try:
+                await asyncio.wait_for(
+                    self.store.deregister(self.instance.service, self.instance.id), 2.0
+                )
+            except REDIS_ERRORS as exc:
+                logger.warning("could not deregister %s: %s", self.instance.id, exc)
+        self.registered.clear()
+
+
+ChangeCallback = Callable[[set[str]], Awaitable[None] | None]
+
+
+class Watcher:
+    """An in-memory, event-fed snapshot of the registry.
+
+    ``instances(service)`` returns the live ``UP`` instances as a tuple
+    recomputed only on change, so readers on the hot path pay a dict lookup.
+    Callbacks added with :meth:`on_change` get the set of services that changed.
+    Counters: ``relists`` (full re-reads) and ``gaps`` (revision gaps seen).
+    """
+
+    def __init__(self, redis: Redis, *, resync_interval: float = 30.0) -> None:
+        self.store = RegistryStore(redis)
+        self.redis = redis
+        self.resync_interval = resync_interval
+        self.rev = 0
+        self.services: dict[str, dict[str, Instance]] = {}
+        self._up: dict[str, tuple[Instance, ...]] = {}
+        self._parsed: dict[str, Instance] = {}
+        self._callbacks: list[ChangeCallback] = []
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Condition()
+        self.relists = 0
+        self.gaps = 0
+        self.last_sync = 0.0
+        self.subscription = Subscription(
+            redis, [CHANNEL], self._on_message, on_connect=self.relist, name="watcher"
+        )
+        self._tasks = TaskSet("watcher")
+
+    # -- reading -----------------------------------------------------------------
+
+    def instances(self, service: str) -> tuple[Instance, ...]:
+        """The live ``UP`` instances of ``service`` (empty when unknown)."""
+        return self._up.get(service, ())
+
+    def all_instances(self, service: str) -> list[Instance]:
+        """Every live instance of ``service`` whatever its status."""
+        return list(self.services.get(service, {}).values())
+
+    def known(self, service: str) -> bool:
+        return service in self.services
+
+    @property
+    def connected(self) -> bool:
+        return self.subscription.connected.is_set()
+
+    def on_change(self, callback: ChangeCallback) -> None:
+        self._callbacks.append(callback)
+
+    async def wait_for(self, predicate: Callable[[Watcher], bool], timeout: float = 5.0) -> None:
+        """Wait until ``predicate(self)`` holds; ``TimeoutError`` after ``timeout`` seconds."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self)), timeout)
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self, *, wait: float | None = None) -> None:
+        """Start following; with ``wait``, wait that long for the first full listing.
+
+        Redis being away is not an error: the watcher keeps trying and serves
+        an empty snapshot until it can read one.
+        """
+        self._tasks.spawn(self.subscription.run(), "subscription")
+        self._tasks.spawn(self._periodic(), "resync")
+        if wait:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.subscription.connected.wait(), wait)
+
+    async def stop(self) -> None:
+        self.subscription.stop()
+        await self._tasks.stop()
+
+    # -- keeping current -------------------------------------------------------------
+
+    async def relist(self) -> None:
+        """Replace the snapshot by a full, atomic read of the registry."""
+        async with self._lock:
+            started = time.perf_counter()
+            rev, services = await self.store.snapshot(self._parsed)
+            changed = {
+                name
+                for name in services.keys() | self.services.keys()
+                if services.get(name) != self.services.get(name)
+            }
+            self.services = services
+            self.rev = rev
+            self.relists += 1
+            self.last_sync = time.time()
+            self._up = {name: self._live_up(insts) for name, insts in services.items()}
+            logger.debug(
+                "relisted %d services at rev %d in %.1f ms",
+                len(services), rev, (time.perf_counter() - started) * 1000,
+            )  # fmt: skip
+        await self._notify(changed)
+
+    async def _periodic(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync_interval)
+            if not self.connected:
+                continue
+            try:
+                await self.relist()
+            except REDIS_ERRORS as exc:
+                logger.warning("periodic resync failed: %s", exc)
+
+    async def _on_message(self, channel: str, data: str) -> None:
+        event = Event.parse(data)
+        async with self._lock:
+            if event.rev <= self.rev:
+                return  # already in the snapshot we listed
+            gap = event.rev != self.rev + 1
+            if not gap:
+                self._apply(event)
+                self.rev = event.rev
+        if gap:
+            self.gaps += 1
+            logger.info("revision gap (have %d, got %d): relisting", self.rev, event.rev)
+            await self.relist()
+        else:
+            await self._notify({event.service})
+
+    def _apply(self, event: Event) -> None:
+        insts = dict(self.services.get(event.service, {}))
+        if event.type in ("register", "update"):
+            insts[event.instance.id] = event.instance
+        else:
+            insts.pop(event.instance.id, None)
+        self.services[event.service] = insts
+        self._up[event.service] = self._live_up(insts)
+
+    @staticmethod
+    def _live_up(insts: Mapping[str, Instance]) -> tuple[Instance, ...]:
+        return tuple(i for _, i in sorted(insts.items()) if i.status == "UP")
+
+    async def _notify(self, changed: set[str]) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+        if not changed:
+            return
+        for callback in self._callbacks:
+            try:
+                result = callback(changed)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                logger.exception("watcher change callback failed")
+
+    def describe(self) -> dict[str, Any]:
+        """State for ``/health`` pages: revision, connection, counters."""
+        return {
+            "rev": self.rev,
+            "connected": self.connected,
+            "services": len(self.services),
+            "instances": sum(len(v) for v in self.services.values()),
+            "relists": self.relists,
+            "gaps": self.gaps,
+            "last_sync": self.last_sync,
+        }

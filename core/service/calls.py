@@ -1,0 +1,272 @@
+"""Synchronous service-to-service calls by service name.
+
+``await calls.get("customers", "/customers/42")`` resolves the name through
+the local :class:`~core.registry.discovery.Watcher` snapshot (no Redis round trip),
+picks an instance with the same :class:`~core.upstream.upstream.Upstream` the gateway
+uses (balancer, outlier ejection, circuit breaker, retry policy and budget),
+and passes on the ``X-Request-ID`` and ``Authorization`` of the request being
+handled (see :func:`forwarding_middleware`).
+
+Outcomes a caller sees:
+
+- a :class:`CallResponse` for every answer, 4xx and 5xx included (after the
+  retries that the policy allows for 502/503/504 on idempotent methods);
+- :class:`~core.errors.ServiceUnavailable` (503, with ``Retry-After`` when
+  the breaker is open) when no instance is up or the breaker refuses;
+- :class:`~core.errors.BadGateway` (502) when no instance could be reached;
+- :class:`~core.errors.GatewayTimeout` (504) when the call timed out.
+
+All three are :class:`~core.errors.HTTPProblem`, so a handler that lets them
+escape answers its own client with matching problem details.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from core import log
+from core.errors import BadGateway, GatewayTimeout, ServiceUnavailable
+from core.registry.discovery import Watcher
+from core.upstream.retry import RetryPolicy
+from core.upstream.upstream import Upstream, UpstreamPolicy
+
+logger = log.get("calls")
+
+__all__ = ["CallResponse", "Calls", "Timeouts", "forwarding_middleware"]
+
+#: Headers of the request being handled that every call passes on.
+FORWARDED = ("X-Request-ID", "Authorization")
+
+_incoming: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
+    "essaim_incoming_headers", default=MappingProxyType({})
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def forwarding_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Remember the request's ``X-Request-ID`` (generated when absent) and ``Authorization``.
+
+    Calls made while handling it pass them on; the response carries the id.
+    """
+    request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+    carried = {"X-Request-ID": request_id}
+    auth = request.headers.get("Authorization")
+    if auth:
+        carried["Authorization"] = auth
+    token = _incoming.set(carried)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers["X-Request-ID"] = request_id
+        raise
+    finally:
+        _incoming.reset(token)
+    response.headers["X-Request-ID"] = request_id
+    return response
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds: to connect, for one attempt, for the whole call with its retries."""
+
+    connect: float = 1.0
+    per_try: float = 5.0
+    total: float = 15.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CallResponse:
+    """An upstream's answer, read whole (service calls carry small bodies)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    instance: str
+
+    def json(self) -> Any:
+        return orjson.loads(self.body) if self.body else None
+
+    @property
+    def ok(self) -> bool:
+        return self.status < 400
+
+
+class Calls:
+    """Calls to services by name. Create once per process; :meth:`close` at stop.
+
+    One :class:`Upstream` per called service is kept current from the
+    watcher's change events, so balancing, ejection and breaker state survive
+    registry changes.
+    """
+
+    def __init__(
+        self,
+        watcher: Watcher,
+        *,
+        policy: UpstreamPolicy | None = None,
+        timeouts: Timeouts = Timeouts(),
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self.watcher = watcher
+        self.policy = policy or UpstreamPolicy()
+        self.timeouts = timeouts
+        self._session = session
+        self._owns_session = session is None
+        self.upstreams: dict[str, Upstream] = {}
+        watcher.on_change(self._refresh)
+
+    def _refresh(self, services: set[str]) -> None:
+        for name in services:
+            upstream = self.upstreams.get(name)
+            if upstream is not None:
+                upstream.update_instances(self.watcher.instances(name))
+
+    def upstream(self, service: str) -> Upstream:
+        upstream = self.upstreams.get(service)
+        if upstream is None:
+            upstream = self.upstreams[service] = Upstream(service, self.policy)
+            upstream.update_instances(self.watcher.instances(service))
+        return upstream
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=256, limit_per_host=64),
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and self._owns_session:
+            await self._session.close()
+        self._session = None
+
+    async def get(self, service: str, path: str, **kwargs: Any) -> CallResponse:
+        return await self.request("GET", service, path, **kwargs)
+
+    async def post(self, service: str, path: str, **kwargs: Any) -> CallResponse:
+        return await self.request("POST", service, path, **kwargs)
+
+    async def put(self, service: str, path: str, **kwargs: Any) -> CallResponse:
+        return await self.request("PUT", service, path, **kwargs)
+
+    async def patch(self, service: str, path: str, **kwargs: Any) -> CallResponse:
+        return await self.request("PATCH", service, path, **kwargs)
+
+    async def delete(self, service: str, path: str, **kwargs: Any) -> CallResponse:
+        return await self.request("DELETE", service, path, **kwargs)
+
+    async def request(
+        self,
+        method: str,
+        service: str,
+        path: str,
+        *,
+        json: Any = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+        retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
+    ) -> CallResponse:
+        """Call ``method path`` on an instance of ``service``; see the module doc for outcomes."""
+        timeouts = timeouts or self.timeouts
+        retry = retry or self.policy.retry
+        upstream = self.upstream(service)
+        send_headers = dict(_incoming.get())
+        send_headers.setdefault("X-Request-ID", uuid.uuid4().hex)
+        if headers:
+            send_headers.update(headers)
+        body = data
+        if json is not None:
+            body = orjson.dumps(json)
+            send_headers.setdefault("Content-Type", "application/json")
+        deadline = time.monotonic() + timeouts.total
+        upstream.budget.deposit()
+        tried: list[str] = []
+        attempt = 0
+        last_error = ""
+        while True:
+            attempt += 1
+            ep = upstream.choose(tried)
+            if ep is None:
+                known = self.watcher.known(service)
+                raise ServiceUnavailable(
+                    f"no instance of {service!r} is up"
+                    if known
+                    else f"no service named {service!r} is registered",
+                    headers={"Retry-After": "1"},
+                )
+            if not upstream.breaker.try_acquire():
+                wait = max(1, math.ceil(upstream.breaker.retry_after()))
+                raise ServiceUnavailable(
+                    f"the circuit breaker of {service!r} is open",
+                    headers={"Retry-After": str(wait)},
+                )
+            left = deadline - time.monotonic()
+            upstream.begin(ep)
+            kind, status = "", 0
+            try:
+                timeout = aiohttp.ClientTimeout(
+                    total=max(0.001, min(timeouts.per_try, left)),
+                    sock_connect=timeouts.connect,
+                )
+                async with self.session.request(
+                    method,
+                    f"{ep.url}{path}",
+                    data=body,
+                    headers=send_headers,
+                    params=params,
+                    timeout=timeout,
+                    allow_redirects=False,
+                ) as resp:
+                    payload = await resp.read()
+                    status = resp.status
+                    result = CallResponse(status, dict(resp.headers), payload, ep.key)
+                if status >= 500:
+                    kind = "5xx"
+                    upstream.failed(ep, kind)
+                else:
+                    upstream.succeeded(ep)
+                    return result
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                kind, last_error = "connect", str(exc) or "connect timeout"
+                upstream.failed(ep, kind)
+            except (
+                aiohttp.ServerDisconnectedError,
+                aiohttp.ClientOSError,
+                aiohttp.ClientPayloadError,
+            ) as exc:
+                kind, last_error = "reset", str(exc) or type(exc).__name__
+                upstream.failed(ep, kind)
+            except TimeoutError:
+                kind, last_error = "timeout", f"no answer within {timeout.total:.3g}s"
+                upstream.failed(ep, kind)
+            except (aiohttp.ClientError, asyncio.CancelledError):
+                upstream.released(ep)
+                raise
+            tried.append(ep.key)
+            if time.monotonic() < deadline and upstream.retry_allowed(
+                retry, kind, method, attempt, False, status
+            ):
+                continue
+            if kind == "5xx":
+                return result
+            if kind == "timeout" or time.monotonic() >= deadline:
+                raise GatewayTimeout(f"{service} {method} {path}: {last_error}")
+            raise BadGateway(f"{service} {method} {path}: {last_error}")
