@@ -185,7 +185,7 @@ def _table(report: dict[str, Any], run: Run) -> str:
         f"CPU: configsvc {report['configsvc_cpu_ms_per_change']:.1f} ms per change, "
         f"clients {report['client_cpu_us_per_apply']:.0f} us per client per change",
         f"target p99 < {report['target_p99_ms']:.0f} ms: {ok}",
-        Run.load_line(report["machine"]),
+        Run.load_line(report["load"]),
     ]
     return "\n".join(lines)
 
@@ -211,7 +211,7 @@ def main(argv: list[str]) -> int:
     run = Run("config", quick=args.quick, steps=steps)
     report = asyncio.run(bench(args.clients, args.processes, args.changes, args.warmup, run))
     report["quick"] = args.quick
-    report["machine"] = run.machine()
+    report["load"] = run.machine()
     print(_table(report, run))
     output = args.output if args.output is not None else (None if args.quick else RESULTS)
     if output is not None:

@@ -219,7 +219,7 @@ def table(report: dict[str, Any]) -> str:
             f"{r['scenario']:<10}{r['mode']:<14}{r['events']:>8}{r['events_per_s']:>11.0f}"
             f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['max_ms']:>9.2f}"
         )
-    lines.append(Run.load_line(report["machine"]))
+    lines.append(Run.load_line(report["load"]))
     return "\n".join(lines)
 
 
@@ -238,7 +238,7 @@ def main(argv: list[str]) -> int:
     run = Run("events", quick=args.quick, steps=6)
     report = asyncio.run(bench(events, paced, rate, args.concurrency, run))
     report["quick"] = args.quick
-    report["machine"] = run.machine()
+    report["load"] = run.machine()
     print(table(report))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

@@ -18,6 +18,9 @@ from typing import Any
 from bench._run import Run
 from core.upstream.upstream import Target, Upstream, UpstreamPolicy
 
+#: How long a run takes with the defaults (python -m bench --help).
+DURATION = "about 40 s"
+
 
 def _upstream(balancer: str, n: int) -> Upstream:
     up = Upstream("bench", UpstreamPolicy(balancer=balancer), rng=random.Random(1))
@@ -67,7 +70,7 @@ def main(argv: list[str]) -> int:
         print(f"{label:30} {cost:8.3f}")
     print(Run.load_line(machine))
     if args.output is not None:
-        report = {"quick": args.quick, "balancers": rows, "parts_us": parts, "machine": machine}
+        report = {"quick": args.quick, "balancers": rows, "parts_us": parts, "load": machine}
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report, indent=2) + "\n")
         print(f"written to {args.output}")
