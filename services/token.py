@@ -48,9 +48,11 @@ class TokenError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class TokenSettings:
-    """The token command's settings (prefix ``ESSAIM_``, as the launcher's)."""
+    """The token command's settings (prefix ``ESSAIM_TOKEN_``; the run directory's is the launcher's)."""
 
-    run_dir: str = dataclasses.field(default="run", metadata=option("the launcher's run directory"))
+    run_dir: str = dataclasses.field(
+        default="run", metadata=option("the launcher's run directory", env="ESSAIM_RUN_DIR")
+    )
     password_file: str = dataclasses.field(
         default="", metadata=option("file holding the password (default: RUN_DIR/USER.password)")
     )
@@ -124,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load(
             TokenSettings,
-            prefix="ESSAIM_",
+            prefix="ESSAIM_TOKEN_",
             argv=args,
             prog="python -m services token USER",
             description="Print a fresh access token for USER (admin, alice) of the system that"
