@@ -34,11 +34,13 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge
 
 from core import log
+from core.config import spring
 from core.config.crypto import Cipher, SecretReads, Undecryptable, check_ciphers, decrypt_document
 from core.config.document import MAX_BYTES, Format, check_name, parse
+from core.config.events import ChangeHub, stream_changes
 from core.config.files import Importer
 from core.config.reads import SharedReads
-from core.config.store import ConfigStore, NotImported, Version, WriteResult
+from core.config.store import ConfigStore, Merged, NotImported, Version, WriteResult
 from core.errors import (
     BadRequest,
     InternalError,
@@ -135,6 +137,7 @@ READS = web.AppKey("reads", SharedReads)
 METRICS = web.AppKey("metrics", HTTPMetrics)
 METERS = web.AppKey("meters", Meters)
 SECRETS = web.AppKey("secrets", SecretReads)
+HUB = web.AppKey("hub", ChangeHub)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -217,12 +220,8 @@ async def get_config(request: web.Request) -> web.Response:
     """
     app_name = check_name(request.match_info["app"], "app")
     profile = check_name(request.match_info["profile"], "profile")
-    store, reads = request.app[STORE], request.app[READS]
-    merged = await reads.merged(app_name, profile)
-    if not merged.imported:
-        # Redis was emptied: serve the directory, never an empty config.
-        await request.app[IMPORTER].ensure()
-        merged = await reads.merged(app_name, profile)
+    store = request.app[STORE]
+    merged = await _merged(request.app, app_name, profile)
     etag = f'"{merged.version}"'
     headers = {"ETag": etag, REVISION_HEADER: str(merged.rev), "Cache-Control": "no-cache"}
     secrets = request.app[SECRETS]
@@ -240,6 +239,16 @@ async def get_config(request: web.Request) -> web.Response:
         except Undecryptable as exc:
             raise _undecryptable(f"the config of {app_name}/{profile}", exc) from None
     return web.Response(body=body, content_type="application/json", headers=headers)
+
+
+async def _merged(app: web.Application, app_name: str, profile: str) -> Merged:
+    """The merged config, read after importing the directory when Redis was emptied."""
+    merged = await app[READS].merged(app_name, profile)
+    if not merged.imported:
+        # Redis was emptied: serve the directory, never an empty config.
+        await app[IMPORTER].ensure()
+        merged = await app[READS].merged(app_name, profile)
+    return merged
 
 
 def _undecryptable(what: str, exc: Undecryptable) -> InternalError:
@@ -538,6 +547,28 @@ async def _importer_ctx(app: web.Application) -> AsyncIterator[None]:
     await tasks.stop()
 
 
+async def _events_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The change hub behind ``GET /v1/events``: its subscription runs until stop."""
+    hub = ChangeHub(app[REDIS])
+    app[HUB] = hub
+    tasks = TaskSet("configsvc:events")
+    tasks.spawn(hub.subscription.run(), "events")
+    yield
+    hub.subscription.stop()
+    await tasks.stop()
+
+
+async def _end_streams(app: web.Application) -> None:
+    """Open event streams end at shutdown, so the drain does not wait for them."""
+    if HUB in app:
+        app[HUB].shutdown()
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/events?since=REV``: see :mod:`core.config.events`."""
+    return await stream_changes(request, request.app[STORE], request.app[HUB])
+
+
 def build_app(settings: Settings) -> web.Application:
     """The config service application; Redis is connected in its cleanup context."""
     metrics = HTTPMetrics("configsvc")
@@ -569,6 +600,8 @@ def build_app(settings: Settings) -> web.Application:
     )
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_importer_ctx)
+    app.cleanup_ctx.append(_events_ctx)
+    app.on_shutdown.append(_end_streams)
     app.router.add_get("/v1/config/{app}/{profile}", get_config)
     app.router.add_get("/v1/documents", list_documents)
     app.router.add_get("/v1/documents/{name}", get_document)
@@ -578,8 +611,18 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/documents/{name}/rollback", rollback)
     app.router.add_post("/v1/reload", reload)
     app.router.add_post("/v1/encrypt", encrypt)
+    app.router.add_get("/v1/events", events)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics.handle)
+    # Spring Cloud Config's paths, after the native ones (see core.config.spring on /v1).
+    spring.add_routes(
+        app,
+        spring.Backend(
+            merged=lambda app_name, profile: _merged(app, app_name, profile),
+            secrets=app[SECRETS],
+            authorize=_require_token,
+        ),
+    )
     return app
 
 

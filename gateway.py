@@ -33,6 +33,7 @@ from core import log
 from core.config.client import ConfigClient
 from core.errors import SettingsError, problem_middleware
 from core.http import json_response, redis_health
+from core.metrics import new_registry
 from core.proxy.pool import Pool
 from core.proxy.router import Router
 from core.proxy.server import Limits, ProxyServer
@@ -361,7 +362,7 @@ def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
     )
     pool = Pool(max_idle=settings.pool_max_idle, idle_timeout=settings.pool_idle_timeout)
     proxy = ProxyServer(router, settings.limits, pool=pool)
-    registry = CollectorRegistry(auto_describe=True)
+    registry = new_registry()
     registry.register(
         StatsCollector(
             proxy.stats,

@@ -9,7 +9,7 @@ commands run one after the other in one bash session in that directory, as a
 user types them in one terminal (``TOKEN=$(...)`` is there for the commands
 after it), and each output must match once times, event ids, request ids and
 revisions are masked. A read that shows an effect of an event (the stock
-after a bill) is read again until it matches or 10 s pass; a command marked
+after a bill, an instance registered) is read again until it matches or 20 s pass; a command marked
 "take turns" is compared line by line in any order (the round robin's start
 is random); one marked "# Server-Sent Events" is read for one second and
 compared up to the lines shown. Every line of README.md's ```text blocks
@@ -206,7 +206,7 @@ async def play(shell: Shell, launcher: Launcher, command: str, expected: list[st
     if streaming:
         typed = "timeout 1 " + typed.split("#")[0]
     reads = "-X" not in command and not command.startswith("kill") and not streaming
-    deadline = time.monotonic() + (10 if reads else 0)
+    deadline = time.monotonic() + (20 if reads else 0)
     want = normalise(expected)
     while True:
         status, got, err = await shell.run(typed)
