@@ -85,3 +85,10 @@ def test_the_commands_set_aside_are_there_for_the_reason_given() -> None:
     assert shown == set(NOT_PLAYED)  # no stale reason either
     for command, (reason, holds) in NOT_PLAYED.items():
         assert holds(), f"{command!r} is set aside because it {reason}: that no longer holds"
+
+
+def test_every_page_of_docs_is_linked_from_the_readme() -> None:
+    text = README.read_text()
+    pages = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
+    assert pages
+    assert [page for page in pages if f"](docs/{page}" not in text] == []

@@ -1,13 +1,13 @@
 """``python -m services`` end to end: the launcher's processes play every README example.
 
 The launcher runs as ``make up`` runs it, from a directory that looks like a
-checkout (``config/`` and ``.venv/`` linked to the repository's), with the
+checkout (``config/``, ``examples/`` and ``.venv/`` linked to the repository's), with the
 default run directory ``run/`` and its private Redis; only the documented
 ports are replaced by free ones. Every ```console block of README.md is split
 into ``$ command`` and its expected output (:mod:`tests.console`); the
 commands run one after the other in one bash session in that directory, as a
 user types them in one terminal (``TOKEN=$(...)`` is there for the commands
-after it), and each output must match once times, event ids, request ids and
+after it), and each output must match once times, event ids, request ids, trace ids and
 revisions are masked. A read that shows an effect of an event (the stock
 after a bill, an instance registered) is read again until it matches or 20 s pass; a command marked
 "take turns" is compared line by line in any order (the round robin's start
@@ -45,6 +45,10 @@ MASKS = (
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"), "<uuid>"),
     (re.compile(r'"rev":\d+'), '"rev":<rev>'),
     (re.compile(r'"request_id":"[^"]*"'), '"request_id":<id>'),
+    (
+        re.compile(r'"traceparent":"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}"'),
+        '"traceparent":<trace>',
+    ),
     (re.compile(r"^(id: )\d+$"), r"\1<rev>"),
 )
 #: What varies between two runs of the launcher's output: numbers, passwords, spacing, the binary.
@@ -94,12 +98,12 @@ class Launcher:
         return next(i for i, line in enumerate(self.lines) if re.search(pattern, line))
 
 
-def checkout(home: Path, *, config: bool = True) -> Path:
-    """``home`` made to look like the repository for the launcher: ``.venv`` and ``config``."""
+def checkout(home: Path) -> Path:
+    """``home`` made to look like the repository: ``.venv``, ``config`` and ``examples``."""
     home.mkdir(parents=True, exist_ok=True)
     (home / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
-    if config:
-        (home / "config").symlink_to(ROOT / "config", target_is_directory=True)
+    for name in ("config", "examples"):
+        (home / name).symlink_to(ROOT / name, target_is_directory=True)
     return home
 
 
