@@ -18,6 +18,7 @@ from core.errors import NotFound
 from core.http import json_response, read_json, redis_health, require_bearer
 from core.metrics import HTTPMetrics
 from core.redis import Redis
+from core.registry import openapi
 from core.registry.events import EventHub, stream_events
 from core.registry.expiry import Expirer
 from core.registry.store import (
@@ -211,3 +212,4 @@ def add_routes(app: web.Application, metrics: HTTPMetrics) -> None:
     app.router.add_get("/v1/prometheus/targets", prometheus_targets)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics.handle)
+    app.router.add_get("/openapi.json", openapi.build().handle)
