@@ -130,7 +130,7 @@ class Meters:
 
 # Typed application keys.
 SETTINGS = web.AppKey("settings", Settings)
-REDIS = web.AppKey("redis", Redis)
+REDIS: web.AppKey[Redis] = web.AppKey("redis")
 STORE = web.AppKey("store", ConfigStore)
 IMPORTER = web.AppKey("importer", Importer)
 READS = web.AppKey("reads", SharedReads)

@@ -219,7 +219,7 @@ class Settings(CommonSettings):
 
 # Typed application keys.
 SETTINGS = web.AppKey("settings", Settings)
-REDIS = web.AppKey("redis", Redis)
+REDIS: web.AppKey[Redis] = web.AppKey("redis")
 WATCHER = web.AppKey("watcher", Watcher)
 ROUTER = web.AppKey("router", Router)
 PROXY = web.AppKey("proxy", ProxyServer)

@@ -28,6 +28,7 @@ from core.errors import SettingsError
 __all__ = [
     "CommonSettings",
     "Secret",
+    "check_redis_url",
     "is_loopback",
     "load",
     "option",
@@ -112,6 +113,14 @@ class CommonSettings:
             raise SettingsError(f"port: expected 0-65535, got {self.port}")
         if self.shutdown_timeout <= 0:
             raise SettingsError(f"shutdown_timeout: expected > 0, got {self.shutdown_timeout}")
+        check_redis_url(self.redis_url)
+
+
+def check_redis_url(url: str) -> None:
+    """A malformed ``REDIS_URL`` fails at start with one line naming the accepted forms."""
+    from core.redis import parse_url  # core.redis imports this module's errors, not it
+
+    parse_url(url)
 
 
 def _bool(text: str) -> bool:

@@ -66,7 +66,7 @@ import aiohttp
 from core.config.files import read_directory
 from core.errors import SettingsError
 from core.redis import REDIS_ERRORS, connect, server_binary
-from core.settings import load, option
+from core.settings import check_redis_url, load, option
 from services import seed
 from services.rundir import RunDir, mask_password
 from services.supervisor import Child, Output, StartupFailed, Supervisor
@@ -145,6 +145,8 @@ class LauncherSettings:
             raise SettingsError("inventory_instances: expected 1-16")
         if self.startup_timeout <= 0 or self.shutdown_timeout <= 0:
             raise SettingsError("startup_timeout and shutdown_timeout: expected > 0")
+        if self.redis_url:  # unset: a private one
+            check_redis_url(self.redis_url)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,8 +338,7 @@ class Launcher:
 
         Made for this run: a password (``redis.password``), a config file
         (``redis/redis.conf``, mode 0600) with persistence on (the append-only
-        file in ``redis/``) and expired-key events on, as the registry needs
-        them (so nothing has to change the server's settings later).
+        file in ``redis/``).
         """
         binary = server_binary()
         if binary is None:
@@ -350,7 +351,7 @@ class Launcher:
         conf = self.files.write_secret("redis/redis.conf", "\n".join((
             f"port {port}", "bind 127.0.0.1", "protected-mode yes",
             f'dir "{self.run_dir / "redis"}"', "appendonly yes", 'save ""',
-            f"requirepass {password}", "notify-keyspace-events Ex", "loglevel warning",
+            f"requirepass {password}", "loglevel warning",
         )))  # fmt: skip
         return binary, f"redis://:{password}@127.0.0.1:{port}/0", str(conf)
 
@@ -437,9 +438,8 @@ class Launcher:
             )
         else:
             self.out.say(
-                f"Redis: the one given with --redis-url or REDIS_URL, {url}; the launcher changes"
-                " none of its settings (the registry turns on its expired-key events if they are"
-                " off, and logs it)"
+                f"Redis: the one given with --redis-url or REDIS_URL, {url}; nothing changes"
+                " its settings"
             )
 
     # -- the run -----------------------------------------------------------------------

@@ -21,6 +21,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from core.registry.store import EVENTS_KEY
 from core.testing import ComponentFactory, free_port, wait_until
 from tests import npm
 
@@ -55,7 +56,7 @@ async def event_types(redis_url: str, instance_id: str) -> list[str]:
     """The types of the registry's retained events about ``instance_id``, oldest first."""
     r = aioredis.Redis.from_url(redis_url)
     try:
-        entries = await r.xrange("essaim:reg:events")
+        entries = await r.xrange(EVENTS_KEY)
     finally:
         await r.aclose()
     events = [orjson.loads(fields[b"e"]) for _, fields in entries]

@@ -3,19 +3,22 @@
 Only :class:`ConfigStore` knows the key layout. Every write is one Lua script
 that changes the document, appends its version to the history, bumps the
 revision and publishes the change, atomically; a batch (a directory import)
-is one script too, so readers never see half of it. Keys (``{n}`` a
-document name)::
+is one script too, so readers never see half of it. Keys (``<n>`` a
+document name); every key carries the hash tag ``{cfg}``, so on Redis Cluster
+they share one slot and a batch may touch any of them::
 
-    essaim:cfg:rev          counter, the revision of the last change (any document)
-    essaim:cfg:names        set of the names of the current (not deleted) documents
-    essaim:cfg:d:{n}        hash: version, hash, time (epoch ms), origin, content (JSON)
-    essaim:cfg:h:{n}        list, newest first, of the last 50 versions (JSON, with content);
+    essaim:{cfg}:rev        counter, the revision of the last change (any document)
+    essaim:{cfg}:names      set of the names of the current (not deleted) documents
+    essaim:{cfg}:d:<n>      hash: version, hash, time (epoch ms), origin, content (JSON)
+    essaim:{cfg}:h:<n>      list, newest first, of the last 50 versions (JSON, with content);
                             a DELETE is a version too (``deleted: true``)
-    essaim:cfg:seq          hash name -> last version number given (outlives DELETE,
+    essaim:{cfg}:seq        hash name -> last version number given (outlives DELETE,
                             so that numbers only grow)
-    essaim:cfg:files        hash name -> SHA-256 of the file last imported for it
-    essaim:cfg:imported     set when the config directory was imported into this Redis
-    essaim:cfg:changes      pub/sub channel: {"rev": R, "document": N, "version": V}
+    essaim:{cfg}:files      hash name -> SHA-256 of the file last imported for it
+    essaim:{cfg}:imported   set when the config directory was imported into this Redis
+    essaim:{cfg}:changes    pub/sub channel (sharded on Cluster): {"rev": R, "document": N, "version": V}
+
+The scripts receive every key they touch in ``KEYS``; the names are built here.
 
 Writing content whose hash equals the current version's is not a change: no
 version, no revision, no message.
@@ -30,13 +33,15 @@ import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
+from redis.asyncio.sentinel import SentinelConnectionPool
 
+from core import log
 from core.config.document import canonical, content_hash
 from core.config.merge import deep_merge
-from core.redis import Redis
+from core.redis import Redis, publish_command, tag
 
 __all__ = [
     "CHANNEL",
@@ -53,7 +58,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-PREFIX = "essaim:cfg:"
+logger = log.get("configsvc")
+
+PREFIX = "essaim:" + tag("cfg") + ":"
 REV_KEY = PREFIX + "rev"
 NAMES_KEY = PREFIX + "names"
 SEQ_KEY = PREFIX + "seq"
@@ -82,7 +89,9 @@ def iso(ms: int) -> str:
     )
 
 
-# ARGV: keep, mode, then per document 6 values:
+# KEYS: imported, files, seq, names, rev, channel, then per document its
+# doc key and its history key (KEYS[7 + 2j], KEYS[8 + 2j] for document j).
+# ARGV: keep, mode, publish command (PUBLISH or SPUBLISH), then per document 6 values:
 #   name, op ('put'|'del'|'file'), hash, origin, content JSON,
 #   file ('' leave the file record, '-' forget it, else the file's hash)
 # Returns {now, {status, version, rev, ...}}: status 2 created, 1 written, 0 unchanged,
@@ -95,19 +104,20 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local keep = tonumber(ARGV[1])
 if ARGV[2] == '1' then
-  redis.call('SET', 'essaim:cfg:imported', now, 'NX')
-elseif ARGV[2] == '2' and redis.call('EXISTS', 'essaim:cfg:imported') == 0 then
+  redis.call('SET', KEYS[1], now, 'NX')
+elseif ARGV[2] == '2' and redis.call('EXISTS', KEYS[1]) == 0 then
   return {now, {}, 0}
 end
 local out = {}
-for i = 3, #ARGV, 6 do
+for i = 4, #ARGV, 6 do
   local name, op, hash, origin, content, file = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
-  local dkey = 'essaim:cfg:d:' .. name
+  local j = (i - 4) / 6
+  local dkey, hkey = KEYS[7 + 2 * j], KEYS[8 + 2 * j]
   local cur = redis.call('HMGET', dkey, 'version', 'hash')
   if file == '-' then
-    redis.call('HDEL', 'essaim:cfg:files', name)
+    redis.call('HDEL', KEYS[2], name)
   elseif file ~= '' then
-    redis.call('HSET', 'essaim:cfg:files', name, file)
+    redis.call('HSET', KEYS[2], name, file)
   end
   if op == 'file' then
     out[#out + 1] = 0
@@ -122,27 +132,26 @@ for i = 3, #ARGV, 6 do
     out[#out + 1] = 0
     out[#out + 1] = 0
   else
-    local version = redis.call('HINCRBY', 'essaim:cfg:seq', name, 1)
+    local version = redis.call('HINCRBY', KEYS[3], name, 1)
     local entry
     local created = false
     if op == 'put' then
       redis.call('HSET', dkey, 'version', version, 'hash', hash, 'time', now,
                  'origin', origin, 'content', content)
-      redis.call('SADD', 'essaim:cfg:names', name)
+      redis.call('SADD', KEYS[4], name)
       entry = '{"version":' .. version .. ',"hash":"' .. hash .. '","time":' .. now ..
               ',"origin":"' .. origin .. '","deleted":false,"content":' .. content .. '}'
       if not cur[1] then created = true end
     else
       redis.call('DEL', dkey)
-      redis.call('SREM', 'essaim:cfg:names', name)
+      redis.call('SREM', KEYS[4], name)
       entry = '{"version":' .. version .. ',"hash":null,"time":' .. now ..
               ',"origin":"' .. origin .. '","deleted":true,"content":null}'
     end
-    local hkey = 'essaim:cfg:h:' .. name
     redis.call('LPUSH', hkey, entry)
     redis.call('LTRIM', hkey, 0, keep - 1)
-    local rev = redis.call('INCR', 'essaim:cfg:rev')
-    redis.call('PUBLISH', 'essaim:cfg:changes',
+    local rev = redis.call('INCR', KEYS[5])
+    redis.call(ARGV[3], KEYS[6],
                '{"rev":' .. rev .. ',"document":"' .. name .. '","version":' .. version .. '}')
     out[#out + 1] = created and 2 or 1
     out[#out + 1] = version
@@ -153,12 +162,13 @@ return {now, out, 1}
 """
 
 
-# ARGV: document names. Returns {imported, rev, {version, hash, time, origin, content}...}
-# (fields false/None for an absent document): one command instead of a MULTI pipeline.
+# KEYS: imported, rev, then the doc key of each document. Returns {imported, rev,
+# {version, hash, time, origin, content}...} (fields false/None for an absent
+# document): one command instead of a MULTI pipeline.
 _READ = """
-local out = {redis.call('EXISTS', 'essaim:cfg:imported'), redis.call('GET', 'essaim:cfg:rev')}
-for i = 1, #ARGV do
-  out[#out + 1] = redis.call('HMGET', 'essaim:cfg:d:' .. ARGV[i],
+local out = {redis.call('EXISTS', KEYS[1]), redis.call('GET', KEYS[2])}
+for i = 3, #KEYS do
+  out[#out + 1] = redis.call('HMGET', KEYS[i],
                              'version', 'hash', 'time', 'origin', 'content')
 end
 return out
@@ -295,10 +305,17 @@ class ConfigStore:
         keep: int = HISTORY_KEPT,
         cache_size: int = 512,
         concurrency: int = 32,
+        replica_wait: float = 1.0,
     ) -> None:
         self.redis = redis
         self.keep = keep
         self._limit = asyncio.Semaphore(concurrency)
+        self.publish = publish_command(redis)
+        #: Behind Sentinel a write waits (up to ``replica_wait`` s) for one replica.
+        self.replicated = isinstance(
+            getattr(redis, "connection_pool", None), SentinelConnectionPool
+        )
+        self.replica_wait = replica_wait
         self._write = redis.register_script(_WRITE)
         self._read = redis.register_script(_READ)
         self._parsed: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -346,8 +363,10 @@ class ConfigStore:
         so that the import can't overwrite this write.
         """
         mode = "1" if mark_imported else "2" if if_imported else "0"
-        args: list[str | int | bytes] = [self.keep, mode]
+        args: list[str | int | bytes] = [self.keep, mode, self.publish]
+        keys = [IMPORTED_KEY, FILES_KEY, SEQ_KEY, NAMES_KEY, REV_KEY, CHANNEL]
         for w in writes:
+            keys += [doc_key(w.name), history_key(w.name)]
             if not _ORIGIN_RE.match(w.origin):
                 raise ValueError(f"invalid origin {w.origin!r}")
             if w.only_file:
@@ -363,7 +382,20 @@ class ConfigStore:
                     canonical(w.content),
                     w.file,
                 ]
-        now, flat, done = await self._call(self._write(args=args))
+        if self.replicated:
+            # Behind Sentinel: acknowledge once a replica has the write too
+            # (WAIT applies to the writes of its own connection: one pipeline).
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._write(keys=keys, args=args, client=cast(Any, pipe))
+                pipe.execute_command("WAIT", 1, int(self.replica_wait * 1000))
+                (now, flat, done), replicas = await self._call(pipe.execute())
+            if int(done) and not int(replicas):
+                logger.warning(
+                    "config write acknowledged by the primary only: no replica within %.1fs",
+                    self.replica_wait,
+                )
+        else:
+            now, flat, done = await self._call(self._write(keys=keys, args=args))
         if not int(done):
             raise NotImported("Redis holds no import of the config directory")
         results = []
@@ -432,7 +464,9 @@ class ConfigStore:
         One round trip; the contents are parsed once per hash (cached).
         """
         names = sources_of(app, profile)
-        imported, rev_raw, *docs = await self._call(self._read(args=names))
+        imported, rev_raw, *docs = await self._call(
+            self._read(keys=[IMPORTED_KEY, REV_KEY, *map(doc_key, names)])
+        )
         sources: list[Version] = []
         layers: list[Mapping[str, Any]] = []
         for name, (version, hash_, at, origin, content) in zip(names, docs, strict=True):

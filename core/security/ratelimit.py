@@ -20,8 +20,10 @@ The script runs through :class:`core.security.resp.RespClient`, one pipelined
 connection, because redis-py's per-command cost (about 100 µs of CPU) would
 be several times the cost of proxying the request itself.
 
-Redis layout: one hash per bucket, ``essaim:rl:{route_id}:{key}`` with fields
-``tokens`` and ``ts`` (seconds, Redis clock).
+Redis layout: one hash per bucket, ``essaim:rl:<route_id>:<key>`` (built by
+:func:`bucket_key` only) with fields ``tokens`` and ``ts`` (seconds, Redis
+clock). The script touches that one key, so no hash tag: on Redis Cluster the
+whole name is hashed and buckets spread over the shards.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from core.security.resp import RespClient, RespError, Script
 
 logger = log.get("ratelimit")
 
-__all__ = ["KEY_PREFIX", "Decision", "RateLimitPolicy", "RateLimiter", "rate_key"]
+__all__ = ["KEY_PREFIX", "Decision", "RateLimitPolicy", "RateLimiter", "bucket_key", "rate_key"]
 
 KEY_PREFIX = "essaim:rl:"
 
@@ -111,6 +113,11 @@ class Decision:
     unavailable: bool = False
 
 
+def bucket_key(route_id: str, key: str) -> str:
+    """The Redis key of the bucket of ``key`` on route ``route_id``."""
+    return f"{KEY_PREFIX}{route_id}:{key}"
+
+
 def rate_key(user_id: str | None, address: str) -> str:
     """The bucket key of a request: its user id when authenticated, else its address."""
     return f"user:{user_id}" if user_id else f"addr:{address}"
@@ -168,7 +175,7 @@ class RateLimiter:
         try:
             async with asyncio.timeout(self.timeout):
                 allowed, remaining, retry_after = await self.redis.run_script(
-                    _SCRIPT, [f"{KEY_PREFIX}{route_id}:{key}"], list(args)
+                    _SCRIPT, [bucket_key(route_id, key)], list(args)
                 )
         except (OSError, TimeoutError, RespError) as exc:
             if isinstance(exc, TimeoutError):
