@@ -34,7 +34,7 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge
 
 from core import log
-from core.config import spring
+from core.config import openapi, spring
 from core.config.crypto import Cipher, SecretReads, Undecryptable, check_ciphers, decrypt_document
 from core.config.document import MAX_BYTES, Format, check_name, parse
 from core.config.events import ChangeHub, stream_changes
@@ -614,6 +614,8 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/events", events)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics.handle)
+    # Before Spring's routes: /{application}-{profile}.json would take it otherwise.
+    app.router.add_get("/openapi.json", openapi.build().handle)
     # Spring Cloud Config's paths, after the native ones (see core.config.spring on /v1).
     spring.add_routes(
         app,

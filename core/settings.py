@@ -210,12 +210,15 @@ def build_parser(
         if hints[f.name] is Secret:
             shown = "unset"
         help_text = f"{f.metadata.get('help', '')} [env {env}; default {shown}]"
+        # A boolean flag alone means true (``--takeover``); ``--takeover false`` still works.
+        extra: dict[str, Any] = {"nargs": "?", "const": "true"} if hints[f.name] is bool else {}
         parser.add_argument(
             flag,
             dest=f.name,
             metavar=f.name.upper() if choices is None else "{" + ",".join(choices) + "}",
             default=None,
             help=help_text.replace("%", "%%"),
+            **extra,
         )
     return parser
 

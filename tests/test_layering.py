@@ -26,6 +26,7 @@ LAYERS = [
     "routes",
     "proxy",
     "service",
+    "workers",
 ]
 FOUNDATION = {
     "settings", "errors", "log", "redis", "tasks", "runner", "http", "validation", "trace", "metrics",

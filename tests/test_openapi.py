@@ -11,21 +11,30 @@ a few examples per operation, no shrinking.
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import schemathesis
 from aiohttp import web
+from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, Phase, given, settings
 from openapi_spec_validator import validate
 from schemathesis import checks
 
+import configsvc
+import gateway
 import registry
 from core.openapi.spec import drift
-from core.testing import ComponentFactory, RedisServer
+from core.proxy import openapi
+from core.service.scaffold import build_app
+from core.testing import ComponentFactory, RedisServer, free_port
+from core.workers.admin import build_admin
+from core.workers.supervisor import Supervisor
 
+TOKEN = "openapi-test-token"
 CHECKS = [
     checks.not_a_server_error,
     checks.status_code_conformance,
@@ -59,6 +68,15 @@ async def test_the_registry_document_is_valid_and_lists_exactly_its_routes(redis
     assert drift(app, doc) == ([], [])
 
 
+async def test_the_config_service_document_is_valid_and_lists_exactly_its_routes(
+    redis_url: str, tmp_path: Path
+) -> None:
+    app = configsvc.build_app(configsvc.Settings(redis_url=redis_url, config_dir=str(tmp_path)))
+    doc = await _document(app)
+    validate(doc)
+    assert drift(app, doc) == ([], [])
+
+
 @pytest.fixture(scope="module")
 def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     redis = RedisServer().start()
@@ -72,8 +90,11 @@ def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         redis.close()
 
 
-def fuzz(base_url: str) -> list[str]:
-    """Run schemathesis on every operation of the document at ``base_url``; the failures."""
+def fuzz(base_url: str, headers: dict[str, str] | None = None) -> list[str]:
+    """Run schemathesis on every operation of the document at ``base_url``; the failures.
+
+    ``headers`` go with every request (a token, so that writes are exercised).
+    """
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     failures: list[str] = []
     for result in schema.get_all_operations():
@@ -82,7 +103,7 @@ def fuzz(base_url: str) -> list[str]:
         @given(case=operation.as_strategy())
         @EXAMPLES
         def run(case: Any) -> None:
-            case.call_and_validate(checks=CHECKS)
+            case.call_and_validate(checks=CHECKS, headers=headers)
 
         try:
             run()
@@ -95,4 +116,112 @@ def fuzz(base_url: str) -> list[str]:
 
 def test_the_registry_answers_as_its_document_says(registry_url: str) -> None:
     failures = fuzz(registry_url)
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.fixture(scope="module")
+def configsvc_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    redis = RedisServer().start()
+    work: Path = tmp_path_factory.mktemp("openapi-configsvc")
+    (work / "config").mkdir()
+    (work / "config" / "application.toml").write_text("[http]\ntimeout = 5\n")
+    (work / "config" / "billing.toml").write_text("[billing]\ntax_rate = 0.2\n")
+    factory = ComponentFactory(work)
+    try:
+        env = {"REDIS_URL": redis.url, "CONFIGSVC_TOKEN": TOKEN,
+               "CONFIGSVC_ENCRYPT_KEY": Fernet.generate_key().decode()}  # fmt: skip
+        component = asyncio.run(
+            factory.start("configsvc", "--config-dir", str(work / "config"), env=env)
+        )
+        yield component.url
+    finally:
+        factory.close()
+        redis.close()
+
+
+def test_the_config_service_answers_as_its_document_says(configsvc_url: str) -> None:
+    failures = fuzz(configsvc_url, {"Authorization": f"Bearer {TOKEN}"})
+    assert not failures, "\n\n".join(failures)
+
+
+DEMO = ("customers", "inventory", "billing", "auth")
+
+
+@pytest.mark.parametrize("name", DEMO)
+async def test_each_demo_service_document_is_valid_and_lists_exactly_its_routes(
+    name: str, redis_url: str, tmp_path: Path
+) -> None:
+    service = importlib.import_module(f"services.{name}.service").SERVICE
+    app = build_app(service, service.settings(redis_url=redis_url, data_dir=str(tmp_path)))
+    doc = await _document(app)
+    validate(doc)
+    assert drift(app, doc) == ([], [])
+
+
+@pytest.fixture(scope="module")
+def demo_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The demo services as processes on one Redis (billing calls the other two)."""
+    redis = RedisServer().start()
+    work: Path = tmp_path_factory.mktemp("openapi-services")
+    factory = ComponentFactory(work)
+
+    async def start() -> dict[str, str]:
+        urls = {}
+        for name in DEMO:
+            component = await factory.start(
+                f"services.{name}", "--data-dir", str(work / name), env={"REDIS_URL": redis.url}
+            )
+            urls[name] = component.url
+        return urls
+
+    try:
+        yield asyncio.run(start())
+    finally:
+        factory.close()
+        redis.close()
+
+
+@pytest.mark.parametrize("name", DEMO)
+def test_each_demo_service_answers_as_its_document_says(
+    name: str, demo_urls: dict[str, str]
+) -> None:
+    failures = fuzz(demo_urls[name])
+    assert not failures, "\n\n".join(failures)
+
+
+async def test_the_gateway_admin_documents_are_valid_and_list_exactly_their_routes(
+    redis_url: str,
+) -> None:
+    admin, _ = gateway.build_app(gateway.Settings(redis_url=redis_url))
+    doc = await _document(admin)
+    validate(doc)
+    assert drift(admin, doc) == ([], [])
+    # The parent of --workers N: the same API, merged, and /workers.
+    parent = build_admin(cast(Supervisor, None), [])
+    doc = openapi.build(workers=True).document()
+    validate(doc)
+    assert drift(parent, doc) == ([], [])
+
+
+@pytest.fixture(scope="module")
+def gateway_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    redis = RedisServer().start()
+    work: Path = tmp_path_factory.mktemp("openapi-gateway")
+    factory = ComponentFactory(work)
+    admin = free_port()
+    try:
+        asyncio.run(
+            factory.start(
+                "gateway", "--host", "127.0.0.1", "--admin-port", str(admin), "--workers", "1",
+                env={"REDIS_URL": redis.url}, health_port=admin,
+            )
+        )  # fmt: skip
+        yield f"http://127.0.0.1:{admin}"
+    finally:
+        factory.close()
+        redis.close()
+
+
+def test_the_gateway_admin_answers_as_its_document_says(gateway_admin_url: str) -> None:
+    failures = fuzz(gateway_admin_url)
     assert not failures, "\n\n".join(failures)

@@ -133,6 +133,9 @@ class Exchange(ResponseSide):
     user_id: str | None = None
     rate_lines = b""
     gated = False
+    # The plan of the route whose policy refused the request (401, 403): its
+    # answer is counted under that route, though nothing is proxied.
+    refused_by: Plan | None = None
 
     def __init__(
         self,
@@ -190,9 +193,16 @@ class Exchange(ResponseSide):
                 self.gated = True  # the key set must be refreshed: start() awaits it
             except HTTPProblem as problem:
                 self._refused(url, headers, problem)
+                self.refused_by = head.plan
                 return
             if guard.limiter is not None:
-                self.gated = True
+                decision = None if self.gated else guard.admit_now(self.user_id, client.peer)
+                if decision is None:
+                    self.gated = True  # start() awaits Redis' decision
+                elif decision.allowed:
+                    self.rate_lines = guard.rate_headers(decision)
+                else:
+                    self.problem = guard.limiter.problem(decision)
         self.head = head
         self.request_line = request_line
         self.plan = head.plan
@@ -565,6 +575,8 @@ class Exchange(ResponseSide):
         proxy = self.proxy
         proxy.active -= 1
         plan = self.plan
+        if plan is None:
+            plan = self.refused_by
         if plan is not None:
             row = plan.row
             if row is None:

@@ -80,12 +80,17 @@ class RateLimitPolicy:
     ``replenish_rate`` tokens a second, at most ``burst_capacity`` in the
     bucket, ``requested_tokens`` per request (one request a minute is rate 1,
     requested 60, burst 60); ``fail_open`` decides when Redis is unreachable.
+    ``mode`` is ``exact`` (one Redis round trip per request, never
+    over-admits) or ``synced`` (a local bucket per process, reconciled with
+    Redis every ``sync_interval`` seconds: see :mod:`core.security.synced`).
     """
 
     replenish_rate: int = 10
     burst_capacity: int = 20
     requested_tokens: int = 1
     fail_open: bool = True
+    mode: str = "exact"
+    sync_interval: float = 0.005
 
     def __post_init__(self) -> None:
         if self.replenish_rate < 1:
@@ -96,6 +101,12 @@ class RateLimitPolicy:
             raise SettingsError(
                 f"rate_limit: expected 1 <= requested_tokens ({self.requested_tokens}) "
                 f"<= burst_capacity ({self.burst_capacity})"
+            )
+        if self.mode not in ("exact", "synced"):
+            raise SettingsError(f"rate_limit: mode: expected exact or synced, got {self.mode!r}")
+        if not 0.001 <= self.sync_interval <= 1.0:
+            raise SettingsError(
+                f"rate_limit: sync_interval: expected 0.001 to 1 second, got {self.sync_interval}"
             )
 
 
