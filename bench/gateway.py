@@ -1038,7 +1038,7 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
         out(
             f"synced rate-limited route (decided in memory) / public route, CPU per request: "
             f"{r['synced_vs_public_cpu']:.2f}x (target <= 1.2x: "
-            f"{_verdict(r['synced_vs_public_cpu'] <= 1.2)})"
+            f"{_verdict(r['synced_vs_public_cpu'] <= 1.2, quick)})"
         )
     for name, scale in r.get("scaling_rps", {}).items():
         if scale is not None:
