@@ -535,6 +535,14 @@ def _single(settings: Settings) -> int:
         gc.collect()
         gc.freeze()
         await handover()
+        # SIGHUP's default action would end the process: say what reloads instead.
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP,
+            lambda: logger.warning(
+                "SIGHUP ignored: a single process has no workers to replace; run with "
+                "--workers 2 or more, or restart with --control-socket and --takeover"
+            ),
+        )
         logger.info("gateway ready in %.2fs", time.monotonic() - started)
 
     return run(

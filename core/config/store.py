@@ -36,12 +36,10 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 import orjson
-from redis.asyncio.sentinel import SentinelConnectionPool
 
-from core import log
 from core.config.document import canonical, content_hash
 from core.config.merge import deep_merge
-from core.redis import Redis, publish_command, tag
+from core.redis import Redis, ReplicaWait, publish_command, tag
 
 __all__ = [
     "CHANNEL",
@@ -58,7 +56,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-logger = log.get("configsvc")
 
 PREFIX = "essaim:" + tag("cfg") + ":"
 REV_KEY = PREFIX + "rev"
@@ -311,11 +308,8 @@ class ConfigStore:
         self.keep = keep
         self._limit = asyncio.Semaphore(concurrency)
         self.publish = publish_command(redis)
-        #: Behind Sentinel a write waits (up to ``replica_wait`` s) for one replica.
-        self.replicated = isinstance(
-            getattr(redis, "connection_pool", None), SentinelConnectionPool
-        )
-        self.replica_wait = replica_wait
+        #: Behind Sentinel a write waits for one replica.
+        self.replica_wait = ReplicaWait(redis, timeout=replica_wait)
         self._write = redis.register_script(_WRITE)
         self._read = redis.register_script(_READ)
         self._parsed: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -382,18 +376,14 @@ class ConfigStore:
                     canonical(w.content),
                     w.file,
                 ]
-        if self.replicated:
+        if self.replica_wait.wanted():
             # Behind Sentinel: acknowledge once a replica has the write too
             # (WAIT applies to the writes of its own connection: one pipeline).
             async with self.redis.pipeline(transaction=False) as pipe:
                 await self._write(keys=keys, args=args, client=cast(Any, pipe))
-                pipe.execute_command("WAIT", 1, int(self.replica_wait * 1000))
+                pipe.execute_command(*self.replica_wait.args())
                 (now, flat, done), replicas = await self._call(pipe.execute())
-            if int(done) and not int(replicas):
-                logger.warning(
-                    "config write acknowledged by the primary only: no replica within %.1fs",
-                    self.replica_wait,
-                )
+            self.replica_wait.done(int(replicas), "config write")
         else:
             now, flat, done = await self._call(self._write(keys=keys, args=args))
         if not int(done):

@@ -173,6 +173,10 @@ class RateLimiter:
             "X-RateLimit-Burst-Capacity": str(burst_capacity),
             "X-RateLimit-Requested-Tokens": str(requested_tokens),
         }
+        #: The response header lines that do not change, joined once (the data plane's).
+        self.static_lines = "".join(
+            f"{name}: {value}\r\n" for name, value in self._static_headers.items()
+        ).encode("latin-1")
 
     async def check(self, route_id: str, key: str, *, now: float | None = None) -> Decision:
         """Take ``requested_tokens`` from bucket (``route_id``, ``key``) if it holds them.
