@@ -47,6 +47,7 @@ from typing import Any
 
 import orjson
 
+from bench._run import Run
 from core.config.store import ConfigStore
 from core.events.bus import Event, EventBus, Keys
 from core.redis import Redis, connect
@@ -56,6 +57,12 @@ from core.security.resp import RespClient
 from core.testing import RedisServer
 
 RESULTS = Path(__file__).parent / "results"
+#: How long a run takes with the defaults (python -m bench --help), estimated.
+DURATION = "about 1 min"
+
+
+#: The run under way, told of each measurement as it begins (set by :func:`main`).
+PROGRESS: Run | None = None
 
 
 async def redis_cpu(redis: Redis) -> float:
@@ -75,6 +82,8 @@ async def measure(
 
     ``per`` is how many units one call is (events in a batch).
     """
+    if PROGRESS is not None:
+        PROGRESS.step(f"{name}: {count * per:,} operations")
     before = await redis_cpu(redis)
     started = time.perf_counter()
     next_i = 0
@@ -233,8 +242,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS / "capacity.json")
     args = parser.parse_args(argv)
     instances = args.instances or (1_000 if args.quick else 10_000)
+    global PROGRESS
+    PROGRESS = progress = Run("capacity", quick=args.quick, steps=8)
     results = asyncio.run(run(args.quick, instances))
+    results["load"] = progress.machine()
     print(report(results))
+    print(Run.load_line(results["load"]))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     return 0

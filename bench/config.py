@@ -34,6 +34,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from bench._run import Run
 from core.config.watch import WatcherProcesses
 from core.runner import install_uvloop
 from core.testing import RedisServer, free_port, wait_until
@@ -41,6 +42,8 @@ from core.testing import RedisServer, free_port, wait_until
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "config.json"
 TARGET_P99_MS = 100.0
+#: How long a run takes with the defaults (python -m bench --help).
+DURATION = "about 30 s"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -88,7 +91,10 @@ async def _start_configsvc(
     return process, url
 
 
-async def bench(clients: int, processes: int, changes: int, warmup: int) -> dict[str, Any]:
+async def bench(
+    clients: int, processes: int, changes: int, warmup: int, run: Run
+) -> dict[str, Any]:
+    run.step("start Redis and configsvc")
     redis = RedisServer().start()
     workdir = Path(tempfile.mkdtemp(prefix="essaim-bench-config-"))
     (workdir / "application.toml").write_text('[log]\nlevel = "info"\n')
@@ -103,11 +109,17 @@ async def bench(clients: int, processes: int, changes: int, warmup: int) -> dict
     per_change_max: list[float] = []
     try:
         started = time.perf_counter()
+        run.step(f"start {per_process * processes} clients in {processes} processes")
         await watchers.start(timeout=120.0)
         startup_s = time.perf_counter() - started
         pids = [p.pid for p in watchers.procs]
         async with aiohttp.ClientSession() as session:
             for n in range(1, warmup + changes + 1):
+                if _marked(n, warmup):
+                    phase = "warm-up change" if n <= warmup else "change"
+                    number = n if n <= warmup else n - warmup
+                    total = warmup if n <= warmup else changes
+                    run.step(f"{phase} {number} of {total}")
                 if n == warmup + 1:
                     svc_cpu0 = cpu_seconds(configsvc.pid)
                     clients_cpu0 = sum(cpu_seconds(pid) for pid in pids)
@@ -157,8 +169,13 @@ async def bench(clients: int, processes: int, changes: int, warmup: int) -> dict
     }
 
 
-def _table(report: dict[str, Any]) -> str:
-    ok = "met" if report["p99_ms"] < report["target_p99_ms"] else "MISSED"
+def _marked(n: int, warmup: int) -> bool:
+    """Whether change ``n`` gets a progress line: the first of each phase, then every 10th."""
+    return n in (1, warmup + 1) or n % 10 == 0
+
+
+def _table(report: dict[str, Any], run: Run) -> str:
+    ok = run.verdict(report["p99_ms"] < report["target_p99_ms"])
     lines = [
         f"config change -> applied by {report['clients']} clients in {report['processes']} "
         f"processes, {report['changes']} changes ({report['samples']} samples)",
@@ -168,6 +185,7 @@ def _table(report: dict[str, Any]) -> str:
         f"CPU: configsvc {report['configsvc_cpu_ms_per_change']:.1f} ms per change, "
         f"clients {report['client_cpu_us_per_apply']:.0f} us per client per change",
         f"target p99 < {report['target_p99_ms']:.0f} ms: {ok}",
+        Run.load_line(report["load"]),
     ]
     return "\n".join(lines)
 
@@ -188,9 +206,13 @@ def main(argv: list[str]) -> int:
     if args.clients < 1 or args.processes < 1 or args.changes < 1 or args.warmup < 0:
         parser.error("--clients, --processes and --changes must be >= 1, --warmup >= 0")
     install_uvloop()
-    report = asyncio.run(bench(args.clients, args.processes, args.changes, args.warmup))
+    marked = range(1, args.warmup + args.changes + 1)
+    steps = 2 + sum(1 for n in marked if _marked(n, args.warmup))
+    run = Run("config", quick=args.quick, steps=steps)
+    report = asyncio.run(bench(args.clients, args.processes, args.changes, args.warmup, run))
     report["quick"] = args.quick
-    print(_table(report))
+    report["load"] = run.machine()
+    print(_table(report, run))
     output = args.output if args.output is not None else (None if args.quick else RESULTS)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench._run import Run
 from core import redis as core_redis
 from core.db import Database
 from core.events.bus import Event, EventBus
@@ -44,6 +45,8 @@ from core.runner import install_uvloop
 from core.testing import RedisServer
 
 RESULTS = Path(__file__).resolve().parent / "results" / "events.json"
+#: How long a run takes with the defaults (python -m bench --help).
+DURATION = "about 1 min"
 
 MIGRATIONS = ("CREATE TABLE items (id INTEGER PRIMARY KEY, t REAL NOT NULL)",)
 CONSUMER_MIGRATIONS = ("CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",)
@@ -105,7 +108,10 @@ async def _run(
     *,
     concurrency: int = 16,
     rate: float | None = None,
+    run: Run | None = None,
 ) -> Result:
+    if run is not None:
+        run.step(f"{name}, {mode}: {events} events")
     sink.reset(events)
     start = time.perf_counter()
     if rate is None:
@@ -137,7 +143,7 @@ async def _run(
     )
 
 
-async def bench(events: int, paced: int, rate: float, concurrency: int) -> dict[str, Any]:
+async def bench(events: int, paced: int, rate: float, concurrency: int, run: Run) -> dict[str, Any]:
     server = RedisServer().start()
     workdir = Path(tempfile.mkdtemp(prefix="essaim-bench-events-"))
     redis = core_redis.connect(server.url)
@@ -173,11 +179,15 @@ async def bench(events: int, paced: int, rate: float, concurrency: int) -> dict[
             await producer_db.transaction(change)
 
         for name, send in (("publish", publish), ("outbox", outbox)):
-            await _run(name, "warm-up", sink, send, min(200, events), concurrency=concurrency)
-            results.append(
-                await _run(name, "max rate", sink, send, events, concurrency=concurrency)
+            await _run(
+                name, "warm-up", sink, send, min(200, events), concurrency=concurrency, run=run
             )
-            results.append(await _run(name, f"paced {rate:g}/s", sink, send, paced, rate=rate))
+            results.append(
+                await _run(name, "max rate", sink, send, events, concurrency=concurrency, run=run)
+            )
+            results.append(
+                await _run(name, f"paced {rate:g}/s", sink, send, paced, rate=rate, run=run)
+            )
         info: Any = await redis.info("server")
         redis_version = str(info.get("redis_version", "?"))
     finally:
@@ -209,6 +219,7 @@ def table(report: dict[str, Any]) -> str:
             f"{r['scenario']:<10}{r['mode']:<14}{r['events']:>8}{r['events_per_s']:>11.0f}"
             f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['max_ms']:>9.2f}"
         )
+    lines.append(Run.load_line(report["load"]))
     return "\n".join(lines)
 
 
@@ -224,8 +235,10 @@ def main(argv: list[str]) -> int:
     rate = args.rate or (500.0 if args.quick else 1000.0)
     paced = int(rate * (1 if args.quick else 5))
     install_uvloop()
-    report = asyncio.run(bench(events, paced, rate, args.concurrency))
+    run = Run("events", quick=args.quick, steps=6)
+    report = asyncio.run(bench(events, paced, rate, args.concurrency, run))
     report["quick"] = args.quick
+    report["load"] = run.machine()
     print(table(report))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

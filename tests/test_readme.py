@@ -1,62 +1,94 @@
-"""The README's console examples run as shown.
+"""Every block of README.md is played, checked, or visibly set aside with a reason that holds.
 
-Each ```console block under a section named here is split into ``$ command``
-and its expected output (:mod:`tests.console`); the commands run one after the
-other in one bash session, as typed in one terminal, against components
-started for the test (their default ports replaced by free ones) and each
-output must match, times aside. A command commented ``# Server-Sent Events``
-is read for one second and compared up to the lines shown.
+- ```console blocks are played, every one, in order, against the system the
+  launcher started (``tests/services/test_launcher.py``, which reads them with
+  the same :func:`tests.console.console_blocks`);
+- ```text blocks show what the launcher prints: the same test checks that
+  the launcher printed each of their lines;
+- ```toml blocks are route tables: each must be one the gateway accepts;
+- ```sh blocks hold commands that can't be played inside the suite (they run
+  until Ctrl-C, or are the suite itself); each command is in
+  :data:`NOT_PLAYED` with its reason and a check that the reason holds.
+
+A block of any other kind, or a command without a reason, fails the test.
 """
 
 from __future__ import annotations
 
-import re
+import subprocess
+import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
-from core.testing import ComponentFactory
-from tests.console import Shell, console_blocks
+from core.routes.table import RouteTable
+from tests.console import console_blocks, fenced_blocks
+from tests.services import test_launcher
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-
-
-REV = re.compile(r'"rev":\d+')
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 
 
-def normalise(lines: list[str], *, revs: bool = False) -> list[str]:
-    """Times always, and the config service's change counter with ``revs``."""
-    out = [TIME.sub("<time>", line) for line in lines]
-    return [REV.sub('"rev":N', line) for line in out] if revs else out
+def make_runs(target: str, command: str) -> bool:
+    """Whether ``make TARGET`` ends by running ``command`` (``make -n``: nothing runs)."""
+    dry = subprocess.run(
+        ["make", "-n", "-s", target], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    return command in dry.stdout.strip().splitlines()[-1]
 
 
-async def play(section: str, port_of: dict[str, int], *, revs: bool = False) -> None:
-    """Run every example of ``section`` and compare its output."""
-    examples = console_blocks(README, section)
-    assert len(examples) >= 5, section
-    async with Shell() as shell:
-        for command, expected in examples:
-            for default, port in port_of.items():
-                command = command.replace(default, f"localhost:{port}")
-            streaming = "# Server-Sent Events" in command
-            if streaming:
-                command = "timeout 1 " + command.split("#")[0]
-            status, got, err = await shell.run(command)
-            if streaming:
-                got = got[: len(expected)]
-            else:
-                assert status == 0, (command, err)
-            assert normalise(got, revs=revs) == normalise(expected, revs=revs), command
+def script_run_by(test: str, script: str) -> bool:
+    """Whether the test file ``test`` runs ``script`` itself."""
+    return f'"{script}"' in (ROOT / test).read_text()
 
 
-async def test_registry_curl_examples_run_as_shown(
-    components: ComponentFactory, redis_url: str
-) -> None:
-    registry = await components.start("registry", "--redis-url", redis_url)
-    await play("The registry (discovery service)", {"localhost:8761": registry.port})
+#: Commands not played, each with why, and a check that the why holds.
+NOT_PLAYED: dict[str, tuple[str, Callable[[], bool]]] = {
+    "make up": (
+        "runs until Ctrl-C; it runs `python -m services`, which tests/services/test_launcher.py"
+        " starts as `make up` does and plays every console block against",
+        lambda: make_runs("up", "-m services"),
+    ),
+    "make test": ("runs this test suite itself", lambda: make_runs("test", "-m pytest")),
+    "REGISTRY_TOKEN=$(cat run/registry.token) examples/shell/service.sh": (
+        "runs in the foreground until Ctrl-C, on a fixed port (8702) that the suite must not"
+        " take; tests/test_examples.py runs the same script on a free port",
+        lambda: script_run_by("tests/test_examples.py", "examples/shell/service.sh"),
+    ),
+}
 
 
-async def test_config_service_curl_examples_run_as_shown(
-    components: ComponentFactory, redis_url: str
-) -> None:
-    configsvc = await components.start("configsvc", "--redis-url", redis_url)
-    await play("The config service", {"localhost:8888": configsvc.port}, revs=True)
+def commands(block: str) -> list[str]:
+    """The commands of an ``sh`` block, without comments and blank lines (``\\`` joins lines)."""
+    joined = block.replace("\\\n", " ")
+    return [
+        " ".join(cmd.split()) for line in joined.splitlines() if (cmd := line.split("#")[0].strip())
+    ]
+
+
+def test_every_block_is_played_checked_or_set_aside_with_a_reason() -> None:
+    blocks = fenced_blocks(README)
+    kinds = {lang for lang, _ in blocks}
+    assert kinds <= {"console", "text", "toml", "sh"}, kinds
+    # The launcher's test plays the console blocks of the whole file, not a section.
+    assert test_launcher.readme_examples() == console_blocks(README)
+    assert sum(1 for lang, _ in blocks if lang == "console") >= 15
+    for lang, body in blocks:
+        if lang == "toml":
+            assert len(RouteTable.parse(tomllib.loads(body))) >= 1
+        if lang == "sh":
+            unclassified = [cmd for cmd in commands(body) if cmd not in NOT_PLAYED]
+            assert unclassified == [], "a README command neither played nor set aside"
+
+
+def test_the_commands_set_aside_are_there_for_the_reason_given() -> None:
+    shown = {cmd for lang, body in fenced_blocks(README) if lang == "sh" for cmd in commands(body)}
+    assert shown == set(NOT_PLAYED)  # no stale reason either
+    for command, (reason, holds) in NOT_PLAYED.items():
+        assert holds(), f"{command!r} is set aside because it {reason}: that no longer holds"
+
+
+def test_every_page_of_docs_is_linked_from_the_readme() -> None:
+    text = README.read_text()
+    pages = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
+    assert pages
+    assert [page for page in pages if f"](docs/{page}" not in text] == []

@@ -12,6 +12,8 @@ Public face:
 - :func:`core.config.merge.deep_merge`, :func:`core.config.merge.thaw`;
 - the server side (:mod:`core.config.store`, :mod:`core.config.files`,
   :mod:`core.config.document`, :mod:`core.config.reads`,
-  :mod:`core.config.crypto`) is used by ``configsvc.py`` only;
+  :mod:`core.config.crypto`) is used by ``configsvc.py`` only (and
+  :func:`core.config.files.read_directory` by the launcher, to check the
+  directory before it starts anything);
 - ``python -m core.config.watch``: print a document's changes as they come.
 """

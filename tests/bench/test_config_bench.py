@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.bench.talk import assert_talked
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -23,6 +25,8 @@ def test_quick_config_bench_prints_a_table_and_writes_results(tmp_path: Path) ->
     assert "p99 ms" in run.stdout
     assert "target p99 < 100 ms" in run.stdout
     report = json.loads(output.read_text())
+    assert_talked(run, "config", report)
+    assert "target p99 < 100 ms: not judged (--quick)" in run.stdout
     assert report["benchmark"] == "config"
     assert report["quick"] is True
     assert report["clients"] == 20

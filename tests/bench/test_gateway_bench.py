@@ -9,6 +9,7 @@ import orjson
 
 from bench.gateway import routes_toml
 from core.routes.table import RouteTable
+from tests.bench.talk import assert_talked
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,6 +40,8 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     result = orjson.loads(output.read_bytes())
+    assert_talked(done, "gateway", result)
+    assert "not judged (--quick)" in done.stdout
 
     assert "built-in" in result["settings"]["load"]
     assert "asyncio server" in result["settings"]["upstream"]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import orjson
 
+from tests.bench.talk import assert_talked
+
 
 def test_quick_registry_benchmark_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "registry.json"
@@ -21,6 +23,7 @@ def test_quick_registry_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "graceful deregistration" in proc.stdout
     results = orjson.loads(out.read_bytes())
+    assert_talked(proc, "registry", results)
     assert results["deregistration"]["trials"] == 50
     assert results["deregistration"]["p99_ms"] > 0
     assert results["expiry"]["instances"] == 5

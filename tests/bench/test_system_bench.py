@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.bench.talk import assert_talked
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -20,6 +22,7 @@ def test_quick_system_bench_prints_a_table_and_writes_results(tmp_path: Path) ->
     assert run.returncode == 0, run.stdout + run.stderr
     assert "per s" in run.stdout
     report = json.loads(output.read_text())
+    assert_talked(run, "system", report)
     assert (report["benchmark"], report["quick"]) == ("system", True)
     rows = [(r["scenario"], r["mode"]) for r in report["results"]]
     assert rows == [

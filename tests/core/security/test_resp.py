@@ -68,6 +68,12 @@ async def test_database_and_password_from_the_url(
     refused = RespClient(f"redis://:wrong@127.0.0.1:{server.port}/0")
     with pytest.raises(ConnectionError, match="refused the connection setup"):
         await refused.call("PING")
+    anonymous = RespClient(f"redis://127.0.0.1:{server.port}/0")
+    try:
+        with pytest.raises(RespError, match="NOAUTH"):
+            await anonymous.call("PING")
+    finally:
+        await anonymous.close()
     with pytest.raises(ValueError, match="redis://"):
         RespClient("rediss://127.0.0.1:6380/0")
 
