@@ -76,7 +76,8 @@ class Stats:
       response byte. A route's plan keeps its row, so that counting a request
       needs no key to build;
     - ``upstream_errors[(service, kind)]``: failed attempts (connect, timeout,
-      reset, 5xx, protocol);
+      reset, 5xx, protocol; ``dependency`` for a 5xx marked as the failure of
+      the upstream's own dependency, which does not count against it);
     - ``retries[(service, reason)]``: attempts after the first.
     """
 

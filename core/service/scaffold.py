@@ -71,7 +71,7 @@ from core.runner import BAD_SETTINGS, Site, configure, run
 from core.security.access import IDENTITY, PUBLIC, Policy, access_middleware
 from core.security.jwks import KeySet
 from core.security.tokens import Verifier
-from core.service.calls import Calls, Timeouts, forwarding_middleware
+from core.service.calls import Calls, Timeouts, dependency_middleware, forwarding_middleware
 from core.settings import CommonSettings, Secret, option
 from core.tasks import TaskSet
 from core.upstream.retry import RetryPolicy
@@ -596,7 +596,7 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
 
     app = web.Application(
         middlewares=[metrics.middleware, identify, forwarding_middleware, problem_middleware,
-                     redis_unavailable(service.name), _database_busy],
+                     dependency_middleware, redis_unavailable(service.name), _database_busy],
         client_max_size=1024 * 1024,
     )  # fmt: skip
     app[SERVICE] = service
