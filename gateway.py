@@ -150,6 +150,13 @@ class Settings(CommonSettings):
     resync_interval: float = dataclasses.field(
         default=30.0, metadata=option("seconds between full re-reads of the registry")
     )
+    registry_grace: float = dataclasses.field(
+        default=5.0,
+        metadata=option(
+            "seconds instances missing after Redis came back empty stay routable while they"
+            " register again"
+        ),
+    )
     jwks_url: str = dataclasses.field(
         default="",
         metadata=option(
@@ -176,7 +183,7 @@ class Settings(CommonSettings):
         positive = (
             "routes_poll", "head_timeout", "body_timeout", "keepalive_timeout",
             "stream_idle_timeout", "connect_timeout", "per_try_timeout", "total_timeout",
-            "pool_idle_timeout", "resync_interval",
+            "pool_idle_timeout", "resync_interval", "registry_grace",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -283,7 +290,10 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:
     """The registry snapshot: started here; Redis away is not fatal (the router says 503)."""
-    watcher = Watcher(app[REDIS], resync_interval=app[SETTINGS].resync_interval)
+    settings = app[SETTINGS]
+    watcher = Watcher(
+        app[REDIS], resync_interval=settings.resync_interval, grace=settings.registry_grace
+    )
     app[WATCHER] = watcher
     router = app[ROUTER]
     router.watcher = watcher
