@@ -5,7 +5,9 @@ asyncio protocol server (:mod:`core.proxy`) that routes each request by the
 static route table, else by service name (``/{service}/rest``), to an
 instance from the in-memory registry snapshot. The admin port
 (``--admin-port``, 8081, loopback by default) is a small aiohttp app:
-``/routes``, ``/upstreams``, ``/health``, ``/metrics``.
+``/routes``, ``/upstreams``, ``/health``, ``/health/live``, ``/health/ready``,
+``/metrics``. The traffic port answers ``--health-path`` (``/-/health``)
+itself, for load balancers.
 
 Only Redis is needed to start (for the registry snapshot); the config
 service is optional. With ``--config-url`` the routes come from the
@@ -29,7 +31,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from core import log
+from core import health, log
 from core.config.client import ConfigClient
 from core.errors import SettingsError, problem_middleware
 from core.http import json_response, redis_health
@@ -169,6 +171,12 @@ class Settings(CommonSettings):
     jwt_audience: str = dataclasses.field(
         default="essaim", metadata=option("the 'aud' that access tokens must carry")
     )
+    health_path: str = dataclasses.field(
+        default="/-/health",
+        metadata=option(
+            "path the traffic port answers itself for load balancers (under /-/; empty: none)"
+        ),
+    )
     discovery_auth: str = dataclasses.field(
         default="public",
         metadata=option("policy of discovery routes: public, authenticated or roles:a,b"),
@@ -200,6 +208,14 @@ class Settings(CommonSettings):
                 raise SettingsError(
                     f"GATEWAY_{name.upper()}: expected >= 0, got {getattr(self, name)}"
                 )
+        if self.health_path and (
+            not self.health_path.startswith("/-/")
+            or len(self.health_path) < 4
+            or any(c in self.health_path for c in "?# ")
+        ):
+            raise SettingsError(
+                f"GATEWAY_HEALTH_PATH: expected a path under /-/ (or empty), got {self.health_path!r}"
+            )
         try:
             Policy.parse(self.discovery_auth)
         except ValueError as exc:
@@ -251,7 +267,7 @@ async def upstreams(request: web.Request) -> web.Response:
     return json_response(doc)
 
 
-async def health(request: web.Request) -> web.Response:
+async def health_page(request: web.Request) -> web.Response:
     """``GET /health``: 200 while serving; ``DEGRADED`` when Redis or the config service is away."""
     app = request.app
     redis_ok = await redis_health(app[REDIS])
@@ -270,6 +286,31 @@ async def health(request: web.Request) -> web.Response:
         if config.source != "server":
             body["status"] = "DEGRADED"
     return json_response(body)
+
+
+def readiness(app: web.Application) -> dict[str, health.Check]:
+    """Ready once it has a registry snapshot and while no route table or config was rejected.
+
+    Redis away is not unready: the gateway routes on the snapshot it has.
+    """
+    watcher, router = app[WATCHER], app[ROUTER]
+
+    async def registry() -> tuple[bool, Any]:
+        return watcher.relists > 0, watcher.describe()
+
+    async def routes() -> tuple[bool, Any]:
+        rejected = router.rejected
+        detail: dict[str, Any] = {"version": router.table.version, "source": router.source}
+        if rejected is not None and rejected["at"] >= router.installed_at:
+            detail["rejected"] = rejected
+            return False, detail
+        return True, detail
+
+    checks: dict[str, health.Check] = {"registry": registry, "routes": routes}
+    config = app.get(CONFIG)
+    if config is not None:
+        checks["config"] = health.config_check(config)
+    return checks
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -370,7 +411,9 @@ def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
         ),
     )
     pool = Pool(max_idle=settings.pool_max_idle, idle_timeout=settings.pool_idle_timeout)
-    proxy = ProxyServer(router, settings.limits, pool=pool)
+    proxy = ProxyServer(
+        router, settings.limits, pool=pool, health_path=settings.health_path.encode("ascii")
+    )
     registry = CollectorRegistry(auto_describe=True)
     registry.register(
         StatsCollector(
@@ -398,7 +441,8 @@ def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
     app.cleanup_ctx.append(_routes_ctx)
     app.router.add_get("/routes", routes)
     app.router.add_get("/upstreams", upstreams)
-    app.router.add_get("/health", health)
+    app.router.add_get("/health", health_page)
+    health.add_routes(app, readiness)
     app.router.add_get("/metrics", metrics)
     return app, proxy
 
