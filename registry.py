@@ -18,7 +18,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
-from core import log
+from core import health, log
 from core.config.client import ConfigClient
 from core.errors import SettingsError, problem_middleware
 from core.http import redis_unavailable
@@ -168,7 +168,13 @@ def build_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_background_ctx)
     app.on_shutdown.append(_on_shutdown)
     add_routes(app, metrics)
+    health.add_routes(app, readiness)
     return app
+
+
+def readiness(app: web.Application) -> dict[str, health.Check]:
+    """Ready while Redis answers and no config version was rejected."""
+    return {"redis": health.redis_check(app[REDIS]), "config": health.config_check(app[CONFIG])}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

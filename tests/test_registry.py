@@ -361,6 +361,13 @@ async def test_redis_down_answers_503_and_heals(
     assert resp.headers["Retry-After"] == "1"
     assert (await resp.json())["title"] == "Service Unavailable"
     assert (await client.get("/health")).status == 503
+    # Alive (a liveness probe must not restart it for Redis's outage), not ready.
+    assert (await client.get("/health/live")).status == 200
+    resp = await client.get("/health/ready")
+    assert resp.status == 503
+    ready = await resp.json()
+    assert ready["failing"] == ["redis"]
+    assert ready["checks"]["redis"] == {"status": "DOWN", "detail": "unreachable"}
     server.start()
 
     async def healed() -> bool:
@@ -368,6 +375,7 @@ async def test_redis_down_answers_503_and_heals(
 
     await wait_until(healed, timeout=10.0, message="registry healed")
     assert (await client.get("/health")).status == 200
+    assert (await client.get("/health/ready")).status == 200
 
 
 async def test_keyspace_notifications_alone_publish_down_within_a_second_of_the_ttl(
@@ -510,6 +518,16 @@ async def test_dynamic_settings_follow_configsvc_without_restart(
 
         await wait_until(rejection_reported, timeout=5)
         assert await ttl_given_by_default() == 42
+        # The rejection makes it unready (still alive), until a good version comes.
+        resp = await client.get("/health/ready")
+        ready = await resp.json()
+        assert (resp.status, ready["failing"]) == (503, ["config"])
+        assert "default_ttl" in ready["checks"]["config"]["detail"]["rejected"]["reason"]
+        assert (await client.get("/health/live")).status == 200
+        async with http.put(document, json={"default_ttl": 12}) as resp:
+            assert resp.status in (200, 201)
+        await wait_until(lambda: _equals(ttl_given_by_default(), 12), timeout=5)
+        assert (await client.get("/health/ready")).status == 200
 
 
 async def _equals(value: Awaitable[int], expected: int) -> bool:

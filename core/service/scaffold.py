@@ -55,6 +55,7 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from core import health as health_checks
 from core import log
 from core.config.client import ConfigClient, TypedView
 from core.db import Database, Migration
@@ -505,6 +506,23 @@ async def health(request: web.Request) -> web.Response:
     return json_response(body, status=200 if db_ok else 503)
 
 
+def readiness(app: web.Application) -> dict[str, health_checks.Check]:
+    """Ready while the database answers and no config version was rejected.
+
+    Redis away is not unready: the service answers from its database, its
+    events wait in the outbox and it registers again once Redis is back.
+    """
+
+    async def database() -> tuple[bool, Any]:
+        try:
+            await app[DB].run(lambda c: c.execute("SELECT 1").fetchone())
+        except sqlite3.Error as exc:
+            return False, str(exc)
+        return True, str(app[DB].path)
+
+    return {"database": database, "config": health_checks.config_check(app[CONFIG])}
+
+
 class _EventMetrics(Collector):
     """The consumer's and the relay's counters, read at scrape time."""
 
@@ -550,7 +568,7 @@ async def _database_busy(request: web.Request, handler: Handler) -> web.StreamRe
         ) from None
 
 
-OPEN_PATHS = ("/health", "/metrics")
+OPEN_PATHS = ("/health", "/health/live", "/health/ready", "/metrics")
 
 
 def route_policies(service: Service, app: web.Application) -> Callable[[web.Request], Policy]:
@@ -610,6 +628,7 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
         app.cleanup_ctx.append(ctx)
     app.on_shutdown.append(_deregister)
     app.router.add_get("/health", health)
+    health_checks.add_routes(app, readiness)
     app.router.add_get("/metrics", metrics.handle)
     events_http.add_routes(app, consumes=bool(service.handlers), emits=bool(service.emits))
     app.add_routes(service.routes)

@@ -222,6 +222,16 @@ async def test_the_low_stock_threshold_follows_configsvc_without_a_restart(
     await wait_until(lambda: _rejected(client), 5, message="-1 rejected")
     assert await low() is False
     assert health["config"]["source"] == "server"
+    # Reported by readiness (alive all along), until a version it can use arrives.
+    response = await client.get("/health/ready")
+    ready = await response.json()
+    assert (response.status, ready["failing"]) == (503, ["config"])
+    assert ready["checks"]["database"]["status"] == "UP"
+    assert "low_stock_threshold" in ready["checks"]["config"]["detail"]["rejected"]["reason"]
+    assert (await client.get("/health/live")).status == 200
+    await put(10)
+    await wait_until(low, 5, message="threshold 10 applied")
+    assert (await client.get("/health/ready")).status == 200
 
 
 async def _not(value: Awaitable[bool]) -> bool:
