@@ -2,8 +2,9 @@
 
 The foundation, flat here and imported by everything: :mod:`core.settings`,
 :mod:`core.errors`, :mod:`core.log`, :mod:`core.redis`, :mod:`core.tasks`,
-:mod:`core.runner`, :mod:`core.http`, :mod:`core.metrics`, :mod:`core.db`
-and :mod:`core.testing`. It imports none of the packages.
+:mod:`core.runner`, :mod:`core.http`, :mod:`core.validation`,
+:mod:`core.metrics`, :mod:`core.db` and :mod:`core.testing`. It imports
+none of the packages.
 
 The packages, lowest first (a package imports only the foundation and the
 packages above it in this list; ``tests/test_layering.py`` checks it):

@@ -31,7 +31,7 @@ from core.events.consumer import Consumer
 from core.events.dead_letters import STREAM_ID_RE, dead_letters, discard, replay
 from core.events.outbox import OutboxRelay
 from core.http import json_response, read_json
-from core.service.validation import Fields, query_int
+from core.validation import Fields, query_int
 
 __all__ = ["CONSUMER", "RELAY", "add_routes", "describe"]
 

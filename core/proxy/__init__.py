@@ -1,5 +1,10 @@
 """The gateway's data plane: HTTP/1.1 proxying on asyncio protocols.
 
+Public face: :class:`core.proxy.server.ProxyServer` and
+:class:`core.proxy.contract.Limits` (the listener and its limits),
+:class:`core.proxy.router.Router` (fed by the control plane) and
+:class:`core.proxy.stats.Stats`; the rest is internal to the package.
+
 Layers, from the client inwards:
 
 - :mod:`core.proxy.server`: :class:`~core.proxy.server.ClientConnection`, one
@@ -12,6 +17,9 @@ Layers, from the client inwards:
   proxied request: chooses an endpoint, writes the request upstream, retries,
   times out, accounts the outcome; :mod:`core.proxy.response` is its half that
   receives and streams the upstream's answer.
+- :mod:`core.proxy.contract`: what an exchange needs from its connection and
+  its server, as protocols, so the modules import one way (server ->
+  exchange -> contract) and ``Limits``.
 - :mod:`core.proxy.pool`: upstream connections and the per-endpoint pool of
   idle keep-alive connections.
 - :mod:`core.proxy.wire`: request and response heads as bytes, hop-by-hop and

@@ -55,8 +55,8 @@ from core.security.tokens import UnknownKeyError
 from core.upstream.upstream import Endpoint
 
 if TYPE_CHECKING:
+    from core.proxy.contract import Client
     from core.proxy.router import Plan
-    from core.proxy.server import ClientConnection
 
 logger = log.get("gateway.proxy")
 
@@ -144,7 +144,7 @@ class Exchange(ResponseSide):
 
     def __init__(
         self,
-        client: ClientConnection,
+        client: Client,
         method: bytes,
         url: bytes,
         headers: list[tuple[bytes, bytes]],

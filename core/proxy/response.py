@@ -31,9 +31,9 @@ from core.proxy.wire import (
 )
 
 if TYPE_CHECKING:
+    from core.proxy.contract import Client, Proxy
     from core.proxy.pool import UpstreamConnection
     from core.proxy.router import Plan
-    from core.proxy.server import ClientConnection, ProxyServer
     from core.upstream.upstream import Endpoint
 
 logger = log.get("gateway.proxy")
@@ -78,8 +78,8 @@ class ResponseSide:
         # Provided by Exchange.
         out: list[bytes] | None
         resp_mode: int
-        client: ClientConnection
-        proxy: ProxyServer
+        client: Client
+        proxy: Proxy
         plan: Plan | None
         endpoint: Endpoint | None
         conn: UpstreamConnection | None

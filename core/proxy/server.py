@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,7 @@ import httptools
 
 from core import log
 from core.errors import BadRequest, HeaderTooLarge, HTTPProblem, InternalError, RequestTimeout
+from core.proxy.contract import Limits
 from core.proxy.exchange import DONE, PAUSE_BUFFER, Exchange
 from core.proxy.head import Heads
 from core.proxy.pool import Pool, UpstreamConnection
@@ -48,20 +48,6 @@ __all__ = ["ClientConnection", "Limits", "ProxyServer"]
 _PIPELINE = 4  # too many requests queued
 _UPGRADE = 8  # an upgrade is being negotiated
 _LINGER_SECONDS = 2.0
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Limits:
-    """The data plane's limits and connection timeouts (seconds, bytes)."""
-
-    max_head: int = 16 * 1024
-    max_body: int = 10 * 1024 * 1024
-    head_timeout: float = 10.0
-    body_timeout: float = 30.0
-    keepalive_timeout: float = 60.0
-    stream_idle_timeout: float = 300.0
-    replay_buffer: int = 64 * 1024
-    max_pipeline: int = 16
 
 
 class _HeadTooLarge(Exception):
@@ -456,7 +442,7 @@ class ProxyServer:
     def __init__(
         self,
         router: Router,
-        limits: Limits = Limits(),
+        limits: Limits | None = None,
         *,
         pool: Pool | None = None,
         stats: Stats | None = None,
@@ -467,7 +453,7 @@ class ProxyServer:
             raise ValueError(f"the health path must start with '/-/', not {health_path!r}")
         self.health_path = health_path
         self.router = router
-        self.limits = limits
+        self.limits = limits or Limits()
         self.pool = pool or Pool()
         self.stats = stats or Stats()
         self.ids = RequestIds()

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from core.registry.store import HOSTNAME_RE, SERVICE_RE
-from core.routes.table import (
+from core.routes.model import (
     RewriteTemplate,
     Route,
     RouteError,

@@ -21,13 +21,12 @@ import contextlib
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from core import log
 from core.config.client import ConfigClient
 from core.config.merge import thaw
 from core.errors import StartupError
-from core.proxy.router import Router
 from core.routes.table import RouteError, RouteTable
 
 logger = log.get("gateway.routes")
@@ -41,6 +40,23 @@ def table_from_config(config: Mapping[str, Any], version: str | None) -> RouteTa
     if "defaults" in config:
         doc["defaults"] = thaw(config["defaults"])
     return RouteTable.parse(doc, version)
+
+
+class Router(Protocol):
+    """Where a source puts the tables it reads: the gateway's router, in practice.
+
+    Declared here so that this package knows nothing of the data plane
+    (:class:`core.proxy.router.Router` satisfies it).
+    """
+
+    @property
+    def table(self) -> RouteTable: ...
+
+    def install(self, table: RouteTable, *, source: str, at: float) -> None:
+        """Put ``table`` in force."""
+
+    def reject(self, reason: str, *, source: str, version: str | None, at: float) -> None:
+        """Record a table that could not be used; the one in force stays."""
 
 
 class RouteFile:

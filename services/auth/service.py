@@ -43,8 +43,8 @@ from core.security.access import Policy, authorize_async
 from core.security.jwks import KeySet
 from core.security.tokens import Verifier
 from core.service.scaffold import DB, SETTINGS, CleanupContext, Service, ServiceSettings, build_app
-from core.service.validation import Fields
 from core.settings import Secret, option
+from core.validation import Fields
 from services.auth import refresh, throttle, users
 from services.auth.keys import KeyRing, KeyRow
 from services.auth.passwords import hash_password, verify_password

@@ -45,7 +45,7 @@ from core.events.outbox import add_to_outbox
 from core.http import json_response, read_json
 from core.service.calls import Calls
 from core.service.scaffold import CALLS, DB, DYNAMIC, Service, public_path
-from core.service.validation import Fields, cents_to_number, path_id, query_int
+from core.validation import Fields, cents_to_number, path_id, query_int
 
 BODY_LIMIT = 64 * 1024
 MAX_LINES = 100

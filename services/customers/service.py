@@ -24,7 +24,7 @@ from aiohttp import web
 from core.errors import Conflict, NotFound
 from core.http import json_response, read_json
 from core.service.scaffold import DB, Service, public_path
-from core.service.validation import Fields, path_id, query_int
+from core.validation import Fields, path_id, query_int
 
 BODY_LIMIT = 64 * 1024
 EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")

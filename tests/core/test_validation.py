@@ -1,4 +1,4 @@
-"""Checking request bodies field by field (core/service/validation.py)."""
+"""Checking request bodies field by field (core/validation.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import pytest
 
 from core.errors import BadRequest, Unprocessable
-from core.service.validation import Fields, cents_to_number
+from core.validation import Fields, cents_to_number
 
 
 def test_every_bad_field_is_reported_at_once_with_422_for_values() -> None:
