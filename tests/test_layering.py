@@ -19,6 +19,7 @@ CORE = ROOT / "core"
 LAYERS = ["config", "registry", "security", "events", "upstream", "routes", "proxy", "service"]
 FOUNDATION = {
     "settings", "errors", "log", "redis", "tasks", "runner", "http", "validation", "metrics", "db",
+    "health",
     "testing",
 }  # fmt: skip
 
