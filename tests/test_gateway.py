@@ -316,8 +316,9 @@ async def test_routes_from_the_config_service_follow_it_and_survive_its_absence(
     config_dir = tmp_path / "config"
     config_dir.mkdir()
     configsvc = await components.start(
-        "configsvc", "--config-dir", str(config_dir), env={"REDIS_URL": redis_url}
-    )
+        "configsvc", "--config-dir", str(config_dir), "--data-dir", str(tmp_path / "data"),
+        env={"REDIS_URL": redis_url},
+    )  # fmt: skip
 
     def doc(port: int, route_id: str = "api") -> dict[str, Any]:
         return {

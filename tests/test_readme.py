@@ -56,7 +56,9 @@ async def test_registry_curl_examples_run_as_shown(
 
 
 async def test_config_service_curl_examples_run_as_shown(
-    components: ComponentFactory, redis_url: str
+    components: ComponentFactory, redis_url: str, tmp_path: Path
 ) -> None:
-    configsvc = await components.start("configsvc", "--redis-url", redis_url)
+    configsvc = await components.start(
+        "configsvc", "--redis-url", redis_url, "--data-dir", str(tmp_path / "configsvc")
+    )
     await play("The config service", {"localhost:8888": configsvc.port}, revs=True)

@@ -492,8 +492,9 @@ async def test_dynamic_settings_follow_configsvc_without_restart(
 ) -> None:
     (tmp_path / "config").mkdir()
     configsvc = await components.start(
-        "configsvc", "--redis-url", redis_url, "--config-dir", str(tmp_path / "config")
-    )
+        "configsvc", "--redis-url", redis_url, "--config-dir", str(tmp_path / "config"),
+        "--data-dir", str(tmp_path / "data"),
+    )  # fmt: skip
     client = await make_client(config_url=configsvc.url)
 
     async def ttl_given_by_default() -> int:

@@ -19,6 +19,12 @@ document name)::
 
 Writing content whose hash equals the current version's is not a change: no
 version, no revision, no message.
+
+With a :class:`~core.config.journal.Journal`, every version written is also
+recorded on disk before :meth:`ConfigStore.write_many` returns, and
+:meth:`ConfigStore.restore` puts the journal's documents back into an emptied
+Redis; :meth:`ConfigStore.sync_journal` records versions the journal lacks
+(written by another process, or before a crash).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any, TypeVar
 import orjson
 
 from core.config.document import canonical, content_hash
+from core.config.journal import Journal, JournalEntry, entries_from_history
 from core.config.merge import deep_merge
 from core.redis import Redis
 
@@ -150,6 +157,36 @@ for i = 3, #ARGV, 6 do
   end
 end
 return {now, out, 1}
+"""
+
+
+# ARGV: name, seq, file ('' none), then the current version's version ('' when the
+# document is deleted), hash, time, origin, content, then its history entries (JSON),
+# newest first. Replaces what Redis holds of the document and publishes the change.
+_RESTORE = """
+local name, seq, file = ARGV[1], ARGV[2], ARGV[3]
+local dkey, hkey = 'essaim:cfg:d:' .. name, 'essaim:cfg:h:' .. name
+redis.call('DEL', dkey, hkey)
+redis.call('HSET', 'essaim:cfg:seq', name, seq)
+if file ~= '' then
+  redis.call('HSET', 'essaim:cfg:files', name, file)
+else
+  redis.call('HDEL', 'essaim:cfg:files', name)
+end
+if ARGV[4] ~= '' then
+  redis.call('HSET', dkey, 'version', ARGV[4], 'hash', ARGV[5], 'time', ARGV[6],
+             'origin', ARGV[7], 'content', ARGV[8])
+  redis.call('SADD', 'essaim:cfg:names', name)
+else
+  redis.call('SREM', 'essaim:cfg:names', name)
+end
+for i = 9, #ARGV do
+  redis.call('RPUSH', hkey, ARGV[i])
+end
+local rev = redis.call('INCR', 'essaim:cfg:rev')
+redis.call('PUBLISH', 'essaim:cfg:changes',
+           '{"rev":' .. rev .. ',"document":"' .. name .. '","version":' .. seq .. '}')
+return rev
 """
 
 
@@ -295,9 +332,12 @@ class ConfigStore:
         keep: int = HISTORY_KEPT,
         cache_size: int = 512,
         concurrency: int = 32,
+        journal: Journal | None = None,
     ) -> None:
         self.redis = redis
         self.keep = keep
+        self.journal = journal
+        self._restore = redis.register_script(_RESTORE)
         self._limit = asyncio.Semaphore(concurrency)
         self._write = redis.register_script(_WRITE)
         self._read = redis.register_script(_READ)
@@ -347,22 +387,20 @@ class ConfigStore:
         """
         mode = "1" if mark_imported else "2" if if_imported else "0"
         args: list[str | int | bytes] = [self.keep, mode]
+        texts: list[tuple[str | None, bytes | None]] = []
         for w in writes:
             if not _ORIGIN_RE.match(w.origin):
                 raise ValueError(f"invalid origin {w.origin!r}")
             if w.only_file:
                 args += [w.name, "file", "", w.origin, "", w.file]
+                texts.append((None, None))
             elif w.content is None:
                 args += [w.name, "del", "", w.origin, "", w.file]
+                texts.append((None, None))
             else:
-                args += [
-                    w.name,
-                    "put",
-                    content_hash(w.content),
-                    w.origin,
-                    canonical(w.content),
-                    w.file,
-                ]
+                hash_, text = content_hash(w.content), canonical(w.content)
+                args += [w.name, "put", hash_, w.origin, text, w.file]
+                texts.append((hash_, text))
         now, flat, done = await self._call(self._write(args=args))
         if not int(done):
             raise NotImported("Redis holds no import of the config directory")
@@ -380,7 +418,78 @@ class ConfigStore:
                     created=status == 2,
                 )
             )
+        if self.journal is not None:
+            entries = [
+                JournalEntry(
+                    w.name,
+                    r.version,
+                    hash_,
+                    r.time,
+                    w.origin,
+                    w.content is None,
+                    None if text is None else text.decode(),
+                )
+                for w, r, (hash_, text) in zip(writes, results, texts, strict=True)
+                if r.changed and not w.only_file
+            ]
+            files = {w.name: (None if w.file == "-" else w.file) for w in writes if w.file}
+            await self.journal.record(entries, files)
         return results
+
+    # -- the durable copy --------------------------------------------------------
+
+    async def restore(self) -> list[str]:
+        """Put every document of the journal back into Redis (after Redis was emptied).
+
+        One script per document: its current version, history, version
+        counter and file record, and a change published. The import flag is
+        left alone: the caller imports the directory next. Returns the names
+        restored.
+        """
+        journal = self.journal
+        if journal is None:
+            return []
+        documents = await journal.documents()
+        files = await journal.files()
+        for name, entries in sorted(documents.items()):
+            newest = entries[0]
+            current: list[str | int] = (
+                ["", "", "", "", ""]
+                if newest.deleted or newest.content is None
+                else [newest.version, newest.hash or "", newest.time, newest.origin, newest.content]
+            )
+            args: list[str | int | bytes] = [name, newest.version, files.get(name, ""), *current]
+            args += [e.to_json() for e in entries[: self.keep]]
+            await self._call(self._restore(args=args))
+        return sorted(documents)
+
+    async def sync_journal(self) -> int:
+        """Record in the journal the versions Redis holds and it lacks; how many were written.
+
+        Versions written by another config service process on the same
+        Redis, or lost between Redis and the disk by a crash, so that a
+        restore never goes back before them.
+        """
+        journal = self.journal
+        if journal is None:
+            return 0
+        seq = await self._call(self.redis.hgetall(SEQ_KEY))
+        known = await journal.summary()
+        entries: list[JournalEntry] = []
+        for raw_name, raw_last in seq.items():
+            name, last = str(raw_name), int(raw_last)
+            # Versions are numbered 1, 2, ... with none skipped: the journal is
+            # complete when it holds the newest and as many as are retained.
+            top, count = known.get(name, (0, 0))
+            if top >= last and count >= min(last, self.keep):
+                continue
+            raw = await self._call(self.redis.lrange(history_key(name), 0, -1))
+            entries += entries_from_history(name, map(str, raw))
+        redis_files = await self.files()
+        files: dict[str, str | None] = {}
+        if redis_files != await journal.files():
+            await journal.replace_files(redis_files)
+        return await journal.record(entries, files)
 
     # -- reading -----------------------------------------------------------------
 

@@ -197,7 +197,10 @@ async def test_the_low_stock_threshold_follows_configsvc_without_a_restart(
     config_dir.mkdir()
     (config_dir / "inventory.toml").write_text("[inventory]\nlow_stock_threshold = 5\n")
     settings = configsvc.Settings(
-        redis_url=redis_url, config_dir=str(config_dir), token=Secret("t")
+        redis_url=redis_url,
+        config_dir=str(config_dir),
+        data_dir=str(tmp_path / "configsvc"),
+        token=Secret("t"),
     )
     config = await aiohttp_client(configsvc.build_app(settings))
     client = await make_service(SERVICE, config_url=str(config.make_url("")).rstrip("/"))

@@ -46,7 +46,10 @@ def start_service(
 
     async def start(redis: str = redis_url, port: int | None = None) -> TestServer:
         settings = configsvc.Settings(
-            redis_url=redis, config_dir=str(config_dir), import_check_interval=0.1
+            redis_url=redis,
+            config_dir=str(config_dir),
+            data_dir=str(config_dir.parent / f"data-{redis.rsplit(':', 1)[-1]}"),
+            import_check_interval=0.1,
         )
         return await aiohttp_server(configsvc.build_app(settings), port=port)
 
