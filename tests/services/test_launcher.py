@@ -20,6 +20,7 @@ import contextlib
 import os
 import re
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -177,6 +178,14 @@ async def test_the_launcher_runs_the_walkthrough_restarts_a_killed_process_and_s
                 await asyncio.sleep(0.1)
             assert status == 0, (command, err)
             assert have == want, command
+
+    # The tax rate the walkthrough set over configsvc's API is on disk under run/.
+    journal = sqlite3.connect(launcher.run_dir / "data" / "configsvc" / "configsvc.db")
+    try:
+        origins = journal.execute("SELECT origin FROM versions WHERE name = 'billing'").fetchall()
+    finally:
+        journal.close()
+    assert ("api",) in origins
 
     # The walkthrough killed inventory-1: reported and started again.
     await wait_until(lambda: launcher.printed("inventory-1 restarted"), 30, message="restart")
