@@ -35,9 +35,10 @@ import tomli_w
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
-from core import health, log
+from core import log
 from core.config.crypto import Cipher, SecretReads, Undecryptable, check_ciphers, decrypt_document
 from core.config.document import MAX_BYTES, Format, check_name, parse
+from core.config.events import ChangeHub, stream_changes
 from core.config.files import Importer
 from core.config.journal import Journal
 from core.config.reads import SharedReads
@@ -53,7 +54,16 @@ from core.errors import (
     UnsupportedMediaType,
     problem_middleware,
 )
-from core.http import json_response, read_body, redis_health, redis_unavailable, require_bearer
+from core.http import (
+    Check,
+    add_health_routes,
+    json_response,
+    read_body,
+    redis_check,
+    redis_health,
+    redis_unavailable,
+    require_bearer,
+)
 from core.metrics import HTTPMetrics
 from core.redis import REDIS_ERRORS, Redis, connect
 from core.runner import BAD_SETTINGS, Site, configure, run
@@ -143,6 +153,7 @@ READS = web.AppKey("reads", SharedReads)
 METRICS = web.AppKey("metrics", HTTPMetrics)
 METERS = web.AppKey("meters", Meters)
 SECRETS = web.AppKey("secrets", SecretReads)
+HUB = web.AppKey("hub", ChangeHub)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -537,9 +548,9 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
     await journal.close()
 
 
-def readiness(app: web.Application) -> dict[str, health.Check]:
+def readiness(app: web.Application) -> dict[str, Check]:
     """Ready while Redis answers and the journal on disk can be read."""
-    return {"redis": health.redis_check(app[REDIS]), "journal": app[JOURNAL].check}
+    return {"redis": redis_check(app[REDIS]), "journal": app[JOURNAL].check}
 
 
 async def _importer_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -565,6 +576,28 @@ async def _importer_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks.spawn(importer.keep_imported(done_once=done), "import")
     yield
     await tasks.stop()
+
+
+async def _events_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The change hub behind ``GET /v1/events``: its subscription runs until stop."""
+    hub = ChangeHub(app[REDIS])
+    app[HUB] = hub
+    tasks = TaskSet("configsvc:events")
+    tasks.spawn(hub.subscription.run(), "events")
+    yield
+    hub.subscription.stop()
+    await tasks.stop()
+
+
+async def _end_streams(app: web.Application) -> None:
+    """Open event streams end at shutdown, so the drain does not wait for them."""
+    if HUB in app:
+        app[HUB].shutdown()
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """``GET /v1/events?since=REV``: see :mod:`core.config.events`."""
+    return await stream_changes(request, request.app[STORE], request.app[HUB])
 
 
 def build_app(settings: Settings) -> web.Application:
@@ -598,6 +631,8 @@ def build_app(settings: Settings) -> web.Application:
     )
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_importer_ctx)
+    app.cleanup_ctx.append(_events_ctx)
+    app.on_shutdown.append(_end_streams)
     app.router.add_get("/v1/config/{app}/{profile}", get_config)
     app.router.add_get("/v1/documents", list_documents)
     app.router.add_get("/v1/documents/{name}", get_document)
@@ -607,8 +642,9 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/documents/{name}/rollback", rollback)
     app.router.add_post("/v1/reload", reload)
     app.router.add_post("/v1/encrypt", encrypt)
+    app.router.add_get("/v1/events", events)
     app.router.add_get("/health", health_page)
-    health.add_routes(app, readiness)
+    add_health_routes(app, readiness)
     app.router.add_get("/metrics", metrics.handle)
     return app
 

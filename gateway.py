@@ -31,10 +31,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from core import health, log
+from core import log
 from core.config.client import ConfigClient
 from core.errors import SettingsError, problem_middleware
-from core.http import json_response, redis_health
+from core.http import Check, add_health_routes, config_check, json_response, redis_health
+from core.metrics import new_registry
 from core.proxy.pool import Pool
 from core.proxy.router import Router
 from core.proxy.server import Limits, ProxyServer
@@ -288,7 +289,7 @@ async def health_page(request: web.Request) -> web.Response:
     return json_response(body)
 
 
-def readiness(app: web.Application) -> dict[str, health.Check]:
+def readiness(app: web.Application) -> dict[str, Check]:
     """Ready once it has a registry snapshot and while no route table or config was rejected.
 
     Redis away is not unready: the gateway routes on the snapshot it has.
@@ -306,10 +307,10 @@ def readiness(app: web.Application) -> dict[str, health.Check]:
             return False, detail
         return True, detail
 
-    checks: dict[str, health.Check] = {"registry": registry, "routes": routes}
+    checks: dict[str, Check] = {"registry": registry, "routes": routes}
     config = app.get(CONFIG)
     if config is not None:
-        checks["config"] = health.config_check(config)
+        checks["config"] = config_check(config)
     return checks
 
 
@@ -414,7 +415,7 @@ def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
     proxy = ProxyServer(
         router, settings.limits, pool=pool, health_path=settings.health_path.encode("ascii")
     )
-    registry = CollectorRegistry(auto_describe=True)
+    registry = new_registry()
     registry.register(
         StatsCollector(
             proxy.stats,
@@ -442,7 +443,7 @@ def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
     app.router.add_get("/routes", routes)
     app.router.add_get("/upstreams", upstreams)
     app.router.add_get("/health", health_page)
-    health.add_routes(app, readiness)
+    add_health_routes(app, readiness)
     app.router.add_get("/metrics", metrics)
     return app, proxy
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
-from core import health, log
+from core import log
 from core.config.client import ConfigClient
 from core.errors import SettingsError, problem_middleware
-from core.http import redis_unavailable
+from core.http import Check, add_health_routes, config_check, redis_check, redis_unavailable
 from core.metrics import HTTPMetrics
 from core.redis import connect
 from core.registry.api import (
@@ -168,13 +168,13 @@ def build_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_background_ctx)
     app.on_shutdown.append(_on_shutdown)
     add_routes(app, metrics)
-    health.add_routes(app, readiness)
+    add_health_routes(app, readiness)
     return app
 
 
-def readiness(app: web.Application) -> dict[str, health.Check]:
+def readiness(app: web.Application) -> dict[str, Check]:
     """Ready while Redis answers and no config version was rejected."""
-    return {"redis": health.redis_check(app[REDIS]), "config": health.config_check(app[CONFIG])}
+    return {"redis": redis_check(app[REDIS]), "config": config_check(app[CONFIG])}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,18 +3,47 @@
 :class:`HTTPMetrics` owns a ``CollectorRegistry`` (so that two components in one
 test process never collide), counts requests by route and status, observes
 their latency, and serves ``/metrics`` in Prometheus' text format.
+
+Every registry made by :func:`new_registry` also carries the process's own
+series (``process_*``: CPU, memory, open files; ``python_*``: version,
+garbage collection), as Prometheus's default registry does. No
+``*_created`` series are exported: they double the series count and no
+dashboard here reads them (prometheus-client's switch is process-wide, and
+set when this module is imported).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import generate_latest
 
-__all__ = ["HTTPMetrics"]
+__all__ = ["HTTPMetrics", "new_registry"]
+
+# Untyped in prometheus-client 0.26; the cast holds whether or not a later release types it.
+cast(Callable[[], None], disable_created_metrics)()
+
+
+def new_registry() -> CollectorRegistry:
+    """A registry of one's own, with the process's ``process_*`` and ``python_*`` series."""
+    registry = CollectorRegistry(auto_describe=True)
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    return registry
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -23,7 +52,7 @@ class HTTPMetrics:
     """Request metrics named ``{namespace}_http_requests_total`` and ``..._seconds``."""
 
     def __init__(self, namespace: str) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = new_registry()
         self.namespace = namespace
         self.requests = Counter(
             f"{namespace}_http_requests",

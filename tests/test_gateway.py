@@ -453,6 +453,10 @@ async def test_admin_shows_routes_upstreams_health_and_metrics(
         assert "gateway_upstream_errors_total" in text
         assert "gateway_retries_total" in text
         assert "gateway_breaker_transitions_total" in text
+        # The process's own series, as Prometheus's default registry has them; no *_created.
+        assert "process_cpu_seconds_total" in text
+        assert "python_info{" in text
+        assert "_created" not in text
 
         # The admin port is not the traffic port, and the traffic port has no admin.
         async with session.get(gw.url + "/metrics") as resp:

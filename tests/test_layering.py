@@ -18,9 +18,8 @@ CORE = ROOT / "core"
 # Lowest first: a package may import the foundation and the packages before it.
 LAYERS = ["config", "registry", "security", "events", "upstream", "routes", "proxy", "service"]
 FOUNDATION = {
-    "settings", "errors", "log", "redis", "tasks", "runner", "http", "validation", "metrics", "db",
-    "health",
-    "testing",
+    "settings", "errors", "log", "redis", "tasks", "runner", "http", "validation", "sse", "metrics",
+    "db", "testing",
 }  # fmt: skip
 
 

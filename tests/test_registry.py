@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 import sys
@@ -251,6 +252,52 @@ async def test_last_event_id_resumes_after_it(client: Client) -> None:
             assert orjson.loads(line[6:])["rev"] == 2
             break
     resp.close()
+
+
+async def test_last_event_id_wins_over_since_and_the_stream_says_when_to_reconnect(
+    client: Client,
+) -> None:
+    # An EventSource opened on ?since=0 reconnects to that URL with Last-Event-ID:
+    # it must resume there, not replay everything.
+    for iid in ("a", "b", "c"):
+        await put(client, "customers", iid)
+    resp = await client.get("/v1/events?since=0", headers={"Last-Event-ID": "2"})
+    lines = []
+    while not any(line.startswith("data: ") for line in lines):
+        lines.append((await asyncio.wait_for(resp.content.readline(), 5)).decode().rstrip("\n"))
+    assert "retry: 1000" in lines
+    assert [orjson.loads(line[6:])["rev"] for line in lines if line.startswith("data: ")] == [3]
+    resp.close()
+
+
+async def test_prometheus_http_sd_lists_every_up_instance_with_its_service(client: Client) -> None:
+    await put(client, "billing", "b1", port=9001, metadata={"version": "1.2", "zone-a": "x"})
+    await put(client, "billing", "b2", host="::1", port=9002, scheme="https")
+    await put(client, "customers", "c1", port=9003, status="OUT_OF_SERVICE")
+    resp = await client.get("/v1/prometheus/targets")
+    assert resp.status == 200
+    assert resp.content_type == "application/json"
+    groups = await resp.json()
+    # Prometheus's documented shape: a list of {"targets": [host:port], "labels": {name: str}}.
+    label_name = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    for group in groups:
+        assert set(group) == {"targets", "labels"}
+        assert all(isinstance(t, str) and re.match(r"^(\[[0-9a-f:]+\]|[^:]+):\d+$", t)
+                   for t in group["targets"])  # fmt: skip
+        assert all(label_name.match(k) and isinstance(v, str) for k, v in group["labels"].items())
+    assert groups == [
+        {
+            "targets": ["127.0.0.1:9001"],
+            "labels": {
+                "service": "billing", "instance_id": "b1", "__scheme__": "http",
+                "__meta_essaim_metadata_version": "1.2", "__meta_essaim_metadata_zone_a": "x",
+            },
+        },
+        {
+            "targets": ["[::1]:9002"],
+            "labels": {"service": "billing", "instance_id": "b2", "__scheme__": "https"},
+        },
+    ]  # fmt: skip
 
 
 BAD_INPUTS: list[tuple[str, str, Any, int]] = [

@@ -8,6 +8,7 @@ The handlers are thin: validation and every read and write are in
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from aiohttp import web
 from prometheus_client import Gauge
@@ -140,6 +141,31 @@ async def list_instances(request: web.Request) -> web.Response:
     )
 
 
+_LABEL_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
+
+
+async def prometheus_targets(request: web.Request) -> web.Response:
+    """``GET /v1/prometheus/targets``: every UP instance, in Prometheus's HTTP SD format.
+
+    One target group per instance (``http_sd_configs``): ``targets`` is its
+    ``host:port``; ``labels`` carry ``service`` and ``instance_id`` (kept on
+    every series scraped), ``__scheme__``, and the instance's metadata as
+    ``__meta_essaim_metadata_<key>`` for relabelling.
+    """
+    _, snapshot = await request.app[STORE].snapshot()
+    groups = []
+    for name, instances in sorted(snapshot.items()):
+        for inst in sorted(instances.values(), key=lambda i: i.id):
+            if inst.status != "UP":
+                continue
+            host = f"[{inst.host}]" if ":" in inst.host else inst.host
+            labels = {"service": name, "instance_id": inst.id, "__scheme__": inst.scheme}
+            for key, value in inst.metadata.items():
+                labels[f"__meta_essaim_metadata_{_LABEL_UNSAFE.sub('_', key)}"] = str(value)
+            groups.append({"targets": [f"{host}:{inst.port}"], "labels": labels})
+    return json_response(groups)
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """``GET /v1/events?since=REV``: see :func:`core.registry.events.stream_events`."""
     app = request.app
@@ -173,5 +199,6 @@ def add_routes(app: web.Application, metrics: HTTPMetrics) -> None:
     app.router.add_get("/v1/services", list_services)
     app.router.add_get("/v1/services/{service}", list_instances)
     app.router.add_get("/v1/events", events)
+    app.router.add_get("/v1/prometheus/targets", prometheus_targets)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics.handle)

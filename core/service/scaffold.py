@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import os
 import re
 import secrets
@@ -55,7 +56,6 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from core import health as health_checks
 from core import log
 from core.config.client import ConfigClient, TypedView
 from core.db import Database, Migration
@@ -64,7 +64,14 @@ from core.events import http as events_http
 from core.events.bus import Event, EventBus
 from core.events.consumer import Consumer
 from core.events.outbox import OutboxRelay
-from core.http import json_response, redis_health, redis_unavailable
+from core.http import (
+    Check,
+    add_health_routes,
+    config_check,
+    json_response,
+    redis_health,
+    redis_unavailable,
+)
 from core.metrics import HTTPMetrics
 from core.redis import Redis, connect
 from core.registry.discovery import Instance, Registration, Watcher
@@ -216,8 +223,9 @@ class Service:
       object in force;
     - ``calls``: the services it calls (``request.app[CALLS]``);
     - ``emits``: the event types it adds to its outbox (a relay publishes them);
-    - ``handlers``: event type to :data:`EventHandler`, consumed by one
-      consumer of the group named after the service;
+    - ``handlers``: event type to :data:`EventHandler`, called as
+      ``handler(app, conn, event)`` by one consumer of the group named after
+      the service (a handler that can't be called so is refused here);
     - ``settings``: its settings class, :class:`ServiceSettings` or a subclass
       with settings of its own (``request.app[SETTINGS]`` is the object);
     - ``contexts``: cleanup contexts of its own resources, opened after the
@@ -252,10 +260,37 @@ class Service:
             if not method.isupper() or not path.startswith("/"):
                 raise ValueError(f"access: {key!r}: expected 'METHOD /path'")
             Policy.parse(text)
+        for event_type, handler in self.handlers.items():
+            _check_handler(event_type, handler)
 
     @property
     def env_prefix(self) -> str:
         return self.name.upper().replace("-", "_") + "_"
+
+
+def _check_handler(event_type: str, handler: Any) -> None:
+    """Refuse, when the service is declared, a handler the consumer could not call.
+
+    A wrong signature would otherwise show only when the first event comes:
+    a ``TypeError`` on every delivery, then a dead letter.
+    """
+    name = getattr(handler, "__qualname__", repr(handler))
+    if inspect.iscoroutinefunction(handler):
+        raise ValueError(
+            f"handlers[{event_type!r}]: {name} is async; an event handler runs on the "
+            "database's thread, inside the transaction: def handler(app, conn, event) -> None"
+        )
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):
+        return  # no signature to read (a builtin): the first event will tell
+    try:
+        signature.bind(None, None, None)
+    except TypeError:
+        raise ValueError(
+            f"handlers[{event_type!r}]: {name}{signature} can't be called as "
+            "handler(app, conn, event)"
+        ) from None
 
 
 class _Lifecycle:
@@ -506,7 +541,7 @@ async def health(request: web.Request) -> web.Response:
     return json_response(body, status=200 if db_ok else 503)
 
 
-def readiness(app: web.Application) -> dict[str, health_checks.Check]:
+def readiness(app: web.Application) -> dict[str, Check]:
     """Ready while the database answers and no config version was rejected.
 
     Redis away is not unready: the service answers from its database, its
@@ -520,7 +555,7 @@ def readiness(app: web.Application) -> dict[str, health_checks.Check]:
             return False, str(exc)
         return True, str(app[DB].path)
 
-    return {"database": database, "config": health_checks.config_check(app[CONFIG])}
+    return {"database": database, "config": config_check(app[CONFIG])}
 
 
 class _EventMetrics(Collector):
@@ -628,7 +663,7 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
         app.cleanup_ctx.append(ctx)
     app.on_shutdown.append(_deregister)
     app.router.add_get("/health", health)
-    health_checks.add_routes(app, readiness)
+    add_health_routes(app, readiness)
     app.router.add_get("/metrics", metrics.handle)
     events_http.add_routes(app, consumes=bool(service.handlers), emits=bool(service.emits))
     app.add_routes(service.routes)

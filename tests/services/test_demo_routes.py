@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from core.routes.table import Route, RouteTable
 from core.security.ratelimit import RateLimitPolicy
+from core.service.policies import compare
+from services.policies import discover
 
 ROUTES = Path(__file__).resolve().parents[2] / "config" / "gateway.toml"
 
@@ -56,3 +60,30 @@ def test_the_demo_routes_parse_and_say_who_may_do_what() -> None:
         ("OPTIONS", "/inventory/products"),
     ):
         assert routed(table, method, path) is None
+
+
+def test_the_gateway_and_every_demo_service_agree_on_each_routes_policy() -> None:
+    services = discover()
+    assert {s.name for s in services} >= {"auth", "billing", "customers", "inventory"}
+    findings = compare(RouteTable.load_file(ROUTES), services, "authenticated")
+    assert [f.problem for f in findings if not f.ok] == []
+    assert len(findings) >= 15
+
+
+def test_python_m_services_policies_exits_1_on_a_disagreement(tmp_path: Path) -> None:
+    loose = tmp_path / "gateway.toml"
+    text = ROUTES.read_text().replace('auth = "roles:admin"', 'auth = "authenticated"')
+    loose.write_text(text)
+    run = subprocess.run(
+        [sys.executable, "-m", "services", "policies", "--routes", str(loose)],
+        capture_output=True, text=True, timeout=60, cwd=ROUTES.parents[1],
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "BAD POST /inventory/products" in run.stdout
+    assert "the service says roles:admin, the gateway says authenticated" in run.stdout
+    agreed = subprocess.run(
+        [sys.executable, "-m", "services", "policies"],
+        capture_output=True, text=True, timeout=60, cwd=ROUTES.parents[1],
+    )  # fmt: skip
+    assert agreed.returncode == 0, agreed.stdout + agreed.stderr
+    assert agreed.stdout.rstrip().endswith("routes, 0 disagreeing")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from core.errors import SettingsError
+from core.events.bus import Event
 from core.registry.store import RegistryStore
 from core.service.scaffold import Service, ServiceSettings, build_app
 from core.settings import load
@@ -116,6 +118,26 @@ def test_route_policies_must_name_routes_the_service_has() -> None:
     with pytest.raises(ValueError, match="'GET /note': notes has no such route"):
         build_app(typo, ServiceSettings())
     build_app(dataclasses.replace(typo, access={"GET /notes": "public"}), ServiceSettings())
+
+
+def test_an_event_handler_with_the_wrong_signature_is_refused_when_the_service_is_declared() -> (
+    None
+):
+    routes = web.RouteTableDef()
+
+    def two_args(conn: sqlite3.Connection, event: Event) -> None: ...
+
+    async def coroutine(app: web.Application, conn: sqlite3.Connection, event: Event) -> None: ...
+
+    def right(app: web.Application, conn: sqlite3.Connection, event: Event) -> None: ...
+
+    with pytest.raises(
+        ValueError, match=r"handlers\['note.added'\]: .*two_args\(conn.*can't be called"
+    ):
+        Service("notes", "Notes.", routes, handlers={"note.added": two_args})
+    with pytest.raises(ValueError, match=r"coroutine is async"):
+        Service("notes", "Notes.", routes, handlers={"note.added": coroutine})
+    assert Service("notes", "Notes.", routes, handlers={"note.added": right}).handlers
 
 
 def test_a_bad_jwks_url_stops_the_service_with_one_line() -> None:
