@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -369,12 +371,17 @@ async def test_versions_written_by_another_process_are_journaled_too(
     await put_json(first, "orders", {"limit": 1})
     await put_json(second, "orders", {"limit": 2})
 
-    async def both_journaled() -> bool:
-        # Each recorded its own write, and the other's by its next check.
-        pages = [await (await c.get("/health")).json() for c in (first, second)]
-        return all(p["journal"]["recorded"] >= 2 for p in pages)
+    def journaled(data_dir: Path) -> list[int]:
+        with contextlib.closing(sqlite3.connect(data_dir / "configsvc.db")) as db:
+            rows = db.execute("SELECT version FROM versions WHERE name = 'orders' ORDER BY 1")
+            return [v for (v,) in rows]
 
-    await wait_until(both_journaled, 5.0, message="journals synced")
+    # Each recorded its own write at once, and the other's by its next check.
+    await wait_until(
+        lambda: journaled(tmp_path / "first") == journaled(tmp_path / "second") == [1, 2],
+        5.0,
+        message="journals synced",
+    )
     await redis.flushall()
     for client in (first, second):
         versions = await (await client.get("/v1/documents/orders/history")).json()

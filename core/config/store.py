@@ -162,9 +162,14 @@ return {now, out, 1}
 
 # ARGV: name, seq, file ('' none), then the current version's version ('' when the
 # document is deleted), hash, time, origin, content, then its history entries (JSON),
-# newest first. Replaces what Redis holds of the document and publishes the change.
+# newest first. Replaces what Redis holds of the document and publishes the change,
+# unless Redis already holds that version or a later one (returns 0 then).
 _RESTORE = """
 local name, seq, file = ARGV[1], ARGV[2], ARGV[3]
+-- Another process restored it (or wrote it) already, from a journal at least as recent.
+if tonumber(redis.call('HGET', 'essaim:cfg:seq', name) or '0') >= tonumber(seq) then
+  return 0
+end
 local dkey, hkey = 'essaim:cfg:d:' .. name, 'essaim:cfg:h:' .. name
 redis.call('DEL', dkey, hkey)
 redis.call('HSET', 'essaim:cfg:seq', name, seq)
