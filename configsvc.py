@@ -36,13 +36,14 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge
 
 from core import log
+from core.config import spring
 from core.config.crypto import Cipher, SecretReads, Undecryptable, check_ciphers, decrypt_document
 from core.config.document import MAX_BYTES, Format, check_name, parse
 from core.config.events import ChangeHub, stream_changes
 from core.config.files import Importer
 from core.config.journal import Journal
 from core.config.reads import SharedReads
-from core.config.store import HISTORY_KEPT, ConfigStore, NotImported, Version, WriteResult
+from core.config.store import HISTORY_KEPT, ConfigStore, Merged, NotImported, Version, WriteResult
 from core.errors import (
     BadRequest,
     InternalError,
@@ -247,12 +248,8 @@ async def get_config(request: web.Request) -> web.Response:
     """
     app_name = check_name(request.match_info["app"], "app")
     profile = check_name(request.match_info["profile"], "profile")
-    store, reads = request.app[STORE], request.app[READS]
-    merged = await reads.merged(app_name, profile)
-    if not merged.imported:
-        # Redis was emptied: serve the directory, never an empty config.
-        await request.app[IMPORTER].ensure()
-        merged = await reads.merged(app_name, profile)
+    store = request.app[STORE]
+    merged = await _merged(request.app, app_name, profile)
     etag = f'"{merged.version}"'
     headers = {"ETag": etag, REVISION_HEADER: str(merged.rev), "Cache-Control": "no-cache"}
     secrets = request.app[SECRETS]
@@ -270,6 +267,16 @@ async def get_config(request: web.Request) -> web.Response:
         except Undecryptable as exc:
             raise _undecryptable(f"the config of {app_name}/{profile}", exc) from None
     return web.Response(body=body, content_type="application/json", headers=headers)
+
+
+async def _merged(app: web.Application, app_name: str, profile: str) -> Merged:
+    """The merged config, read after importing the directory when Redis was emptied."""
+    merged = await app[READS].merged(app_name, profile)
+    if not merged.imported:
+        # Redis was emptied: serve the directory, never an empty config.
+        await app[IMPORTER].ensure()
+        merged = await app[READS].merged(app_name, profile)
+    return merged
 
 
 def _undecryptable(what: str, exc: Undecryptable) -> InternalError:
@@ -646,6 +653,15 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/health", health_page)
     add_health_routes(app, readiness)
     app.router.add_get("/metrics", metrics.handle)
+    # Spring Cloud Config's paths, after the native ones (see core.config.spring on /v1).
+    spring.add_routes(
+        app,
+        spring.Backend(
+            merged=lambda app_name, profile: _merged(app, app_name, profile),
+            secrets=app[SECRETS],
+            authorize=_require_token,
+        ),
+    )
     return app
 
 

@@ -24,6 +24,7 @@ from core.errors import SettingsError, problem_middleware
 from core.http import Check, add_health_routes, config_check, redis_check, redis_unavailable
 from core.metrics import HTTPMetrics
 from core.redis import connect
+from core.registry import eureka
 from core.registry.api import (
     BODY_LIMIT,
     CONFIG,
@@ -168,6 +169,7 @@ def build_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_background_ctx)
     app.on_shutdown.append(_on_shutdown)
     add_routes(app, metrics)
+    eureka.add_routes(app)  # after _background_ctx: its delta listens to the hub
     add_health_routes(app, readiness)
     return app
 

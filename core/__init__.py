@@ -2,7 +2,7 @@
 
 The foundation, flat here and imported by everything: :mod:`core.settings`,
 :mod:`core.errors`, :mod:`core.log`, :mod:`core.redis`, :mod:`core.tasks`,
-:mod:`core.runner`, :mod:`core.http`, :mod:`core.validation`, :mod:`core.sse`,
+:mod:`core.runner`, :mod:`core.http`, :mod:`core.validation`, :mod:`core.trace`,
 :mod:`core.metrics`, :mod:`core.db` and :mod:`core.testing`. It imports
 none of the packages.
 

@@ -24,6 +24,7 @@ the awaiting coroutine was cancelled meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import re
 import sqlite3
 import time
@@ -146,7 +147,10 @@ class Database:
         A write done here commits statement by statement; use
         :meth:`transaction` for anything that must be atomic.
         """
-        return await self._loop.run_in_executor(self._executor, fn, self._conn)
+        # In a copy of the caller's context, so that what runs there (an outbox
+        # write, a log line) sees the trace of the request or event it serves.
+        ctx = contextvars.copy_context()
+        return await self._loop.run_in_executor(self._executor, ctx.run, fn, self._conn)
 
     async def transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """``fn(conn)`` on the database's thread inside ``BEGIN IMMEDIATE`` ... ``COMMIT``.
@@ -156,7 +160,8 @@ class Database:
         re-raised). ``fn`` must not commit or roll back itself. It runs
         to completion even if the awaiting task is cancelled.
         """
-        return await self._loop.run_in_executor(self._executor, self._in_transaction, fn)
+        ctx = contextvars.copy_context()
+        return await self._loop.run_in_executor(self._executor, ctx.run, self._in_transaction, fn)
 
     def _in_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn

@@ -1,7 +1,9 @@
 """Named loggers and the two log formats (readable text, one JSON object a line).
 
 Loggers: ``essaim.<component>`` for each process, ``essaim.access`` for the
-request log. Call :func:`configure` once, from an entry point.
+request log. Call :func:`configure` once, from an entry point. Every line
+written while a request or an event is handled carries its ``request_id``,
+``trace_id`` and ``span_id`` (:class:`core.trace.LogContext`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import time
 from typing import Any
 
 import orjson
+
+from core.trace import LogContext
 
 __all__ = ["configure", "get"]
 
@@ -44,8 +48,11 @@ def configure(fmt: str = "text", level: str = "info") -> None:
         handler.setFormatter(JSONFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+            logging.Formatter(
+                "%(asctime)s %(levelname)-7s %(name)s: %(message)s%(_context)s", "%H:%M:%S"
+            )
         )
+    handler.addFilter(LogContext())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

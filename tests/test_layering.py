@@ -18,7 +18,7 @@ CORE = ROOT / "core"
 # Lowest first: a package may import the foundation and the packages before it.
 LAYERS = ["config", "registry", "security", "events", "upstream", "routes", "proxy", "service"]
 FOUNDATION = {
-    "settings", "errors", "log", "redis", "tasks", "runner", "http", "validation", "sse", "metrics",
+    "settings", "errors", "log", "redis", "tasks", "runner", "http", "validation", "trace", "metrics",
     "db", "testing",
 }  # fmt: skip
 

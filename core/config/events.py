@@ -20,8 +20,8 @@ import orjson
 from aiohttp import web
 
 from core.config.store import CHANNEL, ConfigStore
+from core.http import CATCH_UP, KEEPALIVE, ChannelHub, frame, open_stream, resume_from
 from core.redis import Redis
-from core.sse import CATCH_UP, KEEPALIVE, ChannelHub, frame, open_stream, resume_from
 
 __all__ = ["ChangeHub", "stream_changes"]
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from core import trace
 from core.redis import Redis
 
 __all__ = [
@@ -64,6 +65,16 @@ def check_name(what: str, value: str) -> str:
     return value
 
 
+def _current_traceparent() -> str | None:
+    span = trace.current()
+    return None if span is None else span.traceparent()
+
+
+def _current_tracestate() -> str | None:
+    span = trace.current()
+    return None if span is None else span.tracestate
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One event: what happened (``type``), where (``source``), when, and its ``data``.
@@ -71,6 +82,11 @@ class Event:
     ``id`` is unique per event (a new UUID by default) and is what consumers
     deduplicate on: publishing the same event twice delivers it twice but
     handles it once. ``data`` is anything orjson can encode.
+
+    ``traceparent`` and ``tracestate`` are CloudEvents' distributed-tracing
+    extension: by default, the span of the request or event being handled
+    where the event is made (:func:`core.trace.current`), so that its
+    consumers continue that trace.
     """
 
     type: str
@@ -78,6 +94,8 @@ class Event:
     data: Any = None
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     time: str = field(default_factory=now_iso)
+    traceparent: str | None = field(default_factory=_current_traceparent)
+    tracestate: str | None = field(default_factory=_current_tracestate)
 
     def __post_init__(self) -> None:
         check_name("event type", self.type)
@@ -88,7 +106,7 @@ class Event:
 
     def to_fields(self) -> dict[str, str]:
         """The stream entry's fields."""
-        return {
+        fields = {
             "specversion": SPECVERSION,
             "id": self.id,
             "type": self.type,
@@ -97,6 +115,11 @@ class Event:
             "datacontenttype": "application/json",
             "data": orjson.dumps(self.data).decode(),
         }
+        if self.traceparent:
+            fields["traceparent"] = self.traceparent
+        if self.tracestate:
+            fields["tracestate"] = self.tracestate
+        return fields
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, str]) -> Event:
@@ -111,6 +134,8 @@ class Event:
                 source=fields["source"],
                 time=fields["time"],
                 data=orjson.loads(fields["data"]),
+                traceparent=fields.get("traceparent"),
+                tracestate=fields.get("tracestate"),
             )
         except KeyError as exc:
             raise ValueError(f"missing attribute {exc.args[0]!r}") from None
@@ -119,15 +144,19 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """The event in CloudEvents' JSON format."""
-        return {
-            "specversion": SPECVERSION,
-            "id": self.id,
-            "type": self.type,
-            "source": self.source,
-            "time": self.time,
-            "datacontenttype": "application/json",
-            "data": self.data,
-        }
+        return (
+            {
+                "specversion": SPECVERSION,
+                "id": self.id,
+                "type": self.type,
+                "source": self.source,
+                "time": self.time,
+                "datacontenttype": "application/json",
+                "data": self.data,
+            }
+            | ({"traceparent": self.traceparent} if self.traceparent else {})
+            | ({"tracestate": self.tracestate} if self.tracestate else {})
+        )
 
 
 #: Handles one event inside the transaction that records it as handled; must not commit.

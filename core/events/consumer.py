@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from core import log
+from core import log, trace
 from core.db import Database
 from core.events.bus import PREFIX, AsyncHandler, Event, Keys, TxHandler, check_name, redis_fields
 from core.events.dead_letters import dead_fields
@@ -311,7 +311,17 @@ class Consumer:
                 if cur.rowcount == 0:
                     outcomes.append(_DUPLICATE)
                 else:
-                    self.handler(conn, event)
+                    # The handler's log lines, calls and events continue the event's trace.
+                    span = trace.TRACE.set(trace.start(event.traceparent, event.tracestate))
+                    try:
+                        self.handler(conn, event)
+                        logger.info(
+                            "event %s %s handled by %s", event.type, event.id, self.group,
+                            extra={"event_type": event.type, "event_id": event.id,
+                                   "group": self.group},
+                        )  # fmt: skip
+                    finally:
+                        trace.TRACE.reset(span)
                     outcomes.append(None)
                 conn.execute("RELEASE essaim_event")
             except Exception as exc:
@@ -333,10 +343,20 @@ class Consumer:
             return exc
         if seen:
             return _DUPLICATE
+        span = trace.TRACE.set(trace.start(event.traceparent, event.tracestate))
         try:
             await self.async_handler(event)
+            logger.info(
+                "event %s %s handled by %s",
+                event.type,
+                event.id,
+                self.group,
+                extra={"event_type": event.type, "event_id": event.id, "group": self.group},
+            )
         except Exception as exc:
             return exc
+        finally:
+            trace.TRACE.reset(span)
         try:
             await self.db.transaction(
                 lambda c: c.execute(

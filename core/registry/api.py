@@ -62,6 +62,15 @@ def _require_token(request: web.Request) -> None:
     require_bearer(request, request.app[TOKEN], "REGISTRY_TOKEN")
 
 
+def authorize_write(request: web.Request, service: str) -> None:
+    """The one check of a write to ``service``'s instances, whatever the API (native, Eureka).
+
+    :class:`~core.errors.Unauthorized` unless the request carries the
+    registry's token, as a bearer or as the password of HTTP Basic.
+    """
+    _require_token(request)
+
+
 def _names(request: web.Request) -> tuple[str, str]:
     return (
         check_service(request.match_info["service"]),

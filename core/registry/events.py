@@ -10,13 +10,14 @@ ones in revision order, re-reading the retained stream on a gap, and sends a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import orjson
 from aiohttp import web
 
+from core.http import CATCH_UP, KEEPALIVE, ChannelHub, frame, open_stream, resume_from
 from core.redis import Redis
 from core.registry.store import CHANNEL, RegistryStore
-from core.sse import CATCH_UP, KEEPALIVE, ChannelHub, frame, open_stream, resume_from
 
 __all__ = ["EventHub", "stream_events"]
 
@@ -30,6 +31,14 @@ class EventHub(ChannelHub):
 
     def __init__(self, redis: Redis) -> None:
         super().__init__(redis, CHANNEL, name="registry:events")
+        #: Called with every change as published (raw JSON), before the streams get it
+        #: (the Eureka API's delta listens here).
+        self.listeners: list[Callable[[str], None]] = []
+
+    async def _on_message(self, channel: str, data: str) -> None:
+        for listener in self.listeners:
+            listener(data)
+        await super()._on_message(channel, data)
 
 
 async def stream_events(
@@ -38,7 +47,7 @@ async def stream_events(
     """``GET /v1/events?since=REV``: retained events after REV, then live ones, as SSE.
 
     ``Last-Event-ID`` (sent by EventSource on reconnect) takes precedence over
-    ``since`` (:func:`core.sse.resume_from`); the stream opens with a
+    ``since`` (:func:`core.http.resume_from`); the stream opens with a
     ``retry:`` field. When what follows REV is no longer retained, a
     ``resync`` event (data: the current revision) tells the client to list
     everything again.

@@ -24,7 +24,7 @@ Cluster).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from core.redis import Redis
@@ -284,11 +284,26 @@ class RegistryStore:
         self, service: str, instance_id: str, changes: Mapping[str, Any]
     ) -> Instance | None:
         """Apply ``changes`` (status, metadata) atomically; None when unknown."""
+        return await self.modify(service, instance_id, lambda _: changes)
+
+    async def modify(
+        self,
+        service: str,
+        instance_id: str,
+        change: Callable[[Instance], Mapping[str, Any]],
+    ) -> Instance | None:
+        """Apply the changes ``change`` computes from the current instance, atomically.
+
+        ``change`` may run more than once: when the instance is replaced
+        between the read and the write, it runs again on the new one. None
+        when the instance is unknown.
+        """
         while True:
             raw = await self.redis.hget(index_key(service), instance_id)
             if raw is None:
                 return None
-            new = dataclasses.replace(Instance.from_json(raw), **changes)
+            current = Instance.from_json(raw)
+            new = dataclasses.replace(current, **change(current))
             rev = int(
                 await self._update(args=[service, instance_id, raw, new.stored(), self.retained])
             )

@@ -5,7 +5,8 @@ the local :class:`~core.registry.discovery.Watcher` snapshot (no Redis round tri
 picks an instance with the same :class:`~core.upstream.upstream.Upstream` the gateway
 uses (balancer, outlier ejection, circuit breaker, retry policy and budget),
 and passes on the ``X-Request-ID`` and ``Authorization`` of the request being
-handled (see :func:`forwarding_middleware`).
+handled, and its trace context as W3C ``traceparent`` (this service's span
+as the parent), ``tracestate`` and ``baggage`` (see :func:`forwarding_middleware`).
 
 Outcomes a caller sees:
 
@@ -44,7 +45,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from core import log
+from core import log, trace
 from core.errors import (
     DEPENDENCY_FAILURE,
     FAILURE_HEADER,
@@ -74,22 +75,32 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def forwarding_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Remember the request's ``X-Request-ID`` (generated when absent) and ``Authorization``.
+    """Start the request's span and remember what calls made while handling it pass on.
 
-    Calls made while handling it pass them on; the response carries the id.
+    The span (:func:`core.trace.start`) continues the request's
+    ``traceparent`` or starts a trace; with the ``X-Request-ID`` (generated
+    when absent) it is in every log line written meanwhile. Calls pass on
+    the id, ``Authorization``, and the trace headers; the response carries
+    the id.
     """
-    request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
-    carried = {"X-Request-ID": request_id}
-    auth = request.headers.get("Authorization")
+    headers = request.headers
+    request_id = headers.get("X-Request-ID") or uuid.uuid4().hex
+    span = trace.start(
+        headers.get("traceparent"), headers.get("tracestate"), headers.get("baggage"), request_id
+    )
+    carried = {"X-Request-ID": request_id, **span.headers()}
+    auth = headers.get("Authorization")
     if auth:
         carried["Authorization"] = auth
     token = _incoming.set(carried)
+    span_token = trace.TRACE.set(span)
     try:
         response = await handler(request)
     except web.HTTPException as exc:
         exc.headers["X-Request-ID"] = request_id
         raise
     finally:
+        trace.TRACE.reset(span_token)
         _incoming.reset(token)
     response.headers["X-Request-ID"] = request_id
     return response
@@ -227,6 +238,11 @@ class Calls:
         upstream = self.upstream(service)
         send_headers = dict(_incoming.get())
         send_headers.setdefault("X-Request-ID", uuid.uuid4().hex)
+        if "traceparent" not in send_headers:
+            # Outside a request (an event handler, a background task): the work's own span.
+            span = trace.current()
+            if span is not None:
+                send_headers.update(span.headers())
         if headers:
             send_headers.update(headers)
         body = data

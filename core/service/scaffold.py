@@ -79,6 +79,7 @@ from core.runner import BAD_SETTINGS, Site, configure, run
 from core.security.access import IDENTITY, PUBLIC, Policy, access_middleware
 from core.security.jwks import KeySet
 from core.security.tokens import Verifier
+from core.service.access_log import access_log_middleware
 from core.service.calls import Calls, Timeouts, dependency_middleware, forwarding_middleware
 from core.settings import CommonSettings, Secret, option
 from core.tasks import TaskSet
@@ -168,6 +169,10 @@ class ServiceSettings(CommonSettings):
     )
     jwt_audience: str = dataclasses.field(
         default="essaim", metadata=option("the aud verified tokens must carry")
+    )
+    access_log: bool = dataclasses.field(
+        default=True,
+        metadata=option("one log line per request answered (logger essaim.access)"),
     )
 
     def validate(self) -> None:
@@ -647,9 +652,13 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
         response.headers["X-Instance-ID"] = instance_id
         return response
 
+    # The access log sits inside the request's span (its ids) and outside the
+    # problem middleware (the status the client gets).
+    access = [access_log_middleware(service.name, instance_id)] if settings.access_log else []
     app = web.Application(
-        middlewares=[metrics.middleware, identify, forwarding_middleware, problem_middleware,
-                     dependency_middleware, redis_unavailable(service.name), _database_busy],
+        middlewares=[metrics.middleware, identify, forwarding_middleware, *access,
+                     problem_middleware, dependency_middleware, redis_unavailable(service.name),
+                     _database_busy],
         client_max_size=1024 * 1024,
     )  # fmt: skip
     app[SERVICE] = service
