@@ -12,7 +12,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 export UV_NO_PROGRESS := 1
 
-.PHONY: test lint bench up venv lock clean
+.PHONY: test test-sentinel test-cluster lint bench up venv lock clean
 
 $(UV): requirements/uv.txt
 	$(PYTHON) -m venv --clear $(TOOLS)
@@ -28,6 +28,19 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The tests of everything that keeps state in Redis (registry, config, event
+# bus, rate limits), against a primary + replica + three Sentinels, then
+# against a 3-primary Cluster, each started by the tests on free ports.
+TOPOLOGY_TESTS := tests/test_registry.py tests/core/registry tests/test_configsvc.py \
+	tests/core/config/test_store.py tests/core/config/test_client.py tests/core/events \
+	tests/core/security/test_ratelimit.py
+
+test-sentinel: $(STAMP)
+	$(PY) -m pytest --redis-topology=sentinel $(TOPOLOGY_TESTS) $(PYTEST_ARGS)
+
+test-cluster: $(STAMP)
+	$(PY) -m pytest --redis-topology=cluster $(TOPOLOGY_TESTS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

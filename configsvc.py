@@ -36,7 +36,7 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge
 
 from core import log
-from core.config import spring
+from core.config import openapi, spring
 from core.config.crypto import Cipher, SecretReads, Undecryptable, check_ciphers, decrypt_document
 from core.config.document import MAX_BYTES, Format, check_name, parse
 from core.config.events import ChangeHub, stream_changes
@@ -146,7 +146,7 @@ class Meters:
 
 # Typed application keys.
 SETTINGS = web.AppKey("settings", Settings)
-REDIS = web.AppKey("redis", Redis)
+REDIS: web.AppKey[Redis] = web.AppKey("redis")
 STORE = web.AppKey("store", ConfigStore)
 IMPORTER = web.AppKey("importer", Importer)
 JOURNAL = web.AppKey("journal", Journal)
@@ -653,6 +653,8 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/health", health_page)
     add_health_routes(app, readiness)
     app.router.add_get("/metrics", metrics.handle)
+    # Before Spring's routes: /{application}-{profile}.json would take it otherwise.
+    app.router.add_get("/openapi.json", openapi.build().handle)
     # Spring Cloud Config's paths, after the native ones (see core.config.spring on /v1).
     spring.add_routes(
         app,

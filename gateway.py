@@ -19,11 +19,17 @@ away the gateway routes on what it last knew.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gc
+import os
+import shutil
+import signal
+import socket
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +39,7 @@ from prometheus_client.exposition import generate_latest
 
 from core import log
 from core.config.client import ConfigClient
-from core.errors import SettingsError, problem_middleware
+from core.errors import SettingsError, StartupError, problem_middleware
 from core.http import Check, add_health_routes, config_check, json_response, redis_health
 from core.metrics import new_registry
 from core.proxy.pool import Pool
@@ -44,16 +50,20 @@ from core.redis import Redis, connect
 from core.registry.discovery import Watcher
 from core.routes.sources import ConfigRoutes, RouteFile
 from core.routes.table import Timeouts
-from core.runner import BAD_SETTINGS, ProtocolSite, Site, configure, run
+from core.runner import BAD_SETTINGS, STARTUP_FAILURE, ProtocolSite, Site, configure, run
 from core.security.access import Policy
 from core.security.jwks import KeySet
-from core.security.ratelimit import RateLimiter
 from core.security.resp import RespClient
+from core.security.synced import Syncer, limiter_factory
 from core.security.tokens import Verifier
 from core.settings import CommonSettings, Secret, option
 from core.tasks import TaskSet
 from core.upstream.retry import RetryPolicy
 from core.upstream.upstream import UpstreamPolicy
+from core.workers.admin import build_admin
+from core.workers.handover import HandoverServer, Takeover, take_over
+from core.workers.sockets import ensure_free, listen
+from core.workers.supervisor import Supervisor, WorkerSpec, notify_ready
 
 logger = log.get("gateway")
 
@@ -182,6 +192,27 @@ class Settings(CommonSettings):
         default="public",
         metadata=option("policy of discovery routes: public, authenticated or roles:a,b"),
     )
+    workers: int = dataclasses.field(
+        default=0,
+        metadata=option(
+            "worker processes sharing the traffic port (SO_REUSEPORT) under one parent; "
+            "0: one per CPU; 1: a single process"
+        ),
+    )
+    control_socket: str = dataclasses.field(
+        default="",
+        metadata=option(
+            "Unix socket where a new gateway started with --takeover takes this one's "
+            "listening sockets over (a restart that refuses no connection)"
+        ),
+    )
+    takeover: bool = dataclasses.field(
+        default=False,
+        metadata=option(
+            "take the listening sockets of the gateway running at --control-socket; "
+            "it stops accepting and drains once this one is ready"
+        ),
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -204,7 +235,7 @@ class Settings(CommonSettings):
                 raise SettingsError(
                     f"GATEWAY_{name.upper()}: expected >= 1, got {getattr(self, name)}"
                 )
-        for name in ("pool_max_idle", "replay_buffer"):
+        for name in ("pool_max_idle", "replay_buffer", "workers"):
             if getattr(self, name) < 0:
                 raise SettingsError(
                     f"GATEWAY_{name.upper()}: expected >= 0, got {getattr(self, name)}"
@@ -221,6 +252,10 @@ class Settings(CommonSettings):
             Policy.parse(self.discovery_auth)
         except ValueError as exc:
             raise SettingsError(f"GATEWAY_DISCOVERY_AUTH: {exc}") from None
+        if self.takeover and not self.control_socket:
+            raise SettingsError(
+                "GATEWAY_TAKEOVER needs GATEWAY_CONTROL_SOCKET (where to take over)"
+            )
         if not self.connect_timeout <= self.per_try_timeout <= self.total_timeout:
             raise SettingsError(
                 "GATEWAY_CONNECT_TIMEOUT <= GATEWAY_PER_TRY_TIMEOUT <= GATEWAY_TOTAL_TIMEOUT expected"
@@ -242,7 +277,7 @@ class Settings(CommonSettings):
 
 # Typed application keys.
 SETTINGS = web.AppKey("settings", Settings)
-REDIS = web.AppKey("redis", Redis)
+REDIS: web.AppKey[Redis] = web.AppKey("redis")
 WATCHER = web.AppKey("watcher", Watcher)
 ROUTER = web.AppKey("router", Router)
 PROXY = web.AppKey("proxy", ProxyServer)
@@ -353,7 +388,9 @@ async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
     router = app[ROUTER]
     router.discovery_access = Policy.parse(settings.discovery_auth)
     resp = RespClient(settings.redis_url)
-    router.limiter_for = lambda policy: RateLimiter.for_policy(resp, policy)
+    syncer = Syncer()
+    router.limiter_for = limiter_factory(resp, syncer)
+    syncer.start()
     tasks = TaskSet("gateway")
     keys = None
     if settings.jwks_url:
@@ -362,6 +399,7 @@ async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
         tasks.spawn(keys.run(), "jwks")
     yield
     await tasks.stop()
+    await syncer.stop()
     if keys is not None:
         await keys.close()
     await resp.close()
@@ -448,40 +486,235 @@ def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
     return app, proxy
 
 
+_DESCRIPTION = (
+    "Essaim API gateway: routes requests to services by the static route table,\n"
+    "else by name (/{service}/rest), with load balancing, outlier ejection,\n"
+    "circuit breakers, retries and timeouts. Needs Redis; configsvc is optional.\n"
+    "SIGHUP (with --workers > 1) replaces the workers one by one; --takeover\n"
+    "replaces a running gateway; neither refuses a connection."
+)
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity), the default number of workers."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--worker"] and len(args) >= 2:
+        return _worker_main(WorkerSpec.from_json(args[1]), args[2:])
     settings = configure(
-        Settings,
-        name="gateway",
-        prefix="GATEWAY_",
-        argv=argv,
-        description=(
-            "Essaim API gateway: routes requests to services by the static route table,\n"
-            "else by name (/{service}/rest), with load balancing, outlier ejection,\n"
-            "circuit breakers, retries and timeouts. Needs Redis; configsvc is optional."
-        ),
+        Settings, name="gateway", prefix="GATEWAY_", argv=args, description=_DESCRIPTION
     )
     if settings is None:
         return BAD_SETTINGS
+    workers = settings.workers or cpu_count()
+    try:
+        if workers == 1:
+            return _single(settings)
+        return _parent(settings, workers, args)
+    except StartupError as exc:
+        logger.error("failed to start: %s", exc)
+        return STARTUP_FAILURE
+
+
+def _sockets(
+    settings: Settings, takeover: Takeover | None
+) -> tuple[list[socket.socket], socket.socket]:
+    """The traffic sockets and the admin socket: taken over, or bound here (checked free first)."""
+    if takeover is not None:
+        traffic = takeover.take("traffic")
+        admin = takeover.take("admin")
+        if not traffic or len(admin) != 1:
+            raise StartupError("the old gateway handed over no traffic socket or no admin socket")
+        return traffic, admin[0]
+    ensure_free(settings.host, settings.port)
+    ensure_free(settings.admin_host, settings.admin_port)
+    return [listen(settings.host, settings.port)], listen(settings.admin_host, settings.admin_port)
+
+
+def _handover(
+    settings: Settings,
+    app: web.Application,
+    takeover: Takeover | None,
+    named: Callable[[], list[tuple[str, socket.socket]]],
+    stop: asyncio.Event,
+) -> Callable[[], Awaitable[None]]:
+    """What to do once serving: let the predecessor go, then offer our sockets to a successor."""
+
+    server = (
+        HandoverServer(settings.control_socket, named, lambda pid: stop.set())
+        if settings.control_socket
+        else None
+    )
+
+    async def ready() -> None:
+        if takeover is not None:
+            await asyncio.to_thread(takeover.ready)
+        if server is not None:
+            await server.start()
+
+    async def close(_: web.Application) -> None:
+        if server is not None:
+            await server.stop()
+
+    app.on_cleanup.append(close)
+    return ready
+
+
+def _single(settings: Settings) -> int:
+    """One process: the admin app and the traffic port, as before workers existed."""
+    takeover = take_over(settings.control_socket) if settings.takeover else None
+    traffic, admin = _sockets(settings, takeover)
     app, proxy = build_app(settings)
     started = time.monotonic()
+    stop = asyncio.Event()
+    handover = _handover(
+        settings,
+        app,
+        takeover,
+        lambda: [*(("traffic", s) for s in traffic), ("admin", admin)],
+        stop,
+    )
 
     async def on_started(bound: list[tuple[str, str, int]]) -> None:
         # What exists now lives as long as the process: out of the collector's
         # sight, a full collection under load takes a millisecond, not twenty.
         gc.collect()
         gc.freeze()
+        await handover()
         logger.info("gateway ready in %.2fs", time.monotonic() - started)
 
     return run(
         [
-            Site(app, settings.admin_host, settings.admin_port, "admin"),
+            Site(app, settings.admin_host, settings.admin_port, "admin", sock=admin),
             ProtocolSite(
-                proxy, settings.host, settings.port, "gateway", start=proxy.start, drain=proxy.drain
+                proxy,
+                settings.host,
+                settings.port,
+                "gateway",
+                start=proxy.start,
+                drain=proxy.drain,
+                socks=tuple(traffic),
             ),
         ],
         shutdown_timeout=settings.shutdown_timeout,
         on_started=on_started,
+        stop=stop,
     )
+
+
+def _worker_main(spec: WorkerSpec, argv: list[str]) -> int:
+    """A worker: the data plane on the inherited sockets, its admin app on a private Unix socket."""
+    settings = configure(
+        Settings, name="gateway", prefix="GATEWAY_", argv=argv, description=_DESCRIPTION
+    )
+    if settings is None:
+        return BAD_SETTINGS
+    app, proxy = build_app(settings)
+    socks = tuple(socket.socket(fileno=fd) for fd in spec.fds)
+    stop = asyncio.Event()
+
+    async def on_started(bound: list[tuple[str, str, int]]) -> None:
+        gc.collect()
+        gc.freeze()
+        loop = asyncio.get_running_loop()
+
+        def parent_gone() -> None:
+            loop.remove_reader(spec.life_fd)
+            logger.warning("worker %d: the parent is gone; stopping", spec.slot)
+            stop.set()
+
+        # The parent holds the write end: end of file means it died.
+        loop.add_reader(spec.life_fd, parent_gone)
+        notify_ready(spec.ready_fd)
+
+    return run(
+        [
+            Site(app, "", 0, "admin", unix=spec.admin),
+            ProtocolSite(
+                proxy,
+                settings.host,
+                settings.port,
+                f"gateway worker {spec.slot}",
+                start=proxy.start,
+                drain=proxy.drain,
+                socks=socks,
+            ),
+        ],
+        shutdown_timeout=settings.shutdown_timeout,
+        on_started=on_started,
+        stop=stop,
+    )
+
+
+def _parent(settings: Settings, workers: int, argv: list[str]) -> int:
+    """``workers`` processes on the traffic port, supervised; the merged admin view here."""
+    takeover = take_over(settings.control_socket) if settings.takeover else None
+    traffic, admin = _sockets(settings, takeover)
+    # One socket per slot: received ones first (several per slot when the
+    # predecessor had more), new ones on the same port for the rest.
+    port = traffic[0].getsockname()[1]
+    slots: list[list[socket.socket]] = [[] for _ in range(workers)]
+    for i, sock in enumerate(traffic):
+        slots[i % workers].append(sock)
+    for slot in slots:
+        if not slot:
+            sock = listen(settings.host, port)
+            traffic.append(sock)
+            slot.append(sock)
+    workdir = Path(tempfile.mkdtemp(prefix="essaim-gateway-"))
+    supervisor = Supervisor(
+        lambda spec: [sys.executable, "-m", "gateway", "--worker", spec.to_json(), *argv],
+        slots,
+        workdir=workdir,
+        ready_timeout=30.0,
+        stop_timeout=settings.shutdown_timeout + 5.0,
+    )
+    app = build_admin(supervisor, [problem_middleware])
+    started = time.monotonic()
+    stop = asyncio.Event()
+
+    async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
+        await supervisor.start()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, supervisor.reload)
+        yield
+        loop.remove_signal_handler(signal.SIGHUP)
+        await supervisor.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    app.cleanup_ctx.append(workers_ctx)
+    handover = _handover(
+        settings,
+        app,
+        takeover,
+        lambda: [*(("traffic", s) for s in traffic), ("admin", admin)],
+        stop,
+    )
+
+    async def on_started(bound: list[tuple[str, str, int]]) -> None:
+        await handover()
+        logger.info(
+            "gateway ready in %.2fs: %d workers on port %d",
+            time.monotonic() - started,
+            workers,
+            port,
+        )
+
+    try:
+        return run(
+            [Site(app, settings.admin_host, settings.admin_port, "admin", sock=admin)],
+            shutdown_timeout=settings.shutdown_timeout,
+            on_started=on_started,
+            stop=stop,
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ An HTTP API over the registry's Redis state (:mod:`core.registry.store`):
 register, heartbeat, change, deregister and list instances, and a
 Server-Sent Events stream of changes (:mod:`core.registry.events`). The
 process holds no state of its own: restarting it loses nothing. It also runs
-the expirer (:mod:`core.registry.expiry`), which turns an expired instance
-key into a ``down`` event within a second.
+the expirer (:mod:`core.registry.expiry`), which turns an instance whose
+deadline passed into a ``down`` event within milliseconds.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class Settings(CommonSettings):
         default=10, metadata=option("TTL in seconds of an instance that gives none")
     )
     sweep_interval: float = dataclasses.field(
-        default=0.5, metadata=option("seconds between sweeps for expired instances")
+        default=0.5,
+        metadata=option("longest wait, in seconds, between two checks for expired instances"),
     )
     config_url: str | None = dataclasses.field(
         default=None,
@@ -134,16 +135,14 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
         registry=app[METRICS].registry,
     )
     dynamic = app[DYNAMIC]
-    expirer = Expirer(app[REDIS], app[STORE], lambda: dynamic.current.sweep_interval, expired)
+    expirer = Expirer(app[STORE], lambda: dynamic.current.sweep_interval, expired)
     app[HUB] = hub
     app[EXPIRER] = expirer
     tasks = TaskSet("registry")
     tasks.spawn(hub.subscription.run(), "events")
-    tasks.spawn(expirer.subscription.run(), "expiry")
-    tasks.spawn(expirer.sweep_forever(), "sweep")
+    tasks.spawn(expirer.run(), "expiry")
     yield
     hub.subscription.stop()
-    expirer.subscription.stop()
     await tasks.stop()
 
 

@@ -10,8 +10,24 @@ at a fixed number of keep-alive connections, to:
 - ``nginx``: an nginx ``proxy_pass`` to both ports with upstream keepalive,
   one process (``master_process off``) to compare with the single-process
   gateway (when nginx is installed);
-- ``gateway``: ``python -m gateway`` with one static route to the service;
-- ``gateway-1000``: the same with 1,000 routes, the one hit declared last.
+- ``haproxy``, ``caddy``: the same proxy in HAProxy (one thread, ``http-reuse
+  always``) and Caddy (``reverse_proxy``, ``GOMAXPROCS=1``), as anchors, when
+  installed (``apt-get install haproxy caddy``), no access log in any;
+- ``gateway``: ``python -m gateway --workers 1`` with one static route to the
+  service; ``gateway-auth``, ``gateway-limited`` and ``gateway-synced``: the
+  same process behind a token check, an exact rate limit (a Redis round trip
+  per request) and a synced one (decided in memory);
+- ``gateway-1000``: the same with 1,000 routes, the one hit declared last;
+- ``nginx-wN``, ``gateway-wN``: nginx with N worker processes (and its
+  master) and the gateway with ``--workers N`` (its parent and N workers),
+  N from ``--workers`` (default: one per CPU), for the scaling from 1 to N.
+
+CPU is counted for a proxy's whole process tree (the gateway's parent and
+workers, nginx's master and workers). Each run records the load average
+before and after; runs whose 1-minute load stayed under ``QUIET_LOAD`` are
+quiet, and the figures lead with the medians of the quiet runs (all runs
+when none was quiet, flagged). A busy machine inflates nginx's CPU per
+request more than the gateway's, so busy runs flatter the ratio.
 
 Cases run interleaved, ``--repeat`` times each (every other round in reverse
 order), after a warm-up; each figure is the median over the runs, and the
@@ -62,6 +78,9 @@ TARGETS = {
     "added_p99_ms": 1.0,
 }
 
+QUIET_LOAD = 0.3
+"""A run is quiet when the 1-minute load average was under this before and after it."""
+
 LATE_LIMIT_MS = 5.0
 """Past this p99 lateness of the constant-rate sends (1 ms ticks), the figures are flagged."""
 
@@ -101,6 +120,9 @@ class Options:
     use_wrk: bool
     output: Path | None
     same_request: bool = False
+    workers: int = 1
+    use_haproxy: bool = False
+    use_caddy: bool = False
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -121,6 +143,12 @@ def parse_args(argv: list[str]) -> Options:
         help="repeat one request byte for byte (the gateway's memos then hit) instead of "
         "giving every request a new path and query string",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="N of the nginx-wN and gateway-wN cases (default: one per CPU; 1: no such case)",
+    )
+    parser.add_argument("--no-anchors", action="store_true", help="no HAProxy and Caddy rows")
     parser.add_argument("--output", type=Path, help="JSON results file")
     args = parser.parse_args(argv)
     quick = bool(args.quick)
@@ -140,7 +168,17 @@ def parse_args(argv: list[str]) -> Options:
         use_wrk=not args.no_wrk and shutil.which("wrk") is not None,
         output=output,
         same_request=args.same_request,
+        workers=args.workers or _cpus(),
+        use_haproxy=not args.no_anchors and shutil.which("haproxy") is not None,
+        use_caddy=not args.no_anchors and shutil.which("caddy") is not None,
     )
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 # ----------------------------------------------------------------------------- processes
@@ -159,7 +197,7 @@ def version_of(cmd: list[str]) -> str:
     except OSError:
         return "absent"
     first = (done.stdout + done.stderr).strip().splitlines()[0]
-    return first.split(" Copyright")[0].replace("nginx version: ", "")
+    return first.split(" Copyright")[0].split(" - ")[0].replace("nginx version: ", "")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -167,6 +205,28 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and of every descendant alive now (a parent and its workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total = 0.0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(current)
+        todo.extend(children.get(current, ()))
+    return total
 
 
 def free_port() -> int:
@@ -252,8 +312,8 @@ def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> subpr
 
 NGINX_MAIN = """
 daemon off;
-master_process off;
-worker_processes 1;
+master_process {master};
+worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
 events {{ worker_connections 4096; }}
@@ -295,15 +355,67 @@ NGINX_PROXY = """
 """
 
 
-def start_nginx(binary: str, workdir: Path, name: str, body: str) -> subprocess.Popen[bytes]:
-    """nginx with a private prefix and config, one process in the foreground."""
+def start_nginx(
+    binary: str, workdir: Path, name: str, body: str, workers: int = 1
+) -> subprocess.Popen[bytes]:
+    """nginx with a private prefix and config in the foreground: one process, or a master and ``workers``."""
     prefix = workdir / name
     for sub in ("tmp", "logs"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_MAIN.format(dir=prefix, body=body))
+    master = "on" if workers > 1 else "off"
+    conf.write_text(NGINX_MAIN.format(dir=prefix, body=body, master=master, workers=workers))
     cmd = [binary, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
     return spawn(cmd, prefix / "stdout.log")
+
+
+HAPROXY = """
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 75s
+    timeout server 75s
+    http-reuse always
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend upstream
+backend upstream
+    balance roundrobin
+    server u1 127.0.0.1:{p1}
+    server u2 127.0.0.1:{p2}
+"""
+
+CADDYFILE = """
+{{
+    admin off
+    auto_https off
+    storage file_system {dir}
+}}
+http://127.0.0.1:{port} {{
+    reverse_proxy 127.0.0.1:{p1} 127.0.0.1:{p2} {{
+        lb_policy round_robin
+    }}
+}}
+"""
+
+
+def start_anchor(kind: str, workdir: Path, port: int, p1: int, p2: int) -> subprocess.Popen[bytes]:
+    """HAProxy (one thread) or Caddy (one OS thread for Go code), like nginx: no log, keep-alive."""
+    folder = workdir / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "haproxy":
+        conf = folder / "haproxy.cfg"
+        conf.write_text(HAPROXY.format(port=port, p1=p1, p2=p2))
+        return spawn(["haproxy", "-db", "-f", str(conf)], folder / "stdout.log")
+    conf = folder / "Caddyfile"
+    conf.write_text(CADDYFILE.format(port=port, p1=p1, p2=p2, dir=folder / "data"))
+    env = dict(os.environ, GOMAXPROCS="1", HOME=str(folder), XDG_DATA_HOME=str(folder / "data"),
+               XDG_CONFIG_HOME=str(folder / "config"))  # fmt: skip
+    cmd = ["caddy", "run", "--config", str(conf), "--adapter", "caddyfile"]
+    return spawn(cmd, folder / "stdout.log", env)
 
 
 # ----------------------------------------------------------------------------- routes
@@ -361,6 +473,13 @@ prefix = "/limited-bench"
 service = "{SERVICE}"
 strip_prefix = 1
 rate_limit = {{ replenish_rate = 10000000, burst_capacity = 10000000 }}
+
+[[routes]]
+id = "bench-synced"
+prefix = "/synced-bench"
+service = "{SERVICE}"
+strip_prefix = 1
+rate_limit = {{ replenish_rate = 10000000, burst_capacity = 10000000, mode = "synced" }}
 """
 
 
@@ -467,9 +586,14 @@ async def measure(
 ) -> dict[str, Any]:
     """One run of ``case`` with the CPU time its proxy and upstream spent per request."""
     pids = {"proxy": case.proxy_pid, "upstream": case.upstream_pid}
-    before = {k: cpu_seconds(p) for k, p in pids.items() if p is not None}
+    load_before = os.getloadavg()[0]
+    before = {k: tree_cpu_seconds(p) for k, p in pids.items() if p is not None}
     result = await run_load(case.url, opts, duration, rate, case.headers)
-    after = {k: cpu_seconds(p) for k, p in pids.items() if p is not None}
+    after = {k: tree_cpu_seconds(p) for k, p in pids.items() if p is not None}
+    load_after = os.getloadavg()[0]
+    result["load_before"] = round(load_before, 2)
+    result["load_after"] = round(load_after, 2)
+    result["quiet"] = max(load_before, load_after) < QUIET_LOAD
     served = max(1, int(result["requests"]))
     for key in ("proxy", "upstream"):
         result[f"{key}_cpu_us"] = (
@@ -483,15 +607,22 @@ def _turn(cases: list[Case], rep: int) -> list[Case]:
     return cases if rep % 2 == 0 else cases[::-1]
 
 
-def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def median_of(all_runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians of the quiet runs (of every run when none was quiet, then ``quiet`` is false)."""
+    quiet = [r for r in all_runs if r.get("quiet")]
+    runs = quiet or all_runs
+    out: dict[str, Any] = {
+        "quiet": bool(quiet),
+        "quiet_runs": len(quiet),
+        "loads": [[r.get("load_before"), r.get("load_after")] for r in all_runs],
+    }
     for key in ("rps", "p50_ms", "p99_ms", "proxy_cpu_us", "upstream_cpu_us"):
         values = [r[key] for r in runs if r.get(key) is not None]
         out[key] = round(statistics.median(values), 4) if values else None
     cpus = [r["proxy_cpu_us"] for r in runs if r.get("proxy_cpu_us") is not None]
     out["proxy_cpu_us_best"] = min(cpus) if cpus else None
-    out["requests"] = sum(int(r["requests"]) for r in runs)
-    out["errors"] = sum(int(r["errors"]) for r in runs)
+    out["requests"] = sum(int(r["requests"]) for r in all_runs)
+    out["errors"] = sum(int(r["errors"]) for r in all_runs)
     return out
 
 
@@ -503,7 +634,7 @@ async def system(opts: Options, workdir: Path, notes: list[str]) -> AsyncIterato
     """Start the upstream, nginx, Redis with the two instances, and the gateways."""
     stack = contextlib.ExitStack()
     astack = contextlib.AsyncExitStack()
-    info: dict[str, Any] = {"cases": [], "tables": {}}
+    info: dict[str, Any] = {"cases": [], "tables": {}, "versions": {}}
     for name, count in (("gateway", 1), ("gateway-1000", 1000)):
         info["tables"][name] = workdir / f"routes-{count}.toml"
         info["tables"][name].write_text(routes_toml(count))
@@ -542,11 +673,49 @@ async def system(opts: Options, workdir: Path, notes: list[str]) -> AsyncIterato
             info["cases"].append(
                 Case("nginx", f"http://127.0.0.1:{port}{PATH}", proxy.pid, upstream.pid)
             )
+            info["versions"]["nginx"] = version_of([nginx, "-v"])
+
+        for kind, wanted in (("haproxy", opts.use_haproxy), ("caddy", opts.use_caddy)):
+            if not wanted:
+                notes.append(
+                    f"{kind} not installed (apt-get install {kind}) or --no-anchors: no {kind} row"
+                )
+                continue
+            port = free_port()
+            anchor = start_anchor(kind, workdir, port, p1, p2)
+            stack.callback(stop, anchor)
+            await wait_http(
+                f"http://127.0.0.1:{port}{PATH}", anchor, kind, workdir / kind / "stdout.log"
+            )
+            info["cases"].append(
+                Case(kind, f"http://127.0.0.1:{port}{PATH}", anchor.pid, upstream.pid)
+            )
+            info["versions"][kind] = version_of(
+                ["haproxy", "-v"] if kind == "haproxy" else ["caddy", "version"]
+            )
+
+        if nginx and opts.workers > 1:
+            port = free_port()
+            name = f"nginx-w{opts.workers}"
+            proxy = start_nginx(
+                nginx,
+                workdir,
+                name,
+                NGINX_PROXY.format(p1=p1, p2=p2, port=port),
+                workers=opts.workers,
+            )
+            stack.callback(stop, proxy)
+            await wait_port(port, proxy, name, workdir / name / "error.log")
+            info["cases"].append(
+                Case(name, f"http://127.0.0.1:{port}{PATH}", proxy.pid, upstream.pid)
+            )
 
         if importlib.util.find_spec("gateway") is None:
             notes.append("gateway.py not found: no gateway rows")
         else:
-            await astack.enter_async_context(gateways(info, workdir, stack, (p1, p2), upstream.pid))
+            await astack.enter_async_context(
+                gateways(info, workdir, stack, (p1, p2), upstream.pid, opts.workers)
+            )
         yield info
     finally:
         await astack.aclose()
@@ -560,6 +729,7 @@ async def gateways(
     stack: contextlib.ExitStack,
     ports: tuple[int, int],
     upstream_pid: int,
+    workers: int,
 ) -> AsyncIterator[None]:
     from core.redis import connect
     from core.registry.discovery import Registration
@@ -579,8 +749,11 @@ async def gateways(
             await reg.start(wait=5)
             if not reg.registered.is_set():
                 raise RuntimeError("could not register the upstream instances in Redis")
-        for name in ("gateway", "gateway-1000"):
-            routes = info["guarded"] if name == "gateway" else info["tables"][name]
+        names = [("gateway", 1), ("gateway-1000", 1)]
+        if workers > 1:
+            names.append((f"gateway-w{workers}", workers))
+        for name, count in names:
+            routes = info["tables"]["gateway-1000"] if name == "gateway-1000" else info["guarded"]
             port, admin = free_port(), free_port()
             log = workdir / f"{name}.log"
             env = {
@@ -592,6 +765,7 @@ async def gateways(
                 "--admin-host", "127.0.0.1", "--admin-port", str(admin),
                 "--redis-url", redis_server.url, "--routes", str(routes), "--log-level", "warning",
                 "--jwks-url", jwks_url, "--jwt-issuer", ISSUER, "--jwt-audience", "essaim",
+                "--workers", str(count),
             ]  # fmt: skip
             proc = spawn(cmd, log, env)
             stack.callback(stop, proc)
@@ -604,6 +778,7 @@ async def gateways(
                 for case, prefix, headers in (
                     ("gateway-auth", "/auth-bench", auth),
                     ("gateway-limited", "/limited-bench", ()),
+                    ("gateway-synced", "/synced-bench", ()),
                 ):
                     guarded = f"http://127.0.0.1:{port}{prefix}/item"
                     await wait_http(guarded, proc, f"{case} routing", log, headers=headers)
@@ -703,6 +878,7 @@ async def bench(opts: Options) -> dict[str, Any]:
                     )
             matcher = matcher_cost(info["tables"])
             upstream_desc = info["upstream"]
+            versions = info["versions"]
 
     ratios = _ratios(summary, fixed)
     return {
@@ -721,6 +897,8 @@ async def bench(opts: Options) -> dict[str, Any]:
             if opts.use_wrk
             else "built-in Python closed-loop generator (bench._http_load)",
             "upstream": upstream_desc,
+            "versions": versions,
+            "workers": opts.workers,
             "response_bytes": 1024,
             "path": PATH,
             "requests": "one request repeated byte for byte (--same-request)"
@@ -751,7 +929,22 @@ def _ratios(summary: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
         "routes_1000_vs_1_rps": ratio("gateway-1000", "gateway", "rps"),
         "auth_vs_public_cpu": ratio("gateway-auth", "gateway", "proxy_cpu_us"),
         "rate_limited_vs_public_cpu": ratio("gateway-limited", "gateway", "proxy_cpu_us"),
+        "synced_vs_public_cpu": ratio("gateway-synced", "gateway", "proxy_cpu_us"),
         "added_p99_ms": fixed.get("added_p99_ms"),
+        "cpu_vs_nginx": {
+            name: ratio(name, "nginx", "proxy_cpu_us")
+            for name in summary
+            if name not in ("direct", "nginx") and summary[name].get("proxy_cpu_us")
+        },
+        "rps_vs_nginx": {
+            name: ratio(name, "nginx", "rps") for name in summary if name not in ("direct", "nginx")
+        },
+        "scaling_rps": {
+            base: ratio(name, base, "rps")
+            for name in summary
+            for base in ("gateway", "nginx")
+            if name.startswith(f"{base}-w")
+        },
     }
 
 
@@ -773,20 +966,38 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
         f"{s['repeat']} run(s) per case, interleaved, medians"
     )
     out(f"  load: {s['load']}; upstream: {s['upstream']}; {s['response_bytes']} B answers")
+    if s.get("versions"):
+        out("  proxies: " + "; ".join(f"{k} {v}" for k, v in s["versions"].items()))
     out(f"  requests: {s.get('requests', 'a new path and query string on every request')}")
     out(
         f"  machine: {result['machine']['cpus']} CPUs, {result['machine']['cpu']}, Python {result['machine']['python']}"
     )
     out("")
+    r = result["ratios"]
+    quiet = [name for name, row in result["cases"].items() if row.get("quiet")]
     out(
-        f"{'case':<14}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'proxy CPU':>12}{'upstream CPU':>14}{'errors':>8}"
+        f"  quiet runs (1-minute load under {QUIET_LOAD} before and after): medians of those; "
+        f"cases with none are marked NOISY and use every run"
+        if quiet
+        else f"  NOISY: no run was quiet (1-minute load under {QUIET_LOAD} before and after); "
+        "a busy machine inflates nginx's CPU per request more than the gateway's, "
+        "so these ratios flatter the gateway"
+    )
+    out("")
+    out(
+        f"{'case':<16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'proxy CPU':>12}{'vs nginx':>10}"
+        f"{'upstream CPU':>14}{'errors':>8}  load 1-min before/after each run"
     )
     for name, row in result["cases"].items():
+        vs = r.get("cpu_vs_nginx", {}).get(name)
+        vs_text = "1.00x" if name == "nginx" else "-" if vs is None else f"{vs:.2f}x"
+        loads = " ".join(f"{a:.2f}/{b:.2f}" for a, b in row.get("loads", []))
+        flag = "" if row.get("quiet") else " NOISY"
         out(
-            f"{name:<14}{row['rps']:>10,.0f}{row['p50_ms']:>9.3f}{row['p99_ms']:>9.3f}"
-            f"{_us(row['proxy_cpu_us']):>12}{_us(row['upstream_cpu_us']):>14}{row['errors']:>8}"
+            f"{name:<16}{row['rps']:>10,.0f}{row['p50_ms']:>9.3f}{row['p99_ms']:>9.3f}"
+            f"{_us(row['proxy_cpu_us']):>12}{vs_text:>10}{_us(row['upstream_cpu_us']):>14}"
+            f"{row['errors']:>8}  {loads}{flag}"
         )
-    r = result["ratios"]
     t = result["targets"]
     out("")
     if r["gateway_vs_nginx_cpu"] is not None:
@@ -806,6 +1017,20 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
             f"rate-limited route (a Redis round trip) / public route, CPU per request: "
             f"{r['rate_limited_vs_public_cpu']:.2f}x"
         )
+    if r.get("synced_vs_public_cpu") is not None:
+        out(
+            f"synced rate-limited route (decided in memory) / public route, CPU per request: "
+            f"{r['synced_vs_public_cpu']:.2f}x (target <= 1.2x: "
+            f"{_verdict(r['synced_vs_public_cpu'] <= 1.2)})"
+        )
+    for name, scale in r.get("scaling_rps", {}).items():
+        if scale is not None:
+            out(
+                f"scaling {name} / its 1-process case, req/s at saturation: {scale:.2f}x "
+                f"({result['machine']['cpus']} CPUs; wrk runs on the same cores and competes "
+                f"with the proxy's workers and the upstream, so this is a floor, not the proxy's "
+                f"scaling alone)"
+            )
     if r["routes_1000_vs_1_cpu"] is not None:
         out(
             f"1,000 routes / 1 route: CPU per request {r['routes_1000_vs_1_cpu']:.3f}x, "

@@ -9,6 +9,7 @@ none of the packages.
 The packages, lowest first (a package imports only the foundation and the
 packages above it in this list; ``tests/test_layering.py`` checks it):
 
+- :mod:`core.openapi`: OpenAPI documents for every HTTP API;
 - :mod:`core.config`: the config service's storage and the config client;
 - :mod:`core.registry`: the registry's storage, API and the discovery client;
 - :mod:`core.security`: key sets, tokens, route policies, rate limits;

@@ -1,8 +1,22 @@
-"""Redis connections that survive the server going away.
+"""Redis connections that survive the server going away, on one node, Sentinel or Cluster.
 
-:func:`connect` makes a client whose commands retry a connection error a few
-times with backoff and then raise ``redis.exceptions.ConnectionError``; callers
-on a background loop catch it and try again later with a :class:`Backoff`.
+``REDIS_URL`` names one of three topologies (:func:`parse_url` reads it, and
+a URL of any other form is one :class:`~core.errors.SettingsError` line that
+names the accepted forms)::
+
+    redis://[[user]:password@]host[:port][/db]        one node (also rediss://, unix://)
+    redis+sentinel://[[user]:password@]host1:26379,host2:26379/primary-name[/db]
+    redis+cluster://[[user]:password@]host1:7000,host2:7001[/]
+
+:func:`connect` makes a client for any of them whose commands retry a
+connection error a few times with backoff and then raise
+``redis.exceptions.ConnectionError``; callers on a background loop catch it
+and try again later with a :class:`Backoff`. Behind Sentinel the client asks
+the Sentinels for the primary on every new connection, so after a failover
+it follows the promoted replica by itself; on Cluster it routes each command
+by its key's slot. Code that must differ per topology asks :func:`is_cluster`
+(sharded pub/sub, one stream per read) and builds key names with a hash tag
+(:func:`tag`) so that the keys one script or transaction touches share a slot.
 :class:`Subscription` keeps a pub/sub subscription alive across server
 restarts and tells its owner each time it (re)connects, so the owner can
 re-read the full state (DESIGN.md principle 2: a reconnect may have lost
@@ -13,27 +27,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib.util
 import os
 import random
 import shutil
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core import log
+from core.errors import SettingsError
 
 logger = log.get("redis")
 
-Redis = aioredis.Redis
+#: A client of any topology: one node or Sentinel (``redis.asyncio.Redis``), or Cluster.
+Redis = aioredis.Redis | RedisCluster
 
 #: Errors that mean "the server is unreachable right now", as opposed to a bad command.
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
@@ -46,32 +66,204 @@ __all__ = [
     "Backoff",
     "Redis",
     "RedisError",
+    "RedisURL",
     "Subscription",
     "connect",
+    "is_cluster",
+    "parse_url",
+    "publish_command",
     "server_binary",
+    "tag",
 ]
 
+#: The forms ``REDIS_URL`` may take, for error messages.
+ACCEPTED = (
+    "redis://[[user]:password@]host[:port][/db], "
+    "redis+sentinel://[[user]:password@]host:port[,host:port...]/primary-name[/db], or "
+    "redis+cluster://[[user]:password@]host:port[,host:port...][/]"
+)
 
-def connect(url: str, *, timeout: float = 2.0, max_connections: int = 64) -> Redis:
+Topology = Literal["single", "sentinel", "cluster"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisURL:
+    """``REDIS_URL`` read: its topology, nodes, credentials and database.
+
+    For ``single`` the original ``url`` is handed to redis-py as it is (it
+    also understands ``rediss://`` and ``unix://``); ``nodes`` then holds the
+    one host and port. ``primary`` is the name Sentinel knows the primary by.
+    ``sentinel_password`` (query parameter ``sentinel_password``) is for
+    Sentinels that require a password of their own; by default they are
+    asked without one.
+    """
+
+    url: str
+    topology: Topology
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+    primary: str | None = None
+    sentinel_password: str | None = None
+
+
+def _bad(url: str, why: str) -> SettingsError:
+    shown = url if "@" not in url else url.split("://", 1)[0] + "://***@" + url.rsplit("@", 1)[1]
+    return SettingsError(f"REDIS_URL {shown!r}: {why}; expected {ACCEPTED}")
+
+
+def _nodes(url: str, netloc: str, default_port: int) -> tuple[tuple[str, int], ...]:
+    hosts = netloc.rsplit("@", 1)[-1]
+    nodes = []
+    for item in hosts.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep:
+            host, port = item.strip(), str(default_port)
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise _bad(url, f"{item!r} is not host:port")
+        nodes.append((host, int(port)))
+    return tuple(nodes)
+
+
+def parse_url(url: str) -> RedisURL:
+    """Read ``REDIS_URL``; :class:`~core.errors.SettingsError` (one line) when malformed."""
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        raise _bad(url, "not a URL")
+    scheme = scheme.lower()
+    if scheme in ("redis", "rediss", "unix"):
+        try:
+            parts = urlsplit(url)
+            port = parts.port or 6379
+            db = int(parts.path.strip("/") or 0) if scheme != "unix" else 0
+        except ValueError as exc:
+            raise _bad(url, str(exc)) from None
+        if scheme != "unix" and not parts.hostname:
+            raise _bad(url, "no host")
+        return RedisURL(
+            url, "single", ((parts.hostname or "", port),),
+            unquote(parts.username) if parts.username else None,
+            unquote(parts.password) if parts.password else None, db,
+        )  # fmt: skip
+    if scheme not in ("redis+sentinel", "redis+cluster"):
+        raise _bad(url, f"unknown scheme {scheme!r}")
+    rest = url.split("://", 1)[1]
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    username = password = None
+    if "@" in netloc:
+        userinfo = netloc.rsplit("@", 1)[0]
+        user, _, pw = userinfo.partition(":")
+        username, password = unquote(user) or None, unquote(pw) or None
+    if not netloc.rsplit("@", 1)[-1]:
+        raise _bad(url, "no host")
+    params = parse_qs(query)
+    segments = [p for p in path.split("/") if p]
+    if scheme == "redis+cluster":
+        if segments and segments != ["0"]:
+            raise _bad(url, "Redis Cluster has only database 0")
+        return RedisURL(url, "cluster", _nodes(url, netloc, 6379), username, password)
+    if not segments or len(segments) > 2:
+        raise _bad(url, "Sentinel needs the primary's name after the hosts")
+    if len(segments) == 2 and not segments[1].isdigit():
+        raise _bad(url, f"database {segments[1]!r} is not a number")
+    return RedisURL(
+        url, "sentinel", _nodes(url, netloc, 26379), username, password,
+        int(segments[1]) if len(segments) == 2 else 0, unquote(segments[0]),
+        params.get("sentinel_password", [None])[0],
+    )  # fmt: skip
+
+
+def is_cluster(client: Redis) -> bool:
+    """Whether ``client`` talks to a Redis Cluster (commands routed by slot)."""
+    return isinstance(client, RedisCluster)
+
+
+def publish_command(client: Redis) -> str:
+    """``SPUBLISH`` on Cluster (sharded: the message stays on its channel's shard), else ``PUBLISH``.
+
+    Scripts take it as an argument, and :class:`Subscription` subscribes the
+    matching way, so one code path publishes on every topology.
+    """
+    return "SPUBLISH" if is_cluster(client) else "PUBLISH"
+
+
+def tag(family: str) -> str:
+    """The hash tag of a key family: ``{family}``, so that its keys share one Cluster slot.
+
+    Every key name in Essaim is built by one function per family (in the
+    module that owns the family), and that function puts the tag in: the
+    registry's keys all carry ``{reg}``, the config service's ``{cfg}``, each
+    event stream its own ``{type}``, each rate-limit bucket its own key.
+    """
+    if "{" in family or "}" in family or not family:
+        raise ValueError(f"a hash tag cannot be empty or hold braces: {family!r}")
+    return "{" + family + "}"
+
+
+def connect(url: str | RedisURL, *, timeout: float = 2.0, max_connections: int = 64) -> Redis:
     """A client for ``url`` with string replies and bounded retries on connection errors.
 
     Nothing is sent until the first command; a server that is down makes that
     command raise after about ``timeout`` seconds and a few quick retries.
-    Past ``max_connections`` concurrent commands, callers wait for a free
-    connection (up to ``timeout``) instead of failing.
+    Past ``max_connections`` concurrent commands (per node on Cluster),
+    callers wait for a free connection (up to ``timeout``) instead of
+    failing (on one node; behind Sentinel redis-py's pool raises instead).
+    A malformed URL raises :class:`~core.errors.SettingsError`.
     """
+    target = url if isinstance(url, RedisURL) else parse_url(url)
+    common: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_connect_timeout": timeout,
+        "socket_timeout": max(timeout, 5.0),
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+    if target.topology == "cluster":
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+            username=target.username,
+            password=target.password,
+            max_connections=max_connections,
+            **common,
+        )
+    if target.topology == "sentinel":
+        assert target.primary is not None
+        sentinel = Sentinel(
+            target.nodes,
+            sentinel_kwargs={
+                "socket_connect_timeout": timeout,
+                "socket_timeout": timeout,
+                "password": target.sentinel_password,
+            },
+            username=target.username,
+            password=target.password,
+            db=target.db,
+            max_connections=max_connections,
+            health_check_interval=30,
+            **common,
+        )
+        return cast(aioredis.Redis, sentinel.master_for(target.primary, redis_class=_SentinelRedis))
     pool = aioredis.BlockingConnectionPool.from_url(
-        url,
+        target.url,
         max_connections=max_connections,
         timeout=timeout,
-        decode_responses=True,
-        socket_connect_timeout=timeout,
-        socket_timeout=max(timeout, 5.0),
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
         health_check_interval=30,
+        **common,
     )
     return aioredis.Redis.from_pool(pool)
+
+
+class _SentinelRedis(aioredis.Redis):
+    """The primary's client; closing it also closes its connections to the Sentinels."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        manager = getattr(self.connection_pool, "sentinel_manager", None)
+        for client in getattr(manager, "sentinels", ()):
+            await client.aclose()
 
 
 class Backoff:
@@ -135,15 +327,21 @@ class Subscription:
     async def run(self) -> None:
         backoff = Backoff()
         self._stopping = False
+        sharded = is_cluster(self.client)
         while not self._stopping:
             pubsub: PubSub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(*self.channels)
+                if sharded:
+                    # Sharded pub/sub: each channel is served by the shard of its
+                    # slot (the same one its publisher's script runs on).
+                    await pubsub.ssubscribe(*self.channels)
+                else:
+                    await pubsub.subscribe(*self.channels)
                 # redis-py would reconnect and resubscribe silently inside
                 # get_message, hiding a restart (and the messages it lost)
                 # from the owner: make a broken connection an error here.
-                if pubsub.connection is not None:
-                    pubsub.connection.retry = Retry(NoBackoff(), 0)
+                for connection in _connections(pubsub):
+                    connection.retry = Retry(NoBackoff(), 0)
                 if self.on_connect is not None:
                     await self.on_connect()
                 self.connections += 1
@@ -154,8 +352,13 @@ class Subscription:
                 while not self._stopping:
                     # A bounded wait: redis-py can swallow a cancellation that lands
                     # in a blocking read, so the loop also checks `_stopping`.
-                    msg = await pubsub.get_message(timeout=self.poll_interval)
-                    if msg is None or msg.get("type") != "message":
+                    if sharded:
+                        msg = await pubsub.get_sharded_message(timeout=self.poll_interval)
+                        if msg is None:
+                            _check_sharded(pubsub)
+                    else:
+                        msg = await pubsub.get_message(timeout=self.poll_interval)
+                    if msg is None or msg.get("type") not in ("message", "smessage"):
                         continue
                     try:
                         await self.on_message(msg["channel"], msg["data"])
@@ -183,6 +386,21 @@ class Subscription:
     def stop(self) -> None:
         """Ask :meth:`run` to return within ``poll_interval`` (then cancel its task)."""
         self._stopping = True
+
+
+def _connections(pubsub: PubSub) -> list[Any]:
+    """The connections a subscription reads from (one per shard on Cluster)."""
+    if pubsub.connection is not None:
+        return [pubsub.connection]
+    shards = getattr(pubsub, "node_pubsub_mapping", {})
+    return [p.connection for p in shards.values() if p.connection is not None]
+
+
+def _check_sharded(pubsub: PubSub) -> None:
+    """Raise when a shard's connection dropped: redis-py's cluster pub/sub would just go quiet."""
+    for connection in _connections(pubsub):
+        if not connection.is_connected:
+            raise RedisConnectionError("sharded subscription lost its connection")
 
 
 async def _close_quietly(pubsub: PubSub) -> None:

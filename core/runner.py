@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -45,12 +46,19 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Site:
-    """One application bound to one address."""
+    """One application bound to one address.
+
+    ``sock``, when given, is a socket already listening (inherited or handed
+    over by another process) that is served instead of binding ``host:port``;
+    ``unix`` a Unix socket path to bind instead.
+    """
 
     app: web.Application
     host: str
     port: int
     name: str = "http"
+    sock: socket.socket | None = None
+    unix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,11 @@ class ProtocolSite:
 
     ``factory`` makes one protocol per connection. ``start`` is awaited just
     before listening; ``drain(timeout)`` after the listener stopped accepting,
-    to let connections finish within ``timeout`` seconds.
+    to let connections finish within ``timeout`` seconds. ``socks``, when
+    given, are sockets already listening (a gateway worker's, inherited from
+    its parent) accepted on instead of binding ``host:port``: stopping closes
+    this process's copies only, so connections waiting in their queues are
+    left to the other processes holding them.
     """
 
     factory: Callable[[], asyncio.BaseProtocol]
@@ -68,6 +80,7 @@ class ProtocolSite:
     name: str = "proxy"
     start: Callable[[], Awaitable[None]] | None = None
     drain: Callable[[float], Awaitable[None]] | None = None
+    socks: tuple[socket.socket, ...] = ()
 
 
 def configure(
@@ -109,9 +122,9 @@ async def _serve(
     sites: Sequence[Site | ProtocolSite],
     shutdown_timeout: float,
     on_started: Callable[[list[tuple[str, str, int]]], Awaitable[None]] | None,
+    stop: asyncio.Event,
 ) -> int:
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
     signals = 0
 
     def on_signal(signame: str) -> None:
@@ -140,13 +153,23 @@ async def _serve(
             )
             await runner.setup()
             runners.append(runner)
-            tcp = web.TCPSite(runner, site.host, site.port, backlog=1024, reuse_address=True)
+            tcp: web.BaseSite
+            if site.sock is not None:
+                tcp = web.SockSite(runner, site.sock)
+            elif site.unix is not None:
+                tcp = web.UnixSite(runner, site.unix)
+            else:
+                tcp = web.TCPSite(runner, site.host, site.port, backlog=1024, reuse_address=True)
             try:
                 await tcp.start()
             except OSError as exc:
                 raise StartupError(
                     f"cannot listen on {site.host}:{site.port}: {exc.strerror}"
                 ) from None
+            if site.unix is not None:
+                bound.append((site.name, site.unix, 0))
+                logger.debug("%s listening on %s", site.name, site.unix)
+                continue
             host, port = _address(runner, site)
             bound.append((site.name, host, port))
             logger.info("%s listening on http://%s:%d", site.name, host, port)
@@ -156,18 +179,22 @@ async def _serve(
             if psite.start is not None:
                 await psite.start()
             started.append(psite)
-            try:
-                server = await loop.create_server(
-                    psite.factory, psite.host, psite.port, backlog=1024, reuse_address=True
-                )
-            except OSError as exc:
-                raise StartupError(
-                    f"cannot listen on {psite.host}:{psite.port}: {exc.strerror}"
-                ) from None
-            servers.append((psite, server))
-            host, port = server.sockets[0].getsockname()[:2]
-            bound.append((psite.name, str(host), int(port)))
-            logger.info("%s listening on http://%s:%d", psite.name, host, port)
+            for sock in psite.socks or (None,):
+                try:
+                    if sock is not None:
+                        server = await loop.create_server(psite.factory, sock=sock, backlog=1024)
+                    else:
+                        server = await loop.create_server(
+                            psite.factory, psite.host, psite.port, backlog=1024, reuse_address=True
+                        )
+                except OSError as exc:
+                    raise StartupError(
+                        f"cannot listen on {psite.host}:{psite.port}: {exc.strerror}"
+                    ) from None
+                servers.append((psite, server))
+                host, port = server.sockets[0].getsockname()[:2]
+                bound.append((psite.name, str(host), int(port)))
+                logger.info("%s listening on http://%s:%d", psite.name, host, port)
         if on_started is not None:
             await on_started(bound)
     except (StartupError, OSError) as exc:
@@ -186,8 +213,10 @@ async def _serve(
     await stop.wait()
     for _, server in servers:
         server.close()
+    drained: set[int] = set()
     for psite, _ in servers:
-        if psite.drain is not None:
+        if psite.drain is not None and id(psite) not in drained:
+            drained.add(id(psite))
             await psite.drain(shutdown_timeout)
     for runner in runners:
         # Stop accepting first on every site, then drain.
@@ -213,8 +242,9 @@ def run(
     *,
     shutdown_timeout: float = 10.0,
     on_started: Callable[[list[tuple[str, str, int]]], Awaitable[None]] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> int:
-    """Serve ``sites`` until a signal; return the process exit code.
+    """Serve ``sites`` until a signal (or ``stop`` is set); return the process exit code.
 
     Startup errors raised by the applications' cleanup contexts (Redis refused
     while the component requires it, a bad configuration) are reported as one
@@ -222,7 +252,7 @@ def run(
     """
     install_uvloop()
     try:
-        return asyncio.run(_serve(sites, shutdown_timeout, on_started))
+        return asyncio.run(_serve(sites, shutdown_timeout, on_started, stop or asyncio.Event()))
     except StartupError as exc:
         logger.error("failed to start: %s", exc)
         return STARTUP_FAILURE

@@ -28,6 +28,7 @@ from core.errors import SettingsError
 __all__ = [
     "CommonSettings",
     "Secret",
+    "check_redis_url",
     "is_loopback",
     "load",
     "option",
@@ -112,6 +113,14 @@ class CommonSettings:
             raise SettingsError(f"port: expected 0-65535, got {self.port}")
         if self.shutdown_timeout <= 0:
             raise SettingsError(f"shutdown_timeout: expected > 0, got {self.shutdown_timeout}")
+        check_redis_url(self.redis_url)
+
+
+def check_redis_url(url: str) -> None:
+    """A malformed ``REDIS_URL`` fails at start with one line naming the accepted forms."""
+    from core.redis import parse_url  # core.redis imports this module's errors, not it
+
+    parse_url(url)
 
 
 def _bool(text: str) -> bool:
@@ -201,12 +210,15 @@ def build_parser(
         if hints[f.name] is Secret:
             shown = "unset"
         help_text = f"{f.metadata.get('help', '')} [env {env}; default {shown}]"
+        # A boolean flag alone means true (``--takeover``); ``--takeover false`` still works.
+        extra: dict[str, Any] = {"nargs": "?", "const": "true"} if hints[f.name] is bool else {}
         parser.add_argument(
             flag,
             dest=f.name,
             metavar=f.name.upper() if choices is None else "{" + ",".join(choices) + "}",
             default=None,
             help=help_text.replace("%", "%%"),
+            **extra,
         )
     return parser
 

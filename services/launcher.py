@@ -56,7 +56,7 @@ import aiohttp
 
 from core.errors import SettingsError
 from core.redis import REDIS_ERRORS, connect, server_binary
-from core.settings import load, option
+from core.settings import check_redis_url, load, option
 from services import seed
 from services.supervisor import Child, Output, StartupFailed, Supervisor
 
@@ -130,6 +130,7 @@ class LauncherSettings:
             raise SettingsError("inventory_instances: expected 1-16")
         if self.startup_timeout <= 0 or self.shutdown_timeout <= 0:
             raise SettingsError("startup_timeout and shutdown_timeout: expected > 0")
+        check_redis_url(self.redis_url)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,14 +15,14 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 import configsvc
-from core.config.store import CHANNEL
+from core.config.store import CHANNEL, REV_KEY
+from core.redis import Redis, connect
 from core.settings import Secret
-from core.testing import ComponentFactory, RedisServer, wait_until
+from core.testing import ComponentFactory, RedisServer, subscribed, wait_until
 
 Client = TestClient[Any, Any]
 
@@ -101,13 +101,13 @@ async def client(make_client: Callable[..., Awaitable[Client]]) -> Client:
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    r = connect(redis_url)
     yield r
     await r.aclose()
 
 
-async def dump(r: aioredis.Redis) -> dict[str, Any]:
+async def dump(r: Redis) -> dict[str, Any]:
     """Every key with its value: to prove that a bad request changed nothing."""
     out: dict[str, Any] = {}
     for key in sorted(await r.keys("*")):
@@ -197,12 +197,13 @@ async def test_version_changes_when_any_source_changes(client: Client) -> None:
 
 
 async def test_reload_imports_a_changed_file_as_a_new_version(
-    client: Client, config_dir: Path, redis: aioredis.Redis
+    client: Client, config_dir: Path, redis: Redis
 ) -> None:
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(CHANNEL)
-    (config_dir / "billing.toml").write_text(BILLING.replace('"EUR"', '"CHF"'))
-    resp = await client.post("/v1/reload")
+    async with subscribed(redis, CHANNEL) as messages:
+        (config_dir / "billing.toml").write_text(BILLING.replace('"EUR"', '"CHF"'))
+        resp = await client.post("/v1/reload")
+        await wait_until(lambda: messages, 2.0, message="change published")
+    event = orjson.loads(messages[0][1])
     assert resp.status == 200, await resp.text()
     report = await resp.json()
     assert report["written"] == ["billing"]
@@ -211,18 +212,11 @@ async def test_reload_imports_a_changed_file_as_a_new_version(
     assert body["config"]["billing"]["currency"] == "CHF"
     billing = next(s for s in body["sources"] if s["name"] == "billing")
     assert billing["version"] == 2
-
-    async def published() -> dict[str, Any] | None:
-        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-        return orjson.loads(msg["data"]) if msg else None
-
-    event = await wait_until(published, 2.0, message="change published")
     assert event == {"rev": report["rev"], "document": "billing", "version": 2}
-    await pubsub.aclose()
 
 
 async def test_reload_with_a_broken_file_reports_it_and_changes_nothing(
-    client: Client, config_dir: Path, redis: aioredis.Redis
+    client: Client, config_dir: Path, redis: Redis
 ) -> None:
     (config_dir / "billing.toml").write_text(BILLING.replace('"EUR"', '"CHF"'))
     (config_dir / "inventory.toml").write_text("[stock]\nlow = 5\nhigh = \n")
@@ -282,7 +276,7 @@ async def test_a_missing_directory_is_reported(make_client: Callable[..., Awaita
 
 
 async def test_redis_emptied_is_noticed_and_the_directory_imported_again(
-    client: Client, redis: aioredis.Redis
+    client: Client, redis: Redis
 ) -> None:
     await redis.flushall()
 
@@ -295,7 +289,7 @@ async def test_redis_emptied_is_noticed_and_the_directory_imported_again(
 
 
 async def test_right_after_redis_was_emptied_reads_serve_the_directory(
-    client: Client, redis: aioredis.Redis
+    client: Client, redis: Redis
 ) -> None:
     await redis.flushall()
     body = await config(client, "billing", "prod")
@@ -303,7 +297,7 @@ async def test_right_after_redis_was_emptied_reads_serve_the_directory(
 
 
 async def test_a_write_right_after_redis_was_emptied_is_not_undone_by_the_import(
-    client: Client, redis: aioredis.Redis
+    client: Client, redis: Redis
 ) -> None:
     await redis.flushall()
     resp = await put_json(client, "billing", {"billing": {"currency": "HUF"}})
@@ -314,7 +308,7 @@ async def test_a_write_right_after_redis_was_emptied_is_not_undone_by_the_import
 
 
 async def test_an_api_change_survives_redis_emptied_with_its_history(
-    client: Client, redis: aioredis.Redis, config_dir: Path
+    client: Client, redis: Redis, config_dir: Path
 ) -> None:
     assert (await put_json(client, "billing", {"billing": {"tax_rate": 0.25}})).status == 200
     assert (await put_json(client, "billing", {"billing": {"tax_rate": 0.3}})).status == 200
@@ -334,7 +328,7 @@ async def test_an_api_change_survives_redis_emptied_with_its_history(
 
 
 async def test_a_file_changed_while_redis_was_away_is_imported_over_the_restored_state(
-    client: Client, redis: aioredis.Redis, config_dir: Path
+    client: Client, redis: Redis, config_dir: Path
 ) -> None:
     await put_json(client, "billing-prod", {"log": {"level": "debug"}})
     await redis.flushall()
@@ -348,7 +342,7 @@ async def test_a_file_changed_while_redis_was_away_is_imported_over_the_restored
 
 
 async def test_a_deleted_document_stays_deleted_after_redis_emptied(
-    client: Client, redis: aioredis.Redis
+    client: Client, redis: Redis
 ) -> None:
     await put_json(client, "orders", {"limit": 1})
     assert (await client.delete("/v1/documents/orders")).status == 200
@@ -363,7 +357,7 @@ async def test_a_deleted_document_stays_deleted_after_redis_emptied(
 
 
 async def test_versions_written_by_another_process_are_journaled_too(
-    make_client: Callable[..., Awaitable[Client]], redis: aioredis.Redis, tmp_path: Path
+    make_client: Callable[..., Awaitable[Client]], redis: Redis, tmp_path: Path
 ) -> None:
     """Two config services on one Redis, each with its own disk: each restores all."""
     first = await make_client(data_dir=str(tmp_path / "first"))
@@ -388,9 +382,7 @@ async def test_versions_written_by_another_process_are_journaled_too(
         assert [v["version"] for v in versions["versions"]] == [2, 1]
 
 
-async def test_the_journal_keeps_the_last_50_versions_on_disk(
-    client: Client, redis: aioredis.Redis
-) -> None:
+async def test_the_journal_keeps_the_last_50_versions_on_disk(client: Client, redis: Redis) -> None:
     for i in range(55):
         await put_json(client, "orders", {"i": i})
     await redis.flushall()
@@ -404,7 +396,7 @@ async def test_the_journal_keeps_the_last_50_versions_on_disk(
 
 
 async def test_put_makes_versions_and_identical_content_makes_none(
-    client: Client, redis: aioredis.Redis
+    client: Client, redis: Redis
 ) -> None:
     resp = await put_json(client, "orders", {"a": 1, "b": {"c": [1, 2]}})
     assert resp.status == 201
@@ -412,13 +404,13 @@ async def test_put_makes_versions_and_identical_content_makes_none(
     assert first["version"] == 1
     assert first["changed"] is True
     assert len(first["hash"]) == 64
-    rev = await redis.get("essaim:cfg:rev")
+    rev = await redis.get(REV_KEY)
     # Same content, keys in another order: no new version, no revision.
     resp = await put_json(client, "orders", {"b": {"c": [1, 2]}, "a": 1})
     assert resp.status == 200
     same = await resp.json()
     assert (same["version"], same["changed"], same["hash"]) == (1, False, first["hash"])
-    assert await redis.get("essaim:cfg:rev") == rev
+    assert await redis.get(REV_KEY) == rev
     resp = await put_json(client, "orders", {"a": 2})
     assert (await resp.json())["version"] == 2
     resp = await client.get("/v1/documents/orders")
@@ -566,7 +558,7 @@ BAD_PUTS = [
 @pytest.mark.parametrize(("name", "body", "content_type", "status", "detail"), BAD_PUTS)
 async def test_bad_put_is_refused_and_changes_nothing(
     client: Client,
-    redis: aioredis.Redis,
+    redis: Redis,
     name: str,
     body: bytes,
     content_type: str,
@@ -613,7 +605,7 @@ BAD_OTHERS = [
 
 @pytest.mark.parametrize(("method", "path", "status"), BAD_OTHERS)
 async def test_bad_request_is_refused_and_changes_nothing(
-    client: Client, redis: aioredis.Redis, method: str, path: str, status: int
+    client: Client, redis: Redis, method: str, path: str, status: int
 ) -> None:
     await put_json(client, "orders", {"limit": 1})
     before = await dump(redis)
@@ -625,7 +617,7 @@ async def test_bad_request_is_refused_and_changes_nothing(
 
 
 async def test_writes_require_the_token_when_set(
-    make_client: Callable[..., Awaitable[Client]], redis: aioredis.Redis
+    make_client: Callable[..., Awaitable[Client]], redis: Redis
 ) -> None:
     client = await make_client(token=Secret("s3cret"))
     before = await dump(redis)

@@ -18,14 +18,15 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.fernet import Fernet
 
 import configsvc
 from core.config.client import ConfigClient
+from core.config.store import doc_key
 from core.config.watch import WatcherProcesses
+from core.redis import Redis, connect
 from core.settings import Secret
 from core.testing import ComponentFactory, wait_until
 
@@ -79,13 +80,13 @@ async def client(make_client: Callable[..., Awaitable[Client]]) -> Client:
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    r = connect(redis_url)
     yield r
     await r.aclose()
 
 
-async def dump(r: aioredis.Redis) -> dict[str, Any]:
+async def dump(r: Redis) -> dict[str, Any]:
     """Every key with its value: what Redis holds, to compare or to search."""
     out: dict[str, Any] = {}
     for key in sorted(await r.keys("*")):
@@ -140,12 +141,12 @@ async def problem(resp: ClientResponse, status: int) -> dict[str, Any]:
 
 
 async def test_a_cipher_value_is_stored_encrypted_in_redis_and_served_decrypted_only_with_the_token(
-    client: Client, redis: aioredis.Redis
+    client: Client, redis: Redis
 ) -> None:
     value = await put_secret(client)
     assert value.startswith("{cipher}")
     assert PASSWORD not in value
-    stored = await redis.hget("essaim:cfg:d:billing", "content")
+    stored = await redis.hget(doc_key("billing"), "content")
     assert stored is not None
     assert orjson.loads(stored)["billing"]["db"]["password"] == value
     assert PASSWORD not in orjson.dumps(await dump(redis)).decode()  # history included
@@ -314,7 +315,7 @@ UNDECRYPTABLE = [
 
 @pytest.mark.parametrize("make_value", UNDECRYPTABLE)
 async def test_a_cipher_value_that_does_not_decrypt_is_refused_and_nothing_is_stored(
-    client: Client, redis: aioredis.Redis, make_value: Callable[[], str]
+    client: Client, redis: Redis, make_value: Callable[[], str]
 ) -> None:
     await put_secret(client)
     before = await dump(redis)
@@ -330,7 +331,7 @@ async def test_a_cipher_value_that_does_not_decrypt_is_refused_and_nothing_is_st
 
 
 async def test_without_a_key_cipher_values_are_refused(
-    make_client: Callable[..., Awaitable[Client]], redis: aioredis.Redis
+    make_client: Callable[..., Awaitable[Client]], redis: Redis
 ) -> None:
     client = await make_client(encrypt_key=Secret(""))
     before = await dump(redis)
@@ -340,9 +341,7 @@ async def test_without_a_key_cipher_values_are_refused(
     assert await dump(redis) == before
 
 
-async def test_configsvc_refuses_writes_without_its_token(
-    client: Client, redis: aioredis.Redis
-) -> None:
+async def test_configsvc_refuses_writes_without_its_token(client: Client, redis: Redis) -> None:
     await put_secret(client)
     before = await dump(redis)
     writes = [
@@ -395,7 +394,7 @@ async def test_a_rotated_key_still_decrypts_and_a_lost_key_is_a_clear_error(
 
 
 async def test_the_directory_may_hold_cipher_values_that_decrypt(
-    make_client: Callable[..., Awaitable[Client]], config_dir: Path, redis: aioredis.Redis
+    make_client: Callable[..., Awaitable[Client]], config_dir: Path, redis: Redis
 ) -> None:
     value = "{cipher}" + Fernet(KEY.encode()).encrypt(PASSWORD.encode()).decode()
     (config_dir / "billing-prod.toml").write_text(f'[billing.db]\npassword = "{value}"\n')
@@ -406,7 +405,7 @@ async def test_the_directory_may_hold_cipher_values_that_decrypt(
 
 
 async def test_a_directory_with_an_undecryptable_value_is_not_imported(
-    client: Client, config_dir: Path, redis: aioredis.Redis
+    client: Client, config_dir: Path, redis: Redis
 ) -> None:
     before = await dump(redis)
     (config_dir / "billing.toml").write_text(f'[billing.db]\npassword = "{foreign_value()}"\n')

@@ -21,6 +21,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from core.registry.store import EVENTS_KEY
 from core.testing import ComponentFactory, free_port, wait_until
 from tests import npm
 
@@ -55,7 +56,7 @@ async def event_types(redis_url: str, instance_id: str) -> list[str]:
     """The types of the registry's retained events about ``instance_id``, oldest first."""
     r = aioredis.Redis.from_url(redis_url)
     try:
-        entries = await r.xrange("essaim:reg:events")
+        entries = await r.xrange(EVENTS_KEY)
     finally:
         await r.aclose()
     events = [orjson.loads(fields[b"e"]) for _, fields in entries]
@@ -65,8 +66,10 @@ async def event_types(redis_url: str, instance_id: str) -> list[str]:
 async def test_py_eureka_client_registers_heartbeats_discovers_and_deregisters(
     components: ComponentFactory, redis_url: str, http: aiohttp.ClientSession
 ) -> None:
-    registry = await components.start("registry", "--redis-url", redis_url, "--token", TOKEN)
-    native = await components.start("tests.upstream_server", "--name", "native-1")
+    registry, native = await asyncio.gather(
+        components.start("registry", "--redis-url", redis_url, "--token", TOKEN),
+        components.start("tests.upstream_server", "--name", "native-1"),
+    )
     resp = await http.put(
         f"{registry.url}/v1/services/natsvc/instances/n1",
         json={"host": "127.0.0.1", "port": native.port, "ttl": 60},
@@ -119,12 +122,14 @@ async def test_py_eureka_client_registers_heartbeats_discovers_and_deregisters(
 async def test_eureka_js_client_registers_and_is_routed_to_through_the_gateway(
     components: ComponentFactory, redis_url: str, http: aiohttp.ClientSession
 ) -> None:
-    modules = npm.node_modules(npm.EUREKA_JS)
-    registry = await components.start("registry", "--redis-url", redis_url, "--token", TOKEN)
+    modules = npm.node_modules()
     admin = free_port()
-    gateway = await components.start(
-        "gateway", "--host", "127.0.0.1", "--admin-port", str(admin), "--redis-url", redis_url,
-        "--shutdown-timeout", "3", health_port=admin,
+    registry, gateway = await asyncio.gather(
+        components.start("registry", "--redis-url", redis_url, "--token", TOKEN),
+        components.start(
+            "gateway", "--host", "127.0.0.1", "--admin-port", str(admin), "--redis-url", redis_url,
+            "--shutdown-timeout", "3", health_port=admin,
+        ),
     )  # fmt: skip
     port = free_port()
     url = f"http://eureka:{TOKEN}@127.0.0.1:{registry.port}/eureka/apps/"

@@ -13,7 +13,7 @@ import asyncio
 import os
 import shutil
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +34,16 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def system(components: ComponentFactory, redis_url: str) -> tuple[Component, Component]:
-    """A registry (with a token) and a gateway on one Redis."""
-    registry = await components.start("registry", "--redis-url", redis_url, "--token", TOKEN)
+def start_system(components: ComponentFactory, redis_url: str) -> list[Awaitable[Component]]:
+    """A registry (with a token) and a gateway on one Redis, to start together."""
     admin = free_port()
-    gateway = await components.start(
-        "gateway", "--host", "127.0.0.1", "--admin-port", str(admin), "--redis-url", redis_url,
-        "--shutdown-timeout", "3", health_port=admin,
-    )  # fmt: skip
-    return registry, gateway
+    return [
+        components.start("registry", "--redis-url", redis_url, "--token", TOKEN),
+        components.start(
+            "gateway", "--host", "127.0.0.1", "--admin-port", str(admin), "--redis-url", redis_url,
+            "--shutdown-timeout", "3", health_port=admin,
+        ),
+    ]  # fmt: skip
 
 
 async def get_json(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
@@ -94,13 +95,15 @@ async def test_node_example_registers_is_routed_follows_config_and_deregisters(
     components: ComponentFactory, redis_url: str, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     node = npm.node()
-    registry, gateway = await system(components, redis_url)
     folder = tmp_path / "config"
     folder.mkdir()
     (folder / "hello-node.toml").write_text('[hello]\ngreeting = "bonjour"\n')
-    configsvc = await components.start(
-        "configsvc", "--redis-url", redis_url, "--config-dir", str(folder),
-        env={"CONFIGSVC_TOKEN": TOKEN},
+    registry, gateway, configsvc = await asyncio.gather(
+        *start_system(components, redis_url),
+        components.start(
+            "configsvc", "--redis-url", redis_url, "--config-dir", str(folder),
+            env={"CONFIGSVC_TOKEN": TOKEN},
+        ),
     )  # fmt: skip
     proc = await spawn(
         node, "examples/node/service.js",
@@ -144,7 +147,7 @@ async def test_shell_example_registers_is_routed_and_deregisters(
     for tool in ("bash", "curl", "socat"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed: the shell example needs bash, curl and socat")
-    registry, gateway = await system(components, redis_url)
+    registry, gateway = await asyncio.gather(*start_system(components, redis_url))
     port = free_port()
     proc = await spawn(
         "bash", "examples/shell/service.sh",

@@ -44,6 +44,9 @@ StartGateway = Callable[..., Awaitable[Running]]
 
 @pytest.fixture
 def start_gateway(components: ComponentFactory) -> StartGateway:
+    # One process unless a test asks for more (a later --workers wins): the
+    # process model has its own tests (test_gateway_workers.py), and a parent
+    # with a worker per CPU for every test here would double the suite's load.
     async def start(redis_url: str, *args: str) -> Running:
         admin = free_port()
         comp = await components.start(
@@ -52,8 +55,10 @@ def start_gateway(components: ComponentFactory) -> StartGateway:
             "--admin-port", str(admin),
             "--redis-url", redis_url,
             "--shutdown-timeout", "3",
+            "--workers", "1",
             *args,
             health_port=admin,
+            timeout=60,
         )  # fmt: skip
         return Running(comp, admin)
 
@@ -398,18 +403,21 @@ async def test_redis_away_the_gateway_keeps_routing_on_its_snapshot(
 # ----------------------------------------------------------------------------- admin
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_admin_shows_routes_upstreams_health_and_metrics(
     redis_url: str,
     tmp_path: Path,
     start_gateway: StartGateway,
     upstream_factory: Callable[[str], Awaitable[Upstream]],
     registrations: Callable[[Instance], Awaitable[Registration]],
+    workers: str,
 ) -> None:
+    """The same answers from one process and, merged, from two workers."""
     a = await upstream_factory("a")
     await registrations(a.instance("billing"))
     routes = tmp_path / "routes.toml"
     write_routes(routes, {"id": "pay", "prefix": "/pay", "service": "billing"})
-    gw = await start_gateway(redis_url, "--routes", str(routes))
+    gw = await start_gateway(redis_url, "--routes", str(routes), "--workers", workers)
     async with aiohttp.ClientSession() as session:
         for path in ("/pay/1", "/pay/2", "/billing/3", "/nosuch/4"):
             await get_json(session, gw.url + path)

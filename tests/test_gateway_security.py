@@ -120,8 +120,9 @@ def start(
             "gateway",
             "--host", "127.0.0.1", "--admin-port", str(admin), "--redis-url", redis_url,
             "--routes", str(routes), "--jwks-url", jwks_server[0],
-            "--jwt-issuer", ISSUER, "--jwt-audience", AUDIENCE,
+            "--jwt-issuer", ISSUER, "--jwt-audience", AUDIENCE, "--workers", "1",
             health_port=admin,
+            timeout=60,
         )  # fmt: skip
         return Gateway(comp, jwks_server[1])
 

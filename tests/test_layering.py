@@ -16,7 +16,18 @@ ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "core"
 
 # Lowest first: a package may import the foundation and the packages before it.
-LAYERS = ["config", "registry", "security", "events", "upstream", "routes", "proxy", "service"]
+LAYERS = [
+    "openapi",
+    "config",
+    "registry",
+    "security",
+    "events",
+    "upstream",
+    "routes",
+    "proxy",
+    "service",
+    "workers",
+]
 FOUNDATION = {
     "settings", "errors", "log", "redis", "tasks", "runner", "http", "validation", "trace", "metrics",
     "db", "testing",

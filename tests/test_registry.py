@@ -14,12 +14,12 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 import registry
-from core.registry.store import CHANNEL, EVENTS_KEY
+from core.redis import Redis, connect
+from core.registry.store import DEADLINES_KEY, EVENTS_KEY, heartbeat_key
 from core.settings import Secret
 from core.testing import ComponentFactory, RedisServer, wait_until
 
@@ -44,8 +44,8 @@ async def client(make_client: Callable[..., Awaitable[Client]]) -> Client:
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    r = connect(redis_url)
     yield r
     await r.aclose()
 
@@ -56,7 +56,7 @@ async def put(client: Client, service: str, iid: str, **body: Any) -> ClientResp
     return await client.put(f"/v1/services/{service}/instances/{iid}", json=body)
 
 
-async def dump(r: aioredis.Redis) -> dict[str, Any]:
+async def dump(r: Redis) -> dict[str, Any]:
     """Every key with its type and value: to prove a bad request changed nothing."""
     out: dict[str, Any] = {}
     for key in sorted(await r.keys("*")):
@@ -67,9 +67,20 @@ async def dump(r: aioredis.Redis) -> dict[str, Any]:
             out[key] = await r.hgetall(key)
         elif kind == "set":
             out[key] = sorted(await r.smembers(key))
+        elif kind == "zset":
+            out[key] = await r.zrange(key, 0, -1, withscores=True)
         elif kind == "stream":
             out[key] = await r.xrange(key)
     return out
+
+
+async def down_event(r: Redis) -> dict[str, Any] | None:
+    """The first ``down`` event retained in the registry's stream, if any."""
+    for _, fields in await r.xrange(EVENTS_KEY):
+        event = orjson.loads(fields["e"])
+        if event["type"] == "down":
+            return dict(event)
+    return None
 
 
 async def test_register_then_list_shows_the_instance(client: Client) -> None:
@@ -149,28 +160,18 @@ async def test_unknown_service_listing_is_404(client: Client) -> None:
 
 
 async def test_expired_instance_is_published_down_within_a_second_of_its_ttl(
-    client: Client, redis: aioredis.Redis
+    client: Client, redis: Redis
 ) -> None:
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(CHANNEL)
     await put(client, "customers", "c1", ttl=1)
-
-    async def down_event() -> dict[str, Any] | None:
-        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-        if msg and orjson.loads(msg["data"])["type"] == "down":
-            return dict(orjson.loads(msg["data"]))
-        return None
-
     # The deadline is the contract: TTL (1 s) + 1 s.
-    event = await wait_until(down_event, timeout=2.0, message="down event")
+    event = await wait_until(lambda: down_event(redis), timeout=2.0, message="down event")
     assert event["instance"]["id"] == "c1"
-    await pubsub.aclose()
     listing = await (await client.get("/v1/services/customers")).json()
     assert listing["instances"] == []
 
 
 async def test_heartbeat_after_expiry_returns_404_and_does_not_revive(
-    client: Client, redis: aioredis.Redis
+    client: Client, redis: Redis
 ) -> None:
     await put(client, "customers", "c1", ttl=1)
 
@@ -185,20 +186,19 @@ async def test_heartbeat_after_expiry_returns_404_and_does_not_revive(
     assert listing["instances"] == []
 
 
-async def test_expiry_is_published_by_the_sweep_without_keyspace_events(
-    make_client: Callable[..., Awaitable[Client]], redis: aioredis.Redis
+async def test_expiry_is_published_at_the_deadline_with_a_slow_sweep_and_no_keyspace_events(
+    make_client: Callable[..., Awaitable[Client]], redis: Redis
 ) -> None:
-    """The sweep alone finds an expired instance (a server that refuses CONFIG)."""
-    client = await make_client()
+    """With a 30 s sweep only the expirer's wake-up at the next deadline can be this quick.
+
+    The registry no longer asks for keyspace notifications (they are per node
+    on Cluster and often refused by managed Redis): the deadline is enough.
+    """
+    client = await make_client(sweep_interval=30)
     await put(client, "customers", "c1", ttl=1)
-    # Turn notifications off behind the registry's back: only the sweep can see it now.
-    await redis.config_set("notify-keyspace-events", "")
-
-    async def down_seen() -> bool:
-        entries = await redis.xrange(EVENTS_KEY)
-        return any(orjson.loads(f["e"])["type"] == "down" for _, f in entries)
-
-    await wait_until(down_seen, timeout=3.0, message="down from the sweep")
+    started = asyncio.get_running_loop().time()
+    await wait_until(lambda: down_event(redis), timeout=2.0, message="down at the deadline")
+    assert asyncio.get_running_loop().time() - started < 1.5
 
 
 async def test_events_stream_replays_in_revision_order_then_follows(client: Client) -> None:
@@ -225,9 +225,7 @@ async def test_events_stream_replays_in_revision_order_then_follows(client: Clie
     resp.close()
 
 
-async def test_events_since_beyond_retention_sends_resync(
-    client: Client, redis: aioredis.Redis
-) -> None:
+async def test_events_since_beyond_retention_sends_resync(client: Client, redis: Redis) -> None:
     for iid in ("a", "b", "c"):
         await put(client, "customers", iid)
     await redis.xtrim(
@@ -349,7 +347,7 @@ BAD_INPUTS: list[tuple[str, str, Any, int]] = [
 
 @pytest.mark.parametrize(("method", "path", "body", "status"), BAD_INPUTS)
 async def test_bad_input_gets_problem_details_and_changes_nothing(
-    client: Client, redis: aioredis.Redis, method: str, path: str, body: Any, status: int
+    client: Client, redis: Redis, method: str, path: str, body: Any, status: int
 ) -> None:
     await put(client, "customers", "c1", port=9001)
     before = await dump(redis)
@@ -366,13 +364,14 @@ async def test_bad_input_gets_problem_details_and_changes_nothing(
     assert problem["title"]
     assert problem.get("detail")
     after = await dump(redis)
-    after.pop("essaim:reg:hb:customers", None)
-    before.pop("essaim:reg:hb:customers", None)
+    for heartbeat_state in (heartbeat_key("customers"), DEADLINES_KEY):
+        after.pop(heartbeat_state, None)
+        before.pop(heartbeat_state, None)
     assert after == before
 
 
 async def test_writes_require_the_token_when_one_is_set(
-    make_client: Callable[..., Awaitable[Client]], redis: aioredis.Redis
+    make_client: Callable[..., Awaitable[Client]], redis: Redis
 ) -> None:
     client = await make_client(token=Secret("s3cret"))
     body = {"host": "127.0.0.1", "port": 9000}
@@ -423,28 +422,6 @@ async def test_redis_down_answers_503_and_heals(
     await wait_until(healed, timeout=10.0, message="registry healed")
     assert (await client.get("/health")).status == 200
     assert (await client.get("/health/ready")).status == 200
-
-
-async def test_keyspace_notifications_alone_publish_down_within_a_second_of_the_ttl(
-    make_client: Callable[..., Awaitable[Client]], redis: aioredis.Redis
-) -> None:
-    """With a sweep far slower than the TTL, only the notification path can be this quick."""
-    client = await make_client(sweep_interval=30)
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(CHANNEL)
-    await wait_until(lambda: _notifications_on(client), timeout=5)
-    await put(client, "customers", "c1", ttl=1)
-
-    async def down_event() -> bool:
-        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-        return bool(msg) and orjson.loads(msg["data"])["type"] == "down"
-
-    await wait_until(down_event, timeout=2.0, message="down from a keyspace notification")
-    await pubsub.aclose()
-
-
-async def _notifications_on(client: Client) -> bool:
-    return bool((await (await client.get("/health")).json())["keyspace_notifications"])
 
 
 def test_a_start_setting_outside_the_live_bounds_fails_at_start(

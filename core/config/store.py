@@ -3,19 +3,22 @@
 Only :class:`ConfigStore` knows the key layout. Every write is one Lua script
 that changes the document, appends its version to the history, bumps the
 revision and publishes the change, atomically; a batch (a directory import)
-is one script too, so readers never see half of it. Keys (``{n}`` a
-document name)::
+is one script too, so readers never see half of it. Keys (``<n>`` a
+document name); every key carries the hash tag ``{cfg}``, so on Redis Cluster
+they share one slot and a batch may touch any of them::
 
-    essaim:cfg:rev          counter, the revision of the last change (any document)
-    essaim:cfg:names        set of the names of the current (not deleted) documents
-    essaim:cfg:d:{n}        hash: version, hash, time (epoch ms), origin, content (JSON)
-    essaim:cfg:h:{n}        list, newest first, of the last 50 versions (JSON, with content);
+    essaim:{cfg}:rev        counter, the revision of the last change (any document)
+    essaim:{cfg}:names      set of the names of the current (not deleted) documents
+    essaim:{cfg}:d:<n>      hash: version, hash, time (epoch ms), origin, content (JSON)
+    essaim:{cfg}:h:<n>      list, newest first, of the last 50 versions (JSON, with content);
                             a DELETE is a version too (``deleted: true``)
-    essaim:cfg:seq          hash name -> last version number given (outlives DELETE,
+    essaim:{cfg}:seq        hash name -> last version number given (outlives DELETE,
                             so that numbers only grow)
-    essaim:cfg:files        hash name -> SHA-256 of the file last imported for it
-    essaim:cfg:imported     set when the config directory was imported into this Redis
-    essaim:cfg:changes      pub/sub channel: {"rev": R, "document": N, "version": V}
+    essaim:{cfg}:files      hash name -> SHA-256 of the file last imported for it
+    essaim:{cfg}:imported   set when the config directory was imported into this Redis
+    essaim:{cfg}:changes    pub/sub channel (sharded on Cluster): {"rev": R, "document": N, "version": V}
+
+The scripts receive every key they touch in ``KEYS``; the names are built here.
 
 Writing content whose hash equals the current version's is not a change: no
 version, no revision, no message.
@@ -36,14 +39,16 @@ import re
 from collections import OrderedDict
 from collections.abc import Awaitable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
+from redis.asyncio.sentinel import SentinelConnectionPool
 
+from core import log
 from core.config.document import canonical, content_hash
 from core.config.journal import Journal, JournalEntry, entries_from_history
 from core.config.merge import deep_merge
-from core.redis import Redis
+from core.redis import Redis, publish_command, tag
 
 __all__ = [
     "CHANNEL",
@@ -60,7 +65,9 @@ __all__ = [
 
 T = TypeVar("T")
 
-PREFIX = "essaim:cfg:"
+logger = log.get("configsvc")
+
+PREFIX = "essaim:" + tag("cfg") + ":"
 REV_KEY = PREFIX + "rev"
 NAMES_KEY = PREFIX + "names"
 SEQ_KEY = PREFIX + "seq"
@@ -89,7 +96,9 @@ def iso(ms: int) -> str:
     )
 
 
-# ARGV: keep, mode, then per document 6 values:
+# KEYS: imported, files, seq, names, rev, channel, then per document its
+# doc key and its history key (KEYS[7 + 2j], KEYS[8 + 2j] for document j).
+# ARGV: keep, mode, publish command (PUBLISH or SPUBLISH), then per document 6 values:
 #   name, op ('put'|'del'|'file'), hash, origin, content JSON,
 #   file ('' leave the file record, '-' forget it, else the file's hash)
 # Returns {now, {status, version, rev, ...}}: status 2 created, 1 written, 0 unchanged,
@@ -102,19 +111,20 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local keep = tonumber(ARGV[1])
 if ARGV[2] == '1' then
-  redis.call('SET', 'essaim:cfg:imported', now, 'NX')
-elseif ARGV[2] == '2' and redis.call('EXISTS', 'essaim:cfg:imported') == 0 then
+  redis.call('SET', KEYS[1], now, 'NX')
+elseif ARGV[2] == '2' and redis.call('EXISTS', KEYS[1]) == 0 then
   return {now, {}, 0}
 end
 local out = {}
-for i = 3, #ARGV, 6 do
+for i = 4, #ARGV, 6 do
   local name, op, hash, origin, content, file = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
-  local dkey = 'essaim:cfg:d:' .. name
+  local j = (i - 4) / 6
+  local dkey, hkey = KEYS[7 + 2 * j], KEYS[8 + 2 * j]
   local cur = redis.call('HMGET', dkey, 'version', 'hash')
   if file == '-' then
-    redis.call('HDEL', 'essaim:cfg:files', name)
+    redis.call('HDEL', KEYS[2], name)
   elseif file ~= '' then
-    redis.call('HSET', 'essaim:cfg:files', name, file)
+    redis.call('HSET', KEYS[2], name, file)
   end
   if op == 'file' then
     out[#out + 1] = 0
@@ -129,27 +139,26 @@ for i = 3, #ARGV, 6 do
     out[#out + 1] = 0
     out[#out + 1] = 0
   else
-    local version = redis.call('HINCRBY', 'essaim:cfg:seq', name, 1)
+    local version = redis.call('HINCRBY', KEYS[3], name, 1)
     local entry
     local created = false
     if op == 'put' then
       redis.call('HSET', dkey, 'version', version, 'hash', hash, 'time', now,
                  'origin', origin, 'content', content)
-      redis.call('SADD', 'essaim:cfg:names', name)
+      redis.call('SADD', KEYS[4], name)
       entry = '{"version":' .. version .. ',"hash":"' .. hash .. '","time":' .. now ..
               ',"origin":"' .. origin .. '","deleted":false,"content":' .. content .. '}'
       if not cur[1] then created = true end
     else
       redis.call('DEL', dkey)
-      redis.call('SREM', 'essaim:cfg:names', name)
+      redis.call('SREM', KEYS[4], name)
       entry = '{"version":' .. version .. ',"hash":null,"time":' .. now ..
               ',"origin":"' .. origin .. '","deleted":true,"content":null}'
     end
-    local hkey = 'essaim:cfg:h:' .. name
     redis.call('LPUSH', hkey, entry)
     redis.call('LTRIM', hkey, 0, keep - 1)
-    local rev = redis.call('INCR', 'essaim:cfg:rev')
-    redis.call('PUBLISH', 'essaim:cfg:changes',
+    local rev = redis.call('INCR', KEYS[5])
+    redis.call(ARGV[3], KEYS[6],
                '{"rev":' .. rev .. ',"document":"' .. name .. '","version":' .. version .. '}')
     out[#out + 1] = created and 2 or 1
     out[#out + 1] = version
@@ -160,47 +169,49 @@ return {now, out, 1}
 """
 
 
-# ARGV: name, seq, file ('' none), then the current version's version ('' when the
-# document is deleted), hash, time, origin, content, then its history entries (JSON),
-# newest first. Replaces what Redis holds of the document and publishes the change,
-# unless Redis already holds that version or a later one (returns 0 then).
+# KEYS: seq, files, names, rev, channel, the document's doc key and history key.
+# ARGV: publish command, name, seq, file ('' none), then the current version's version
+# ('' when the document is deleted), hash, time, origin, content, then its history
+# entries (JSON), newest first. Replaces what Redis holds of the document and publishes
+# the change, unless Redis already holds that version or a later one (returns 0 then).
 _RESTORE = """
-local name, seq, file = ARGV[1], ARGV[2], ARGV[3]
+local name, seq, file = ARGV[2], ARGV[3], ARGV[4]
 -- Another process restored it (or wrote it) already, from a journal at least as recent.
-if tonumber(redis.call('HGET', 'essaim:cfg:seq', name) or '0') >= tonumber(seq) then
+if tonumber(redis.call('HGET', KEYS[1], name) or '0') >= tonumber(seq) then
   return 0
 end
-local dkey, hkey = 'essaim:cfg:d:' .. name, 'essaim:cfg:h:' .. name
+local dkey, hkey = KEYS[6], KEYS[7]
 redis.call('DEL', dkey, hkey)
-redis.call('HSET', 'essaim:cfg:seq', name, seq)
+redis.call('HSET', KEYS[1], name, seq)
 if file ~= '' then
-  redis.call('HSET', 'essaim:cfg:files', name, file)
+  redis.call('HSET', KEYS[2], name, file)
 else
-  redis.call('HDEL', 'essaim:cfg:files', name)
+  redis.call('HDEL', KEYS[2], name)
 end
-if ARGV[4] ~= '' then
-  redis.call('HSET', dkey, 'version', ARGV[4], 'hash', ARGV[5], 'time', ARGV[6],
-             'origin', ARGV[7], 'content', ARGV[8])
-  redis.call('SADD', 'essaim:cfg:names', name)
+if ARGV[5] ~= '' then
+  redis.call('HSET', dkey, 'version', ARGV[5], 'hash', ARGV[6], 'time', ARGV[7],
+             'origin', ARGV[8], 'content', ARGV[9])
+  redis.call('SADD', KEYS[3], name)
 else
-  redis.call('SREM', 'essaim:cfg:names', name)
+  redis.call('SREM', KEYS[3], name)
 end
-for i = 9, #ARGV do
+for i = 10, #ARGV do
   redis.call('RPUSH', hkey, ARGV[i])
 end
-local rev = redis.call('INCR', 'essaim:cfg:rev')
-redis.call('PUBLISH', 'essaim:cfg:changes',
+local rev = redis.call('INCR', KEYS[4])
+redis.call(ARGV[1], KEYS[5],
            '{"rev":' .. rev .. ',"document":"' .. name .. '","version":' .. seq .. '}')
 return rev
 """
 
 
-# ARGV: document names. Returns {imported, rev, {version, hash, time, origin, content}...}
-# (fields false/None for an absent document): one command instead of a MULTI pipeline.
+# KEYS: imported, rev, then the doc key of each document. Returns {imported, rev,
+# {version, hash, time, origin, content}...} (fields false/None for an absent
+# document): one command instead of a MULTI pipeline.
 _READ = """
-local out = {redis.call('EXISTS', 'essaim:cfg:imported'), redis.call('GET', 'essaim:cfg:rev')}
-for i = 1, #ARGV do
-  out[#out + 1] = redis.call('HMGET', 'essaim:cfg:d:' .. ARGV[i],
+local out = {redis.call('EXISTS', KEYS[1]), redis.call('GET', KEYS[2])}
+for i = 3, #KEYS do
+  out[#out + 1] = redis.call('HMGET', KEYS[i],
                              'version', 'hash', 'time', 'origin', 'content')
 end
 return out
@@ -337,15 +348,22 @@ class ConfigStore:
         keep: int = HISTORY_KEPT,
         cache_size: int = 512,
         concurrency: int = 32,
+        replica_wait: float = 1.0,
         journal: Journal | None = None,
     ) -> None:
         self.redis = redis
         self.keep = keep
         self.journal = journal
-        self._restore = redis.register_script(_RESTORE)
         self._limit = asyncio.Semaphore(concurrency)
+        self.publish = publish_command(redis)
+        #: Behind Sentinel a write waits (up to ``replica_wait`` s) for one replica.
+        self.replicated = isinstance(
+            getattr(redis, "connection_pool", None), SentinelConnectionPool
+        )
+        self.replica_wait = replica_wait
         self._write = redis.register_script(_WRITE)
         self._read = redis.register_script(_READ)
+        self._restore = redis.register_script(_RESTORE)
         self._parsed: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._rendered: OrderedDict[str, bytes] = OrderedDict()
         self._cache_size = cache_size
@@ -391,9 +409,11 @@ class ConfigStore:
         so that the import can't overwrite this write.
         """
         mode = "1" if mark_imported else "2" if if_imported else "0"
-        args: list[str | int | bytes] = [self.keep, mode]
+        args: list[str | int | bytes] = [self.keep, mode, self.publish]
+        keys = [IMPORTED_KEY, FILES_KEY, SEQ_KEY, NAMES_KEY, REV_KEY, CHANNEL]
         texts: list[tuple[str | None, bytes | None]] = []
         for w in writes:
+            keys += [doc_key(w.name), history_key(w.name)]
             if not _ORIGIN_RE.match(w.origin):
                 raise ValueError(f"invalid origin {w.origin!r}")
             if w.only_file:
@@ -406,7 +426,20 @@ class ConfigStore:
                 hash_, text = content_hash(w.content), canonical(w.content)
                 args += [w.name, "put", hash_, w.origin, text, w.file]
                 texts.append((hash_, text))
-        now, flat, done = await self._call(self._write(args=args))
+        if self.replicated:
+            # Behind Sentinel: acknowledge once a replica has the write too
+            # (WAIT applies to the writes of its own connection: one pipeline).
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._write(keys=keys, args=args, client=cast(Any, pipe))
+                pipe.execute_command("WAIT", 1, int(self.replica_wait * 1000))
+                (now, flat, done), replicas = await self._call(pipe.execute())
+            if int(done) and not int(replicas):
+                logger.warning(
+                    "config write acknowledged by the primary only: no replica within %.1fs",
+                    self.replica_wait,
+                )
+        else:
+            now, flat, done = await self._call(self._write(keys=keys, args=args))
         if not int(done):
             raise NotImported("Redis holds no import of the config directory")
         results = []
@@ -447,9 +480,10 @@ class ConfigStore:
         """Put every document of the journal back into Redis (after Redis was emptied).
 
         One script per document: its current version, history, version
-        counter and file record, and a change published. The import flag is
-        left alone: the caller imports the directory next. Returns the names
-        restored.
+        counter and file record, and a change published; a document Redis
+        already holds at that version or later is left alone. The import flag
+        is left alone: the caller imports the directory next. Returns the
+        names found in the journal.
         """
         journal = self.journal
         if journal is None:
@@ -463,9 +497,24 @@ class ConfigStore:
                 if newest.deleted or newest.content is None
                 else [newest.version, newest.hash or "", newest.time, newest.origin, newest.content]
             )
-            args: list[str | int | bytes] = [name, newest.version, files.get(name, ""), *current]
+            keys = [
+                SEQ_KEY,
+                FILES_KEY,
+                NAMES_KEY,
+                REV_KEY,
+                CHANNEL,
+                doc_key(name),
+                history_key(name),
+            ]
+            args: list[str | int | bytes] = [
+                self.publish,
+                name,
+                newest.version,
+                files.get(name, ""),
+                *current,
+            ]
             args += [e.to_json() for e in entries[: self.keep]]
-            await self._call(self._restore(args=args))
+            await self._call(self._restore(keys=keys, args=args))
         return sorted(documents)
 
     async def sync_journal(self) -> int:
@@ -491,10 +540,9 @@ class ConfigStore:
             raw = await self._call(self.redis.lrange(history_key(name), 0, -1))
             entries += entries_from_history(name, map(str, raw))
         redis_files = await self.files()
-        files: dict[str, str | None] = {}
         if redis_files != await journal.files():
             await journal.replace_files(redis_files)
-        return await journal.record(entries, files)
+        return await journal.record(entries)
 
     # -- reading -----------------------------------------------------------------
 
@@ -546,7 +594,9 @@ class ConfigStore:
         One round trip; the contents are parsed once per hash (cached).
         """
         names = sources_of(app, profile)
-        imported, rev_raw, *docs = await self._call(self._read(args=names))
+        imported, rev_raw, *docs = await self._call(
+            self._read(keys=[IMPORTED_KEY, REV_KEY, *map(doc_key, names)])
+        )
         sources: list[Version] = []
         layers: list[Mapping[str, Any]] = []
         for name, (version, hash_, at, origin, content) in zip(names, docs, strict=True):

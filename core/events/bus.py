@@ -7,13 +7,17 @@ Producers should publish through the outbox (:mod:`core.events.outbox`), which
 never loses an event nor publishes one without its data change;
 :meth:`EventBus.publish` is the direct way, for events that may be lost with
 the request that made them. Consuming is :mod:`core.events.consumer`; dead
-letters are :mod:`core.events.dead_letters`. Keys, with the default prefix::
+letters are :mod:`core.events.dead_letters`. Keys, with the default prefix
+(``<type>`` an event type, ``<group>`` a consumer group)::
 
-    essaim:events:{type}           stream of the events of one type
-    essaim:events:retry:{group}    replayed dead letters, read by that group only
-    essaim:events:dead:{group}     dead letters of one group
+    essaim:events:{<type>}               stream of the events of one type (and its groups)
+    essaim:events:{group:<group>}:retry  replayed dead letters, read by that group only
+    essaim:events:{group:<group>}:dead   dead letters of one group
 
-Types and group names never contain ``:``, so the three families never collide.
+Each stream is its own hash tag, so on Redis Cluster the streams spread over
+the shards; a group's retry and dead-letter streams share theirs, since a
+replay moves entries from one to the other in one script. Types and group
+names never contain ``:`` (nor braces), so the families never collide.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 import orjson
 
 from core import trace
-from core.redis import Redis
+from core.redis import Redis, tag
 
 __all__ = [
     "PREFIX",
@@ -172,13 +176,13 @@ class Keys:
     prefix: str = PREFIX
 
     def stream(self, type: str) -> str:
-        return f"{self.prefix}{check_name('event type', type)}"
+        return self.prefix + tag(check_name("event type", type))
 
     def retry(self, group: str) -> str:
-        return f"{self.prefix}retry:{check_name('group', group)}"
+        return self.prefix + tag("group:" + check_name("group", group)) + ":retry"
 
     def dead(self, group: str) -> str:
-        return f"{self.prefix}dead:{check_name('group', group)}"
+        return self.prefix + tag("group:" + check_name("group", group)) + ":dead"
 
 
 class EventBus:

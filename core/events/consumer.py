@@ -25,7 +25,7 @@ from core import log, trace
 from core.db import Database
 from core.events.bus import PREFIX, AsyncHandler, Event, Keys, TxHandler, check_name, redis_fields
 from core.events.dead_letters import dead_fields
-from core.redis import REDIS_ERRORS, Backoff, Redis
+from core.redis import REDIS_ERRORS, Backoff, Redis, is_cluster
 
 logger = log.get("events")
 
@@ -107,6 +107,7 @@ class Consumer:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._busy = False
+        self._reads: dict[str, asyncio.Future[Any]] = {}
 
     async def start(self, *, wait: float | None = None) -> None:
         """Start consuming; with ``wait``, wait that long for the groups to exist.
@@ -132,6 +133,7 @@ class Consumer:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        self._drop_reads()
         self.connected.clear()
 
     async def _run(self) -> None:
@@ -157,14 +159,7 @@ class Consumer:
                 if self._stopping:
                     return
                 block = min(self.block_ms, int((next_claim - loop.time()) * 1000))
-                reply: Any = await self.redis.xreadgroup(
-                    self.group,
-                    self.consumer,
-                    dict.fromkeys(self.streams, ">"),
-                    count=self.batch,
-                    block=max(block, 1),
-                )
-                for stream, entries in reply or []:
+                for stream, entries in await self._read(max(block, 1)):
                     await self._process(stream, [(i, f, 1) for i, f in entries])
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -176,6 +171,7 @@ class Consumer:
                     )
                 ready = False
             except REDIS_ERRORS as exc:
+                self._drop_reads()
                 if self.connected.is_set() or backoff.attempt == 0:
                     logger.warning("consumer %s: no Redis (%s); retrying", self.group, exc)
                 self.connected.clear()
@@ -184,6 +180,53 @@ class Consumer:
             except Exception:
                 logger.exception("consumer %s: unexpected error; retrying", self.group)
                 await backoff.sleep()
+
+    async def _read(self, block: int) -> list[tuple[str, Any]]:
+        """New entries for this consumer, waiting up to ``block`` ms: ``[(stream, entries)]``.
+
+        One ``XREADGROUP`` over every stream, except on Cluster, where one
+        command may only name keys of one slot and each stream has its own:
+        there each stream keeps one blocking read in flight, across calls.
+        Such a read is never cancelled while the consumer runs, since one
+        the server already answered would leave its entries pending until
+        the visibility timeout.
+        """
+        if len(self.streams) == 1 or not is_cluster(self.redis):
+            reply: Any = await self.redis.xreadgroup(
+                self.group,
+                self.consumer,
+                dict.fromkeys(self.streams, ">"),
+                count=self.batch,
+                block=block,
+            )
+            return list(reply or [])
+        for stream in self.streams:
+            if stream not in self._reads:
+                self._reads[stream] = asyncio.ensure_future(
+                    self.redis.xreadgroup(
+                        self.group,
+                        self.consumer,
+                        {stream: ">"},
+                        count=self.batch,
+                        block=self.block_ms,
+                    )
+                )
+        done, _ = await asyncio.wait(
+            self._reads.values(), timeout=block / 1000, return_when=asyncio.FIRST_COMPLETED
+        )
+        out: list[tuple[str, Any]] = []
+        for stream, read in list(self._reads.items()):
+            if read in done:
+                del self._reads[stream]
+                out.extend(read.result() or [])
+        return out
+
+    def _drop_reads(self) -> None:
+        reads, self._reads = self._reads, {}
+        for read in reads.values():
+            read.cancel()
+            if read.done() and not read.cancelled():
+                read.exception()  # retrieved: it is the error being handled
 
     async def _create_groups(self, start: str) -> None:
         for stream in self.streams:
@@ -372,7 +415,12 @@ class Consumer:
     async def _dead_letter(
         self, stream: str, dead: list[tuple[str, Mapping[str, str], int, str]]
     ) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
+        # One transaction where the stream and the dead letters share a node;
+        # on Cluster they live in different slots, so the dead letters are
+        # written first and the acknowledgement follows: a crash in between
+        # dead-letters the message again later (a duplicate, never a loss).
+        cluster = is_cluster(self.redis)
+        async with self.redis.pipeline(transaction=not cluster) as pipe:
             for entry_id, fields, deliveries, error in dead:
                 pipe.xadd(
                     self.keys.dead(self.group),
@@ -380,8 +428,11 @@ class Consumer:
                         dead_fields(self.group, stream, entry_id, deliveries, error, fields)
                     ),
                 )
-            pipe.xack(stream, self.group, *[entry_id for entry_id, *_ in dead])
+            if not cluster:
+                pipe.xack(stream, self.group, *[entry_id for entry_id, *_ in dead])
             await pipe.execute()
+        if cluster:
+            await self.redis.xack(stream, self.group, *[entry_id for entry_id, *_ in dead])
         self.dead_lettered += len(dead)
         for entry_id, _, deliveries, error in dead:
             logger.error(

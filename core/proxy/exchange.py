@@ -205,7 +205,13 @@ class Exchange(ResponseSide):
                 self._refused(url, headers, problem)
                 return
             if guard.limiter is not None:
-                self.gated = True
+                decision = None if self.gated else guard.admit_now(self.user_id, client.peer)
+                if decision is None:
+                    self.gated = True  # start() awaits Redis' decision
+                elif decision.allowed:
+                    self.rate_lines = guard.rate_headers(decision)
+                else:
+                    self.problem = guard.limiter.problem(decision)
         self.head = head
         self.request_line = request_line
         self.plan = head.plan

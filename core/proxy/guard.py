@@ -12,7 +12,9 @@ pay nothing. Per request:
    a token but the gateway has no key set). :class:`~core.security.tokens.UnknownKeyError`
    means the key set must be refreshed first: :meth:`identify_async`.
 2. :meth:`admit` takes a token from the route's bucket in Redis (keyed by the
-   user id, else the client address) and returns the decision; the caller
+   user id, else the client address) and returns the decision (with a
+   ``synced`` limit, :meth:`admit_now` decides from the local bucket without
+   waiting, see :mod:`core.security.synced`); the caller
    answers :meth:`~core.security.ratelimit.RateLimiter.problem` when refused and adds
    :meth:`rate_headers` to the response otherwise.
 
@@ -26,6 +28,7 @@ from core.errors import ServiceUnavailable
 from core.proxy.wire import header_value
 from core.security.access import Policy, authorize, authorize_async
 from core.security.ratelimit import Decision, RateLimiter, rate_key
+from core.security.synced import SyncedRateLimiter
 from core.security.tokens import Identity, Verifier
 
 __all__ = ["Guard"]
@@ -34,7 +37,7 @@ __all__ = ["Guard"]
 class Guard:
     """The checks of one route: ``policy`` with ``verifier``, and ``limiter`` if limited."""
 
-    __slots__ = ("limiter", "policy", "route_id", "verifier")
+    __slots__ = ("decide", "limiter", "policy", "route_id", "verifier")
 
     def __init__(
         self,
@@ -47,6 +50,8 @@ class Guard:
         self.policy = policy
         self.verifier = verifier
         self.limiter = limiter
+        # A synced limiter decides from memory (core.security.synced).
+        self.decide = limiter.decide if isinstance(limiter, SyncedRateLimiter) else None
 
     def _verifier(self) -> Verifier:
         if self.verifier is None:
@@ -71,6 +76,17 @@ class Guard:
         """The rate limit's decision for this request (allowed when not limited)."""
         assert self.limiter is not None
         return await self.limiter.check(self.route_id, rate_key(user_id, address))
+
+    def admit_now(self, user_id: str | None, address: bytes) -> Decision | None:
+        """The decision without waiting when the limit is ``synced`` and knows the key, else None.
+
+        None means :meth:`admit` must be awaited (the exact mode, or a key
+        this process has not read from Redis yet).
+        """
+        decide = self.decide
+        if decide is None:
+            return None
+        return decide(self.route_id, rate_key(user_id, address.decode("latin-1")))
 
     def rate_headers(self, decision: Decision) -> bytes:
         """``X-RateLimit-*`` response header lines for an allowed request."""

@@ -48,6 +48,7 @@ __all__ = ["ClientConnection", "Limits", "ProxyServer"]
 _PIPELINE = 4  # too many requests queued
 _UPGRADE = 8  # an upgrade is being negotiated
 _LINGER_SECONDS = 2.0
+_FRESH_GRACE_SECONDS = 1.0
 
 
 class _HeadTooLarge(Exception):
@@ -429,8 +430,9 @@ class ProxyServer:
 
     Call it to get a :class:`ClientConnection`. :meth:`start` starts the
     deadline sweep; :meth:`drain` (on shutdown, after the listener stopped
-    accepting) closes idle connections, lets exchanges in flight finish
-    within a bound, then cuts the rest.
+    accepting) closes idle keep-alive connections, gives those accepted but
+    without a request yet a second to send it, lets exchanges in flight
+    finish within a bound, then cuts the rest.
 
     ``health_path`` (bytes, empty for none) is answered by the gateway itself
     for load balancers in front of it: 200 ``{"status": "UP"}`` while it
@@ -505,8 +507,16 @@ class ProxyServer:
     async def drain(self, timeout: float) -> None:
         """Let requests in flight finish within ``timeout`` seconds, then close everything."""
         self.draining = True
+        grace = self.loop.time() + _FRESH_GRACE_SECONDS
         for conn in list(self.connections):
             if conn.current is None and not conn.in_head and conn.tunnel is None:
+                if conn.http11 is None:
+                    # Accepted, first request not read yet: it is likely on its
+                    # way (the listener stopped a moment ago), and closing now
+                    # would fail a request nobody sent twice. It is answered,
+                    # then closed; one that sends nothing is closed by the sweep.
+                    conn.deadline = min(conn.deadline, grace)
+                    continue
                 conn.closing = True
                 conn.transport.close()
         if self.connections:

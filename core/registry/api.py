@@ -18,6 +18,7 @@ from core.errors import NotFound
 from core.http import json_response, read_json, redis_health, require_bearer
 from core.metrics import HTTPMetrics
 from core.redis import Redis
+from core.registry import openapi
 from core.registry.events import EventHub, stream_events
 from core.registry.expiry import Expirer
 from core.registry.store import (
@@ -48,7 +49,7 @@ class Dynamic:
 
 # Typed application keys, set by ``registry.build_app`` and its cleanup contexts.
 TOKEN = web.AppKey("token", Secret)
-REDIS = web.AppKey("redis", Redis)
+REDIS: web.AppKey[Redis] = web.AppKey("redis")
 STORE = web.AppKey("store", RegistryStore)
 HUB = web.AppKey("hub", EventHub)
 METRICS = web.AppKey("metrics", HTTPMetrics)
@@ -85,6 +86,7 @@ async def register(request: web.Request) -> web.Response:
     default_ttl = request.app[DYNAMIC].current.default_ttl
     instance = parse_registration(service, instance_id, body, default_ttl)
     rev, created = await request.app[STORE].register(instance)
+    request.app[EXPIRER].poke()  # its deadline may come before the one the expirer waits for
     stored = await request.app[STORE].get(service, instance_id)
     doc = (stored or instance).to_dict()
     return json_response({"rev": rev, "instance": doc}, status=201 if created else 200)
@@ -192,7 +194,6 @@ async def health(request: web.Request) -> web.Response:
     body = {
         "status": "UP" if redis_ok else "DEGRADED",
         "redis": "UP" if redis_ok else "DOWN",
-        "keyspace_notifications": app[EXPIRER].notifications,
         "config": app[CONFIG].describe(),
     }
     return json_response(body, status=200 if redis_ok else 503)
@@ -211,3 +212,4 @@ def add_routes(app: web.Application, metrics: HTTPMetrics) -> None:
     app.router.add_get("/v1/prometheus/targets", prometheus_targets)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics.handle)
+    app.router.add_get("/openapi.json", openapi.build().handle)

@@ -94,7 +94,7 @@ def _port(value: Any, field: str) -> tuple[int | None, bool]:
         value = value.get("$")
     if value is None:
         return None, False
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and _digits(value):
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
         raise BadRequest(f"{field!r} must be a port number or {{'$': port, '@enabled': bool}}")
@@ -173,9 +173,11 @@ def from_eureka(
     if not isinstance(lease, dict):
         raise BadRequest("'leaseInfo' must be an object")
     ttl = lease.get("durationInSecs") or default_ttl
-    if isinstance(ttl, str) and ttl.isdigit():
+    if isinstance(ttl, str) and _digits(ttl):
         ttl = int(ttl)
     renewal = lease.get("renewalIntervalInSecs")
+    if renewal is not None and not _digits(str(renewal)):
+        raise BadRequest("'leaseInfo.renewalIntervalInSecs' must be a number of seconds")
     own = doc.get("metadata") or {}
     if not isinstance(own, dict):
         raise BadRequest("'metadata' must be an object of strings")
@@ -223,6 +225,16 @@ def _ms(iso_time: str | None) -> int:
     return int(datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp() * 1000)
 
 
+def _int(value: str | None, default: int) -> int:
+    """``value`` as a number; ``default`` when absent or not one (metadata is anyone's to PATCH)."""
+    return int(value) if value is not None and _digits(value) else default
+
+
+def _digits(text: str) -> bool:
+    """Whether ``text`` is a plain decimal number (``str.isdigit`` also takes ``²``)."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
+
+
 def shown_status(inst: Instance) -> str:
     """The status Eureka clients see: the native one, ``UNKNOWN`` where it was reported so."""
     if inst.status == "STARTING" and inst.metadata.get(META + "status") == "UNKNOWN":
@@ -237,12 +249,12 @@ def to_eureka(inst: Instance, action: str | None = None) -> dict[str, Any]:
     renewed = _ms(inst.last_heartbeat) or registered
     host_name = meta.get(META + "hostName", inst.host)
     if inst.scheme == "https":
-        port = {"$": int(meta.get(META + "port", "0")), "@enabled": "false"}
+        port = {"$": _int(meta.get(META + "port"), 0), "@enabled": "false"}
         secure = {"$": inst.port, "@enabled": "true"}
     else:
         port = {"$": inst.port, "@enabled": "true"}
-        secure_port = meta.get(META + "securePort")
-        secure = {"$": int(secure_port or 443), "@enabled": "true" if secure_port else "false"}
+        secure_port = _int(meta.get(META + "securePort"), 0)
+        secure = {"$": secure_port or 443, "@enabled": "true" if secure_port else "false"}
     base = f"{inst.scheme}://{host_name}:{inst.port}/"
     doc: dict[str, Any] = {
         "instanceId": inst.id,
@@ -259,8 +271,8 @@ def to_eureka(inst: Instance, action: str | None = None) -> dict[str, Any]:
             "name": meta.get(META + "dataCenterInfo.name", "MyOwn"),
         },
         "leaseInfo": {
-            "renewalIntervalInSecs": int(
-                meta.get(META + "renewalIntervalInSecs", max(1, inst.ttl // 3))
+            "renewalIntervalInSecs": _int(
+                meta.get(META + "renewalIntervalInSecs"), max(1, inst.ttl // 3)
             ),
             "durationInSecs": inst.ttl,
             "registrationTimestamp": registered,
@@ -435,10 +447,10 @@ async def renew(request: web.Request) -> web.Response:
             f"instance {service}/{instance_id} is not registered (unknown or expired): register again"
         )
     given = request.query.get("lastDirtyTimestamp", "")
-    if given.isdigit():
+    if _digits(given):
         current = await store.get(service, instance_id)
         known = current.metadata.get(META + "lastDirtyTimestamp", "") if current else ""
-        if known.isdigit() and int(given) > int(known):
+        if _digits(known) and int(given) > int(known):
             # Eureka's rule: the client has changed since it registered: register again.
             raise NotFound(
                 f"instance {service}/{instance_id} changed since it registered: register again"

@@ -2,23 +2,26 @@
 
 The registry HTTP service, :class:`core.registry.discovery.Registration` and
 :class:`core.registry.discovery.Watcher` all go through :class:`RegistryStore`, so the
-key layout lives here only. Every change is one Lua script: it changes the
-keys, bumps the revision, appends the event to the retained event stream and
-publishes it, atomically. Keys (``{s}`` a service, ``{i}`` an instance id)::
+key layout lives here only (:func:`index_key`, :func:`service_keys`, ...). Every
+change is one Lua script: it changes the keys, bumps the revision, appends the
+event to the retained event stream and publishes it, atomically. Keys (``<s>``
+a service, ``<i>`` an instance id); every key carries the hash tag ``{reg}``,
+so on Redis Cluster they all live in one slot and one script may touch several::
 
-    essaim:reg:rev            counter, the revision of the last change
-    essaim:reg:services       set of service names ever registered
-    essaim:reg:s:{s}          hash id -> instance JSON (the index; source of events)
-    essaim:reg:hb:{s}         hash id -> last heartbeat, epoch ms
-    essaim:reg:i:{s}:{i}      string (the TTL in ms) with a TTL: the instance is alive
-    essaim:reg:events         stream of events, entry id "{rev}-0", about 10,000 kept
-    essaim:reg:changes        pub/sub channel: {rev, type, service, instance}
+    essaim:{reg}:rev          counter, the revision of the last change
+    essaim:{reg}:services     set of service names ever registered
+    essaim:{reg}:s:<s>        hash id -> instance JSON (the index; source of events)
+    essaim:{reg}:hb:<s>       hash id -> last heartbeat, epoch ms (Redis clock)
+    essaim:{reg}:ttl:<s>      hash id -> TTL in ms
+    essaim:{reg}:deadlines    sorted set "<s>/<i>" -> epoch ms at which the instance expires
+    essaim:{reg}:events       stream of events, entry id "<rev>-0", about 10,000 kept
+    essaim:{reg}:changes      pub/sub channel (sharded on Cluster): {rev, type, service, instance}
 
-An instance is alive while its ``i`` key exists. When that key expires, the
-registry's expirer (keyspace notification or sweep) runs :data:`_EXPIRE`,
-which removes the index entry and publishes ``down`` exactly once.
-The scripts touch keys they compute, so the layout needs one Redis node (no
-Cluster).
+An instance is alive while its deadline is in the future (Redis clock). The
+registry's expirer (:mod:`core.registry.expiry`) asks which deadlines have
+passed and runs :data:`_EXPIRE` for each, which removes the index entry and
+publishes ``down`` exactly once. Every script receives every key it touches
+in ``KEYS`` (Cluster's rule); the names are built here, in Python.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from core.redis import Redis
+from core.redis import Redis, publish_command, tag
 from core.registry.model import (
     HOSTNAME_RE,
     SERVICE_RE,
@@ -42,6 +45,7 @@ from core.registry.model import (
 
 __all__ = [
     "CHANNEL",
+    "DEADLINES_KEY",
     "EVENTS_KEY",
     "HOSTNAME_RE",
     "REV_KEY",
@@ -56,12 +60,12 @@ __all__ = [
     "parse_registration",
 ]
 
-PREFIX = "essaim:reg:"
+PREFIX = "essaim:" + tag("reg") + ":"
 REV_KEY = PREFIX + "rev"
 SERVICES_KEY = PREFIX + "services"
+DEADLINES_KEY = PREFIX + "deadlines"
 EVENTS_KEY = PREFIX + "events"
 CHANNEL = PREFIX + "changes"
-INSTANCE_PREFIX = PREFIX + "i:"
 EVENTS_RETAINED = 10_000
 
 
@@ -73,19 +77,35 @@ def heartbeat_key(service: str) -> str:
     return f"{PREFIX}hb:{service}"
 
 
-def instance_key(service: str, instance_id: str) -> str:
-    return f"{INSTANCE_PREFIX}{service}:{instance_id}"
+def ttl_key(service: str) -> str:
+    return f"{PREFIX}ttl:{service}"
 
 
-def parse_instance_key(key: str) -> tuple[str, str] | None:
-    """``(service, id)`` from an instance key, or None for any other key."""
-    if not key.startswith(INSTANCE_PREFIX):
-        return None
-    service, sep, instance_id = key[len(INSTANCE_PREFIX) :].partition(":")
-    return (service, instance_id) if sep else None
+def member(service: str, instance_id: str) -> str:
+    """An instance's member in the deadlines set (neither name may hold ``/``)."""
+    return f"{service}/{instance_id}"
+
+
+def parse_member(value: str) -> tuple[str, str] | None:
+    """``(service, id)`` from a deadlines member, or None for anything else."""
+    service, sep, instance_id = value.partition("/")
+    return (service, instance_id) if sep and service and instance_id else None
+
+
+def service_keys(service: str) -> list[str]:
+    """The ``KEYS`` of every per-instance script, in the order the scripts read them."""
+    return [
+        REV_KEY, EVENTS_KEY, CHANNEL, SERVICES_KEY, DEADLINES_KEY,
+        index_key(service), heartbeat_key(service), ttl_key(service),
+    ]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- scripts
+# Per-instance scripts take KEYS = service_keys(service):
+#   1 rev, 2 events, 3 channel, 4 services, 5 deadlines, 6 index, 7 heartbeats, 8 ttls
+# and ARGV = publish command (PUBLISH or SPUBLISH), events retained, service, id, ...
+# The channel is passed in KEYS too: on Cluster a sharded channel must be in
+# the script's slot, and declaring it lets the server check.
 
 _NOW = """
 local t = redis.call('TIME')
@@ -95,120 +115,130 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # Shared tail: bump the revision, retain and publish the event. Expects
 # `service`, `kind` and `instance_json` to be set.
 _EMIT = """
-local rev = redis.call('INCR', 'essaim:reg:rev')
+local rev = redis.call('INCR', KEYS[1])
 local event = '{"rev":' .. rev .. ',"type":"' .. kind .. '","service":"' .. service ..
               '","instance":' .. instance_json .. '}'
-redis.call('XADD', 'essaim:reg:events', 'MAXLEN', '~', ARGV[#ARGV], rev .. '-0', 'e', event)
-redis.call('PUBLISH', 'essaim:reg:changes', event)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], rev .. '-0', 'e', event)
+redis.call(ARGV[1], KEYS[3], event)
 """
 
-# ARGV: service, id, instance_json, ttl_ms, retained
+# ARGV tail: instance_json, ttl_ms. Returns {rev, created}.
 _REGISTER = (
     _NOW
     + """
-local service, id, instance_json, ttl = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local ikey = 'essaim:reg:i:' .. service .. ':' .. id
-local created = redis.call('HSET', 'essaim:reg:s:' .. service, id, instance_json)
-redis.call('SET', ikey, ttl, 'PX', ttl)
-redis.call('HSET', 'essaim:reg:hb:' .. service, id, now)
-redis.call('SADD', 'essaim:reg:services', service)
+local service, id, instance_json, ttl = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+local created = redis.call('HSET', KEYS[6], id, instance_json)
+redis.call('HSET', KEYS[7], id, now)
+redis.call('HSET', KEYS[8], id, ttl)
+redis.call('ZADD', KEYS[5], now + ttl, service .. '/' .. id)
+redis.call('SADD', KEYS[4], service)
 local kind = 'register'
 """
     + _EMIT
     + "return {rev, created}"
 )
 
-# ARGV: service, id. Returns 1, or 0 when the instance is unknown or expired.
+# Returns 1, or 0 when the instance is unknown or its deadline has passed.
 _HEARTBEAT = (
     _NOW
     + """
-local ikey = 'essaim:reg:i:' .. ARGV[1] .. ':' .. ARGV[2]
-local ttl = redis.call('GET', ikey)
-if not ttl then return 0 end
-redis.call('SET', ikey, ttl, 'PX', ttl)
-redis.call('HSET', 'essaim:reg:hb:' .. ARGV[1], ARGV[2], now)
+local m = ARGV[3] .. '/' .. ARGV[4]
+local deadline = tonumber(redis.call('ZSCORE', KEYS[5], m) or '0')
+local ttl = tonumber(redis.call('HGET', KEYS[8], ARGV[4]) or '0')
+if deadline <= now or ttl <= 0 then return 0 end
+redis.call('ZADD', KEYS[5], now + ttl, m)
+redis.call('HSET', KEYS[7], ARGV[4], now)
 return 1
 """
 )
 
-# ARGV: service, id, expected_json, new_json, retained. Returns rev; 0 unknown; -1 changed meanwhile.
+# ARGV tail: expected_json, new_json. Returns rev; 0 unknown; -1 changed meanwhile.
 _UPDATE = (
-    """
-local service, id = ARGV[1], ARGV[2]
-if redis.call('EXISTS', 'essaim:reg:i:' .. service .. ':' .. id) == 0 then return 0 end
-local current = redis.call('HGET', 'essaim:reg:s:' .. service, id)
-if current ~= ARGV[3] then return -1 end
-local instance_json = ARGV[4]
-redis.call('HSET', 'essaim:reg:s:' .. service, id, instance_json)
+    _NOW
+    + """
+local service, id = ARGV[3], ARGV[4]
+local deadline = tonumber(redis.call('ZSCORE', KEYS[5], service .. '/' .. id) or '0')
+if deadline <= now then return 0 end
+local current = redis.call('HGET', KEYS[6], id)
+if current ~= ARGV[5] then return -1 end
+local instance_json = ARGV[6]
+redis.call('HSET', KEYS[6], id, instance_json)
 local kind = 'update'
 """
     + _EMIT
     + "return rev"
 )
 
-# ARGV: service, id, retained. Returns rev, or 0 when unknown.
+# Returns rev, or 0 when unknown.
 _DEREGISTER = (
     """
-local service, id = ARGV[1], ARGV[2]
-local instance_json = redis.call('HGET', 'essaim:reg:s:' .. service, id)
+local service, id = ARGV[3], ARGV[4]
+local instance_json = redis.call('HGET', KEYS[6], id)
+redis.call('ZREM', KEYS[5], service .. '/' .. id)
 if not instance_json then return 0 end
-redis.call('HDEL', 'essaim:reg:s:' .. service, id)
-redis.call('HDEL', 'essaim:reg:hb:' .. service, id)
-redis.call('DEL', 'essaim:reg:i:' .. service .. ':' .. id)
+redis.call('HDEL', KEYS[6], id)
+redis.call('HDEL', KEYS[7], id)
+redis.call('HDEL', KEYS[8], id)
 local kind = 'deregister'
 """
     + _EMIT
     + "return rev"
 )
 
-# ARGV: service, id, retained. Publishes `down` once, if the instance's key is gone.
+# Publishes `down` once, if the instance's deadline has passed. Returns rev, or 0.
 _EXPIRE = (
-    """
-local service, id = ARGV[1], ARGV[2]
-if redis.call('EXISTS', 'essaim:reg:i:' .. service .. ':' .. id) == 1 then return 0 end
-local instance_json = redis.call('HGET', 'essaim:reg:s:' .. service, id)
+    _NOW
+    + """
+local service, id = ARGV[3], ARGV[4]
+local m = service .. '/' .. id
+local deadline = redis.call('ZSCORE', KEYS[5], m)
+if deadline and tonumber(deadline) > now then return 0 end
+redis.call('ZREM', KEYS[5], m)
+local instance_json = redis.call('HGET', KEYS[6], id)
 if not instance_json then return 0 end
-redis.call('HDEL', 'essaim:reg:s:' .. service, id)
-redis.call('HDEL', 'essaim:reg:hb:' .. service, id)
+redis.call('HDEL', KEYS[6], id)
+redis.call('HDEL', KEYS[7], id)
+redis.call('HDEL', KEYS[8], id)
 local kind = 'down'
 """
     + _EMIT
     + "return rev"
 )
 
-# ARGV: retained. Expires every instance whose key is gone; returns how many.
-_SWEEP = (
-    """
-local expired = 0
-for _, service in ipairs(redis.call('SMEMBERS', 'essaim:reg:services')) do
-  local index = redis.call('HKEYS', 'essaim:reg:s:' .. service)
-  for _, id in ipairs(index) do
-    if redis.call('EXISTS', 'essaim:reg:i:' .. service .. ':' .. id) == 0 then
-      local instance_json = redis.call('HGET', 'essaim:reg:s:' .. service, id)
-      redis.call('HDEL', 'essaim:reg:s:' .. service, id)
-      redis.call('HDEL', 'essaim:reg:hb:' .. service, id)
-      local kind = 'down'
-"""
-    + _EMIT.replace("\n", "\n      ")
+# KEYS[1] deadlines; ARGV[1] at most this many. Returns {ms until the next
+# deadline (-1: none), {members whose deadline has passed}}.
+_DUE = (
+    _NOW
     + """
-      expired = expired + 1
-    end
-  end
-end
-return expired
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local nxt = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local wait = -1
+if #nxt > 0 then wait = tonumber(nxt[2]) - now end
+return {wait, due}
 """
 )
 
-# No ARGV. Returns {rev, service1, {id, json, ...}, service2, {...}, ...} for live instances.
-_SNAPSHOT = """
-local out = {tonumber(redis.call('GET', 'essaim:reg:rev') or '0')}
-for _, service in ipairs(redis.call('SMEMBERS', 'essaim:reg:services')) do
-  local flat = redis.call('HGETALL', 'essaim:reg:s:' .. service)
+# KEYS: rev, services, deadlines, then the index of each service in ARGV.
+# ARGV: every service name. Returns {rev, service1, {id, json, ...}, ...} for
+# live instances, or {-1, {names}} when ARGV is not the current set of
+# services (the caller retries with those names: the keys a script touches
+# must be named before it runs).
+_SNAPSHOT = (
+    _NOW
+    + """
+local ok = redis.call('SCARD', KEYS[2]) == #ARGV
+for i = 1, #ARGV do
+  if ok and redis.call('SISMEMBER', KEYS[2], ARGV[i]) == 0 then ok = false end
+end
+if not ok then return {-1, redis.call('SMEMBERS', KEYS[2])} end
+local out = {tonumber(redis.call('GET', KEYS[1]) or '0')}
+for i, service in ipairs(ARGV) do
+  local flat = redis.call('HGETALL', KEYS[i + 3])
   local live = {}
-  for i = 1, #flat, 2 do
-    if redis.call('EXISTS', 'essaim:reg:i:' .. service .. ':' .. flat[i]) == 1 then
-      live[#live + 1] = flat[i]
-      live[#live + 1] = flat[i + 1]
+  for j = 1, #flat, 2 do
+    if tonumber(redis.call('ZSCORE', KEYS[3], service .. '/' .. flat[j]) or '0') > now then
+      live[#live + 1] = flat[j]
+      live[#live + 1] = flat[j + 1]
     end
   end
   out[#out + 1] = service
@@ -216,21 +246,40 @@ for _, service in ipairs(redis.call('SMEMBERS', 'essaim:reg:services')) do
 end
 return out
 """
+)
 
-# ARGV: service. Returns {rev, id, json, heartbeat_ms, ...} for its live instances.
-_LIST = """
+# KEYS: rev, index, heartbeats, deadlines; ARGV: service.
+# Returns {rev, id, json, heartbeat_ms, ...} for its live instances.
+_LIST = (
+    _NOW
+    + """
 local service = ARGV[1]
-local flat = redis.call('HGETALL', 'essaim:reg:s:' .. service)
-local out = {tonumber(redis.call('GET', 'essaim:reg:rev') or '0')}
+local flat = redis.call('HGETALL', KEYS[2])
+local out = {tonumber(redis.call('GET', KEYS[1]) or '0')}
 for i = 1, #flat, 2 do
-  if redis.call('EXISTS', 'essaim:reg:i:' .. service .. ':' .. flat[i]) == 1 then
+  if tonumber(redis.call('ZSCORE', KEYS[4], service .. '/' .. flat[i]) or '0') > now then
     out[#out + 1] = flat[i]
     out[#out + 1] = flat[i + 1]
-    out[#out + 1] = redis.call('HGET', 'essaim:reg:hb:' .. service, flat[i]) or '0'
+    out[#out + 1] = redis.call('HGET', KEYS[3], flat[i]) or '0'
   end
 end
 return out
 """
+)
+
+# KEYS: deadlines, index, heartbeats; ARGV: service, id. Returns {json, heartbeat_ms}
+# of a live instance, or an empty list.
+_GET = (
+    _NOW
+    + """
+if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[1] .. '/' .. ARGV[2]) or '0') <= now then
+  return {}
+end
+local raw = redis.call('HGET', KEYS[2], ARGV[2])
+if not raw then return {} end
+return {raw, redis.call('HGET', KEYS[3], ARGV[2]) or '0'}
+"""
+)
 
 
 class RegistryStore:
@@ -244,41 +293,44 @@ class RegistryStore:
     def __init__(self, redis: Redis, *, retained: int = EVENTS_RETAINED) -> None:
         self.redis = redis
         self.retained = retained
+        self.publish = publish_command(redis)
         self._register = redis.register_script(_REGISTER)
         self._heartbeat = redis.register_script(_HEARTBEAT)
         self._update = redis.register_script(_UPDATE)
         self._deregister = redis.register_script(_DEREGISTER)
         self._expire = redis.register_script(_EXPIRE)
-        self._sweep = redis.register_script(_SWEEP)
+        self._due = redis.register_script(_DUE)
         self._snapshot = redis.register_script(_SNAPSHOT)
         self._list = redis.register_script(_LIST)
+        self._get = redis.register_script(_GET)
+        # The service names the last snapshot saw: the next one names their keys.
+        self._names: list[str] = []
+
+    def _args(self, service: str, instance_id: str, *rest: str | bytes | int) -> list[Any]:
+        return [self.publish, self.retained, service, instance_id, *rest]
 
     async def register(self, instance: Instance) -> tuple[int, bool]:
         """Store (or replace) ``instance`` with its TTL; ``(rev, created)``."""
         rev, created = await self._register(
-            args=[
-                instance.service,
-                instance.id,
-                instance.stored(),
-                instance.ttl * 1000,
-                self.retained,
-            ]
+            keys=service_keys(instance.service),
+            args=self._args(instance.service, instance.id, instance.stored(), instance.ttl * 1000),
         )
         return int(rev), bool(created)
 
     async def heartbeat(self, service: str, instance_id: str) -> bool:
         """Renew the TTL; False when the instance is unknown or already expired."""
-        return bool(await self._heartbeat(args=[service, instance_id]))
+        return bool(
+            await self._heartbeat(keys=service_keys(service), args=self._args(service, instance_id))
+        )
 
     async def get(self, service: str, instance_id: str) -> Instance | None:
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.exists(instance_key(service, instance_id))
-        pipe.hget(index_key(service), instance_id)
-        pipe.hget(heartbeat_key(service), instance_id)
-        alive, raw, hb = await pipe.execute()
-        if not alive or raw is None:
+        found = await self._get(
+            keys=[DEADLINES_KEY, index_key(service), heartbeat_key(service)],
+            args=[service, instance_id],
+        )
+        if not found:
             return None
-        return Instance.from_json(raw, hb)
+        return Instance.from_json(found[0], found[1])
 
     async def update(
         self, service: str, instance_id: str, changes: Mapping[str, Any]
@@ -305,7 +357,10 @@ class RegistryStore:
             current = Instance.from_json(raw)
             new = dataclasses.replace(current, **change(current))
             rev = int(
-                await self._update(args=[service, instance_id, raw, new.stored(), self.retained])
+                await self._update(
+                    keys=service_keys(service),
+                    args=self._args(service, instance_id, raw, new.stored()),
+                )
             )
             if rev == 0:
                 return None
@@ -315,15 +370,37 @@ class RegistryStore:
 
     async def deregister(self, service: str, instance_id: str) -> int:
         """Remove the instance; its revision, or 0 when it was unknown."""
-        return int(await self._deregister(args=[service, instance_id, self.retained]))
+        return int(
+            await self._deregister(
+                keys=service_keys(service), args=self._args(service, instance_id)
+            )
+        )
 
     async def expire(self, service: str, instance_id: str) -> int:
-        """Publish ``down`` for an instance whose key has expired; 0 if alive or already done."""
-        return int(await self._expire(args=[service, instance_id, self.retained]))
+        """Publish ``down`` for an instance whose deadline has passed; 0 if alive or already done."""
+        return int(
+            await self._expire(keys=service_keys(service), args=self._args(service, instance_id))
+        )
 
-    async def sweep(self) -> int:
-        """Expire every instance whose key is gone; how many were."""
-        return int(await self._sweep(args=[self.retained]))
+    async def due(self, limit: int = 1000) -> tuple[list[tuple[str, str]], float | None]:
+        """Instances whose deadline has passed (at most ``limit``), and seconds until the next one.
+
+        The wait is None when no instance is registered.
+        """
+        wait_ms, members = await self._due(keys=[DEADLINES_KEY], args=[limit])
+        found = [parsed for m in members if (parsed := parse_member(m)) is not None]
+        return found, (None if int(wait_ms) < 0 else int(wait_ms) / 1000)
+
+    async def sweep(self, limit: int = 1000) -> tuple[int, float | None]:
+        """Expire every instance whose deadline has passed: ``(how many, seconds to the next)``."""
+        count = 0
+        while True:
+            found, wait = await self.due(limit)
+            for service, instance_id in found:
+                if await self.expire(service, instance_id):
+                    count += 1
+            if len(found) < limit:
+                return count, wait
 
     async def snapshot(
         self, parsed: dict[str, Instance] | None = None
@@ -335,7 +412,15 @@ class RegistryStore:
         same objects come back, so comparing snapshots is cheap) and is
         replaced in place by the entries of this snapshot.
         """
-        flat = await self._snapshot()
+        names = self._names
+        while True:
+            flat = await self._snapshot(
+                keys=[REV_KEY, SERVICES_KEY, DEADLINES_KEY, *map(index_key, names)], args=names
+            )
+            if int(flat[0]) >= 0:
+                break
+            # A service was added since the last snapshot: name its keys and ask again.
+            names = self._names = sorted(str(n) for n in flat[1])
         rev = int(flat[0])
         previous = parsed if parsed is not None else {}
         seen: dict[str, Instance] = {}
@@ -361,7 +446,10 @@ class RegistryStore:
 
     async def listing(self, service: str) -> tuple[int, list[Instance]]:
         """``(rev, instances)``: :meth:`instances` and the revision they are at, read atomically."""
-        flat = await self._list(args=[service])
+        flat = await self._list(
+            keys=[REV_KEY, index_key(service), heartbeat_key(service), DEADLINES_KEY],
+            args=[service],
+        )
         out = [Instance.from_json(flat[i + 1], flat[i + 2]) for i in range(1, len(flat), 3)]
         return int(flat[0]), sorted(out, key=lambda inst: inst.id)
 

@@ -8,6 +8,8 @@ Public face:
 - key sets (:class:`core.security.jwks.KeySet`)
   and token verification (:mod:`core.security.tokens`);
 - route policies (:mod:`core.security.access`);
-- token-bucket rate limits (:mod:`core.security.ratelimit`) over a small
-  pipelined RESP connection (:mod:`core.security.resp`).
+- token-bucket rate limits (:mod:`core.security.ratelimit`, exact; and
+  :mod:`core.security.synced`, decided locally and reconciled every few
+  milliseconds) over a small pipelined RESP connection
+  (:mod:`core.security.resp`).
 """

@@ -20,8 +20,10 @@ The script runs through :class:`core.security.resp.RespClient`, one pipelined
 connection, because redis-py's per-command cost (about 100 µs of CPU) would
 be several times the cost of proxying the request itself.
 
-Redis layout: one hash per bucket, ``essaim:rl:{route_id}:{key}`` with fields
-``tokens`` and ``ts`` (seconds, Redis clock).
+Redis layout: one hash per bucket, ``essaim:rl:<route_id>:<key>`` (built by
+:func:`bucket_key` only) with fields ``tokens`` and ``ts`` (seconds, Redis
+clock). The script touches that one key, so no hash tag: on Redis Cluster the
+whole name is hashed and buckets spread over the shards.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from core.security.resp import RespClient, RespError, Script
 
 logger = log.get("ratelimit")
 
-__all__ = ["KEY_PREFIX", "Decision", "RateLimitPolicy", "RateLimiter", "rate_key"]
+__all__ = ["KEY_PREFIX", "Decision", "RateLimitPolicy", "RateLimiter", "bucket_key", "rate_key"]
 
 KEY_PREFIX = "essaim:rl:"
 
@@ -78,12 +80,17 @@ class RateLimitPolicy:
     ``replenish_rate`` tokens a second, at most ``burst_capacity`` in the
     bucket, ``requested_tokens`` per request (one request a minute is rate 1,
     requested 60, burst 60); ``fail_open`` decides when Redis is unreachable.
+    ``mode`` is ``exact`` (one Redis round trip per request, never
+    over-admits) or ``synced`` (a local bucket per process, reconciled with
+    Redis every ``sync_interval`` seconds: see :mod:`core.security.synced`).
     """
 
     replenish_rate: int = 10
     burst_capacity: int = 20
     requested_tokens: int = 1
     fail_open: bool = True
+    mode: str = "exact"
+    sync_interval: float = 0.005
 
     def __post_init__(self) -> None:
         if self.replenish_rate < 1:
@@ -94,6 +101,12 @@ class RateLimitPolicy:
             raise SettingsError(
                 f"rate_limit: expected 1 <= requested_tokens ({self.requested_tokens}) "
                 f"<= burst_capacity ({self.burst_capacity})"
+            )
+        if self.mode not in ("exact", "synced"):
+            raise SettingsError(f"rate_limit: mode: expected exact or synced, got {self.mode!r}")
+        if not 0.001 <= self.sync_interval <= 1.0:
+            raise SettingsError(
+                f"rate_limit: sync_interval: expected 0.001 to 1 second, got {self.sync_interval}"
             )
 
 
@@ -109,6 +122,11 @@ class Decision:
     remaining: int
     retry_after: int = 0
     unavailable: bool = False
+
+
+def bucket_key(route_id: str, key: str) -> str:
+    """The Redis key of the bucket of ``key`` on route ``route_id``."""
+    return f"{KEY_PREFIX}{route_id}:{key}"
 
 
 def rate_key(user_id: str | None, address: str) -> str:
@@ -168,7 +186,7 @@ class RateLimiter:
         try:
             async with asyncio.timeout(self.timeout):
                 allowed, remaining, retry_after = await self.redis.run_script(
-                    _SCRIPT, [f"{KEY_PREFIX}{route_id}:{key}"], list(args)
+                    _SCRIPT, [bucket_key(route_id, key)], list(args)
                 )
         except (OSError, TimeoutError, RespError) as exc:
             if isinstance(exc, TimeoutError):

@@ -25,6 +25,9 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
             "--quick",
             "--no-nginx",
             "--no-wrk",
+            "--no-anchors",
+            "--workers",
+            "2",
             "--output",
             str(output),
         ],
@@ -45,7 +48,15 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
 
     cases = result["cases"]
     expected = (
-        {"direct", "gateway", "gateway-auth", "gateway-limited", "gateway-1000"}
+        {
+            "direct",
+            "gateway",
+            "gateway-auth",
+            "gateway-limited",
+            "gateway-synced",
+            "gateway-1000",
+            "gateway-w2",
+        }
         if (ROOT / "gateway.py").exists()
         else {"direct"}
     )
@@ -62,6 +73,10 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
         # Every request of the guarded cases passed its token check / rate limit.
         assert result["ratios"]["auth_vs_public_cpu"] is not None
         assert result["ratios"]["rate_limited_vs_public_cpu"] is not None
+        assert result["ratios"]["synced_vs_public_cpu"] is not None
+        # The workers' CPU is counted (the parent's alone would be near zero).
+        assert cases["gateway-w2"]["proxy_cpu_us"] > 0.3 * cases["gateway"]["proxy_cpu_us"]
+        assert result["ratios"]["scaling_rps"]["gateway"] is not None
         fixed = result["fixed_rate"]
         assert fixed["rate"] == round(cases["gateway"]["rps"] / 2)
         assert fixed["gateway"]["requests"] > 0
@@ -70,6 +85,7 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
 
     out = done.stdout
     assert "req/s" in out
+    assert "load 1-min before/after" in out
     assert "direct" in out
     assert f"results written to {output}" in out
 

@@ -18,7 +18,7 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient
 
 import configsvc
-from core.events.bus import Event, EventBus
+from core.events.bus import Event, EventBus, Keys
 from core.settings import Secret
 from core.testing import ComponentFactory, wait_until
 from services.auth.service import AuthSettings, build_auth_app
@@ -137,7 +137,7 @@ async def test_a_bill_takes_its_stock_once_and_emits_stock_low_under_the_thresho
     events = await health_events(client)
     assert (events["consumer"]["handled"], events["consumer"]["duplicates"]) == (1, 1)
 
-    low = await wait_until(lambda: redis.xrange("essaim:events:stock.low"), 5, message="stock.low")
+    low = await wait_until(lambda: redis.xrange(Keys().stream("stock.low")), 5, message="stock.low")
     assert len(low) == 1
     data = Event.from_fields(low[0][1]).data
     assert data == {"product_id": monitor, "name": "Monitor", "quantity": 4, "threshold": 5,
@@ -149,7 +149,7 @@ async def test_a_bill_takes_its_stock_once_and_emits_stock_low_under_the_thresho
     await bus.publish(bill((monitor, 1), bill_id=2))  # already under: no second alert
     await wait_until(lambda: _handled(client, 3), 10)
     assert await quantity(client, monitor) == 3
-    assert len(await redis.xrange("essaim:events:stock.low")) == 1
+    assert len(await redis.xrange(Keys().stream("stock.low"))) == 1
 
 
 async def _handled(client: Client, count: int) -> bool:
@@ -266,7 +266,7 @@ async def test_a_bill_whose_consumer_is_killed_mid_handling_is_taken_once_by_ano
             await EventBus(redis).publish(bill((1, 4)))
 
             async def pending_on_first() -> bool:
-                summary = await redis.xpending("essaim:events:bill.created", "inventory")
+                summary = await redis.xpending(Keys().stream("bill.created"), "inventory")
                 return any(c["name"] == "inventory-a" for c in summary["consumers"])
 
             await wait_until(pending_on_first, 10, message="the bill delivered to inventory-a")

@@ -18,7 +18,7 @@ from core.config.document import content_hash
 from core.config.store import CHANNEL, REV_KEY, doc_key
 from core.errors import StartupError
 from core.redis import Redis, connect
-from core.testing import RedisServer, free_port, wait_until
+from core.testing import RedisServer, free_port, subscribed, wait_until
 
 APPLICATION = '[http]\ntimeout = 10.0\nretries = 2\n\n[log]\nlevel = "info"\n'
 BILLING = '[billing]\ncurrency = "EUR"\ntax_rate = 0.2\n\n[http]\ntimeout = 5.0\n'
@@ -358,18 +358,12 @@ async def test_redis_restarted_between_two_changes_the_client_converges(
 async def test_a_change_message_is_published_for_every_write(
     service: TestServer, redis: Redis
 ) -> None:
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(CHANNEL)
-    await put(url_of(service), "billing", {"x": 1})
-
-    async def message() -> dict[str, Any] | None:
-        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-        return orjson.loads(msg["data"]) if msg else None
-
-    event = await wait_until(message, 2.0)
+    async with subscribed(redis, CHANNEL) as received:
+        await put(url_of(service), "billing", {"x": 1})
+        await wait_until(lambda: received, 2.0)
+    event = orjson.loads(received[0][1])
     assert event["document"] == "billing"
     assert event["version"] == 2
-    await pubsub.aclose()
 
 
 async def test_a_config_rejected_at_start_falls_back_and_is_reported(

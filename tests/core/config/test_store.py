@@ -9,7 +9,7 @@ import pytest
 
 from core.config.store import CHANNEL, ConfigStore, NotImported, Write
 from core.redis import Redis, connect
-from core.testing import wait_until
+from core.testing import subscribed, wait_until
 
 
 @pytest.fixture
@@ -21,31 +21,21 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 
 async def test_a_batch_is_one_step_with_one_revision_per_changed_document(redis: Redis) -> None:
     store = ConfigStore(redis)
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(CHANNEL)
-    await store.write("application", {"a": 1})
-    results = await store.write_many(
-        [Write("application", {"a": 1}), Write("billing", {"b": 1}), Write("orders", None)]
-    )
-    assert [(r.changed, r.found, r.rev) for r in results] == [
-        (False, True, 0),
-        (True, True, 2),
-        (False, False, 0),
-    ]
-    messages: list[dict[str, object]] = []
-
-    async def two() -> bool:
-        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-        if msg:
-            messages.append(orjson.loads(msg["data"]))
-        return len(messages) == 2
-
-    await wait_until(two, 2.0)
-    assert messages == [
+    async with subscribed(redis, CHANNEL) as received:
+        await store.write("application", {"a": 1})
+        results = await store.write_many(
+            [Write("application", {"a": 1}), Write("billing", {"b": 1}), Write("orders", None)]
+        )
+        assert [(r.changed, r.found, r.rev) for r in results] == [
+            (False, True, 0),
+            (True, True, 2),
+            (False, False, 0),
+        ]
+        await wait_until(lambda: len(received) == 2, 2.0)
+    assert [orjson.loads(data) for _, data in received] == [
         {"rev": 1, "document": "application", "version": 1},
         {"rev": 2, "document": "billing", "version": 1},
     ]
-    await pubsub.aclose()
 
 
 async def test_a_guarded_write_refuses_a_redis_without_the_import(redis: Redis) -> None:

@@ -61,16 +61,16 @@ def test_types_that_could_collide_with_other_keys_are_refused(name: str) -> None
 
 def test_key_layout() -> None:
     keys = Keys()
-    assert keys.stream("customer.created") == "essaim:events:customer.created"
-    assert keys.retry("billing") == "essaim:events:retry:billing"
-    assert keys.dead("billing") == "essaim:events:dead:billing"
+    assert keys.stream("customer.created") == "essaim:events:{customer.created}"
+    assert keys.retry("billing") == "essaim:events:{group:billing}:retry"
+    assert keys.dead("billing") == "essaim:events:{group:billing}:dead"
 
 
 async def test_publish_appends_to_the_stream_of_the_type(redis: Redis) -> None:
     bus = EventBus(redis)
     event = Event("customer.created", "customers", {"id": 7})
     entry_id = await bus.publish(event)
-    entries = await redis.xrange("essaim:events:customer.created")
+    entries = await redis.xrange(Keys().stream("customer.created"))
     assert [(i, Event.from_fields(f)) for i, f in entries] == [(entry_id, event)]
 
 
@@ -78,7 +78,7 @@ async def test_publish_many_keeps_the_order(redis: Redis) -> None:
     bus = EventBus(redis)
     events = [Event("item.created", "inventory", {"n": n}) for n in range(20)]
     ids = await bus.publish_many(events)
-    entries = await redis.xrange("essaim:events:item.created")
+    entries = await redis.xrange(Keys().stream("item.created"))
     assert [i for i, _ in entries] == ids
     assert [Event.from_fields(f).data["n"] for _, f in entries] == list(range(20))
     assert await bus.publish_many([]) == []
@@ -87,8 +87,8 @@ async def test_publish_many_keeps_the_order(redis: Redis) -> None:
 async def test_streams_are_trimmed_to_about_maxlen(redis: Redis) -> None:
     bus = EventBus(redis, maxlen=10)
     await bus.publish_many([Event("tick", "clock", n) for n in range(1000)])
-    assert await redis.xlen("essaim:events:tick") < 1000
-    assert await redis.xlen("essaim:events:tick") >= 10
+    assert await redis.xlen(Keys().stream("tick")) < 1000
+    assert await redis.xlen(Keys().stream("tick")) >= 10
 
 
 async def test_publish_raises_when_redis_is_away(

@@ -12,14 +12,14 @@ import pytest_asyncio
 
 from core import redis as core_redis
 from core.db import Database
-from core.events.bus import Event, EventBus
+from core.events.bus import Event, EventBus, Keys
 from core.events.consumer import Consumer
 from core.events.dead_letters import dead_letters
 from core.redis import Redis
 from core.testing import RedisServer, wait_until
 from tests.core.event_worker import MIGRATIONS, count_handler, counter, spawn
 
-STREAM = "essaim:events:item.created"
+STREAM = Keys().stream("item.created")
 
 
 @pytest_asyncio.fixture

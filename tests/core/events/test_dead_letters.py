@@ -10,14 +10,14 @@ import pytest_asyncio
 
 from core import redis as core_redis
 from core.db import Database
-from core.events.bus import Event, EventBus, redis_fields
+from core.events.bus import Event, EventBus, Keys, redis_fields
 from core.events.consumer import Consumer
 from core.events.dead_letters import dead_fields, dead_letters, discard, replay
 from core.redis import Redis
 from core.testing import wait_until
 from tests.core.event_worker import MIGRATIONS, count_handler
 
-STREAM = "essaim:events:item.created"
+STREAM = Keys().stream("item.created")
 
 
 @pytest_asyncio.fixture
@@ -157,7 +157,7 @@ async def _dead_letter_some(redis: Redis, n: int) -> list[str]:
     for i in range(n):
         fields = Event("item.created", "inventory", {"item": i}).to_fields()
         entry = dead_fields("billing", STREAM, f"{i + 1}-0", 3, "boom", fields)
-        ids.append(str(await redis.xadd("essaim:events:dead:billing", redis_fields(entry))))
+        ids.append(str(await redis.xadd(Keys().dead("billing"), redis_fields(entry))))
     return ids
 
 
@@ -173,7 +173,7 @@ async def test_replay_without_ids_moves_every_dead_letter(redis: Redis) -> None:
     await _dead_letter_some(redis, 3)
     assert await replay(redis, "billing") == 3
     assert await dead_letters(redis, "billing") == []
-    retried = await redis.xrange("essaim:events:retry:billing")
+    retried = await redis.xrange(Keys().retry("billing"))
     assert [Event.from_fields(f).data["item"] for _, f in retried] == [0, 1, 2]
 
 
@@ -181,7 +181,7 @@ async def test_replay_of_an_unknown_or_already_replayed_id_moves_nothing(redis: 
     (entry_id,) = await _dead_letter_some(redis, 1)
     assert await replay(redis, "billing", [entry_id]) == 1
     assert await replay(redis, "billing", [entry_id, "1-1"]) == 0
-    assert await redis.xlen("essaim:events:retry:billing") == 1
+    assert await redis.xlen(Keys().retry("billing")) == 1
 
 
 async def test_discard_deletes_dead_letters(redis: Redis) -> None:

@@ -10,14 +10,14 @@ import pytest_asyncio
 
 from core import redis as core_redis
 from core.db import Database
-from core.events.bus import Event, EventBus
+from core.events.bus import Event, EventBus, Keys
 from core.events.consumer import Consumer
 from core.events.outbox import OutboxRelay, add_to_outbox
 from core.redis import Redis
 from core.testing import RedisServer, wait_until
 from tests.core.event_worker import MIGRATIONS, add_items, count_handler, spawn
 
-STREAM = "essaim:events:item.created"
+STREAM = Keys().stream("item.created")
 
 
 @pytest_asyncio.fixture
@@ -239,7 +239,7 @@ async def test_a_handler_can_emit_the_next_event_with_its_change(
         await consumer.start(wait=5)
         await db.transaction(lambda conn: add_items(conn, 3))
         await wait_until(lambda: relays[1].published == 3, 5, message="invoices published")
-        invoices = await redis.xrange("essaim:events:invoice.created")
+        invoices = await redis.xrange(Keys().stream("invoice.created"))
         assert sorted(Event.from_fields(f).data["item"] for _, f in invoices) == [1, 2, 3]
     finally:
         await consumer.stop()

@@ -528,3 +528,33 @@ async def test_the_health_path_says_draining_once_the_gateway_stops(
     assert answer.startswith(b"HTTP/1.1 503 ")
     assert b"connection: close" in answer
     assert answer.endswith(b'{"status":"DRAINING"}')
+
+
+async def test_the_drain_answers_a_connection_accepted_before_it_and_closes_idle_ones(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    """A restart stops accepting, then drains: a client connected a moment before still gets
+    its answer (its request was on its way), while an idle keep-alive connection is closed."""
+    from core.testing import wait_until
+
+    up = await upstreams.app(echo_app())
+    gw = await gateway(route_to(up.url))
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    idle_writer.write(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+    first = await idle_reader.readuntil(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200")
+    length = int(re.search(rb"(?i)content-length: (\d+)", first).group(1))  # type: ignore[union-attr]
+    await idle_reader.readexactly(length)
+    fresh_reader, fresh_writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    await wait_until(lambda: len(gw.proxy.connections) == 2, message="both accepted")
+
+    draining = asyncio.create_task(gw.proxy.drain(5.0))
+    await wait_until(lambda: gw.proxy.draining, message="draining")
+    assert await idle_reader.read() == b""  # closed, nothing more written
+    fresh_writer.write(b"GET /late HTTP/1.1\r\nHost: a\r\n\r\n")
+    answer = await fresh_reader.read()  # answered, then closed
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b'"/late"' in answer
+    await draining
+    idle_writer.close()
+    fresh_writer.close()

@@ -8,9 +8,16 @@ from typing import Any
 
 import pytest
 
-from core.redis import Redis, connect
+from core.redis import Redis, connect, publish_command
 from core.registry.discovery import Registration, Watcher
-from core.registry.store import CHANNEL, REV_KEY, Instance, RegistryStore, instance_key
+from core.registry.store import (
+    CHANNEL,
+    DEADLINES_KEY,
+    REV_KEY,
+    Instance,
+    RegistryStore,
+    index_key,
+)
 from core.testing import RedisServer, wait_until
 
 
@@ -75,8 +82,8 @@ async def test_registration_registers_again_after_the_instance_expired(redis: Re
     reg = Registration(redis, instance("c1", ttl=1))
     await reg.start(wait=5)
     store = RegistryStore(redis)
-    # The key vanishes as if the TTL ran out while the process was paused.
-    await redis.delete(instance_key("customers", "c1"))
+    # The deadline passes as if the TTL ran out while the process was paused.
+    await redis.zadd(DEADLINES_KEY, {"customers/c1": 0})
     assert not await store.heartbeat("customers", "c1")
     await wait_until(lambda: reg.registrations >= 2, timeout=3, message="re-registration")
     assert [i.id for i in await store.instances("customers")] == ["c1"]
@@ -99,8 +106,12 @@ async def test_watcher_follows_register_update_deregister_and_expiry(
     ]
     await store.deregister("customers", "b")
     await watcher.wait_for(lambda w: watcher.all_instances("customers")[0].id == "a")
+
     # Expiry: nothing heartbeats "a"; the sweep publishes down.
-    await wait_until(lambda: store.sweep(), timeout=3, message="a expired")
+    async def expired() -> int:
+        return (await store.sweep())[0]
+
+    await wait_until(expired, timeout=3, message="a expired")
     await watcher.wait_for(lambda w: w.all_instances("customers") == [])
     assert {"customers"} in changes
     assert watcher.gaps == 0
@@ -227,7 +238,8 @@ async def test_a_relist_on_an_unbroken_connection_drops_what_is_missing(
     await store.register(instance("a"))
     await watcher.wait_for(lambda w: ids(w) == ["a"])
     # Gone without an event reaching the watcher (as if the message were lost).
-    await redis.delete(instance_key("customers", "a"), "essaim:reg:s:customers")
+    await redis.hdel(index_key("customers"), "a")
+    await redis.zrem(DEADLINES_KEY, "customers/a")
     await watcher.relist()
     assert ids(watcher) == []
     assert not watcher.preserved
@@ -237,7 +249,7 @@ async def test_a_malformed_message_costs_a_relist_not_the_subscription(
     redis: Redis, watcher: Watcher
 ) -> None:
     relists = watcher.relists
-    await redis.publish(CHANNEL, "not json")
+    await redis.execute_command(publish_command(redis), CHANNEL, "not json")
     await wait_until(lambda: watcher.relists > relists, timeout=5, message="relist")
     await RegistryStore(redis).register(instance("a"))
     await watcher.wait_for(lambda w: ids(w) == ["a"])

@@ -247,6 +247,8 @@ async def _eq(get: Callable[[], Awaitable[Any]], want: Any) -> bool:
         ("BILLING", body(leaseInfo={"durationInSecs": 100000}), 422),
         ("BILLING", body(metadata={"eureka.status": "UP"}), 422),
         ("BILLING", body(instanceId="", hostName="", ipAddr="10.0.0.1"), 422),
+        ("BILLING", body(leaseInfo={"renewalIntervalInSecs": "often"}), 400),
+        ("BILLING", body(port={"$": "\u00b2", "@enabled": "true"}), 400),
     ],
 )
 async def test_bad_registrations_are_problems_and_store_nothing(
@@ -257,6 +259,22 @@ async def test_bad_registrations_are_problems_and_store_nothing(
     assert resp.status == status, await resp.text()
     assert resp.content_type == "application/problem+json"
     assert await dump(redis) == before
+
+
+async def test_odd_values_never_break_a_read(client: Client) -> None:
+    await register(client)
+    iid = "10.0.0.5:billing:8080"
+    resp = await client.patch(
+        f"/v1/services/billing/instances/{iid}",
+        json={"metadata": {"eureka.renewalIntervalInSecs": "x", "eureka.securePort": "\u00b2"}},
+    )
+    assert resp.status == 200
+    resp = await client.get("/eureka/apps", headers=JSON)
+    assert resp.status == 200
+    [inst] = (await resp.json())["applications"]["application"][0]["instance"]
+    assert inst["leaseInfo"]["renewalIntervalInSecs"] == 5  # TTL/3
+    resp = await client.put(f"/eureka/apps/BILLING/{iid}?lastDirtyTimestamp=\u00b2")
+    assert resp.status == 200
 
 
 async def test_a_bad_override_value_is_refused(client: Client) -> None:

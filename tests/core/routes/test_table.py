@@ -493,6 +493,8 @@ def test_a_rate_limit_is_a_route_s_own_and_parses_back() -> None:
         "burst_capacity": 10,
         "requested_tokens": 1,
         "fail_open": True,
+        "mode": "exact",
+        "sync_interval": 0.005,
     }
     assert RouteTable.parse({"routes": [limited.describe()]}).routes[0] == limited
 
