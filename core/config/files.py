@@ -198,7 +198,9 @@ class Importer:
     """Imports the config directory: at start, on reload, and when Redis lost it.
 
     Imports never run concurrently. ``last`` is the last import's report
-    (None before the first one ran); its errors show in ``/health``.
+    (None before the first one ran); its errors show in ``/health``. Every
+    ``sync_interval`` seconds the checks also bring the store's journal up to
+    what Redis holds (:meth:`ConfigStore.sync_journal`).
     """
 
     def __init__(
@@ -208,6 +210,7 @@ class Importer:
         check_interval: float,
         *,
         cipher: Cipher | None = None,
+        sync_interval: float = 5.0,
     ) -> None:
         self.store = store
         self.cipher = cipher
@@ -217,6 +220,8 @@ class Importer:
         self.last_time: float | None = None
         self.imports = 0
         self.restores = 0
+        self.sync_interval = sync_interval
+        self._synced = 0.0
         self._lock = asyncio.Lock()
 
     async def run(self, reason: str) -> ImportReport:
@@ -228,23 +233,28 @@ class Importer:
             if not await self.store.imported():
                 await self._restore()
             else:
-                await self.store.sync_journal()
+                await self._sync()
             return await self._run(reason)
 
     async def ensure(self) -> None:
         """Restore and import now if Redis holds no import (it was emptied since the last check).
 
-        Otherwise record in the journal what Redis holds and it lacks.
+        Otherwise, every ``sync_interval``, record in the journal what Redis
+        holds and it lacks.
         """
         async with self._lock:
             if not await self.store.imported():
                 logger.warning("Redis no longer holds the config (emptied?): restoring it")
                 await self._restore()
                 await self._run("Redis emptied")
-            else:
-                recorded = await self.store.sync_journal()
-                if recorded:
-                    logger.info("journal: recorded %d version(s) found in Redis", recorded)
+            elif time.monotonic() - self._synced >= self.sync_interval:
+                await self._sync()
+
+    async def _sync(self) -> None:
+        self._synced = time.monotonic()
+        recorded = await self.store.sync_journal()
+        if recorded:
+            logger.info("journal: recorded %d version(s) found in Redis", recorded)
 
     async def _restore(self) -> None:
         restored = await self.store.restore()
