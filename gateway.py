@@ -42,6 +42,7 @@ from core.config.client import ConfigClient
 from core.errors import SettingsError, StartupError, problem_middleware
 from core.http import Check, add_health_routes, config_check, json_response, redis_health
 from core.metrics import new_registry
+from core.proxy import openapi as admin_openapi
 from core.proxy.pool import Pool
 from core.proxy.router import Router
 from core.proxy.server import Limits, ProxyServer
@@ -483,6 +484,7 @@ def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
     app.router.add_get("/health", health_page)
     add_health_routes(app, readiness)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", admin_openapi.build(workers=False).handle)
     return app, proxy
 
 

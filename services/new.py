@@ -8,8 +8,8 @@ directory), and refuses to overwrite anything:
   (list, create, read, delete; delete needs the ``admin`` role), body
   validation, and one setting applied live from configsvc;
 - ``config/NAME.toml``: that setting's value, for configsvc;
-- ``tests/services/test_NAME.py``: tests of its API over real HTTP and of
-  its database.
+- ``tests/services/test_NAME.py``: tests of its API over real HTTP, of its
+  database, and that its OpenAPI document lists exactly its routes.
 
 Then it prints what is left to do by hand (docs/services.md, "Checklist").
 ``NAME`` is a service name as the registry takes it: lower-case letters,
@@ -52,6 +52,8 @@ from aiohttp import web
 
 from core.errors import NotFound
 from core.http import json_response, read_json
+from core.openapi.schemas import INTEGER, STRING, array_of, json, nullable, obj, problem
+from core.openapi.spec import Spec
 from core.service.scaffold import DB, DYNAMIC, Service, public_path
 from core.validation import Fields, path_id, query_int
 
@@ -143,6 +145,27 @@ async def delete_item(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+ITEM = obj(id=INTEGER, text=STRING)
+ID = {{"id": {{"type": "integer", "minimum": 1}}}}
+
+
+def describe(spec: Spec) -> None:
+    """Its routes in its OpenAPI document (``GET /openapi.json``)."""
+    missing = problem(404, "no such item")
+    page = {{"limit": {{"type": "integer", "minimum": 1, "maximum": 1000}},
+            "after": {{"type": "integer", "minimum": 0}}}}  # fmt: skip
+    spec.op("GET", "/items", "Items by id, a page at a time", query=page, auth=True,
+            redis=False, responses=[(200, json(obj(items=array_of(ITEM), next_after=nullable(INTEGER))))])  # fmt: skip
+    spec.op("POST", "/items", "Create an item", auth=True, redis=False,
+            body={{"application/json": obj(extra=False, text={{"type": "string", "minLength": 1}})}},
+            responses=[(201, json(ITEM, "created", {{"Location": "the item"}})),
+                       problem(422, "invalid values"), problem(413, "the body is too large")])  # fmt: skip
+    spec.op("GET", "/items/{{id}}", "One item", params=ID, auth=True, redis=False,
+            responses=[(200, json(ITEM)), missing])
+    spec.op("DELETE", "/items/{{id}}", "Delete an item (admin)", params=ID, auth=True,
+            redis=False, responses=[(204, {{"description": "deleted"}}), missing])
+
+
 SERVICE = Service(
     name="{name}",
     description="The {name} service: items (id, text).",
@@ -150,6 +173,7 @@ SERVICE = Service(
     migrations=MIGRATIONS,
     config={pascal}Config,
     access={{"DELETE /items/{{id}}": "roles:admin"}},
+    openapi=describe,
 )
 '''
 
@@ -183,6 +207,7 @@ from pathlib import Path
 
 import pytest
 
+from core.openapi.spec import drift
 from services.{package}.service import SERVICE
 from tests.services.conftest import Client, MakeClient, rows
 
@@ -229,6 +254,11 @@ async def test_bad_input_is_a_problem_and_changes_nothing(
 
 def test_the_admin_role_guards_deletes() -> None:
     assert SERVICE.access == {{"DELETE /items/{{id}}": "roles:admin"}}
+
+
+async def test_its_openapi_document_lists_exactly_its_routes(client: Client) -> None:
+    doc = await (await client.get("/openapi.json")).json()
+    assert drift(client.app, doc) == ([], [])
 '''
 
 

@@ -10,6 +10,7 @@ as their users write it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import sys
@@ -153,6 +154,22 @@ async def test_eureka_js_client_registers_and_is_routed_to_through_the_gateway(
         async with http.get(f"{gateway.url}/jsapp/hello?x=1") as resp:
             assert (await resp.json())["path"] == "/hello?x=1"
 
+        # An OUT_OF_SERVICE override (Eureka's way) takes it out of the gateway's routing,
+        # whatever its heartbeats say, until the override is removed.
+        status_url = f"{registry.url}/eureka/apps/JSAPP/127.0.0.1:jsapp:{port}/status"
+        basic = {"Authorization": "Basic " + base64.b64encode(f"eureka:{TOKEN}".encode()).decode()}
+        async with http.put(status_url + "?value=OUT_OF_SERVICE", headers=basic) as resp:
+            assert resp.status == 200
+
+        async def unrouted() -> bool:
+            async with http.get(f"{gateway.url}/jsapp/hello") as resp:
+                return resp.status == 503
+
+        await wait_until(unrouted, 5, 0.1, "the gateway stops routing to an OUT_OF_SERVICE one")
+        async with http.delete(status_url, headers=basic) as resp:
+            assert resp.status == 200
+        await wait_until(routed, 5, 0.1, "the gateway routes to it again")
+
         # Heartbeats keep it past its 3 s lease.
         first = (await instances(http, registry.url, "jsapp"))[0].get("last_heartbeat")
 
@@ -166,11 +183,6 @@ async def test_eureka_js_client_registers_and_is_routed_to_through_the_gateway(
         assert await line(proc) == "stopped"
         assert await asyncio.wait_for(proc.wait(), 10) == 0
         assert await instances(http, registry.url, "jsapp") == []
-
-        async def unrouted() -> bool:
-            async with http.get(f"{gateway.url}/jsapp/hello") as resp:
-                return resp.status == 503
-
         await wait_until(unrouted, 5, 0.1, "the gateway stops routing to it")
     finally:
         if proc.returncode is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import signal
 import subprocess
 import sys
@@ -457,7 +458,13 @@ async def test_admin_shows_routes_upstreams_health_and_metrics(
         assert (
             'gateway_requests_total{route="unmatched",service="unmatched",status="404"} 1.0' in text
         )
-        assert 'gateway_request_duration_seconds_count{route="pay"} 2.0' in text
+        assert 'gateway_request_duration_seconds_count{route="pay",service="billing"} 2.0' in text
+        # Breakers and ejections now, per upstream (summed over the workers).
+        assert re.search(
+            r'gateway_breaker_state\{state="CLOSED",upstream="billing@pay"\} [12]\.0', text
+        )
+        assert 'gateway_breaker_state{state="OPEN",upstream="billing@pay"} 0.0' in text
+        assert 'gateway_endpoint_ejected{endpoint="a",upstream="billing@pay"} 0.0' in text
         assert "gateway_upstream_errors_total" in text
         assert "gateway_retries_total" in text
         assert "gateway_breaker_transitions_total" in text

@@ -96,6 +96,7 @@ rate_limit = {{ replenish_rate = 1, burst_capacity = 3 }}
 class Gateway:
     comp: Component
     keys: Keys
+    admin: int
 
     @property
     def url(self) -> str:
@@ -124,7 +125,7 @@ def start(
             health_port=admin,
             timeout=60,
         )  # fmt: skip
-        return Gateway(comp, jwks_server[1])
+        return Gateway(comp, jwks_server[1], admin)
 
     return go
 
@@ -205,6 +206,19 @@ async def test_a_missing_role_is_403(redis_url: str, start: Start) -> None:
     status, seen, _ = await call(gw.url + "/admin/x", signer.token(roles=["admin"]))
     assert status == 200
     assert seen["x-user-roles"] == "admin"
+    status, _, _ = await call(gw.url + "/admin/x")
+    assert status == 401
+    # Refusals are counted under the route that refused them, not as "unmatched".
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{gw.admin}/metrics") as resp,
+    ):
+        text = await resp.text()
+    for status in (200, 401, 403):
+        assert (
+            f'gateway_requests_total{{route="admin",service="route:admin",status="{status}"}} 1.0'
+            in text
+        )
 
 
 async def test_a_new_key_is_fetched_on_first_sight_and_no_request_fails(

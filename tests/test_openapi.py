@@ -11,9 +11,10 @@ a few examples per operation, no shrinking.
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import schemathesis
@@ -24,9 +25,14 @@ from openapi_spec_validator import validate
 from schemathesis import checks
 
 import configsvc
+import gateway
 import registry
 from core.openapi.spec import drift
-from core.testing import ComponentFactory, RedisServer
+from core.proxy import openapi
+from core.service.scaffold import build_app
+from core.testing import ComponentFactory, RedisServer, free_port
+from core.workers.admin import build_admin
+from core.workers.supervisor import Supervisor
 
 TOKEN = "openapi-test-token"
 CHECKS = [
@@ -135,4 +141,87 @@ def configsvc_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_the_config_service_answers_as_its_document_says(configsvc_url: str) -> None:
     failures = fuzz(configsvc_url, {"Authorization": f"Bearer {TOKEN}"})
+    assert not failures, "\n\n".join(failures)
+
+
+DEMO = ("customers", "inventory", "billing", "auth")
+
+
+@pytest.mark.parametrize("name", DEMO)
+async def test_each_demo_service_document_is_valid_and_lists_exactly_its_routes(
+    name: str, redis_url: str, tmp_path: Path
+) -> None:
+    service = importlib.import_module(f"services.{name}.service").SERVICE
+    app = build_app(service, service.settings(redis_url=redis_url, data_dir=str(tmp_path)))
+    doc = await _document(app)
+    validate(doc)
+    assert drift(app, doc) == ([], [])
+
+
+@pytest.fixture(scope="module")
+def demo_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The demo services as processes on one Redis (billing calls the other two)."""
+    redis = RedisServer().start()
+    work: Path = tmp_path_factory.mktemp("openapi-services")
+    factory = ComponentFactory(work)
+
+    async def start() -> dict[str, str]:
+        urls = {}
+        for name in DEMO:
+            component = await factory.start(
+                f"services.{name}", "--data-dir", str(work / name), env={"REDIS_URL": redis.url}
+            )
+            urls[name] = component.url
+        return urls
+
+    try:
+        yield asyncio.run(start())
+    finally:
+        factory.close()
+        redis.close()
+
+
+@pytest.mark.parametrize("name", DEMO)
+def test_each_demo_service_answers_as_its_document_says(
+    name: str, demo_urls: dict[str, str]
+) -> None:
+    failures = fuzz(demo_urls[name])
+    assert not failures, "\n\n".join(failures)
+
+
+async def test_the_gateway_admin_documents_are_valid_and_list_exactly_their_routes(
+    redis_url: str,
+) -> None:
+    admin, _ = gateway.build_app(gateway.Settings(redis_url=redis_url))
+    doc = await _document(admin)
+    validate(doc)
+    assert drift(admin, doc) == ([], [])
+    # The parent of --workers N: the same API, merged, and /workers.
+    parent = build_admin(cast(Supervisor, None), [])
+    doc = openapi.build(workers=True).document()
+    validate(doc)
+    assert drift(parent, doc) == ([], [])
+
+
+@pytest.fixture(scope="module")
+def gateway_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    redis = RedisServer().start()
+    work: Path = tmp_path_factory.mktemp("openapi-gateway")
+    factory = ComponentFactory(work)
+    admin = free_port()
+    try:
+        asyncio.run(
+            factory.start(
+                "gateway", "--host", "127.0.0.1", "--admin-port", str(admin), "--workers", "1",
+                env={"REDIS_URL": redis.url}, health_port=admin,
+            )
+        )  # fmt: skip
+        yield f"http://127.0.0.1:{admin}"
+    finally:
+        factory.close()
+        redis.close()
+
+
+def test_the_gateway_admin_answers_as_its_document_says(gateway_admin_url: str) -> None:
+    failures = fuzz(gateway_admin_url)
     assert not failures, "\n\n".join(failures)

@@ -8,6 +8,7 @@ such customer")``. Every error Essaim answers is RFC 9457 problem details
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "nullable",
     "obj",
     "problem",
+    "props",
     "text",
 ]
 
@@ -58,7 +60,14 @@ def obj(
     ``extra``: whether other properties may appear (answers may grow; a
     request body that admits no unknown keys says ``extra=False``).
     """
-    schema: Schema = {"type": "object", "properties": properties}
+    return props(properties, required, extra)
+
+
+def props(
+    properties: Mapping[str, Schema], required: Iterable[str] | None = None, extra: bool = True
+) -> Schema:
+    """:func:`obj` from a mapping of properties (for properties shared by several objects)."""
+    schema: Schema = {"type": "object", "properties": dict(properties)}
     schema["required"] = list(properties if required is None else required)
     if not extra:
         schema["additionalProperties"] = False

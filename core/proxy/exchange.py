@@ -141,6 +141,9 @@ class Exchange(ResponseSide):
     gated = False
     # The gateway's own health path: answered here, never routed.
     local = False
+    # The plan of the route whose policy refused the request (401, 403): its
+    # answer is counted under that route, though nothing is proxied.
+    refused_by: Plan | None = None
 
     def __init__(
         self,
@@ -203,6 +206,7 @@ class Exchange(ResponseSide):
                 self.gated = True  # the key set must be refreshed: start() awaits it
             except HTTPProblem as problem:
                 self._refused(url, headers, problem)
+                self.refused_by = head.plan
                 return
             if guard.limiter is not None:
                 decision = None if self.gated else guard.admit_now(self.user_id, client.peer)
@@ -610,6 +614,8 @@ class Exchange(ResponseSide):
         proxy = self.proxy
         proxy.active -= 1
         plan = self.plan
+        if plan is None:
+            plan = self.refused_by
         if plan is not None:
             row = plan.row
             if row is None:

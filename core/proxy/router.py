@@ -27,7 +27,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from core import log
 from core.errors import BadRequest, NotFound, ServiceUnavailable
@@ -384,7 +384,34 @@ class Router:
         return {"upstreams": out}
 
     def metrics(self) -> Iterator[Metric]:
-        """Breaker transitions and table reloads, for the Prometheus collector."""
+        """Breakers and ejections now, breaker transitions, table reloads: for the collector.
+
+        The breaker's state is one series per state, 1 for the state it is in
+        (the usual encoding of an enum: summed over the workers of
+        ``--workers N``, each series counts the workers whose breaker is in
+        that state); an endpoint's ejection is 1 while it is ejected.
+        """
+        states = GaugeMetricFamily(
+            "gateway_breaker_state",
+            "1 for the state of each upstream's circuit breaker",
+            labels=["upstream", "state"],
+        )
+        ejected = GaugeMetricFamily(
+            "gateway_endpoint_ejected",
+            "1 while an endpoint is ejected as an outlier",
+            labels=["upstream", "endpoint"],
+        )
+        for upstream in self.upstreams():
+            doc = upstream.describe()
+            now = doc["breaker"]["state"]
+            for state in ("CLOSED", "OPEN", "HALF_OPEN"):
+                states.add_metric([upstream.name, state], 1.0 if state == now else 0.0)
+            for endpoint in doc["endpoints"]:
+                ejected.add_metric(
+                    [upstream.name, endpoint["key"]], 1.0 if endpoint["ejected"] else 0.0
+                )
+        yield states
+        yield ejected
         transitions = CounterMetricFamily(
             "gateway_breaker_transitions",
             "circuit breaker state changes by upstream",

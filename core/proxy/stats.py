@@ -74,7 +74,10 @@ class Stats:
     - ``rows[(route, service)]``: requests answered by status (499 when the
       client went away first), and seconds from the request head to the last
       response byte. A route's plan keeps its row, so that counting a request
-      needs no key to build;
+      needs no key to build. ``service`` is bounded: a static route's target,
+      or a registered service for a discovery route (a name nobody registered
+      is answered 404 and counted as ``unmatched``); a request refused by a
+      route's policy (401, 403, 429) counts under that route;
     - ``upstream_errors[(service, kind)]``: failed attempts (connect, timeout,
       reset, 5xx, protocol; ``dependency`` for a 5xx marked as the failure of
       the upstream's own dependency, which does not count against it);
@@ -161,11 +164,11 @@ class StatsCollector(Collector):
         yield requests
         latency = HistogramMetricFamily(
             f"{ns}_request_duration_seconds",
-            "seconds from the request head to the last response byte, by route",
-            labels=["route"],
+            "seconds from the request head to the last response byte, by route and service",
+            labels=["route", "service"],
         )
-        for route, histogram in sorted(stats.latency().items()):
-            latency.add_metric([route], histogram.cumulative(), histogram.sum)
+        for (route, service), row in sorted(stats.rows.items()):
+            latency.add_metric([route, service], row.latency.cumulative(), row.latency.sum)
         yield latency
         errors = CounterMetricFamily(
             f"{ns}_upstream_errors",

@@ -73,12 +73,14 @@ from core.http import (
     redis_unavailable,
 )
 from core.metrics import HTTPMetrics
+from core.openapi.spec import Spec
 from core.redis import Redis, connect
 from core.registry.discovery import Instance, Registration, Watcher
 from core.runner import BAD_SETTINGS, Site, configure, run
 from core.security.access import IDENTITY, PUBLIC, Policy, access_middleware
 from core.security.jwks import KeySet
 from core.security.tokens import Verifier
+from core.service import openapi as service_openapi
 from core.service.access_log import access_log_middleware
 from core.service.calls import Calls, Timeouts, dependency_middleware, forwarding_middleware
 from core.settings import CommonSettings, Secret, option
@@ -241,7 +243,11 @@ class Service:
       (``"GET /products/{id}"``; a ``HEAD`` follows its ``GET``), and
       ``default_access`` for the others. Enforced only when the service is
       given a JWKS URL (``--jwks-url``); they should say what the gateway's
-      routes to the service say.
+      routes to the service say;
+    - ``openapi``: a function that describes the service's routes in its
+      OpenAPI document (``spec.op(...)`` for each), served at
+      ``/openapi.json`` with the scaffold's own routes
+      (:mod:`core.service.openapi`).
     """
 
     name: str
@@ -257,6 +263,7 @@ class Service:
     contexts: tuple[CleanupContext, ...] = ()
     access: Mapping[str, str] = dataclasses.field(default_factory=dict)
     default_access: str = "authenticated"
+    openapi: Callable[[Spec], None] | None = None
 
     def __post_init__(self) -> None:
         Policy.parse(self.default_access)
@@ -674,6 +681,7 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
     app.router.add_get("/health", health)
     add_health_routes(app, readiness)
     app.router.add_get("/metrics", metrics.handle)
+    app.router.add_get("/openapi.json", service_openapi.build(service).handle)
     events_http.add_routes(app, consumes=bool(service.handlers), emits=bool(service.emits))
     app.add_routes(service.routes)
     policy_for = route_policies(service, app)

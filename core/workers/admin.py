@@ -36,6 +36,7 @@ from prometheus_client.exposition import generate_latest
 
 from core.http import json_response, live
 from core.metrics import new_registry
+from core.proxy import openapi
 from core.workers.merge import merge_documents, merge_metrics
 from core.workers.supervisor import Supervisor, Worker
 
@@ -190,4 +191,5 @@ def build_admin(supervisor: Supervisor, middlewares: list[Any]) -> web.Applicati
     app.router.add_get("/health/live", live)
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/workers", workers)
+    app.router.add_get("/openapi.json", openapi.build(workers=True).handle)
     return app

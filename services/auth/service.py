@@ -47,6 +47,7 @@ from core.settings import Secret, option
 from core.validation import Fields
 from services.auth import refresh, throttle, users
 from services.auth.keys import KeyRing, KeyRow
+from services.auth.openapi import describe
 from services.auth.passwords import hash_password, verify_password
 
 logger = log.get("auth")
@@ -417,6 +418,7 @@ SERVICE = Service(
     settings=AuthSettings,
     contexts=(auth_context(),),
     default_access="public",  # logins are anonymous; /keys/rotate checks its token itself
+    openapi=describe,
 )
 
 

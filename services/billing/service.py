@@ -46,6 +46,7 @@ from core.http import json_response, read_json
 from core.service.calls import Calls
 from core.service.scaffold import CALLS, DB, DYNAMIC, Service, public_path
 from core.validation import Fields, cents_to_number, path_id, query_int
+from services.billing.openapi import describe
 
 BODY_LIMIT = 64 * 1024
 MAX_LINES = 100
@@ -369,4 +370,5 @@ SERVICE = Service(
     config=BillingConfig,
     calls=("customers", "inventory"),
     emits=("bill.created",),
+    openapi=describe,
 )

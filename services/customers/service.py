@@ -23,6 +23,8 @@ from aiohttp import web
 
 from core.errors import Conflict, NotFound
 from core.http import json_response, read_json
+from core.openapi.schemas import INTEGER, STRING, array_of, json, nullable, obj, problem
+from core.openapi.spec import Spec
 from core.service.scaffold import DB, Service, public_path
 from core.validation import Fields, path_id, query_int
 
@@ -160,9 +162,57 @@ async def delete_customer(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+CUSTOMER = obj(id=INTEGER, name=STRING, email=STRING)
+NEW_CUSTOMER = obj(
+    extra=False,
+    name={"type": "string", "minLength": 1, "maxLength": 200},
+    email={"type": "string", "maxLength": 254, "pattern": EMAIL_RE.pattern},
+)
+ID = {"id": {"type": "integer", "minimum": 1}}
+
+
+def describe(spec: Spec) -> None:
+    """The customers API in the service's OpenAPI document."""
+    missing = problem(404, "no such customer")
+    bad = problem(422, "invalid values (every bad field in errors)")
+    taken = problem(409, "another customer has that email")
+    page = {"limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+            "after": {"type": "integer", "minimum": 0}}  # fmt: skip
+    spec.op("GET", "/customers", "Customers by id, a page at a time", query=page, auth=True,
+            redis=False, responses=[(200, json(obj(customers=array_of(CUSTOMER),
+                                                   next_after=nullable(INTEGER))))])  # fmt: skip
+    spec.op("POST", "/customers", "Create a customer", body={"application/json": NEW_CUSTOMER},
+            auth=True, redis=False,
+            responses=[(201, json(CUSTOMER, "created", {"Location": "the customer"})), bad, taken,
+                       problem(413, "the body is too large")])  # fmt: skip
+    spec.op(
+        "GET",
+        "/customers/{id}",
+        "One customer",
+        params=ID,
+        auth=True,
+        redis=False,
+        responses=[(200, json(CUSTOMER)), missing],
+    )
+    patch = {**NEW_CUSTOMER, "required": []}
+    spec.op("PATCH", "/customers/{id}", "Change a customer's name or email", params=ID,
+            body={"application/json": patch}, auth=True, redis=False,
+            responses=[(200, json(CUSTOMER)), missing, bad, taken])  # fmt: skip
+    spec.op(
+        "DELETE",
+        "/customers/{id}",
+        "Delete a customer",
+        params=ID,
+        auth=True,
+        redis=False,
+        responses=[(204, {"description": "deleted"}), missing],
+    )
+
+
 SERVICE = Service(
     name="customers",
     description="Essaim demo service: customers (id, name, email).",
     routes=routes,
     migrations=MIGRATIONS,
+    openapi=describe,
 )

@@ -38,6 +38,7 @@ from core.events.outbox import add_to_outbox
 from core.http import json_response, read_json
 from core.service.scaffold import DB, DYNAMIC, Service, public_path
 from core.validation import Fields, cents_to_number, path_id, query_int
+from services.inventory.openapi import describe
 
 BODY_LIMIT = 64 * 1024
 MAX_QUANTITY = 10**9
@@ -245,6 +246,7 @@ SERVICE = Service(
     config=InventoryConfig,
     emits=("stock.low",),
     handlers={"bill.created": on_bill_created},
+    openapi=describe,
     # As the gateway's routes say (config/gateway.toml): anyone reads products,
     # admins change them; the rest (events) needs a token.
     access={

@@ -74,4 +74,4 @@ def test_the_skeleton_is_written_once_lints_and_passes_its_own_tests(tmp_path: P
         cwd=tmp_path, env=env,
     )  # fmt: skip
     assert tested.returncode == 0, tested.stdout[-3000:] + tested.stderr[-3000:]
-    assert "6 passed" in tested.stdout
+    assert "7 passed" in tested.stdout

@@ -29,8 +29,11 @@ def test_collector_exports_requests_latency_errors_retries_and_gauges() -> None:
     text = generate_latest(registry).decode()
     assert 'gateway_requests_total{route="r1",service="billing",status="200"} 2.0' in text
     assert 'gateway_requests_total{route="r1",service="billing",status="503"} 1.0' in text
-    assert 'gateway_request_duration_seconds_bucket{le="0.0025",route="r1"} 2.0' in text
-    assert 'gateway_request_duration_seconds_count{route="r1"} 3.0' in text
+    assert (
+        'gateway_request_duration_seconds_bucket{le="0.0025",route="r1",service="billing"} 2.0'
+        in text
+    )
+    assert 'gateway_request_duration_seconds_count{route="r1",service="billing"} 3.0' in text
     assert 'gateway_upstream_errors_total{kind="connect",service="billing"} 1.0' in text
     assert 'gateway_retries_total{reason="connect",service="billing"} 1.0' in text
     assert "gateway_client_connections 7.0" in text
