@@ -16,7 +16,8 @@ ready worker at once and merge the answers (:mod:`core.workers.merge`):
 - ``GET /health/live``: 200 while the parent answers;
 - ``GET /health/ready``: 200 when every configured worker is ready and
   answers its own ``/health/ready`` with 200; else 503 with each worker's
-  answer (``failing`` names the checks that fail in any);
+  answer (``failing`` names the checks that fail in any, ``checks`` shows a
+  failing worker's detail of each, else one worker's);
 - ``GET /workers``: slots, pids, states, restarts and reloads.
 
 A worker that does not answer within a second is left out of the merge and
@@ -158,10 +159,15 @@ async def ready(request: web.Request) -> web.Response:
     answered, unanswered = await _ask_all(supervisor, "/health/ready")
     workers = []
     failing: set[str] = set()
+    checks: dict[str, Any] = {}
     for worker, status, text in answered:
         doc = json.loads(text)
         failing.update(doc.get("failing", ()))
         workers.append({"slot": worker.slot, "pid": worker.pid, "ready": status == 200, **doc})
+        for name, check in doc.get("checks", {}).items():
+            # One worker's failing detail says more than another's success.
+            if name not in checks or check.get("status") != "UP":
+                checks[name] = check
     every = len(supervisor.slots)
     up = len(workers) == every and all(w["ready"] for w in workers)
     if len(workers) < every:
@@ -169,6 +175,7 @@ async def ready(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"status": "UP" if up else "DOWN"}
     if not up:
         body["failing"] = sorted(failing)
+    body["checks"] = checks
     body.update({"workers_ready": len(workers), "workers_configured": every, "workers": workers})
     if unanswered:
         body["unanswered"] = unanswered
