@@ -34,7 +34,8 @@ test: $(STAMP)
 # against a 3-primary Cluster, each started by the tests on free ports.
 TOPOLOGY_TESTS := tests/test_registry.py tests/core/registry tests/test_configsvc.py \
 	tests/core/config/test_store.py tests/core/config/test_client.py tests/core/events \
-	tests/core/security/test_ratelimit.py
+	tests/core/security/test_ratelimit.py tests/test_many_gateways.py \
+	tests/test_gateway_ratelimit.py
 
 test-sentinel: $(STAMP)
 	$(PY) -m pytest --redis-topology=sentinel $(TOPOLOGY_TESTS) $(PYTEST_ARGS)

@@ -37,17 +37,19 @@ from prometheus_client import Counter, Gauge
 
 from core import log
 from core.config import openapi, spring
+from core.config.conditional import document_etag, etag_matches, modified_since, write_condition
 from core.config.crypto import Cipher, SecretReads, Undecryptable, check_ciphers, decrypt_document
 from core.config.document import MAX_BYTES, Format, check_name, parse
 from core.config.events import ChangeHub, stream_changes
 from core.config.files import Importer
 from core.config.journal import Journal
 from core.config.reads import SharedReads
-from core.config.store import HISTORY_KEPT, ConfigStore, Merged, NotImported, Version, WriteResult
+from core.config.store import HISTORY_KEPT, ConfigStore, Merged, NotImported, WriteResult
 from core.errors import (
     BadRequest,
     InternalError,
     NotFound,
+    PreconditionFailed,
     ServiceUnavailable,
     SettingsError,
     Unauthorized,
@@ -180,22 +182,6 @@ def _require_token_for_secrets(request: web.Request, what: str) -> None:
 SECRET_HEADERS = {"Cache-Control": "no-store", "Vary": "Authorization"}
 
 
-def _etag_matches(header: str | None, etag: str) -> bool:
-    """Whether an ``If-None-Match`` header lists ``etag`` (weak or strong) or ``*``."""
-    if not header:
-        return False
-    for candidate in header.split(","):
-        candidate = candidate.strip().removeprefix("W/")
-        if candidate in ("*", etag):
-            return True
-    return False
-
-
-def _document_etag(version: Version, *, decrypted: bool = False) -> str:
-    suffix = ".decrypted" if decrypted else ""
-    return f'"{version.version}.{(version.hash or "")[:16]}{suffix}"'
-
-
 def _document_name(request: web.Request) -> str:
     return check_name(request.match_info["name"])
 
@@ -231,6 +217,26 @@ async def _restored(request: web.Request) -> ConfigStore:
     return store
 
 
+async def _condition(request: web.Request, name: str) -> str:
+    """The store's condition for a write with ``If-Match``/``If-None-Match`` (412 when failed)."""
+    if_match = request.headers.get("If-Match")
+    if_none_match = request.headers.get("If-None-Match")
+    if if_match is None and if_none_match is None:
+        return ""
+    current = await request.app[STORE].get(name)
+    return write_condition(name, if_match, if_none_match, current)
+
+
+def _lost_race(name: str, result: WriteResult) -> None:
+    """412 when the document changed between the check and the write (another editor won)."""
+    if result.precondition_failed:
+        raise PreconditionFailed(
+            f"document {name!r} changed while this request was checked (now version "
+            f"{result.version}); GET it again, apply your change to it and retry with its ETag",
+            current_version=result.version or None,
+        )
+
+
 def _count(request: web.Request, result: WriteResult) -> None:
     request.app[METERS].writes.labels("written" if result.changed else "unchanged").inc()
 
@@ -257,7 +263,7 @@ async def get_config(request: web.Request) -> web.Response:
     if secret:
         _require_token_for_secrets(request, f"the config of {app_name}/{profile}")
         headers.update(SECRET_HEADERS)
-    if _etag_matches(request.headers.get("If-None-Match"), etag):
+    if etag_matches(request.headers.get("If-None-Match"), etag):
         return web.Response(status=304, headers=headers)
     if not secret:
         body = store.render(merged)
@@ -314,7 +320,11 @@ async def get_document(request: web.Request) -> web.Response:
     ``X-Config-Hash``, ``X-Config-Origin``, ``Last-Modified``). A document
     holding ``{cipher}`` values needs the token (401 otherwise) and is served
     as stored, encrypted, so that what is read can be written back as is;
-    ``decrypt=true`` serves the plaintext instead (another ``ETag``).
+    ``decrypt=true`` serves the plaintext instead (another ``ETag``). Each
+    representation (JSON, TOML, decrypted) has its own ``ETag`` and the
+    answer says ``Vary: Accept``; 304 when ``If-None-Match`` lists the
+    representation's tag, or, without ``If-None-Match``, when it did not
+    change since ``If-Modified-Since``.
     """
     name = _document_name(request)
     store = await _restored(request)
@@ -336,7 +346,7 @@ async def get_document(request: web.Request) -> web.Response:
     if secret:
         _require_token_for_secrets(request, f"document {name!r}")
     decrypt = decrypt and secret
-    etag = _document_etag(current, decrypted=decrypt)
+    etag = document_etag(current, toml=fmt == "toml", decrypted=decrypt)
     headers = {
         "ETag": etag,
         "X-Config-Version": str(current.version),
@@ -344,9 +354,16 @@ async def get_document(request: web.Request) -> web.Response:
         "X-Config-Origin": current.origin,
         "Last-Modified": formatdate(current.time / 1000, usegmt=True),
         "Cache-Control": "no-cache",
+        "Vary": "Accept",
         **(SECRET_HEADERS if secret else {}),
     }
-    if _etag_matches(request.headers.get("If-None-Match"), etag):
+    if secret:
+        headers["Vary"] = "Accept, Authorization"
+    if_none_match = request.headers.get("If-None-Match")
+    if etag_matches(if_none_match, etag) or (
+        if_none_match is None
+        and not modified_since(request.headers.get("If-Modified-Since"), current.time)
+    ):
         return web.Response(status=304, headers=headers)
     content = dict(current.content or {})
     if decrypt:
@@ -384,6 +401,9 @@ async def put_document(request: web.Request) -> web.Response:
 
     ``{cipher}`` values are stored as sent; 422 (nothing stored) when one of
     them doesn't decrypt with the key, or when no key is configured.
+    ``If-Match`` (an ETag of the current version, or ``*``) and
+    ``If-None-Match: *`` (create only) make it conditional: 412 when they
+    don't hold, checked atomically with the write.
     """
     _require_token(request)
     name = _document_name(request)
@@ -396,11 +416,15 @@ async def put_document(request: web.Request) -> web.Response:
     content = parse(body, fmt)
     check_ciphers(content, request.app[SECRETS].cipher, source="the body")
     store = request.app[STORE]
-    result = await _write(request, lambda: store.write(name, content, "api", if_imported=True))
+    expect = await _condition(request, name)
+    result = await _write(
+        request, lambda: store.write(name, content, "api", if_imported=True, expect=expect)
+    )
+    _lost_race(name, result)
     _count(request, result)
     stored = await store.get(name)
     hash_ = stored.hash if stored else None
-    headers = {"ETag": _document_etag(stored)} if stored else None
+    headers = {"ETag": document_etag(stored)} if stored else None
     if result.changed:
         logger.info("document %s: version %d (rev %d)", name, result.version, result.rev)
     return json_response(
@@ -411,11 +435,16 @@ async def put_document(request: web.Request) -> web.Response:
 
 
 async def delete_document(request: web.Request) -> web.Response:
-    """``DELETE /v1/documents/{name}``: delete it (a version in its history); 404 when absent."""
+    """``DELETE /v1/documents/{name}``: delete it (a version in its history); 404 when absent.
+
+    ``If-Match`` makes it conditional, as for ``PUT`` (412).
+    """
     _require_token(request)
     name = _document_name(request)
     store = request.app[STORE]
-    result = await _write(request, lambda: store.delete(name, if_imported=True))
+    expect = await _condition(request, name)
+    result = await _write(request, lambda: store.delete(name, if_imported=True, expect=expect))
+    _lost_race(name, result)
     if not result.found:
         raise NotFound(f"no document named {name!r}")
     _count(request, result)
@@ -677,6 +706,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if settings is None:
         return BAD_SETTINGS
+    if not settings.token:
+        logger.warning(
+            "no CONFIGSVC_TOKEN: anyone who can reach %s:%d can write, delete and roll back "
+            "every service's config (set one to require it for writes)",
+            settings.host, settings.port,
+        )  # fmt: skip
     return run([Site(build_app(settings), settings.host, settings.port, "configsvc")],
                shutdown_timeout=settings.shutdown_timeout)  # fmt: skip
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import itertools
 import os
 import shutil
 import signal
@@ -29,12 +30,13 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
 from core import log
@@ -54,6 +56,7 @@ from core.routes.table import Timeouts
 from core.runner import BAD_SETTINGS, STARTUP_FAILURE, ProtocolSite, Site, configure, run
 from core.security.access import Policy
 from core.security.jwks import KeySet
+from core.security.ratelimit import StoreHealth
 from core.security.resp import RespClient
 from core.security.synced import Syncer, limiter_factory
 from core.security.tokens import Verifier
@@ -284,6 +287,8 @@ ROUTER = web.AppKey("router", Router)
 PROXY = web.AppKey("proxy", ProxyServer)
 CONFIG = web.AppKey("config", ConfigClient)
 METRICS = web.AppKey("metrics", CollectorRegistry)
+#: The rate limiters' shared view of their Redis: outages, logged once, and counts.
+RATELIMIT = web.AppKey("ratelimit", StoreHealth)
 
 # ----------------------------------------------------------------------------- admin handlers
 
@@ -390,7 +395,7 @@ async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
     router.discovery_access = Policy.parse(settings.discovery_auth)
     resp = RespClient(settings.redis_url)
     syncer = Syncer()
-    router.limiter_for = limiter_factory(resp, syncer)
+    router.limiter_for = limiter_factory(resp, syncer, app[RATELIMIT])
     syncer.start()
     tasks = TaskSet("gateway")
     keys = None
@@ -436,6 +441,28 @@ async def _routes_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+def _ratelimit_metrics(health: StoreHealth) -> Iterator[Metric]:
+    """What the rate limiters decided without Redis, and whether it answers."""
+    yield CounterMetricFamily(
+        "gateway_ratelimit_fail_open",
+        "requests on rate-limited routes let through unchecked while Redis was unreachable",
+        value=health.failed_open,
+    )
+    yield CounterMetricFamily(
+        "gateway_ratelimit_fail_closed",
+        "requests on fail-closed rate-limited routes refused (503) while Redis was unreachable",
+        value=health.failed_closed,
+    )
+    yield CounterMetricFamily(
+        "gateway_ratelimit_outages", "times the rate limiters lost Redis", value=health.outages
+    )
+    yield GaugeMetricFamily(
+        "gateway_ratelimit_redis_up",
+        "1 while the rate limiters' Redis answers (as of the last limited request)",
+        value=1 if health.up else 0,
+    )
+
+
 def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
     """The admin application and the data plane's protocol factory, sharing one router.
 
@@ -454,6 +481,7 @@ def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
     proxy = ProxyServer(
         router, settings.limits, pool=pool, health_path=settings.health_path.encode("ascii")
     )
+    store_health = StoreHealth()
     registry = new_registry()
     registry.register(
         StatsCollector(
@@ -467,7 +495,7 @@ def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
                     sum(len(c) for c in proxy.pool.idle.values()),
                 ),
             },
-            extra=router.metrics,
+            extra=lambda: itertools.chain(router.metrics(), _ratelimit_metrics(store_health)),
         )
     )
     app = web.Application(middlewares=[problem_middleware])
@@ -475,6 +503,7 @@ def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
     app[ROUTER] = router
     app[PROXY] = proxy
     app[METRICS] = registry
+    app[RATELIMIT] = store_health
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_watcher_ctx)
     app.cleanup_ctx.append(_access_ctx)
@@ -589,6 +618,14 @@ def _single(settings: Settings) -> int:
         gc.collect()
         gc.freeze()
         await handover()
+        # SIGHUP's default action would end the process: say what reloads instead.
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGHUP,
+            lambda: logger.warning(
+                "SIGHUP ignored: a single process has no workers to replace; run with "
+                "--workers 2 or more, or restart with --control-socket and --takeover"
+            ),
+        )
         logger.info("gateway ready in %.2fs", time.monotonic() - started)
 
     return run(

@@ -10,10 +10,12 @@ deadline passed into a ``down`` event within milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from prometheus_client import Counter, Gauge
@@ -28,6 +30,7 @@ from core.registry import eureka
 from core.registry.api import (
     BODY_LIMIT,
     CONFIG,
+    CREDENTIALS,
     DYNAMIC,
     EXPIRER,
     HUB,
@@ -35,15 +38,24 @@ from core.registry.api import (
     REDIS,
     SSE_CLIENTS,
     STORE,
-    TOKEN,
+    TARGETS,
     Dynamic,
     add_routes,
 )
+from core.registry.credentials import Credentials, service_token
 from core.registry.events import EventHub
 from core.registry.expiry import Expirer
 from core.registry.store import RegistryStore
+from core.registry.targets import (
+    DEFAULT_DENIED,
+    DEFAULT_RESERVED_PORTS,
+    TargetPolicy,
+    local_addresses,
+    parse_networks,
+    parse_ports,
+)
 from core.runner import BAD_SETTINGS, Site, configure, run
-from core.settings import CommonSettings, Secret, is_loopback, option
+from core.settings import CommonSettings, Secret, is_loopback, load, option
 from core.tasks import TaskSet
 
 logger = log.get("registry")
@@ -58,7 +70,25 @@ class Settings(CommonSettings):
     port: int = dataclasses.field(default=8761, metadata=option("TCP port to listen on"))
     token: Secret = dataclasses.field(
         default=Secret(""),
-        metadata=option("bearer token required for writes; required off loopback"),
+        metadata=option(
+            "the operator's bearer token: every write; it also issues the per-service tokens "
+            "(python -m registry token NAME); required off loopback"
+        ),
+    )
+    deny_networks: str = dataclasses.field(
+        default=DEFAULT_DENIED,
+        metadata=option("networks (CIDR, comma-separated) no instance may be registered in"),
+    )
+    allow_networks: str = dataclasses.field(
+        default="",
+        metadata=option("networks (CIDR, comma-separated) allowed even inside a denied one"),
+    )
+    reserved_ports: str = dataclasses.field(
+        default=DEFAULT_RESERVED_PORTS,
+        metadata=option(
+            "control-plane ports (comma-separated) no instance on this host may use, besides "
+            "the registry's own and those of REDIS_URL and --config-url"
+        ),
     )
     default_ttl: int = dataclasses.field(
         default=10, metadata=option("TTL in seconds of an instance that gives none")
@@ -89,6 +119,12 @@ class Settings(CommonSettings):
         except ValueError as exc:
             field, _, reason = str(exc).partition(": ")
             raise SettingsError(f"REGISTRY_{field.upper()}: {reason}") from None
+        for name, parse in (("deny_networks", parse_networks), ("allow_networks", parse_networks),
+                            ("reserved_ports", parse_ports)):  # fmt: skip
+            try:
+                parse(getattr(self, name))
+            except ValueError as exc:
+                raise SettingsError(f"REGISTRY_{name.upper()}: {exc}") from None
         if not self.token and not is_loopback(self.host):
             raise SettingsError(
                 f"REGISTRY_TOKEN: required when listening on {self.host} (not loopback): "
@@ -97,6 +133,24 @@ class Settings(CommonSettings):
 
 
 SETTINGS = web.AppKey("settings", Settings)
+
+
+def target_policy(settings: Settings) -> TargetPolicy:
+    """The target rule of ``settings``: its networks, and every control-plane port it knows."""
+    ports = set(parse_ports(settings.reserved_ports))
+    for url in (settings.redis_url, settings.config_url):
+        with contextlib.suppress(ValueError):
+            port = urlsplit(url or "").port
+            if port:
+                ports.add(port)
+    if settings.port:
+        ports.add(settings.port)
+    return TargetPolicy(
+        denied=parse_networks(settings.deny_networks),
+        allowed=parse_networks(settings.allow_networks),
+        reserved_ports=frozenset(ports),
+        local=local_addresses([settings.host]),
+    )
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -158,7 +212,8 @@ def build_app(settings: Settings) -> web.Application:
         client_max_size=BODY_LIMIT,
     )
     app[SETTINGS] = settings
-    app[TOKEN] = settings.token
+    app[CREDENTIALS] = Credentials(settings.token)
+    app[TARGETS] = target_policy(settings)
     app[METRICS] = metrics
     app[SSE_CLIENTS] = Gauge(
         "registry_sse_clients", "open /v1/events streams", registry=metrics.registry
@@ -178,7 +233,26 @@ def readiness(app: web.Application) -> dict[str, Check]:
     return {"redis": redis_check(app[REDIS]), "config": config_check(app[CONFIG])}
 
 
+def print_token(argv: Sequence[str]) -> int:
+    """``python -m registry token SERVICE``: print the token that may write SERVICE only."""
+    if not argv or argv[0].startswith("-"):
+        print("usage: python -m registry token SERVICE [--token OPERATOR_TOKEN]", file=sys.stderr)
+        return BAD_SETTINGS
+    try:
+        settings = load(
+            Settings, prefix="REGISTRY_", argv=argv[1:], prog="python -m registry token"
+        )
+        print(service_token(settings.token, argv[0]))
+    except (SettingsError, ValueError) as exc:
+        print(f"registry token: {exc}", file=sys.stderr)
+        return BAD_SETTINGS
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "token":
+        return print_token(argv[1:])
     settings = configure(
         Settings,
         name="registry",
@@ -188,6 +262,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if settings is None:
         return BAD_SETTINGS
+    if not settings.token:
+        logger.warning(
+            "no REGISTRY_TOKEN: anyone who can reach %s:%d can register, change and deregister "
+            "any service's instances (set one to require it for writes)",
+            settings.host, settings.port,
+        )  # fmt: skip
     return run([Site(build_app(settings), settings.host, settings.port, "registry")],
                shutdown_timeout=settings.shutdown_timeout)  # fmt: skip
 

@@ -35,6 +35,7 @@ from typing import Literal, TypeVar
 
 from core import log
 from core.errors import StartupError
+from core.settings import private_dir, private_file
 
 logger = log.get("db")
 
@@ -199,7 +200,15 @@ class Database:
 
 
 def _connect(path: Path, synchronous: Synchronous, busy_timeout: float) -> Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # A service's database holds its secrets (the auth service's signing keys and
+    # password hashes): its directory is 0700 and the file 0600 before SQLite opens
+    # it; SQLite gives the -wal and -shm files the database file's mode.
+    private_dir(path.parent)
+    private_file(path)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            private_file(side)
     conn = sqlite3.connect(
         path,
         timeout=busy_timeout,

@@ -67,11 +67,13 @@ __all__ = [
     "Redis",
     "RedisError",
     "RedisURL",
+    "ReplicaWait",
     "Subscription",
     "connect",
     "is_cluster",
     "parse_url",
     "publish_command",
+    "replicated",
     "server_binary",
     "tag",
 ]
@@ -179,6 +181,48 @@ def parse_url(url: str) -> RedisURL:
 def is_cluster(client: Redis) -> bool:
     """Whether ``client`` talks to a Redis Cluster (commands routed by slot)."""
     return isinstance(client, RedisCluster)
+
+
+def replicated(client: Redis) -> bool:
+    """Whether ``client`` writes to a Sentinel-managed primary (whose replicas may be waited for)."""
+    from redis.asyncio.sentinel import SentinelConnectionPool
+
+    return isinstance(getattr(client, "connection_pool", None), SentinelConnectionPool)
+
+
+class ReplicaWait:
+    """``WAIT`` for one replica after a write behind Sentinel, unless no replica answers lately.
+
+    Redis replicates asynchronously, so a failover can lose what the primary
+    acknowledged last; waiting until a replica has a write closes that window
+    (for config writes and published events). When the wait times out (the
+    primary has no replica in sync, e.g. right after a failover), the write
+    stands, a warning says so, and the next ``pause`` seconds skip waiting, so
+    that a lone primary does not cost every write ``timeout`` seconds.
+    """
+
+    def __init__(self, client: Redis, *, timeout: float = 1.0, pause: float = 10.0) -> None:
+        self.enabled = replicated(client)
+        self.timeout = timeout
+        self.pause = pause
+        self._skip_until = 0.0
+
+    def wanted(self) -> bool:
+        """Whether to add ``WAIT 1 <timeout ms>`` to this write's pipeline."""
+        return self.enabled and asyncio.get_running_loop().time() >= self._skip_until
+
+    def args(self) -> tuple[str, int, int]:
+        return ("WAIT", 1, int(self.timeout * 1000))
+
+    def done(self, replicas: int, what: str) -> None:
+        """Take ``WAIT``'s reply (how many replicas have the write)."""
+        if replicas < 1:
+            self._skip_until = asyncio.get_running_loop().time() + self.pause
+            logger.warning(
+                "%s acknowledged by the primary only (no replica within %.1fs); "
+                "not waiting for replicas for %.0fs",
+                what, self.timeout, self.pause,
+            )  # fmt: skip
 
 
 def publish_command(client: Redis) -> str:

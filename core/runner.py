@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import sys
@@ -23,7 +24,7 @@ from aiohttp import web
 
 from core import log
 from core.errors import SettingsError, StartupError
-from core.settings import CommonSettings, load
+from core.settings import PRIVATE_UMASK, CommonSettings, load
 
 logger = log.get("runner")
 
@@ -95,7 +96,9 @@ def configure(
     """A component's settings, read once, with logging configured from them.
 
     A bad value prints one line (``name: VARIABLE: reason``) on stderr and
-    returns None: ``main`` then returns :data:`BAD_SETTINGS`.
+    returns None: ``main`` then returns :data:`BAD_SETTINGS`. It also sets the
+    process's umask to :data:`core.settings.PRIVATE_UMASK` (files 0600,
+    directories 0700).
     """
     try:
         settings = load(
@@ -105,6 +108,8 @@ def configure(
         print(f"{name}: {exc}", file=sys.stderr)
         return None
     log.configure(settings.log_format, settings.log_level)
+    # Whatever the component creates (databases, config copies) is owner-only from the start.
+    os.umask(PRIVATE_UMASK)
     return settings
 
 

@@ -56,7 +56,8 @@ import aiohttp
 
 from core.errors import SettingsError
 from core.redis import REDIS_ERRORS, connect, server_binary
-from core.settings import check_redis_url, load, option
+from core.registry.credentials import service_token
+from core.settings import PRIVATE_UMASK, Secret, check_redis_url, load, option, private_dir
 from services import seed
 from services.supervisor import Child, Output, StartupFailed, Supervisor
 
@@ -163,7 +164,7 @@ class Spec:
 
 BASE_ARGS = (
     "--data-dir", "{data}/{service}", "--config-url", "{configsvc_url}",
-    "--instance-id", "{instance}",
+    "--instance-id", "{instance}", "--registry-url", "{registry_url}",
 )  # fmt: skip
 #: A business service's: as the gateway, it checks tokens (when ``services_jwks_url`` is set).
 SERVICE_ARGS = (
@@ -171,7 +172,10 @@ SERVICE_ARGS = (
     "--jwt-issuer", "{jwt_issuer}", "--jwt-audience", "{jwt_audience}",
 )  # fmt: skip
 #: Secrets go in the environment, where other users can't read them (``ps`` shows arguments).
-SERVICE_ENV = {"{prefix}CONFIG_TOKEN": "{configsvc_token}"}
+CONFIG_ENV = {"{prefix}CONFIG_TOKEN": "{configsvc_token}"}
+#: A service also gets ``{service_registry_token}``, which may write its own instances only
+#: (:func:`core.registry.credentials.service_token`); the operator's stays with the registry.
+SERVICE_ENV = {**CONFIG_ENV, "{prefix}REGISTRY_TOKEN": "{service_registry_token}"}
 
 #: Every process of the demo system, in start order by stage.
 # fmt: off
@@ -184,15 +188,16 @@ PROCESSES: tuple[Spec, ...] = (
                                             "--data-dir", "{data}/configsvc"),
          env={"CONFIGSVC_TOKEN": "{configsvc_token}"}, port="configsvc_port"),
     Spec("registry", 2, "registry",
-         args=("--config-url", "{configsvc_url}", "--config-cache-dir", "{data}/registry"),
-         env={"REGISTRY_TOKEN": "{registry_token}", **SERVICE_ENV}, port="registry_port"),
+         args=("--config-url", "{configsvc_url}", "--config-cache-dir", "{data}/registry",
+               "--reserved-ports", "{gateway_port},{gateway_admin_port},{configsvc_port}"),
+         env={"REGISTRY_TOKEN": "{registry_token}", **CONFIG_ENV}, port="registry_port"),
     Spec("auth", 2, "services.auth", args=BASE_ARGS, port="auth_port",
          env={**SERVICE_ENV, "AUTH_SEED_USERS": "{seed_users}", "AUTH_ISSUER": "{jwt_issuer}",
               "AUTH_AUDIENCE": "{jwt_audience}"}),
     Spec("gateway", 3, "gateway",
          args=("--admin-port", "{gateway_admin_port}", "--config-url", "{configsvc_url}",
                "--config-cache-dir", "{data}/gateway"),
-         env={**SERVICE_ENV, "GATEWAY_JWKS_URL": "{jwks_url}", "GATEWAY_JWT_ISSUER": "{jwt_issuer}",
+         env={**CONFIG_ENV, "GATEWAY_JWKS_URL": "{jwks_url}", "GATEWAY_JWT_ISSUER": "{jwt_issuer}",
               "GATEWAY_JWT_AUDIENCE": "{jwt_audience}", "GATEWAY_DISCOVERY_AUTH": "authenticated"},
          port="gateway_port", health="http://{host}:{gateway_admin_port}/health"),
     Spec("customers", 3, "services.customers", args=SERVICE_ARGS, env=SERVICE_ENV),
@@ -247,7 +252,7 @@ class Launcher:
             raise SettingsError(
                 f"run_dir: {run_dir} is not empty and not an essaim run directory; choose another"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(run_dir)  # tokens, passwords, databases: only their owner may look
         (run_dir / MARKER).touch()
         lock = open(run_dir / ".lock", "w")  # noqa: SIM115 - held for the life of the run
         try:
@@ -269,7 +274,7 @@ class Launcher:
             else:
                 entry.unlink()
         for sub in ("data", "logs", "redis"):
-            (run_dir / sub).mkdir(exist_ok=True)
+            private_dir(run_dir / sub)
 
     def _secret(self, name: str, value: str) -> None:
         """``value`` in ``{run_dir}/name``, readable by its owner only."""
@@ -338,6 +343,7 @@ class Launcher:
             "redis_url": redis_url,
             "redis_binary": binary,
             "configsvc_url": f"http://{host}:{ports['configsvc_port']}",
+            "registry_url": f"http://{host}:{ports['registry_port']}",
             **{name: str(port) for name, port in ports.items()},
             **tokens,
             "seed_users": seed_users,
@@ -361,7 +367,9 @@ class Launcher:
                     port = int(self.values[spec.port]) if spec.port else free_port(host)
                 values = {**self.values, "port": str(port), "service": spec.name,
                           "instance": instance,
-                          "prefix": spec.name.upper().replace("-", "_") + "_"}  # fmt: skip
+                          "prefix": spec.name.upper().replace("-", "_") + "_",
+                          "service_registry_token": service_token(
+                              Secret(tokens["registry_token"]), spec.name)}  # fmt: skip
                 if spec.module:
                     argv = [sys.executable, "-m", spec.module, "--host", host, "--port", str(port),
                             "--log-level", s.log_level, *spec.args]  # fmt: skip
@@ -478,6 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"services: {exc}", file=sys.stderr)
         return 2
+    # Every file of the run (and of its children, which inherit it) is owner-only.
+    os.umask(PRIVATE_UMASK)
     width = max(len("essaim"), *(len(s.name) + (3 if s.count else 0) for s in PROCESSES))
     output = Output(sys.stdout, width)
     launcher = Launcher(settings, output)

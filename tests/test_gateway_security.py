@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import functools
 import hashlib
 import hmac
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from core.testing import Component, ComponentFactory, RedisServer, free_port
+from core.testing import Component, ComponentFactory, RedisServer, free_port, wait_until
 from tests.minting import AUDIENCE, ISSUER, Signer, b64url, jwks
 
 
@@ -86,6 +88,13 @@ auth = "roles:admin"
 [[routes]]
 id = "limited"
 prefix = "/limited"
+urls = ["http://127.0.0.1:{port}"]
+auth = "public"
+rate_limit = {{ replenish_rate = 1, burst_capacity = 3 }}
+
+[[routes]]
+id = "limited-too"
+prefix = "/also-limited"
 urls = ["http://127.0.0.1:{port}"]
 auth = "public"
 rate_limit = {{ replenish_rate = 1, burst_capacity = 3 }}
@@ -261,6 +270,49 @@ async def test_the_rate_limit_fails_open_while_redis_is_away(
     server.kill()
     statuses = [(await call(gw.url + "/limited/x"))[0] for _ in range(5)]
     assert statuses == [200] * 5  # more than the burst: nothing could count them
+
+
+async def test_a_redis_outage_is_counted_and_logged_once_and_its_end_logged(
+    start: Start, redis_factory: Callable[..., RedisServer]
+) -> None:
+    server = redis_factory()
+    gw = await start(server.url)
+    assert (await call(gw.url + "/limited/x"))[2]["X-RateLimit-Remaining"] == "2"
+
+    async def fail_open_total() -> float:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{gw.admin}/metrics") as resp,
+        ):
+            text = await resp.text()
+        found = re.search(r"^gateway_ratelimit_fail_open_total ([0-9.e+]+)$", text, re.M)
+        assert found is not None, text
+        return float(found.group(1))
+
+    assert await fail_open_total() == 0
+    server.stop()
+    # Two limited routes, many requests: one outage.
+    for path in ("/limited/x", "/also-limited/x") * 4:
+        status, _, headers = await call(gw.url + path)
+        assert (status, headers["X-RateLimit-Remaining"]) == (200, "-1")
+    assert await fail_open_total() == 8
+    assert gw.comp.log.count("rate limit: Redis unreachable") == 1
+
+    server.start()  # the same port, empty
+
+    async def checked_again(path: str) -> bool:
+        return (await call(gw.url + path))[2]["X-RateLimit-Remaining"] != "-1"
+
+    for path in ("/limited/x", "/also-limited/x"):
+        await wait_until(functools.partial(checked_again, path), 10, 0.2, f"{path} checked")
+    await wait_until(lambda: "rate limit: Redis answers again" in gw.comp.log, 5)
+    assert gw.comp.log.count("rate limit: Redis answers again") == 1
+    assert gw.comp.log.count("rate limit: Redis unreachable") == 1
+    counted = await fail_open_total()
+    assert counted >= 8  # the requests of the retry window after the restart fail open too
+    for path in ("/limited/x", "/also-limited/x"):
+        assert (await call(gw.url + path))[0] == 200
+    assert await fail_open_total() == counted  # Redis decides again: nothing more counted
 
 
 def test_token_minting_helper_is_base64url() -> None:

@@ -309,3 +309,20 @@ async def test_a_second_gateway_on_a_port_in_use_fails_without_takeover(
     )  # fmt: skip
     assert second.returncode == 3
     assert "address already in use" in second.stderr
+
+
+async def test_sighup_to_a_single_process_is_ignored_with_a_warning(
+    components: ComponentFactory, redis_url: str, upstream: int, tmp_path: Path
+) -> None:
+    admin = free_port()
+    gw = await components.start(
+        "gateway",
+        *gateway_args(redis_url, admin, routes_file(tmp_path, upstream), "--workers", "1"),
+        health_port=admin,
+        timeout=60,
+    )
+    gw.process.send_signal(signal.SIGHUP)
+    await wait_until(lambda: "SIGHUP ignored" in gw.log, timeout=10, message="the warning")
+    assert gw.process.poll() is None
+    async with aiohttp.ClientSession() as session, session.get(f"{gw.url}/shop/x") as resp:
+        assert resp.status == 200

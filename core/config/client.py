@@ -44,7 +44,7 @@ from core.config.store import CHANNEL
 from core.config.typed import TypedView
 from core.errors import StartupError, UpstreamError
 from core.redis import Backoff, Redis, Subscription
-from core.settings import Secret
+from core.settings import Secret, private_dir
 from core.tasks import TaskSet
 
 logger = log.get("config")
@@ -571,7 +571,7 @@ class ConfigClient:
             "saved_at": time.time(),
         }
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(path.parent)
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             # Owner-only: the copy holds decrypted secrets when the config has any.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -38,6 +38,11 @@ LOCKED = problem(401, "holds encrypted values: needs the token")
 ETAG = {"ETag": "the version's entity tag"}
 
 
+#: Conditional writes (core/config/conditional.py): 412 when they don't hold.
+PRECONDITIONS = {"If-Match": STRING, "If-None-Match": STRING}
+CHANGED = problem(412, "If-Match or If-None-Match did not hold: nothing written")
+
+
 def build() -> Spec:
     """configsvc's document: every route it serves."""
     spec = Spec(
@@ -67,15 +72,16 @@ def build() -> Spec:
                    "decrypt": ({"type": "string", "enum": ["true", "false"]},
                                "serve {cipher} values decrypted (needs the token)"),
                    "format": ({"type": "string", "enum": ["json", "toml"]}, "else by Accept")},
-            headers={"If-None-Match": STRING},
-            responses=[(200, {"description": "the document", "headers": {"ETag": {"schema": STRING}},
+            headers={"If-None-Match": STRING, "If-Modified-Since": STRING},
+            responses=[(200, {"description": "the document (an ETag per representation, Vary: Accept)",
+                              "headers": {"ETag": {"schema": STRING}},
                               "content": {JSON: {"schema": DOCUMENT}, TOML: {"schema": STRING}}}),
                        (304, {"description": "not modified"}), NOT_FOUND, LOCKED, BAD_NAME])  # fmt: skip
     spec.op("PUT", one, "Write a new version", params={"name": NAME}, auth=True, tags=native,
-            body={JSON: DOCUMENT, TOML: STRING},
+            body={JSON: DOCUMENT, TOML: STRING}, headers=PRECONDITIONS,
             responses=[(201, json(WRITE, "created")), (200, json(WRITE, "written")),
                        BAD_NAME, problem(413, "the document is too large"),
-                       problem(415, "neither JSON nor TOML")])  # fmt: skip
+                       problem(415, "neither JSON nor TOML"), CHANGED])  # fmt: skip
     spec.op(
         "DELETE",
         one,
@@ -83,7 +89,8 @@ def build() -> Spec:
         params={"name": NAME},
         auth=True,
         tags=native,
-        responses=[(200, json(WRITE)), NOT_FOUND, BAD_NAME],
+        headers=PRECONDITIONS,
+        responses=[(200, json(WRITE)), NOT_FOUND, BAD_NAME, CHANGED],
     )
     spec.op("GET", one + "/history", "Its retained versions, newest first",
             params={"name": NAME}, tags=native,

@@ -42,13 +42,11 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 import orjson
-from redis.asyncio.sentinel import SentinelConnectionPool
 
-from core import log
 from core.config.document import canonical, content_hash
 from core.config.journal import Journal, JournalEntry, entries_from_history
 from core.config.merge import deep_merge
-from core.redis import Redis, publish_command, tag
+from core.redis import Redis, ReplicaWait, publish_command, tag
 
 __all__ = [
     "CHANNEL",
@@ -65,7 +63,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-logger = log.get("configsvc")
 
 PREFIX = "essaim:" + tag("cfg") + ":"
 REV_KEY = PREFIX + "rev"
@@ -98,11 +95,13 @@ def iso(ms: int) -> str:
 
 # KEYS: imported, files, seq, names, rev, channel, then per document its
 # doc key and its history key (KEYS[7 + 2j], KEYS[8 + 2j] for document j).
-# ARGV: keep, mode, publish command (PUBLISH or SPUBLISH), then per document 6 values:
+# ARGV: keep, mode, publish command (PUBLISH or SPUBLISH), then per document 7 values:
 #   name, op ('put'|'del'|'file'), hash, origin, content JSON,
-#   file ('' leave the file record, '-' forget it, else the file's hash)
+#   file ('' leave the file record, '-' forget it, else the file's hash),
+#   expect ('' no condition, '*' it must exist, '!' it must not, else
+#   'VERSION:HASH16' it must be at that version with that hash prefix)
 # Returns {now, {status, version, rev, ...}}: status 2 created, 1 written, 0 unchanged,
-# -1 unknown (del).
+# -1 unknown (del), -2 the condition failed (nothing written; version is the current one).
 # Op 'file' changes the file record only. Mode '1': an import (marks Redis imported);
 # '2': refuse ({now, {}, 0}) unless Redis is marked imported; '0': no condition.
 # Names, hashes and origins are checked by the caller, so they are safe inside JSON text.
@@ -116,53 +115,68 @@ elseif ARGV[2] == '2' and redis.call('EXISTS', KEYS[1]) == 0 then
   return {now, {}, 0}
 end
 local out = {}
-for i = 4, #ARGV, 6 do
+for i = 4, #ARGV, 7 do
   local name, op, hash, origin, content, file = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5]
-  local j = (i - 4) / 6
+  local expect = ARGV[i+6]
+  local j = (i - 4) / 7
   local dkey, hkey = KEYS[7 + 2 * j], KEYS[8 + 2 * j]
   local cur = redis.call('HMGET', dkey, 'version', 'hash')
-  if file == '-' then
-    redis.call('HDEL', KEYS[2], name)
-  elseif file ~= '' then
-    redis.call('HSET', KEYS[2], name, file)
+  local failed = false
+  if expect == '*' then
+    failed = not cur[1]
+  elseif expect == '!' then
+    failed = cur[1] and true or false
+  elseif expect ~= '' then
+    failed = not cur[1] or (cur[1] .. ':' .. string.sub(cur[2], 1, 16)) ~= expect
   end
-  if op == 'file' then
-    out[#out + 1] = 0
+  if failed then
+    out[#out + 1] = -2
     out[#out + 1] = tonumber(cur[1] or '0')
     out[#out + 1] = 0
-  elseif op == 'put' and cur[2] == hash then
-    out[#out + 1] = 0
-    out[#out + 1] = tonumber(cur[1])
-    out[#out + 1] = 0
-  elseif op == 'del' and not cur[1] then
-    out[#out + 1] = -1
-    out[#out + 1] = 0
-    out[#out + 1] = 0
   else
-    local version = redis.call('HINCRBY', KEYS[3], name, 1)
-    local entry
-    local created = false
-    if op == 'put' then
-      redis.call('HSET', dkey, 'version', version, 'hash', hash, 'time', now,
-                 'origin', origin, 'content', content)
-      redis.call('SADD', KEYS[4], name)
-      entry = '{"version":' .. version .. ',"hash":"' .. hash .. '","time":' .. now ..
-              ',"origin":"' .. origin .. '","deleted":false,"content":' .. content .. '}'
-      if not cur[1] then created = true end
-    else
-      redis.call('DEL', dkey)
-      redis.call('SREM', KEYS[4], name)
-      entry = '{"version":' .. version .. ',"hash":null,"time":' .. now ..
-              ',"origin":"' .. origin .. '","deleted":true,"content":null}'
+    if file == '-' then
+      redis.call('HDEL', KEYS[2], name)
+    elseif file ~= '' then
+      redis.call('HSET', KEYS[2], name, file)
     end
-    redis.call('LPUSH', hkey, entry)
-    redis.call('LTRIM', hkey, 0, keep - 1)
-    local rev = redis.call('INCR', KEYS[5])
-    redis.call(ARGV[3], KEYS[6],
-               '{"rev":' .. rev .. ',"document":"' .. name .. '","version":' .. version .. '}')
-    out[#out + 1] = created and 2 or 1
-    out[#out + 1] = version
-    out[#out + 1] = rev
+    if op == 'file' then
+      out[#out + 1] = 0
+      out[#out + 1] = tonumber(cur[1] or '0')
+      out[#out + 1] = 0
+    elseif op == 'put' and cur[2] == hash then
+      out[#out + 1] = 0
+      out[#out + 1] = tonumber(cur[1])
+      out[#out + 1] = 0
+    elseif op == 'del' and not cur[1] then
+      out[#out + 1] = -1
+      out[#out + 1] = 0
+      out[#out + 1] = 0
+    else
+      local version = redis.call('HINCRBY', KEYS[3], name, 1)
+      local entry
+      local created = false
+      if op == 'put' then
+        redis.call('HSET', dkey, 'version', version, 'hash', hash, 'time', now,
+                   'origin', origin, 'content', content)
+        redis.call('SADD', KEYS[4], name)
+        entry = '{"version":' .. version .. ',"hash":"' .. hash .. '","time":' .. now ..
+                ',"origin":"' .. origin .. '","deleted":false,"content":' .. content .. '}'
+        if not cur[1] then created = true end
+      else
+        redis.call('DEL', dkey)
+        redis.call('SREM', KEYS[4], name)
+        entry = '{"version":' .. version .. ',"hash":null,"time":' .. now ..
+                ',"origin":"' .. origin .. '","deleted":true,"content":null}'
+      end
+      redis.call('LPUSH', hkey, entry)
+      redis.call('LTRIM', hkey, 0, keep - 1)
+      local rev = redis.call('INCR', KEYS[5])
+      redis.call(ARGV[3], KEYS[6],
+                 '{"rev":' .. rev .. ',"document":"' .. name .. '","version":' .. version .. '}')
+      out[#out + 1] = created and 2 or 1
+      out[#out + 1] = version
+      out[#out + 1] = rev
+    end
   end
 end
 return {now, out, 1}
@@ -249,7 +263,11 @@ class Write:
 
     ``file`` records the hash of the file it was imported from (``"-"`` to
     forget the file, ``""`` to leave the record alone); with ``only_file``
-    the document itself is left alone.
+    the document itself is left alone. ``expect`` makes the write
+    conditional, checked atomically with it: ``"*"`` the document exists,
+    ``"!"`` it does not, ``"VERSION:HASH16"`` it is at that version (and its
+    hash starts so); else nothing is written and the result says
+    ``precondition_failed``.
     """
 
     name: str
@@ -257,6 +275,7 @@ class Write:
     origin: str = "api"
     file: str = ""
     only_file: bool = False
+    expect: str = ""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -265,7 +284,9 @@ class WriteResult:
 
     ``created`` when the document did not exist (or was deleted) before;
     ``rev`` is 0 when nothing changed; ``found`` is False for the deletion of
-    a document that does not exist.
+    a document that does not exist; ``precondition_failed`` when the write's
+    ``expect`` did not hold (nothing written; ``version`` is the current one,
+    0 for none).
     """
 
     name: str
@@ -275,6 +296,7 @@ class WriteResult:
     time: int
     found: bool = True
     created: bool = False
+    precondition_failed: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -356,11 +378,8 @@ class ConfigStore:
         self.journal = journal
         self._limit = asyncio.Semaphore(concurrency)
         self.publish = publish_command(redis)
-        #: Behind Sentinel a write waits (up to ``replica_wait`` s) for one replica.
-        self.replicated = isinstance(
-            getattr(redis, "connection_pool", None), SentinelConnectionPool
-        )
-        self.replica_wait = replica_wait
+        #: Behind Sentinel a write waits for one replica.
+        self.replica_wait = ReplicaWait(redis, timeout=replica_wait)
         self._write = redis.register_script(_WRITE)
         self._read = redis.register_script(_READ)
         self._restore = redis.register_script(_RESTORE)
@@ -387,16 +406,21 @@ class ConfigStore:
         origin: str = "api",
         *,
         if_imported: bool = False,
+        expect: str = "",
     ) -> WriteResult:
-        """Make ``content`` the current version of ``name`` (no new version when identical)."""
-        writes = [Write(name, content, origin)]
+        """Make ``content`` the current version of ``name`` (no new version when identical).
+
+        ``expect``: a condition checked atomically with the write (see :class:`Write`).
+        """
+        writes = [Write(name, content, origin, expect=expect)]
         return (await self.write_many(writes, if_imported=if_imported))[0]
 
     async def delete(
-        self, name: str, origin: str = "api", *, if_imported: bool = False
+        self, name: str, origin: str = "api", *, if_imported: bool = False, expect: str = ""
     ) -> WriteResult:
         """Delete ``name`` (recorded as a version); ``found`` False when it did not exist."""
-        return (await self.write_many([Write(name, None, origin)], if_imported=if_imported))[0]
+        writes = [Write(name, None, origin, expect=expect)]
+        return (await self.write_many(writes, if_imported=if_imported))[0]
 
     async def write_many(
         self, writes: Sequence[Write], *, mark_imported: bool = False, if_imported: bool = False
@@ -417,27 +441,23 @@ class ConfigStore:
             if not _ORIGIN_RE.match(w.origin):
                 raise ValueError(f"invalid origin {w.origin!r}")
             if w.only_file:
-                args += [w.name, "file", "", w.origin, "", w.file]
+                args += [w.name, "file", "", w.origin, "", w.file, w.expect]
                 texts.append((None, None))
             elif w.content is None:
-                args += [w.name, "del", "", w.origin, "", w.file]
+                args += [w.name, "del", "", w.origin, "", w.file, w.expect]
                 texts.append((None, None))
             else:
                 hash_, text = content_hash(w.content), canonical(w.content)
-                args += [w.name, "put", hash_, w.origin, text, w.file]
+                args += [w.name, "put", hash_, w.origin, text, w.file, w.expect]
                 texts.append((hash_, text))
-        if self.replicated:
+        if self.replica_wait.wanted():
             # Behind Sentinel: acknowledge once a replica has the write too
             # (WAIT applies to the writes of its own connection: one pipeline).
             async with self.redis.pipeline(transaction=False) as pipe:
                 await self._write(keys=keys, args=args, client=cast(Any, pipe))
-                pipe.execute_command("WAIT", 1, int(self.replica_wait * 1000))
+                pipe.execute_command(*self.replica_wait.args())
                 (now, flat, done), replicas = await self._call(pipe.execute())
-            if int(done) and not int(replicas):
-                logger.warning(
-                    "config write acknowledged by the primary only: no replica within %.1fs",
-                    self.replica_wait,
-                )
+            self.replica_wait.done(int(replicas), "config write")
         else:
             now, flat, done = await self._call(self._write(keys=keys, args=args))
         if not int(done):
@@ -454,6 +474,7 @@ class ConfigStore:
                     time=int(now),
                     found=status != -1,
                     created=status == 2,
+                    precondition_failed=status == -2,
                 )
             )
         if self.journal is not None:

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from core import trace
-from core.redis import Redis, tag
+from core.redis import Redis, ReplicaWait, tag
 
 __all__ = [
     "PREFIX",
@@ -193,8 +193,16 @@ class EventBus:
     entries, which are logged when it tries to claim them.
     """
 
-    def __init__(self, redis: Redis, *, prefix: str = PREFIX, maxlen: int | None = 100_000) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str = PREFIX,
+        maxlen: int | None = 100_000,
+    ) -> None:
         self.redis = redis
+        #: Behind Sentinel, a batch of :meth:`publish_fields` waits for one replica.
+        self.replica_wait = ReplicaWait(redis)
         self.keys = Keys(prefix)
         self.maxlen = maxlen
 
@@ -225,4 +233,13 @@ class EventBus:
         async with self.redis.pipeline(transaction=False) as pipe:
             for type, fields in entries:
                 pipe.xadd(self.keys.stream(type), redis_fields(fields), maxlen=self.maxlen)
-            return [str(entry_id) for entry_id in await pipe.execute()]
+            waiting = self.replica_wait.wanted()
+            if waiting:
+                # Behind Sentinel: return once a replica has the batch too, so
+                # that a failover right after cannot lose what the outbox then
+                # marks published (WAIT covers this connection's writes).
+                pipe.execute_command(*self.replica_wait.args())
+            replies = await pipe.execute()
+        if waiting:
+            self.replica_wait.done(int(replies.pop()), "events")
+        return [str(entry_id) for entry_id in replies]

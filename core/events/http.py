@@ -11,6 +11,9 @@
 - ``POST /events/dead/discard``: body ``{"ids": [...]}``: deleted for good;
   answers ``{"discarded": N}``;
 
+(replay and discard are admin actions: the scaffold gives them the
+service's ``admin_access`` policy, ``roles:admin`` by default)
+
 and to a service that emits events:
 
 - ``GET /events/outbox?limit=N``: the newest events of its outbox (``limit``

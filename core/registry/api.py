@@ -15,20 +15,22 @@ from prometheus_client import Gauge
 
 from core.config.client import ConfigClient, TypedView
 from core.errors import NotFound
-from core.http import json_response, read_json, redis_health, require_bearer
+from core.http import json_response, read_json, redis_health
 from core.metrics import HTTPMetrics
 from core.redis import Redis
 from core.registry import openapi
+from core.registry.credentials import Credentials
 from core.registry.events import EventHub, stream_events
 from core.registry.expiry import Expirer
 from core.registry.store import (
+    Instance,
     RegistryStore,
     check_instance_id,
     check_service,
     parse_patch,
     parse_registration,
 )
-from core.settings import Secret
+from core.registry.targets import TargetPolicy
 
 BODY_LIMIT = 64 * 1024
 
@@ -48,7 +50,8 @@ class Dynamic:
 
 
 # Typed application keys, set by ``registry.build_app`` and its cleanup contexts.
-TOKEN = web.AppKey("token", Secret)
+CREDENTIALS = web.AppKey("credentials", Credentials)
+TARGETS = web.AppKey("targets", TargetPolicy)
 REDIS: web.AppKey[Redis] = web.AppKey("redis")
 STORE = web.AppKey("store", RegistryStore)
 HUB = web.AppKey("hub", EventHub)
@@ -59,32 +62,38 @@ CONFIG = web.AppKey("config", ConfigClient)
 DYNAMIC = web.AppKey("dynamic", TypedView[Dynamic])
 
 
-def _require_token(request: web.Request) -> None:
-    require_bearer(request, request.app[TOKEN], "REGISTRY_TOKEN")
-
-
 def authorize_write(request: web.Request, service: str) -> None:
     """The one check of a write to ``service``'s instances, whatever the API (native, Eureka).
 
-    :class:`~core.errors.Unauthorized` unless the request carries the
-    registry's token, as a bearer or as the password of HTTP Basic.
+    401 unless the request carries the operator token or a service token
+    (:mod:`core.registry.credentials`), as a bearer or as the password of
+    HTTP Basic; 403 when its token may write another service only.
     """
-    _require_token(request)
+    request.app[CREDENTIALS].authorize(request, service)
+
+
+async def check_target(request: web.Request, instance: Instance) -> None:
+    """422 when ``instance``'s address is one the registry refuses (:mod:`core.registry.targets`)."""
+    await request.app[TARGETS].check(instance.host, instance.port)
 
 
 def _names(request: web.Request) -> tuple[str, str]:
-    return (
-        check_service(request.match_info["service"]),
-        check_instance_id(request.match_info["id"]),
-    )
+    """The service and instance id of a write, once its token may write that service.
+
+    401/403 come first, so that a client without the right token learns
+    nothing about the names it tried.
+    """
+    service = request.match_info["service"]
+    authorize_write(request, service)
+    return check_service(service), check_instance_id(request.match_info["id"])
 
 
 async def register(request: web.Request) -> web.Response:
-    _require_token(request)
     service, instance_id = _names(request)
     body = await read_json(request, BODY_LIMIT)
     default_ttl = request.app[DYNAMIC].current.default_ttl
     instance = parse_registration(service, instance_id, body, default_ttl)
+    await check_target(request, instance)
     rev, created = await request.app[STORE].register(instance)
     request.app[EXPIRER].poke()  # its deadline may come before the one the expirer waits for
     stored = await request.app[STORE].get(service, instance_id)
@@ -93,7 +102,6 @@ async def register(request: web.Request) -> web.Response:
 
 
 async def heartbeat(request: web.Request) -> web.Response:
-    _require_token(request)
     service, instance_id = _names(request)
     if not await request.app[STORE].heartbeat(service, instance_id):
         raise NotFound(
@@ -103,7 +111,6 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 
 async def patch(request: web.Request) -> web.Response:
-    _require_token(request)
     service, instance_id = _names(request)
     changes = parse_patch(await read_json(request, BODY_LIMIT))
     updated = await request.app[STORE].update(service, instance_id, changes)
@@ -114,7 +121,6 @@ async def patch(request: web.Request) -> web.Response:
 
 
 async def deregister(request: web.Request) -> web.Response:
-    _require_token(request)
     service, instance_id = _names(request)
     if not await request.app[STORE].deregister(service, instance_id):
         raise NotFound(f"instance {service}/{instance_id} is not registered")

@@ -1,7 +1,11 @@
 """Client side of discovery: :class:`Registration` and :class:`Watcher`.
 
-Both talk to Redis directly through :class:`core.registry.store.RegistryStore`
-(the same key layout and scripts as the registry service; no HTTP hop).
+The watcher reads Redis directly through :class:`core.registry.store.RegistryStore`
+(the same key layout and scripts as the registry service; no HTTP hop). A
+registration writes either there too (a process trusted with the registry's
+Redis keys) or through the registry's HTTP API with a token
+(:class:`core.registry.client.RegistryClient`), which the registry checks:
+a service token may write its own service only, at an allowed target.
 
 - :class:`Registration` keeps one instance registered: it registers, renews
   the TTL every TTL/3, registers again whenever a heartbeat finds the instance
@@ -33,6 +37,7 @@ from typing import Any
 
 from core import log
 from core.redis import REDIS_ERRORS, Backoff, Redis, Subscription
+from core.registry.client import RegistrationRefused, RegistryClient, RegistryUnavailable
 from core.registry.model import iso
 from core.registry.store import CHANNEL, Event, Instance, RegistryStore
 from core.tasks import TaskSet
@@ -45,15 +50,22 @@ __all__ = ["Event", "Instance", "Registration", "Watcher"]
 class Registration:
     """Keeps ``instance`` registered while running. Start with :meth:`start`, end with :meth:`stop`.
 
-    ``registered`` is set while the registry is believed to hold the
-    instance; ``registrations`` counts how many times it had to register.
-    The instance's ``registered_at`` is stamped once (unless given) and kept
-    when it registers again after Redis lost it: watchers then see the same
-    process coming back, not a new one (see :func:`core.upstream.upstream.generation`).
+    ``target`` is the registry's Redis, or a :class:`RegistryClient` (the
+    registry's HTTP API and a token). ``registered`` is set while the
+    registry is believed to hold the instance; ``registrations`` counts how
+    many times it had to register; ``refusal`` is the registry's last reason
+    for refusing it (a token for another service, a denied target), retried
+    slowly and logged once, since it won't change by itself. The instance's
+    ``registered_at`` is stamped once (unless given) and kept when it
+    registers again after Redis lost it: watchers then see the same process
+    coming back, not a new one (see :func:`core.upstream.upstream.generation`).
     """
 
-    def __init__(self, redis: Redis, instance: Instance) -> None:
-        self.store = RegistryStore(redis)
+    def __init__(self, target: Redis | RegistryClient, instance: Instance) -> None:
+        self.store: RegistryStore | RegistryClient = (
+            target if isinstance(target, RegistryClient) else RegistryStore(target)
+        )
+        self.refusal: str | None = None
         if not instance.registered_at:
             instance = dataclasses.replace(instance, registered_at=iso(time.time() * 1000))
         self.instance = instance
@@ -97,13 +109,25 @@ class Registration:
                     )  # fmt: skip
                     await self._register()
                 backoff.reset()
+                self.refusal = None
                 await asyncio.sleep(self.interval)
-            except REDIS_ERRORS as exc:
+            except (*REDIS_ERRORS, RegistryUnavailable) as exc:
                 if backoff.attempt == 0:
                     logger.warning(
-                        "registration of %s: Redis unavailable (%s)", self.instance.id, exc
+                        "registration of %s: the registry is unavailable (%s)",
+                        self.instance.id,
+                        exc,
                     )
                 await backoff.sleep()
+            except RegistrationRefused as exc:
+                if self.refusal != exc.detail:
+                    logger.error(
+                        "the registry refuses %s/%s (%d): %s",
+                        self.instance.service, self.instance.id, exc.status, exc.detail,
+                    )  # fmt: skip
+                self.refusal = exc.detail
+                self.registered.clear()
+                await asyncio.sleep(max(self.interval, 2.0))
 
     async def set_status(self, status: str) -> None:
         """Change the instance's status in the registry (e.g. OUT_OF_SERVICE before a drain)."""
@@ -118,8 +142,10 @@ class Registration:
                 await asyncio.wait_for(
                     self.store.deregister(self.instance.service, self.instance.id), 2.0
                 )
-            except REDIS_ERRORS as exc:
+            except (*REDIS_ERRORS, RegistryUnavailable, RegistrationRefused) as exc:
                 logger.warning("could not deregister %s: %s", self.instance.id, exc)
+        if isinstance(self.store, RegistryClient):
+            await self.store.close()
         self.registered.clear()
 
 

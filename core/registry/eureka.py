@@ -56,7 +56,7 @@ from aiohttp import web
 
 from core.errors import BadRequest, NotFound, Unauthorized, Unprocessable
 from core.http import json_response, read_json
-from core.registry.api import BODY_LIMIT, DYNAMIC, HUB, STORE, authorize_write
+from core.registry.api import BODY_LIMIT, DYNAMIC, HUB, STORE, authorize_write, check_target
 from core.registry.model import Event, Instance, check_instance_id, check_service
 from core.registry.store import parse_registration
 
@@ -433,6 +433,7 @@ async def register(request: web.Request) -> web.Response:
     probe = from_eureka(service, body, default_ttl)
     existing = await store.get(service, probe.id)
     instance = from_eureka(service, body, default_ttl, existing) if existing else probe
+    await check_target(request, instance)
     await store.register(instance)
     return web.Response(status=204)
 

@@ -45,6 +45,7 @@ JSON = "application/json"
 NAMES = {"service": SERVICE_NAME, "id": INSTANCE_ID}
 BAD_NAME = problem(422, "an invalid service name or instance id, or invalid values")
 NOT_REGISTERED = problem(404, "no such instance (unknown, or expired: register again)")
+SCOPE = problem(403, "a service token for another service: it writes its own instances only")
 EUREKA_READ = [BAD_NAME, (200, {"description": "Eureka's XML, or JSON when Accept says application/json",
                       "content": {"application/xml": {"schema": STRING}, JSON: {"schema": ANY}}})]  # fmt: skip
 
@@ -190,4 +191,9 @@ def build() -> Spec:
         tags=eureka,
         responses=[*EUREKA_READ, NOT_REGISTERED],
     )
+    # Every write may meet a service token scoped to another service.
+    for operations in spec.doc["paths"].values():
+        for operation in operations.values():
+            if "security" in operation:
+                operation["responses"].setdefault(str(SCOPE[0]), SCOPE[1])
     return spec

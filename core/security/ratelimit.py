@@ -15,6 +15,10 @@ in steps), and the script also says how long until the request could pass
 ``fail_open=False`` refuses instead, with 503 (the client did nothing wrong).
 After a failure the limiter does not ask Redis again for ``retry_interval``
 seconds, so that a Redis outage costs requests nothing but the decision.
+Every limiter of a gateway shares one :class:`StoreHealth`, which counts the
+decisions made without Redis (``gateway_ratelimit_fail_open_total``: requests
+let through unchecked) and logs one warning when an outage begins and one
+line when Redis answers again, whatever the number of requests or routes.
 
 The script runs through :class:`core.security.resp.RespClient`, one pipelined
 connection, because redis-py's per-command cost (about 100 µs of CPU) would
@@ -41,7 +45,15 @@ from core.security.resp import RespClient, RespError, Script
 
 logger = log.get("ratelimit")
 
-__all__ = ["KEY_PREFIX", "Decision", "RateLimitPolicy", "RateLimiter", "bucket_key", "rate_key"]
+__all__ = [
+    "KEY_PREFIX",
+    "Decision",
+    "RateLimitPolicy",
+    "RateLimiter",
+    "StoreHealth",
+    "bucket_key",
+    "rate_key",
+]
 
 KEY_PREFIX = "essaim:rl:"
 
@@ -134,11 +146,58 @@ def rate_key(user_id: str | None, address: str) -> str:
     return f"user:{user_id}" if user_id else f"addr:{address}"
 
 
+class StoreHealth:
+    """What the rate limiters sharing one Redis know of it: up or in an outage, and counts.
+
+    ``failed_open`` counts requests let through because Redis could not
+    decide, ``failed_closed`` those refused for it, ``outages`` the outages
+    seen. An outage is logged once when it begins (the first failure) and
+    once when it ends (the first answer after it), not per request.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.down_since: float | None = None
+        self.failed_open = 0
+        self.failed_closed = 0
+        self.outages = 0
+
+    @property
+    def up(self) -> bool:
+        return self.down_since is None
+
+    def failure(self, exc: BaseException, fail_open: bool) -> None:
+        """A call to Redis failed: the start of an outage, unless one is under way."""
+        if self.down_since is not None:
+            return
+        self.down_since = self.clock()
+        self.outages += 1
+        logger.warning(
+            "rate limit: Redis unreachable (%s); limited routes fail %s until it answers "
+            "(requests let through are counted in gateway_ratelimit_fail_open_total)",
+            exc or type(exc).__name__,
+            "open" if fail_open else "closed",
+        )
+
+    def success(self) -> None:
+        """A call to Redis answered: the end of the outage, if there was one."""
+        if self.down_since is None:
+            return
+        lasted = self.clock() - self.down_since
+        self.down_since = None
+        logger.info(
+            "rate limit: Redis answers again after %.1f s; %d requests were let through "
+            "unchecked and %d refused since the first outage",
+            lasted, self.failed_open, self.failed_closed,
+        )  # fmt: skip
+
+
 class RateLimiter:
     """Token buckets of one configuration, in the Redis server of ``redis``.
 
     ``allowed``, ``denied``, ``failed_open`` and ``failed_closed`` count the
-    decisions for metrics.
+    decisions for metrics; ``health`` (shared by the limiters of one Redis)
+    counts the failures of all and logs outages once.
     """
 
     def __init__(
@@ -152,7 +211,9 @@ class RateLimiter:
         timeout: float = 0.5,
         retry_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        health: StoreHealth | None = None,
     ) -> None:
+        self.health = health or StoreHealth(clock)
         self.policy = RateLimitPolicy(replenish_rate, burst_capacity, requested_tokens, fail_open)
         self.redis = redis
         self.replenish_rate = replenish_rate
@@ -173,6 +234,10 @@ class RateLimiter:
             "X-RateLimit-Burst-Capacity": str(burst_capacity),
             "X-RateLimit-Requested-Tokens": str(requested_tokens),
         }
+        #: The response header lines that do not change, joined once (the data plane's).
+        self.static_lines = "".join(
+            f"{name}: {value}\r\n" for name, value in self._static_headers.items()
+        ).encode("latin-1")
 
     async def check(self, route_id: str, key: str, *, now: float | None = None) -> Decision:
         """Take ``requested_tokens`` from bucket (``route_id``, ``key``) if it holds them.
@@ -191,17 +256,11 @@ class RateLimiter:
         except (OSError, TimeoutError, RespError) as exc:
             if isinstance(exc, TimeoutError):
                 self.redis.reset()  # a hung server: start afresh on the next try
-            if self._down_until == -math.inf:
-                logger.warning(
-                    "rate limit: Redis unreachable (%s); failing %s",
-                    exc or type(exc).__name__,
-                    "open" if self.fail_open else "closed",
-                )
+            self.health.failure(exc, self.fail_open)
             self._down_until = self.clock() + self.retry_interval
             return self._fail()
-        if self._down_until != -math.inf:
-            logger.info("rate limit: Redis answers again")
-            self._down_until = -math.inf
+        self._down_until = -math.inf
+        self.health.success()
         if allowed:
             self.allowed += 1
             return Decision(True, int(remaining))
@@ -223,8 +282,10 @@ class RateLimiter:
     def _fail(self) -> Decision:
         if self.fail_open:
             self.failed_open += 1
+            self.health.failed_open += 1
             return Decision(True, -1, unavailable=True)
         self.failed_closed += 1
+        self.health.failed_closed += 1
         return Decision(False, -1, max(1, math.ceil(self.retry_interval)), unavailable=True)
 
     def headers(self, decision: Decision) -> dict[str, str]:

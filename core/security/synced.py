@@ -47,7 +47,13 @@ import weakref
 from collections.abc import Callable
 
 from core import log
-from core.security.ratelimit import Decision, RateLimiter, RateLimitPolicy, bucket_key
+from core.security.ratelimit import (
+    Decision,
+    RateLimiter,
+    RateLimitPolicy,
+    StoreHealth,
+    bucket_key,
+)
 from core.security.resp import RespClient, RespError, Script
 
 logger = log.get("ratelimit")
@@ -99,6 +105,7 @@ class SyncedRateLimiter(RateLimiter):
         *,
         clock: Callable[[], float] = time.monotonic,
         timeout: float = 0.5,
+        health: StoreHealth | None = None,
     ) -> None:
         super().__init__(
             redis,
@@ -108,6 +115,7 @@ class SyncedRateLimiter(RateLimiter):
             fail_open=policy.fail_open,
             clock=clock,
             timeout=timeout,
+            health=health,
         )
         self.policy = policy
         self.syncer = syncer
@@ -153,6 +161,7 @@ class SyncedRateLimiter(RateLimiter):
             self._unreachable(exc)
             if not self.fail_open:
                 self.failed_closed += 1
+                self.health.failed_closed += 1
                 return Decision(False, -1, max(1, math.ceil(self.retry_interval)), unavailable=True)
             level = float(self.burst_capacity)  # this process's own bucket until Redis returns
         bucket = self.buckets.get(full)
@@ -169,11 +178,9 @@ class SyncedRateLimiter(RateLimiter):
         return float(reply.decode() if isinstance(reply, bytes) else reply)
 
     def _unreachable(self, exc: BaseException) -> None:
-        if self._down_until == -math.inf:
-            logger.warning(
-                "rate limit (synced): Redis unreachable (%s); deciding from local buckets",
-                exc or type(exc).__name__,
-            )
+        # Logged once per outage for every limiter of the gateway (StoreHealth); a
+        # synced limiter meanwhile decides from this process's buckets.
+        self.health.failure(exc, self.fail_open)
         self._down_until = self.clock() + self.retry_interval
 
     async def sync(self) -> None:
@@ -200,9 +207,8 @@ class SyncedRateLimiter(RateLimiter):
                 bucket.pending += bucket.sent  # charged on the next call that succeeds
                 bucket.sent = 0
             return
-        if self._down_until != -math.inf:
-            logger.info("rate limit (synced): Redis answers again")
-            self._down_until = -math.inf
+        self._down_until = -math.inf
+        self.health.success()
         now = self.clock()
         for bucket, level in zip(todo, levels, strict=True):
             # Redis' level includes what was sent; what was taken since is ours to subtract.
@@ -260,12 +266,18 @@ class Syncer:
                     logger.error("rate limit sync failed", exc_info=result)
 
 
-def limiter_factory(redis: RespClient, syncer: Syncer) -> Callable[[RateLimitPolicy], RateLimiter]:
-    """The router's ``limiter_for``: the exact or synced limiter of a route's policy."""
+def limiter_factory(
+    redis: RespClient, syncer: Syncer, health: StoreHealth | None = None
+) -> Callable[[RateLimitPolicy], RateLimiter]:
+    """The router's ``limiter_for``: the exact or synced limiter of a route's policy.
+
+    ``health``, shared by every limiter made, counts and logs Redis outages once.
+    """
+    health = health or StoreHealth()
 
     def make(policy: RateLimitPolicy) -> RateLimiter:
         if policy.mode == "synced":
-            return SyncedRateLimiter(redis, policy, syncer)
-        return RateLimiter.for_policy(redis, policy)
+            return SyncedRateLimiter(redis, policy, syncer, health=health)
+        return RateLimiter.for_policy(redis, policy, health=health)
 
     return make

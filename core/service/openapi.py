@@ -23,6 +23,7 @@ __all__ = ["build"]
 
 DEAD_LETTER_ID = {"type": "string", "pattern": r"^\d+-\d+$"}
 IDS = obj(ids=array_of(DEAD_LETTER_ID))
+ADMIN_ONLY = problem(403, "the token lacks the role of the service's admin actions")
 
 
 def build(service: Service) -> Spec:
@@ -55,11 +56,13 @@ def build(service: Service) -> Spec:
                                           next_after=nullable(STRING))))])  # fmt: skip
         spec.op("POST", "/events/dead/replay", "Deliver dead letters to this service again",
                 tags=events, auth=True, body={"application/json": IDS}, body_required=False,
-                responses=[(200, json(obj(replayed=INTEGER))),
+                description=f"An admin action ({service.admin_access} by default).",
+                responses=[(200, json(obj(replayed=INTEGER))), ADMIN_ONLY,
                            problem(422, "ids that are not dead letter ids")])  # fmt: skip
         spec.op("POST", "/events/dead/discard", "Delete dead letters for good", tags=events,
                 auth=True, body={"application/json": IDS},
-                responses=[(200, json(obj(discarded=INTEGER))),
+                description=f"An admin action ({service.admin_access} by default).",
+                responses=[(200, json(obj(discarded=INTEGER))), ADMIN_ONLY,
                            problem(422, "ids that are not dead letter ids")])  # fmt: skip
     if service.emits:
         spec.op(

@@ -75,6 +75,7 @@ from core.http import (
 from core.metrics import HTTPMetrics
 from core.openapi.spec import Spec
 from core.redis import Redis, connect
+from core.registry.client import RegistryClient
 from core.registry.discovery import Instance, Registration, Watcher
 from core.runner import BAD_SETTINGS, Site, configure, run
 from core.security.access import IDENTITY, PUBLIC, Policy, access_middleware
@@ -136,6 +137,17 @@ class ServiceSettings(CommonSettings):
     config_token: Secret = dataclasses.field(
         default=Secret(""), metadata=option("bearer token for configsvc, if it wants one")
     )
+    registry_url: str = dataclasses.field(
+        default="",
+        metadata=option(
+            "the registry's URL: register through its API with --registry-token "
+            "(none: write the registry's Redis keys directly)"
+        ),
+    )
+    registry_token: Secret = dataclasses.field(
+        default=Secret(""),
+        metadata=option("the registry token of this service (svc.NAME.MAC) or the operator's"),
+    )
     advertise_host: str = dataclasses.field(
         default="",
         metadata=option("address registered for others to call [--host; 127.0.0.1 for 0.0.0.0]"),
@@ -190,6 +202,12 @@ class ServiceSettings(CommonSettings):
                 raise SettingsError(f"{name}: expected > 0, got {getattr(self, name)}")
         if self.max_deliveries < 1:
             raise SettingsError(f"max_deliveries: expected >= 1, got {self.max_deliveries}")
+        if self.registry_url:
+            parts = urlsplit(self.registry_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise SettingsError(
+                    f"registry_url: expected an http(s) URL, got {self.registry_url!r}"
+                )
         if self.jwks_url:
             parts = urlsplit(self.jwks_url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -244,6 +262,9 @@ class Service:
       ``default_access`` for the others. Enforced only when the service is
       given a JWKS URL (``--jwks-url``); they should say what the gateway's
       routes to the service say;
+    - ``admin_access``: the policy of the operator's actions the scaffold
+      adds, replaying and discarding dead letters (:data:`ADMIN_ROUTES`);
+      an ``access`` entry for one of them overrides it;
     - ``openapi``: a function that describes the service's routes in its
       OpenAPI document (``spec.op(...)`` for each), served at
       ``/openapi.json`` with the scaffold's own routes
@@ -263,10 +284,12 @@ class Service:
     contexts: tuple[CleanupContext, ...] = ()
     access: Mapping[str, str] = dataclasses.field(default_factory=dict)
     default_access: str = "authenticated"
+    admin_access: str = "roles:admin"
     openapi: Callable[[Spec], None] | None = None
 
     def __post_init__(self) -> None:
         Policy.parse(self.default_access)
+        Policy.parse(self.admin_access)
         for key, text in self.access.items():
             method, _, path = key.partition(" ")
             if not method.isupper() or not path.startswith("/"):
@@ -482,8 +505,8 @@ async def _deregister(app: web.Application) -> None:
 async def start_registration(app: web.Application, host: str, port: int) -> Registration:
     """Register the instance listening on ``host:port`` and keep it registered.
 
-    Called once the port listens. It doesn't wait for Redis: the registration
-    keeps trying in the background when Redis is away.
+    Called once the port listens. It doesn't wait for Redis (or the registry,
+    with ``--registry-url``): the registration keeps trying in the background.
     """
     settings = app[SETTINGS]
     advertise = settings.advertise_host or ("127.0.0.1" if host in ("", "0.0.0.0", "::") else host)
@@ -495,11 +518,17 @@ async def start_registration(app: web.Application, host: str, port: int) -> Regi
         ttl=settings.ttl,
         metadata={"pid": str(os.getpid())},
     )
-    registration = Registration(app[REDIS], instance)
+    target: Redis | RegistryClient = app[REDIS]
+    if settings.registry_url:
+        target = RegistryClient(settings.registry_url, settings.registry_token)
+    registration = Registration(target, instance)
     app[LIFECYCLE].registration = registration
     await registration.start(wait=2.0)
     if not registration.registered.is_set():
-        logger.warning("not registered yet (Redis unreachable); retrying in the background")
+        logger.warning(
+            "not registered yet (%s); retrying in the background",
+            registration.refusal or "the registry is unreachable",
+        )
     return registration
 
 
@@ -616,6 +645,9 @@ async def _database_busy(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 OPEN_PATHS = ("/health", "/health/live", "/health/ready", "/metrics")
+#: The scaffold's routes that change what a service will do, for admins only by
+#: default (:attr:`Service.admin_access`): a replay re-runs events, a discard loses them.
+ADMIN_ROUTES = (("POST", "/events/dead/replay"), ("POST", "/events/dead/discard"))
 
 
 def route_policies(service: Service, app: web.Application) -> Callable[[web.Request], Policy]:
@@ -624,7 +656,9 @@ def route_policies(service: Service, app: web.Application) -> Callable[[web.Requ
     Raises ``ValueError`` for an ``access`` key that names no route of ``app``.
     """
     declared = {(r.method, r.resource.canonical) for r in app.router.routes() if r.resource}
-    policies: dict[tuple[str, str], Policy] = {}
+    policies: dict[tuple[str, str], Policy] = {
+        route: Policy.parse(service.admin_access) for route in ADMIN_ROUTES if route in declared
+    }
     for key, text in service.access.items():
         method, _, path = key.partition(" ")
         if (method, path) not in declared:

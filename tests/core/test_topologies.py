@@ -48,7 +48,7 @@ async def test_a_config_write_behind_sentinel_is_on_the_replica_once_acknowledge
     redis = connect(sentinel_topology.url)
     try:
         store = ConfigStore(redis)
-        assert store.replicated
+        assert store.replica_wait.enabled
         result = await store.write("billing", {"currency": "CHF"})
         replica = next(s for s in sentinel_topology.servers if s is not sentinel_topology.primary())
         # Read at once, without waiting: WAIT returned only after the replica had it.

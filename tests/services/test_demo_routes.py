@@ -42,6 +42,11 @@ def test_the_demo_routes_parse_and_say_who_may_do_what() -> None:
             "products-write", "roles:admin", "inventory", "/products/3",
         )  # fmt: skip
 
+    for action in ("replay", "discard"):
+        assert routed(table, "POST", f"/inventory/events/dead/{action}") == (
+            "dead-letters-admin", "roles:admin", "inventory", f"/events/dead/{action}",
+        )  # fmt: skip
+
     assert routed(table, "GET", "/auth/.well-known/jwks.json") == (
         "auth", "public", "auth", "/.well-known/jwks.json",
     )  # fmt: skip

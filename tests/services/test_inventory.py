@@ -341,3 +341,50 @@ async def test_given_a_jwks_url_inventory_checks_tokens_itself_anyone_reads_admi
     assert health.status == 200
     assert (await health.json())["tokens"]["keys"] == 2  # the signing key and the next one
     assert (await client.get("/metrics")).status == 200
+
+
+async def test_replaying_or_discarding_dead_letters_needs_the_admin_role(
+    make_service: MakeClient,
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    redis: aioredis.Redis,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    settings = AuthSettings(
+        redis_url=redis_url,
+        data_dir=str(tmp_path / "auth"),
+        seed_users=Secret("admin:admin-pw:admin;alice:alice-pw:user"),
+        password_cost=10,
+    )
+    auth = await aiohttp_client(build_auth_app(settings))
+    client = await make_service(
+        SERVICE, jwks_url=str(auth.make_url("/.well-known/jwks.json")), max_deliveries=1
+    )
+
+    async def bearer(username: str) -> dict[str, str]:
+        response = await auth.post(
+            "/token", json={"username": username, "password": f"{username}-pw"}
+        )
+        return {"Authorization": f"Bearer {(await response.json())['access_token']}"}
+
+    admin, alice = await bearer("admin"), await bearer("alice")
+    await EventBus(redis).publish(bill((99, 1)))  # no product 99: a dead letter
+
+    async def dead() -> list[dict[str, Any]]:
+        listed = await client.get("/events/dead", headers=alice)  # a login may look
+        return list((await listed.json())["dead_letters"])
+
+    letter = (await wait_until(dead, 10, message="a dead letter"))[0]["id"]
+    for action, body in (("replay", None), ("replay", {"ids": [letter]}),
+                         ("discard", {"ids": [letter]})):  # fmt: skip
+        refused = await client.post(f"/events/dead/{action}", json=body, headers=alice)
+        assert refused.status == 403, action
+        assert (await refused.json())["detail"] == "this route needs one of the roles: admin"
+        assert (await client.post(f"/events/dead/{action}", json=body)).status == 401
+    assert [d["id"] for d in await dead()] == [letter]  # nothing was replayed or discarded
+
+    discarded = await client.post("/events/dead/discard", json={"ids": [letter]}, headers=admin)
+    assert (discarded.status, await discarded.json()) == (200, {"discarded": 1})
+    assert await dead() == []
+    replayed = await client.post("/events/dead/replay", headers=admin)
+    assert (replayed.status, await replayed.json()) == (200, {"replayed": 0})

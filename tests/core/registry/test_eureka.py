@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 import registry
+from core.redis import Redis, connect
 from core.settings import Secret
 from core.testing import wait_until
 from tests.test_registry import dump
@@ -39,8 +39,8 @@ async def client(make_client: Callable[..., Awaitable[Client]]) -> Client:
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    r = aioredis.Redis.from_url(redis_url, decode_responses=True)
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    r = connect(redis_url)
     yield r
     await r.aclose()
 
@@ -252,7 +252,7 @@ async def _eq(get: Callable[[], Awaitable[Any]], want: Any) -> bool:
     ],
 )
 async def test_bad_registrations_are_problems_and_store_nothing(
-    client: Client, redis: aioredis.Redis, app: str, payload: Any, status: int
+    client: Client, redis: Redis, app: str, payload: Any, status: int
 ) -> None:
     before = await dump(redis)
     resp = await client.post(f"/eureka/apps/{app}", json=payload)
@@ -291,7 +291,7 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 async def test_writes_take_the_token_as_basic_password(
-    make_client: Callable[..., Awaitable[Client]], redis: aioredis.Redis
+    make_client: Callable[..., Awaitable[Client]], redis: Redis
 ) -> None:
     client = await make_client(token=Secret("s3cret"))
     before = await dump(redis)
