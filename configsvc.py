@@ -13,9 +13,11 @@ and served decrypted by ``GET /v1/config/...`` to a client with the token only;
 ``POST /v1/encrypt`` makes such values. Neither plaintext nor ciphertext is
 ever logged.
 
-The process holds no state of its own beyond where its directory is: a
-restart loses nothing. When it finds its Redis emptied (restarted without
-persistence), it imports the directory again.
+Every version is also kept on disk (:mod:`core.config.journal`, an SQLite
+file in ``--data-dir``), recorded before a write is answered. When the
+service finds its Redis emptied (restarted without persistence), it restores
+Redis from that file, then imports the directory: a change made over the API
+survives, and a file edited meanwhile still becomes a new version.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ from core.config.crypto import Cipher, SecretReads, Undecryptable, check_ciphers
 from core.config.document import MAX_BYTES, Format, check_name, parse
 from core.config.events import ChangeHub, stream_changes
 from core.config.files import Importer
+from core.config.journal import Journal
 from core.config.reads import SharedReads
-from core.config.store import ConfigStore, Merged, NotImported, WriteResult
+from core.config.store import HISTORY_KEPT, ConfigStore, Merged, NotImported, WriteResult
 from core.errors import (
     BadRequest,
     InternalError,
@@ -54,7 +57,16 @@ from core.errors import (
     UnsupportedMediaType,
     problem_middleware,
 )
-from core.http import json_response, read_body, redis_health, redis_unavailable, require_bearer
+from core.http import (
+    Check,
+    add_health_routes,
+    json_response,
+    read_body,
+    redis_check,
+    redis_health,
+    redis_unavailable,
+    require_bearer,
+)
 from core.metrics import HTTPMetrics
 from core.redis import REDIS_ERRORS, Redis, connect
 from core.runner import BAD_SETTINGS, Site, configure, run
@@ -94,6 +106,10 @@ class Settings(CommonSettings):
     config_dir: str = dataclasses.field(
         default="./config",
         metadata=option("directory of TOML documents imported at start and on POST /v1/reload"),
+    )
+    data_dir: str = dataclasses.field(
+        default="data/configsvc",
+        metadata=option("directory of the durable copy of every version (configsvc.db)"),
     )
     import_check_interval: float = dataclasses.field(
         default=2.0,
@@ -135,6 +151,7 @@ SETTINGS = web.AppKey("settings", Settings)
 REDIS: web.AppKey[Redis] = web.AppKey("redis")
 STORE = web.AppKey("store", ConfigStore)
 IMPORTER = web.AppKey("importer", Importer)
+JOURNAL = web.AppKey("journal", Journal)
 READS = web.AppKey("reads", SharedReads)
 METRICS = web.AppKey("metrics", HTTPMetrics)
 METERS = web.AppKey("meters", Meters)
@@ -187,6 +204,17 @@ async def _write(request: web.Request, write: Callable[[], Awaitable[WriteResult
     except NotImported:
         await request.app[IMPORTER].ensure()
         return await write()
+
+
+async def _restored(request: web.Request) -> ConfigStore:
+    """The store, once Redis holds the config again if it was emptied (restored and imported).
+
+    For the document endpoints, which read Redis directly: one ``EXISTS``.
+    """
+    store = request.app[STORE]
+    if not await store.imported():
+        await request.app[IMPORTER].ensure()
+    return store
 
 
 async def _condition(request: web.Request, name: str) -> str:
@@ -266,7 +294,7 @@ def _undecryptable(what: str, exc: Undecryptable) -> InternalError:
 
 async def list_documents(request: web.Request) -> web.Response:
     """``GET /v1/documents``: every current document's name and version."""
-    store = request.app[STORE]
+    store = await _restored(request)
     documents = []
     for name in await store.names():
         current = await store.get(name)
@@ -299,7 +327,7 @@ async def get_document(request: web.Request) -> web.Response:
     change since ``If-Modified-Since``.
     """
     name = _document_name(request)
-    store = request.app[STORE]
+    store = await _restored(request)
     fmt = _wanted_format(request)
     decrypt = _flag(request, "decrypt")
     raw_version = request.query.get("version")
@@ -427,7 +455,7 @@ async def delete_document(request: web.Request) -> web.Response:
 async def history(request: web.Request) -> web.Response:
     """``GET /v1/documents/{name}/history``: retained versions, newest first, without content."""
     name = _document_name(request)
-    versions = await request.app[STORE].history(name)
+    versions = await (await _restored(request)).history(name)
     if not versions:
         raise NotFound(f"no document named {name!r} was ever written")
     return json_response({"name": name, "versions": [v.meta() for v in versions]})
@@ -446,7 +474,7 @@ async def rollback(request: web.Request) -> web.Response:
     if raw is None:
         raise BadRequest("give the version to roll back to: ?version=N")
     number = _version_number(raw)
-    store = request.app[STORE]
+    store = await _restored(request)
     target = await store.version(name, number)
     if target is None:
         raise NotFound(f"document {name!r} has no retained version {number}")
@@ -527,13 +555,14 @@ async def encrypt(request: web.Request) -> web.Response:
     return json_response(value, headers=headers)
 
 
-async def health(request: web.Request) -> web.Response:
+async def health_page(request: web.Request) -> web.Response:
     app = request.app
     redis_ok = await redis_health(app[REDIS])
     body = {
         "status": "UP" if redis_ok else "DEGRADED",
         "redis": "UP" if redis_ok else "DOWN",
         "import": app[IMPORTER].describe(),
+        "journal": {"path": str(app[JOURNAL].path), "recorded": app[JOURNAL].recorded},
     }
     return json_response(body, status=200 if redis_ok else 503)
 
@@ -542,13 +571,22 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    client = connect(app[SETTINGS].redis_url)
+    settings = app[SETTINGS]
+    journal = await Journal.open(settings.data_dir, keep=HISTORY_KEPT)
+    client = connect(settings.redis_url)
     app[REDIS] = client
-    app[STORE] = ConfigStore(client)
+    app[JOURNAL] = journal
+    app[STORE] = ConfigStore(client, journal=journal)
     app[READS] = SharedReads(app[STORE])
     yield
     await app[READS].close()
     await client.aclose()
+    await journal.close()
+
+
+def readiness(app: web.Application) -> dict[str, Check]:
+    """Ready while Redis answers and the journal on disk can be read."""
+    return {"redis": redis_check(app[REDIS]), "journal": app[JOURNAL].check}
 
 
 async def _importer_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -641,7 +679,8 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/reload", reload)
     app.router.add_post("/v1/encrypt", encrypt)
     app.router.add_get("/v1/events", events)
-    app.router.add_get("/health", health)
+    app.router.add_get("/health", health_page)
+    add_health_routes(app, readiness)
     app.router.add_get("/metrics", metrics.handle)
     # Before Spring's routes: /{application}-{profile}.json would take it otherwise.
     app.router.add_get("/openapi.json", openapi.build().handle)

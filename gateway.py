@@ -5,7 +5,9 @@ asyncio protocol server (:mod:`core.proxy`) that routes each request by the
 static route table, else by service name (``/{service}/rest``), to an
 instance from the in-memory registry snapshot. The admin port
 (``--admin-port``, 8081, loopback by default) is a small aiohttp app:
-``/routes``, ``/upstreams``, ``/health``, ``/metrics``.
+``/routes``, ``/upstreams``, ``/health``, ``/health/live``, ``/health/ready``,
+``/metrics``. The traffic port answers ``--health-path`` (``/-/health``)
+itself, for load balancers.
 
 Only Redis is needed to start (for the registry snapshot); the config
 service is optional. With ``--config-url`` the routes come from the
@@ -40,7 +42,7 @@ from prometheus_client.exposition import generate_latest
 from core import log
 from core.config.client import ConfigClient
 from core.errors import SettingsError, StartupError, problem_middleware
-from core.http import json_response, redis_health
+from core.http import Check, add_health_routes, config_check, json_response, redis_health
 from core.metrics import new_registry
 from core.proxy import openapi as admin_openapi
 from core.proxy.access import AccessLog, parse_mode
@@ -166,6 +168,13 @@ class Settings(CommonSettings):
     resync_interval: float = dataclasses.field(
         default=30.0, metadata=option("seconds between full re-reads of the registry")
     )
+    registry_grace: float = dataclasses.field(
+        default=5.0,
+        metadata=option(
+            "seconds instances missing after Redis came back empty stay routable while they"
+            " register again"
+        ),
+    )
     jwks_url: str = dataclasses.field(
         default="",
         metadata=option(
@@ -177,6 +186,12 @@ class Settings(CommonSettings):
     )
     jwt_audience: str = dataclasses.field(
         default="essaim", metadata=option("the 'aud' that access tokens must carry")
+    )
+    health_path: str = dataclasses.field(
+        default="/-/health",
+        metadata=option(
+            "path the traffic port answers itself for load balancers (under /-/; empty: none)"
+        ),
     )
     discovery_auth: str = dataclasses.field(
         default="public",
@@ -224,7 +239,7 @@ class Settings(CommonSettings):
         positive = (
             "routes_poll", "head_timeout", "body_timeout", "keepalive_timeout",
             "stream_idle_timeout", "connect_timeout", "per_try_timeout", "total_timeout",
-            "pool_idle_timeout", "resync_interval",
+            "pool_idle_timeout", "resync_interval", "registry_grace",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) <= 0:
@@ -241,6 +256,14 @@ class Settings(CommonSettings):
                 raise SettingsError(
                     f"GATEWAY_{name.upper()}: expected >= 0, got {getattr(self, name)}"
                 )
+        if self.health_path and (
+            not self.health_path.startswith("/-/")
+            or len(self.health_path) < 4
+            or any(c in self.health_path for c in "?# ")
+        ):
+            raise SettingsError(
+                f"GATEWAY_HEALTH_PATH: expected a path under /-/ (or empty), got {self.health_path!r}"
+            )
         try:
             Policy.parse(self.discovery_auth)
         except ValueError as exc:
@@ -298,7 +321,7 @@ async def upstreams(request: web.Request) -> web.Response:
     return json_response(doc)
 
 
-async def health(request: web.Request) -> web.Response:
+async def health_page(request: web.Request) -> web.Response:
     """``GET /health``: 200 while serving; ``DEGRADED`` when Redis or the config service is away."""
     app = request.app
     redis_ok = await redis_health(app[REDIS])
@@ -319,6 +342,31 @@ async def health(request: web.Request) -> web.Response:
     return json_response(body)
 
 
+def readiness(app: web.Application) -> dict[str, Check]:
+    """Ready once it has a registry snapshot and while no route table or config was rejected.
+
+    Redis away is not unready: the gateway routes on the snapshot it has.
+    """
+    watcher, router = app[WATCHER], app[ROUTER]
+
+    async def registry() -> tuple[bool, Any]:
+        return watcher.relists > 0, watcher.describe()
+
+    async def routes() -> tuple[bool, Any]:
+        rejected = router.rejected
+        detail: dict[str, Any] = {"version": router.table.version, "source": router.source}
+        if rejected is not None and rejected["at"] >= router.installed_at:
+            detail["rejected"] = rejected
+            return False, detail
+        return True, detail
+
+    checks: dict[str, Check] = {"registry": registry, "routes": routes}
+    config = app.get(CONFIG)
+    if config is not None:
+        checks["config"] = config_check(config)
+    return checks
+
+
 async def metrics(request: web.Request) -> web.Response:
     return web.Response(
         body=generate_latest(request.app[METRICS]), headers={"Content-Type": CONTENT_TYPE_LATEST}
@@ -337,7 +385,10 @@ async def _redis_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _watcher_ctx(app: web.Application) -> AsyncIterator[None]:
     """The registry snapshot: started here; Redis away is not fatal (the router says 503)."""
-    watcher = Watcher(app[REDIS], resync_interval=app[SETTINGS].resync_interval)
+    settings = app[SETTINGS]
+    watcher = Watcher(
+        app[REDIS], resync_interval=settings.resync_interval, grace=settings.registry_grace
+    )
     app[WATCHER] = watcher
     router = app[ROUTER]
     router.watcher = watcher
@@ -439,7 +490,9 @@ def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
         ),
     )
     pool = Pool(max_idle=settings.pool_max_idle, idle_timeout=settings.pool_idle_timeout)
-    proxy = ProxyServer(router, settings.limits, pool=pool)
+    proxy = ProxyServer(
+        router, settings.limits, pool=pool, health_path=settings.health_path.encode("ascii")
+    )
     every = parse_mode(settings.access_log)
     if every:
         proxy.access = AccessLog(every, json=settings.log_format == "json")
@@ -472,7 +525,8 @@ def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
     app.cleanup_ctx.append(_routes_ctx)
     app.router.add_get("/routes", routes)
     app.router.add_get("/upstreams", upstreams)
-    app.router.add_get("/health", health)
+    app.router.add_get("/health", health_page)
+    add_health_routes(app, readiness)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", admin_openapi.build(workers=False).handle)
     return app, proxy

@@ -23,7 +23,7 @@ from prometheus_client import Counter, Gauge
 from core import log
 from core.config.client import ConfigClient
 from core.errors import SettingsError, problem_middleware
-from core.http import redis_unavailable
+from core.http import Check, add_health_routes, config_check, redis_check, redis_unavailable
 from core.metrics import HTTPMetrics
 from core.redis import connect
 from core.registry import eureka
@@ -224,7 +224,13 @@ def build_app(settings: Settings) -> web.Application:
     app.on_shutdown.append(_on_shutdown)
     add_routes(app, metrics)
     eureka.add_routes(app)  # after _background_ctx: its delta listens to the hub
+    add_health_routes(app, readiness)
     return app
+
+
+def readiness(app: web.Application) -> dict[str, Check]:
+    """Ready while Redis answers and no config version was rejected."""
+    return {"redis": redis_check(app[REDIS]), "config": config_check(app[CONFIG])}
 
 
 def print_token(argv: Sequence[str]) -> int:

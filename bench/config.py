@@ -72,7 +72,7 @@ async def _start_configsvc(
     env["REDIS_URL"] = redis_url
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "configsvc", "--port", str(port), "--config-dir", str(config_dir),
-        "--log-level", "warning",
+        "--data-dir", str(config_dir / "data"), "--log-level", "warning",
         cwd=ROOT, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

@@ -155,6 +155,63 @@ class GatewayTimeout(HTTPProblem, UpstreamError):
     status = 504
 
 
+FAILURE_HEADER = "Essaim-Failure"
+"""Response header that says whose failure a 5xx is; ``dependency``: not the answering service's.
+
+The gateway and service calls read it on 5xx answers only, so that a
+service reporting that a service *it* calls is down does not count against
+its own breaker and ejection. One header, checked as bytes, is what the
+gateway's data plane can afford on its hot path; the problem ``type`` says
+the same thing to people.
+"""
+
+DEPENDENCY_FAILURE = "dependency"
+"""The value of :data:`FAILURE_HEADER` on a dependency's failure."""
+
+DEPENDENCY_UNAVAILABLE_TYPE = "urn:essaim:problem:dependency-unavailable"
+"""The problem ``type`` of a 503 caused by a dependency's failure."""
+
+
+class DependencyUnavailable(ServiceUnavailable):
+    """503: a service this one depends on failed or could not be reached.
+
+    Marked with ``Essaim-Failure: dependency`` and the problem type
+    :data:`DEPENDENCY_UNAVAILABLE_TYPE`; ``dependency`` names the service. A
+    ``Retry-After`` of 1 second is sent unless one is given.
+    """
+
+    def __init__(
+        self,
+        dependency: str,
+        detail: str = "",
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        merged = {"Retry-After": "1", **(headers or {}), FAILURE_HEADER: DEPENDENCY_FAILURE}
+        super().__init__(
+            detail,
+            title="Dependency Unavailable",
+            type=DEPENDENCY_UNAVAILABLE_TYPE,
+            headers=merged,
+            dependency=dependency,
+            **extra,
+        )
+        self.dependency = dependency
+
+    @classmethod
+    def from_problem(cls, problem: HTTPProblem) -> DependencyUnavailable:
+        """The 503 to answer for ``problem``, a failure of the dependency named in its ``dependency``."""
+        extra = {k: v for k, v in problem.extra.items() if k != "dependency"}
+        retry_after = problem.headers.get("Retry-After")
+        return cls(
+            str(problem.extra["dependency"]),
+            problem.detail,
+            headers={"Retry-After": retry_after} if retry_after else None,
+            **extra,
+        )
+
+
 def problem_from_http_exception(exc: web.HTTPException) -> HTTPProblem:
     """Problem details for one of aiohttp's own HTTP exceptions (404 no route, 405...)."""
     detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else ""

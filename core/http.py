@@ -14,6 +14,21 @@ channel and fans each message out to a bounded queue per open stream; a
 stream whose queue overflows is ended (the client resumes), and after the
 hub reconnects to Redis every stream is told to catch up (:data:`CATCH_UP`),
 since messages may have been lost meanwhile.
+
+Liveness and readiness, apart, beside each component's ``/health`` page
+(:func:`add_health_routes`):
+
+- ``GET /health/live``: 200 ``{"status": "UP"}`` whenever the process answers
+  at all. It checks nothing else on purpose: a liveness probe restarts what
+  fails it, and restarting the registry because Redis is away would only add
+  a second outage to the first.
+- ``GET /health/ready``: whether the component can do its job now. Each
+  :data:`Check` gives ``(ok, detail)``; 200 with ``{"status": "UP", "checks":
+  {...}}`` when all pass, else 503 with ``{"status": "DOWN", "failing":
+  [names], "checks": {...}}``. A check that raises or takes longer than
+  ``timeout`` seconds fails. :func:`config_check` is the check of a component
+  following configsvc: a version it rejected (the last good one still in
+  force) fails it until a valid version is applied.
 """
 
 from __future__ import annotations
@@ -23,13 +38,14 @@ import base64
 import binascii
 import contextlib
 import hmac
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from core import log
 from core.errors import BadRequest, PayloadTooLarge, ServiceUnavailable, Unauthorized
 from core.redis import REDIS_ERRORS, Redis, Subscription
 from core.settings import Secret
@@ -39,12 +55,17 @@ __all__ = [
     "KEEPALIVE",
     "RETRY_MS",
     "ChannelHub",
+    "Check",
+    "add_health_routes",
+    "config_check",
     "frame",
     "json_response",
+    "live",
     "open_stream",
     "presented_secret",
     "read_body",
     "read_json",
+    "redis_check",
     "redis_health",
     "redis_unavailable",
     "require_bearer",
@@ -163,6 +184,99 @@ async def redis_health(redis: Redis, timeout: float = 1.0) -> bool:
         return True
     except REDIS_ERRORS:
         return False
+
+
+Check = Callable[[], Awaitable[tuple[bool, Any]]]
+"""A readiness check: ``(ok, detail)``; the detail is shown under the check's name."""
+
+
+# ----------------------------------------------------------------------------- health
+
+
+async def live(request: web.Request) -> web.Response:
+    """``GET /health/live``: 200 while the process answers."""
+    return json_response({"status": "UP"})
+
+
+def ready_handler(
+    checks: Callable[[web.Application], Mapping[str, Check]], timeout: float = 2.0
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """The ``/health/ready`` handler running ``checks(app)`` concurrently."""
+
+    async def ready(request: web.Request) -> web.Response:
+        named = checks(request.app)
+        results = await asyncio.gather(
+            *(_run(name, check, timeout) for name, check in named.items())
+        )
+        report = dict(zip(named, results, strict=True))
+        failing = [name for name, (ok, _) in report.items() if not ok]
+        body: dict[str, Any] = {"status": "DOWN" if failing else "UP"}
+        if failing:
+            body["failing"] = failing
+        body["checks"] = {
+            name: {"status": "UP" if ok else "DOWN", "detail": detail}
+            for name, (ok, detail) in report.items()
+        }
+        return json_response(body, status=503 if failing else 200)
+
+    return ready
+
+
+async def _run(name: str, check: Check, timeout: float) -> tuple[bool, Any]:
+    try:
+        return await asyncio.wait_for(check(), timeout)
+    except TimeoutError:
+        return False, f"no answer within {timeout:g}s"
+    except Exception as exc:
+        log.get("health").exception("readiness check %s failed", name)
+        return False, f"{type(exc).__name__}: {exc}"
+
+
+def add_health_routes(
+    app: web.Application, checks: Callable[[web.Application], Mapping[str, Check]]
+) -> None:
+    """Add ``/health/live`` and ``/health/ready`` (with ``checks(app)``, read per request)."""
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/health/ready", ready_handler(checks))
+
+
+def redis_check(redis: Redis) -> Check:
+    """Ready while ``redis`` answers PING."""
+
+    async def check() -> tuple[bool, Any]:
+        ok = await redis_health(redis)
+        return ok, "reachable" if ok else "unreachable"
+
+    return check
+
+
+class Configured(Protocol):
+    """What :func:`config_check` reads of a :class:`core.config.client.ConfigClient`."""
+
+    @property
+    def version(self) -> str | None: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def last_rejection(self) -> dict[str, Any] | None: ...
+
+
+def config_check(client: Configured) -> Check:
+    """Ready unless the last config version offered was rejected (the last good one kept).
+
+    Being on a cached copy or on defaults because configsvc is away is not
+    unready: the component works on what it last knew (it shows on ``/health``).
+    """
+
+    async def check() -> tuple[bool, Any]:
+        rejection = client.last_rejection
+        detail: dict[str, Any] = {"version": client.version, "source": client.source}
+        if rejection is not None:
+            detail["rejected"] = rejection
+            return False, detail
+        return True, detail
+
+    return check
 
 
 # Server-Sent Events

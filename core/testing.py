@@ -456,12 +456,18 @@ class ComponentFactory:
         """Run ``python -m module --port PORT *args`` and wait until ``health`` answers 200.
 
         With ``health=None`` it returns as soon as the process is spawned.
+        ``CONFIGSVC_DATA_DIR`` is set to a directory of the test's own (a
+        ``--data-dir`` flag or ``env`` overrides it), so that no configsvc a
+        test starts restores another test's documents.
         ``health_port`` is where ``health`` is served when it is not ``port``
         (the gateway's admin port).
         """
         port = port or free_port()
         log = self.workdir / f"{module.replace('.', '_')}-{port}-{len(self.started)}.log"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(_PREFIXES)}
+        # configsvc keeps its journal in data/configsvc of the working directory
+        # (the repository) by default: give the test's components their own.
+        full_env["CONFIGSVC_DATA_DIR"] = str(self.workdir / "configsvc-data")
         full_env.update(env or {})
         full_env.setdefault("PYTHONUNBUFFERED", "1")
         with open(log, "wb") as out:

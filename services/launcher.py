@@ -202,7 +202,8 @@ PROCESSES: tuple[Spec, ...] = (
     # Its settings, the password among them, are in a file: `ps` shows arguments.
     Spec("redis", 0, command=("{redis_binary}", "{redis_conf}"), health="redis",
          when="private_redis"),
-    Spec("configsvc", 1, "configsvc", args=("--config-dir", "{config_dir}"),
+    Spec("configsvc", 1, "configsvc", args=("--config-dir", "{config_dir}",
+                                            "--data-dir", "{data}/configsvc"),
          env={"CONFIGSVC_TOKEN": "{configsvc_token}"}, port="configsvc_port"),
     Spec("registry", 2, "registry",
          args=("--config-url", "{configsvc_url}", "--config-cache-dir", "{data}/registry",

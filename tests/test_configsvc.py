@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -78,10 +80,14 @@ def config_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def make_client(
-    aiohttp_client: Callable[..., Awaitable[Client]], redis_url: str, config_dir: Path
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    redis_url: str,
+    config_dir: Path,
+    tmp_path: Path,
 ) -> Callable[..., Awaitable[Client]]:
     async def make(**overrides: Any) -> Client:
         overrides.setdefault("config_dir", str(config_dir))
+        overrides.setdefault("data_dir", str(tmp_path / "data"))
         overrides.setdefault("redis_url", redis_url)
         settings = configsvc.Settings(import_check_interval=0.1, **overrides)
         return await aiohttp_client(configsvc.build_app(settings))
@@ -299,6 +305,91 @@ async def test_a_write_right_after_redis_was_emptied_is_not_undone_by_the_import
     body = await config(client, "billing", "prod")
     assert body["config"]["billing"]["currency"] == "HUF"
     assert body["config"]["log"]["level"] == "warning"  # the rest of the directory is back
+
+
+async def test_an_api_change_survives_redis_emptied_with_its_history(
+    client: Client, redis: Redis, config_dir: Path
+) -> None:
+    assert (await put_json(client, "billing", {"billing": {"tax_rate": 0.25}})).status == 200
+    assert (await put_json(client, "billing", {"billing": {"tax_rate": 0.3}})).status == 200
+    before = await config(client, "billing", "prod")
+    history = await (await client.get("/v1/documents/billing/history")).json()
+    await redis.flushall()
+
+    # Restored from the disk, not the file's first import: same version, same identity.
+    after = await config(client, "billing", "prod")
+    assert after["config"]["billing"]["tax_rate"] == 0.3
+    assert after["version"] == before["version"]
+    assert await (await client.get("/v1/documents/billing/history")).json() == history
+    # Numbers go on growing from where they were; a rollback reaches the restored history.
+    resp = await client.post("/v1/documents/billing/rollback?version=2")
+    assert (await resp.json())["version"] == 4
+    assert (await config(client, "billing"))["config"]["billing"]["tax_rate"] == 0.25
+
+
+async def test_a_file_changed_while_redis_was_away_is_imported_over_the_restored_state(
+    client: Client, redis: Redis, config_dir: Path
+) -> None:
+    await put_json(client, "billing-prod", {"log": {"level": "debug"}})
+    await redis.flushall()
+    (config_dir / "application.toml").write_text(APPLICATION.replace("retries = 2", "retries = 7"))
+    body = await config(client, "billing", "prod")
+    assert body["config"]["http"]["retries"] == 7  # the file, a new version
+    assert body["config"]["log"]["level"] == "debug"  # the API's change, restored
+    origins = {s["name"]: (s["version"], s["origin"]) for s in body["sources"]}
+    assert origins["application"] == (2, "file")
+    assert origins["billing-prod"] == (2, "api")
+
+
+async def test_a_deleted_document_stays_deleted_after_redis_emptied(
+    client: Client, redis: Redis
+) -> None:
+    await put_json(client, "orders", {"limit": 1})
+    assert (await client.delete("/v1/documents/orders")).status == 200
+    await redis.flushall()
+    await config(client, "billing")  # restored by now
+    assert (await client.get("/v1/documents/orders")).status == 404
+    history = await (await client.get("/v1/documents/orders/history")).json()
+    assert [(v["version"], v.get("deleted", False)) for v in history["versions"]] == [
+        (2, True),
+        (1, False),
+    ]
+
+
+async def test_versions_written_by_another_process_are_journaled_too(
+    make_client: Callable[..., Awaitable[Client]], redis: Redis, tmp_path: Path
+) -> None:
+    """Two config services on one Redis, each with its own disk: each restores all."""
+    first = await make_client(data_dir=str(tmp_path / "first"))
+    second = await make_client(data_dir=str(tmp_path / "second"))
+    await put_json(first, "orders", {"limit": 1})
+    await put_json(second, "orders", {"limit": 2})
+
+    def journaled(data_dir: Path) -> list[int]:
+        with contextlib.closing(sqlite3.connect(data_dir / "configsvc.db")) as db:
+            rows = db.execute("SELECT version FROM versions WHERE name = 'orders' ORDER BY 1")
+            return [v for (v,) in rows]
+
+    # Each recorded its own write at once, and the other's within its sync interval (5 s).
+    await wait_until(
+        lambda: journaled(tmp_path / "first") == journaled(tmp_path / "second") == [1, 2],
+        15.0,
+        message="journals synced",
+    )
+    await redis.flushall()
+    for client in (first, second):
+        versions = await (await client.get("/v1/documents/orders/history")).json()
+        assert [v["version"] for v in versions["versions"]] == [2, 1]
+
+
+async def test_the_journal_keeps_the_last_50_versions_on_disk(client: Client, redis: Redis) -> None:
+    for i in range(55):
+        await put_json(client, "orders", {"i": i})
+    await redis.flushall()
+    await config(client, "orders")
+    history = await (await client.get("/v1/documents/orders/history")).json()
+    assert [v["version"] for v in history["versions"]] == list(range(55, 5, -1))
+    assert (await (await client.get("/v1/documents/orders")).json()) == {"i": 54}
 
 
 # ----------------------------------------------------------------------------- documents and versions
@@ -572,6 +663,12 @@ async def test_redis_away_answers_503_and_heals(
     await problem(resp, 503)
     assert resp.headers["Retry-After"] == "1"
     assert (await client.get("/health")).status == 503
+    # Alive, so that a liveness probe leaves it be; not ready while Redis is away.
+    assert (await client.get("/health/live")).status == 200
+    resp = await client.get("/health/ready")
+    ready = await resp.json()
+    assert (resp.status, ready["failing"]) == (503, ["redis"])
+    assert ready["checks"]["journal"]["status"] == "UP"
     server.start()
 
     async def healed() -> bool:
@@ -579,14 +676,54 @@ async def test_redis_away_answers_503_and_heals(
         return resp.status == 200 and (await resp.json())["config"]["log"]["level"] == "warning"
 
     await wait_until(healed, 10.0, message="configsvc healed and re-imported")
+    assert (await client.get("/health/ready")).status == 200
+
+
+async def test_an_api_change_survives_empty_redis_restarts_and_a_configsvc_restart(
+    components: ComponentFactory,
+    redis_factory: Callable[..., RedisServer],
+    config_dir: Path,
+    tmp_path: Path,
+) -> None:
+    server = redis_factory()
+    args = ("--config-dir", str(config_dir), "--data-dir", str(tmp_path / "data"))
+    comp = await components.start("configsvc", *args, env={"REDIS_URL": server.url})
+    async with aiohttp.ClientSession() as session:
+
+        async def tax_rate() -> Any:
+            async with session.get(f"{comp.url}/v1/config/billing/prod") as resp:
+                return (await resp.json())["config"]["billing"]["tax_rate"] if resp.ok else None
+
+        async with session.put(
+            f"{comp.url}/v1/documents/billing", json={"billing": {"tax_rate": 0.25}}
+        ) as resp:
+            assert resp.status == 200
+        server.kill()
+        server.start()  # empty
+        assert await wait_until(lambda: _is(tax_rate(), 0.25), 10, message="restored")
+
+        # Redis emptied again while configsvc is down: restored at its start.
+        assert comp.terminate() == 0
+        server.kill()
+        server.start()
+        comp = await components.start("configsvc", *args, env={"REDIS_URL": server.url})
+        assert await tax_rate() == 0.25
+        async with session.get(f"{comp.url}/v1/documents/billing/history") as resp:
+            versions = [v["origin"] for v in (await resp.json())["versions"]]
+        assert versions == ["api", "file"]
+
+
+async def _is(value: Awaitable[Any], expected: Any) -> bool:
+    return await value == expected
 
 
 async def test_process_serves_and_stops_cleanly_on_sigterm(
-    components: ComponentFactory, redis_url: str, config_dir: Path
+    components: ComponentFactory, redis_url: str, config_dir: Path, tmp_path: Path
 ) -> None:
     comp = await components.start(
-        "configsvc", "--config-dir", str(config_dir), env={"REDIS_URL": redis_url}
-    )
+        "configsvc", "--config-dir", str(config_dir), "--data-dir", str(tmp_path / "data"),
+        env={"REDIS_URL": redis_url},
+    )  # fmt: skip
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"{comp.url}/v1/config/billing/prod") as resp,

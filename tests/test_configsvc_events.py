@@ -29,7 +29,10 @@ async def _client(
     aiohttp_client: Callable[..., Awaitable[Client]], redis_url: str, tmp_path: Path
 ) -> Client:
     settings = configsvc.Settings(
-        redis_url=redis_url, config_dir=str(_config_dir(tmp_path)), import_check_interval=0.1
+        redis_url=redis_url,
+        config_dir=str(_config_dir(tmp_path)),
+        data_dir=str(tmp_path / "data"),
+        import_check_interval=0.1,
     )
     return await aiohttp_client(configsvc.build_app(settings))
 

@@ -56,6 +56,7 @@ def config_dir(tmp_path: Path) -> Path:
 def settings(redis_url: str, config_dir: Path, **overrides: Any) -> configsvc.Settings:
     overrides.setdefault("token", Secret(TOKEN))
     overrides.setdefault("encrypt_key", Secret(KEY))
+    overrides.setdefault("data_dir", str(config_dir.parent / "data"))
     return configsvc.Settings(
         redis_url=redis_url, config_dir=str(config_dir), import_check_interval=0.1, **overrides
     )
@@ -534,6 +535,7 @@ async def test_the_process_log_holds_neither_plaintext_nor_ciphertext(
     comp = await components.start(
         "configsvc",
         "--config-dir", str(config_dir), "--log-level", "debug",
+        "--data-dir", str(config_dir.parent / "data"),
         env={"REDIS_URL": redis_url, "CONFIGSVC_TOKEN": TOKEN, "CONFIGSVC_ENCRYPT_KEY": KEY},
     )  # fmt: skip
     await put_secret_over_http(comp.url)

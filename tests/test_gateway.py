@@ -293,6 +293,22 @@ async def test_route_file_is_hot_reloaded_and_a_bad_one_rejected_whole(
         _, table = await get_json(session, gw.admin + "/routes")
         assert table["version"] not in (None, first_version)
         assert (await get_json(session, gw.url + "/shop/cart"))[1]["instance"] == "b"
+        # Readiness reports the rejection; liveness and the traffic health path don't care.
+        status, ready = await get_json(session, gw.admin + "/health/ready")
+        assert (status, ready["failing"]) == (503, ["routes"])
+        assert "duplicate" in ready["checks"]["routes"]["detail"]["rejected"]["reason"]
+        assert (await get_json(session, gw.admin + "/health/live")) == (200, {"status": "UP"})
+        assert (await get_json(session, gw.url + "/-/health")) == (200, {"status": "UP"})
+
+        # A good table again: ready again.
+        write_routes(
+            routes, {"id": "shop", "prefix": "/shop", "urls": [f"http://127.0.0.1:{a.port}"]}
+        )
+
+        async def ready_again() -> bool:
+            return (await get_json(session, gw.admin + "/health/ready"))[0] == 200
+
+        await wait_until(ready_again, 10, message="ready again")
 
 
 async def test_routes_from_the_config_service_follow_it_and_survive_its_absence(
@@ -306,8 +322,9 @@ async def test_routes_from_the_config_service_follow_it_and_survive_its_absence(
     config_dir = tmp_path / "config"
     config_dir.mkdir()
     configsvc = await components.start(
-        "configsvc", "--config-dir", str(config_dir), env={"REDIS_URL": redis_url}
-    )
+        "configsvc", "--config-dir", str(config_dir), "--data-dir", str(tmp_path / "data"),
+        env={"REDIS_URL": redis_url},
+    )  # fmt: skip
 
     def doc(port: int, route_id: str = "api") -> dict[str, Any]:
         return {
@@ -427,6 +444,10 @@ async def test_admin_shows_routes_upstreams_health_and_metrics(
         assert status == 200
         assert health["status"] == "UP"
         assert health["routes"]["version"] == table["version"]
+        status, ready = await get_json(session, gw.admin + "/health/ready")
+        assert (status, ready["status"]) == (200, "UP")
+        assert sorted(ready["checks"]) == ["registry", "routes"]
+        assert (await get_json(session, gw.admin + "/health/live")) == (200, {"status": "UP"})
 
         async with session.get(gw.admin + "/metrics") as resp:
             text = await resp.text()

@@ -407,6 +407,13 @@ async def test_redis_down_answers_503_and_heals(
     assert resp.headers["Retry-After"] == "1"
     assert (await resp.json())["title"] == "Service Unavailable"
     assert (await client.get("/health")).status == 503
+    # Alive (a liveness probe must not restart it for Redis's outage), not ready.
+    assert (await client.get("/health/live")).status == 200
+    resp = await client.get("/health/ready")
+    assert resp.status == 503
+    ready = await resp.json()
+    assert ready["failing"] == ["redis"]
+    assert ready["checks"]["redis"] == {"status": "DOWN", "detail": "unreachable"}
     server.start()
 
     async def healed() -> bool:
@@ -414,6 +421,7 @@ async def test_redis_down_answers_503_and_heals(
 
     await wait_until(healed, timeout=10.0, message="registry healed")
     assert (await client.get("/health")).status == 200
+    assert (await client.get("/health/ready")).status == 200
 
 
 def test_a_start_setting_outside_the_live_bounds_fails_at_start(
@@ -508,8 +516,9 @@ async def test_dynamic_settings_follow_configsvc_without_restart(
 ) -> None:
     (tmp_path / "config").mkdir()
     configsvc = await components.start(
-        "configsvc", "--redis-url", redis_url, "--config-dir", str(tmp_path / "config")
-    )
+        "configsvc", "--redis-url", redis_url, "--config-dir", str(tmp_path / "config"),
+        "--data-dir", str(tmp_path / "data"),
+    )  # fmt: skip
     client = await make_client(config_url=configsvc.url)
 
     async def ttl_given_by_default() -> int:
@@ -534,6 +543,16 @@ async def test_dynamic_settings_follow_configsvc_without_restart(
 
         await wait_until(rejection_reported, timeout=5)
         assert await ttl_given_by_default() == 42
+        # The rejection makes it unready (still alive), until a good version comes.
+        resp = await client.get("/health/ready")
+        ready = await resp.json()
+        assert (resp.status, ready["failing"]) == (503, ["config"])
+        assert "default_ttl" in ready["checks"]["config"]["detail"]["rejected"]["reason"]
+        assert (await client.get("/health/live")).status == 200
+        async with http.put(document, json={"default_ttl": 12}) as resp:
+            assert resp.status in (200, 201)
+        await wait_until(lambda: _equals(ttl_given_by_default(), 12), timeout=5)
+        assert (await client.get("/health/ready")).status == 200
 
 
 async def _equals(value: Awaitable[int], expected: int) -> bool:

@@ -13,6 +13,11 @@ import (the store keeps each file's hash), so an edit made over the HTTP API
 survives restarts and reloads until someone edits that file. A file that
 disappeared deletes its document, unless the document was edited over the
 API since it was imported.
+
+When Redis lost the config (restarted empty), the :class:`Importer` first
+restores it from the store's journal on disk (:meth:`ConfigStore.restore`),
+then imports: the API's versions come back, and only files changed since
+their last import become new versions.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -192,7 +198,9 @@ class Importer:
     """Imports the config directory: at start, on reload, and when Redis lost it.
 
     Imports never run concurrently. ``last`` is the last import's report
-    (None before the first one ran); its errors show in ``/health``.
+    (None before the first one ran); its errors show in ``/health``. Every
+    ``sync_interval`` seconds the checks also bring the store's journal up to
+    what Redis holds (:meth:`ConfigStore.sync_journal`).
     """
 
     def __init__(
@@ -202,6 +210,7 @@ class Importer:
         check_interval: float,
         *,
         cipher: Cipher | None = None,
+        sync_interval: float = 5.0,
     ) -> None:
         self.store = store
         self.cipher = cipher
@@ -210,19 +219,51 @@ class Importer:
         self.last: ImportReport | None = None
         self.last_time: float | None = None
         self.imports = 0
+        self.restores = 0
+        self.sync_interval = sync_interval
+        self._synced = 0.0
         self._lock = asyncio.Lock()
 
     async def run(self, reason: str) -> ImportReport:
-        """Import the directory now; raises the Redis errors when Redis is away."""
+        """Import the directory now (restoring an emptied Redis from the journal first).
+
+        Raises the Redis errors when Redis is away.
+        """
         async with self._lock:
+            if not await self.store.imported():
+                await self._restore()
+            else:
+                await self._sync()
             return await self._run(reason)
 
     async def ensure(self) -> None:
-        """Import now unless Redis holds an import (it was emptied since the last check)."""
+        """Restore and import now if Redis holds no import (it was emptied since the last check).
+
+        Otherwise, every ``sync_interval``, record in the journal what Redis
+        holds and it lacks.
+        """
         async with self._lock:
             if not await self.store.imported():
-                logger.warning("Redis no longer holds the config (emptied?): importing again")
+                logger.warning("Redis no longer holds the config (emptied?): restoring it")
+                await self._restore()
                 await self._run("Redis emptied")
+            elif time.monotonic() - self._synced >= self.sync_interval:
+                await self._sync()
+
+    async def _sync(self) -> None:
+        self._synced = time.monotonic()
+        recorded = await self.store.sync_journal()
+        if recorded:
+            logger.info("journal: recorded %d version(s) found in Redis", recorded)
+
+    async def _restore(self) -> None:
+        restored = await self.store.restore()
+        self.restores += 1
+        if restored:
+            logger.warning(
+                "restored %d document(s) from %s before importing the directory",
+                len(restored), self.store.journal.path if self.store.journal else "-",
+            )  # fmt: skip
 
     async def _run(self, reason: str) -> ImportReport:
         report = await import_directory(self.store, self.directory, cipher=self.cipher)
@@ -262,12 +303,17 @@ class Importer:
                 if backoff.attempt == 0:
                     logger.warning("import: Redis unavailable (%s); retrying", exc)
                 await backoff.sleep()
+            except sqlite3.Error as exc:
+                # The journal on disk failed (disk full?): readiness says so; try again.
+                logger.error("import: the journal failed: %s", exc)
+                await asyncio.sleep(self.check_interval)
 
     def describe(self) -> dict[str, Any]:
         last = self.last
         return {
             "directory": str(self.directory),
             "imports": self.imports,
+            "restores": self.restores,
             "last_import": self.last_time,
             "errors": [e.to_dict() for e in last.errors] if last else [],
         }

@@ -133,6 +133,7 @@ def build() -> Spec:
         headers={"Last-Event-ID": (STRING, "the last revision seen; wins over since")},
         responses=[(200, events("change", "resync"))],
     )
+    spec.health_operations()
     spec.op("GET", "/health", "Liveness, Redis and the last import", tags=["operations"],
             redis=False,
             responses=[(200, json(obj(required=("status",), status=STRING))),

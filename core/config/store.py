@@ -22,6 +22,12 @@ The scripts receive every key they touch in ``KEYS``; the names are built here.
 
 Writing content whose hash equals the current version's is not a change: no
 version, no revision, no message.
+
+With a :class:`~core.config.journal.Journal`, every version written is also
+recorded on disk before :meth:`ConfigStore.write_many` returns, and
+:meth:`ConfigStore.restore` puts the journal's documents back into an emptied
+Redis; :meth:`ConfigStore.sync_journal` records versions the journal lacks
+(written by another process, or before a crash).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from typing import Any, TypeVar, cast
 import orjson
 
 from core.config.document import canonical, content_hash
+from core.config.journal import Journal, JournalEntry, entries_from_history
 from core.config.merge import deep_merge
 from core.redis import Redis, ReplicaWait, publish_command, tag
 
@@ -173,6 +180,42 @@ for i = 4, #ARGV, 7 do
   end
 end
 return {now, out, 1}
+"""
+
+
+# KEYS: seq, files, names, rev, channel, the document's doc key and history key.
+# ARGV: publish command, name, seq, file ('' none), then the current version's version
+# ('' when the document is deleted), hash, time, origin, content, then its history
+# entries (JSON), newest first. Replaces what Redis holds of the document and publishes
+# the change, unless Redis already holds that version or a later one (returns 0 then).
+_RESTORE = """
+local name, seq, file = ARGV[2], ARGV[3], ARGV[4]
+-- Another process restored it (or wrote it) already, from a journal at least as recent.
+if tonumber(redis.call('HGET', KEYS[1], name) or '0') >= tonumber(seq) then
+  return 0
+end
+local dkey, hkey = KEYS[6], KEYS[7]
+redis.call('DEL', dkey, hkey)
+redis.call('HSET', KEYS[1], name, seq)
+if file ~= '' then
+  redis.call('HSET', KEYS[2], name, file)
+else
+  redis.call('HDEL', KEYS[2], name)
+end
+if ARGV[5] ~= '' then
+  redis.call('HSET', dkey, 'version', ARGV[5], 'hash', ARGV[6], 'time', ARGV[7],
+             'origin', ARGV[8], 'content', ARGV[9])
+  redis.call('SADD', KEYS[3], name)
+else
+  redis.call('SREM', KEYS[3], name)
+end
+for i = 10, #ARGV do
+  redis.call('RPUSH', hkey, ARGV[i])
+end
+local rev = redis.call('INCR', KEYS[4])
+redis.call(ARGV[1], KEYS[5],
+           '{"rev":' .. rev .. ',"document":"' .. name .. '","version":' .. seq .. '}')
+return rev
 """
 
 
@@ -328,15 +371,18 @@ class ConfigStore:
         cache_size: int = 512,
         concurrency: int = 32,
         replica_wait: float = 1.0,
+        journal: Journal | None = None,
     ) -> None:
         self.redis = redis
         self.keep = keep
+        self.journal = journal
         self._limit = asyncio.Semaphore(concurrency)
         self.publish = publish_command(redis)
         #: Behind Sentinel a write waits for one replica.
         self.replica_wait = ReplicaWait(redis, timeout=replica_wait)
         self._write = redis.register_script(_WRITE)
         self._read = redis.register_script(_READ)
+        self._restore = redis.register_script(_RESTORE)
         self._parsed: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._rendered: OrderedDict[str, bytes] = OrderedDict()
         self._cache_size = cache_size
@@ -389,24 +435,21 @@ class ConfigStore:
         mode = "1" if mark_imported else "2" if if_imported else "0"
         args: list[str | int | bytes] = [self.keep, mode, self.publish]
         keys = [IMPORTED_KEY, FILES_KEY, SEQ_KEY, NAMES_KEY, REV_KEY, CHANNEL]
+        texts: list[tuple[str | None, bytes | None]] = []
         for w in writes:
             keys += [doc_key(w.name), history_key(w.name)]
             if not _ORIGIN_RE.match(w.origin):
                 raise ValueError(f"invalid origin {w.origin!r}")
             if w.only_file:
                 args += [w.name, "file", "", w.origin, "", w.file, w.expect]
+                texts.append((None, None))
             elif w.content is None:
                 args += [w.name, "del", "", w.origin, "", w.file, w.expect]
+                texts.append((None, None))
             else:
-                args += [
-                    w.name,
-                    "put",
-                    content_hash(w.content),
-                    w.origin,
-                    canonical(w.content),
-                    w.file,
-                    w.expect,
-                ]
+                hash_, text = content_hash(w.content), canonical(w.content)
+                args += [w.name, "put", hash_, w.origin, text, w.file, w.expect]
+                texts.append((hash_, text))
         if self.replica_wait.wanted():
             # Behind Sentinel: acknowledge once a replica has the write too
             # (WAIT applies to the writes of its own connection: one pipeline).
@@ -434,7 +477,93 @@ class ConfigStore:
                     precondition_failed=status == -2,
                 )
             )
+        if self.journal is not None:
+            entries = [
+                JournalEntry(
+                    w.name,
+                    r.version,
+                    hash_,
+                    r.time,
+                    w.origin,
+                    w.content is None,
+                    None if text is None else text.decode(),
+                )
+                for w, r, (hash_, text) in zip(writes, results, texts, strict=True)
+                if r.changed and not w.only_file
+            ]
+            files = {w.name: (None if w.file == "-" else w.file) for w in writes if w.file}
+            await self.journal.record(entries, files)
         return results
+
+    # -- the durable copy --------------------------------------------------------
+
+    async def restore(self) -> list[str]:
+        """Put every document of the journal back into Redis (after Redis was emptied).
+
+        One script per document: its current version, history, version
+        counter and file record, and a change published; a document Redis
+        already holds at that version or later is left alone. The import flag
+        is left alone: the caller imports the directory next. Returns the
+        names found in the journal.
+        """
+        journal = self.journal
+        if journal is None:
+            return []
+        documents = await journal.documents()
+        files = await journal.files()
+        for name, entries in sorted(documents.items()):
+            newest = entries[0]
+            current: list[str | int] = (
+                ["", "", "", "", ""]
+                if newest.deleted or newest.content is None
+                else [newest.version, newest.hash or "", newest.time, newest.origin, newest.content]
+            )
+            keys = [
+                SEQ_KEY,
+                FILES_KEY,
+                NAMES_KEY,
+                REV_KEY,
+                CHANNEL,
+                doc_key(name),
+                history_key(name),
+            ]
+            args: list[str | int | bytes] = [
+                self.publish,
+                name,
+                newest.version,
+                files.get(name, ""),
+                *current,
+            ]
+            args += [e.to_json() for e in entries[: self.keep]]
+            await self._call(self._restore(keys=keys, args=args))
+        return sorted(documents)
+
+    async def sync_journal(self) -> int:
+        """Record in the journal the versions Redis holds and it lacks; how many were written.
+
+        Versions written by another config service process on the same
+        Redis, or lost between Redis and the disk by a crash, so that a
+        restore never goes back before them.
+        """
+        journal = self.journal
+        if journal is None:
+            return 0
+        seq = await self._call(self.redis.hgetall(SEQ_KEY))
+        known = await journal.summary()
+        entries: list[JournalEntry] = []
+        for raw_name, raw_last in seq.items():
+            name, last = str(raw_name), int(raw_last)
+            # Versions are numbered 1, 2, ... with none skipped: the journal is
+            # complete when it holds the newest and as many as are retained.
+            top, count = known.get(name, (0, 0))
+            if top >= last and count >= min(last, self.keep):
+                continue
+            raw = await self._call(self.redis.lrange(history_key(name), 0, -1))
+            entries += entries_from_history(name, map(str, raw))
+        redis_files = await self.files()
+        if redis_files != await journal.files():
+            await journal.replace_files(redis_files)
+        return await journal.record(entries)
 
     # -- reading -----------------------------------------------------------------
 

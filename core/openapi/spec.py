@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from core.openapi.schemas import Schema, problem
+from core.openapi.schemas import STRING, Schema, array_of, json, obj, problem
 
 __all__ = ["Spec", "drift"]
 
@@ -122,6 +122,18 @@ class Spec:
             operation["security"] = [{"bearer": []}]
         self.doc["paths"].setdefault(template, {})[method.lower()] = operation
         self._body = None
+
+    def health_operations(self) -> None:
+        """Describe ``GET /health/live`` and ``GET /health/ready`` (``core.http.add_health_routes``)."""
+        self.op("GET", "/health/live", "Liveness: 200 while the process answers",
+                tags=["operations"], redis=False,
+                responses=[(200, json(obj(status=STRING)))])  # fmt: skip
+        check = obj(status=STRING, detail={})
+        ready = obj(required=("status", "checks"), status=STRING, failing=array_of(STRING),
+                    checks={"type": "object", "additionalProperties": check})  # fmt: skip
+        self.op("GET", "/health/ready", "Readiness: whether it can do its job now",
+                tags=["operations"], redis=False,
+                responses=[(200, json(ready)), (503, json(ready, "not ready: see failing"))])  # fmt: skip
 
     def document(self) -> dict[str, Any]:
         return self.doc

@@ -50,6 +50,7 @@ class Proxy(Protocol):
     clock: Clock
     active: int
     draining: bool
+    health_path: bytes
     loop: asyncio.AbstractEventLoop
 
     def host_line(self, ep: Endpoint) -> bytes:

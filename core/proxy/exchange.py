@@ -68,6 +68,12 @@ _LAST_CHUNK = b"0\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TRACEPARENT = b"traceparent: 00-"
 _CRLF = b"\r\n"
+_PATH_END = (b"", b"?")
+_UP_BODY = b'{"status":"UP"}'
+_DRAINING_BODY = b'{"status":"DRAINING"}'
+_HEALTH_METHODS = HTTPProblem(
+    "the health path answers GET and HEAD", status=405, headers={"Allow": "GET, HEAD"}
+)
 
 
 class Exchange(ResponseSide):
@@ -140,6 +146,8 @@ class Exchange(ResponseSide):
     user_id: str | None = None
     rate_lines = b""
     gated = False
+    # The gateway's own health path: answered here, never routed.
+    local = False
     # The plan of the route whose policy refused the request (401, 403): its
     # answer is counted under that route, though nothing is proxied.
     refused_by: Plan | None = None
@@ -187,6 +195,11 @@ class Exchange(ResponseSide):
         self.body_done = False
         self.chunked = False
         self.continue_ = False
+        health = proxy.health_path
+        if health and url.startswith(health) and url[len(health) : len(health) + 1] in _PATH_END:
+            self._refused(url, headers, _HEALTH_METHODS)
+            self.local = True
+            return
         try:
             head, request_line, path, method_name = client.heads.prepare(
                 method, url, headers, upgrade
@@ -261,6 +274,9 @@ class Exchange(ResponseSide):
         """Begin: the exchange is now the oldest unanswered request of its connection."""
         self.started = True
         self.proxy.active += 1
+        if self.local:
+            self.respond_health()
+            return
         if self.problem is not None:
             self.respond_problem(self.problem)
             return
@@ -596,6 +612,29 @@ class Exchange(ResponseSide):
             _log_failure(self, problem)
         self.finish()
 
+    def respond_health(self) -> None:
+        """Answer the gateway's health path: 200 while serving, 503 once draining."""
+        if self.method not in (b"GET", b"HEAD"):
+            self.respond_problem(_HEALTH_METHODS)
+            return
+        draining = self.proxy.draining
+        self.status = 503 if draining else 200
+        body = _DRAINING_BODY if draining else _UP_BODY
+        if draining or not self.body_done:
+            self.close_after = True
+        head = [
+            b"HTTP/1.1 503 Service Unavailable\r\n" if draining else b"HTTP/1.1 200 OK\r\n",
+            b"content-type: application/json\r\ncache-control: no-store\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"date: " + self.proxy.clock.date() + b"\r\n",
+            b"x-request-id: " + self.request_id + b"\r\n",
+            b"connection: close\r\n\r\n" if self.close_after else b"\r\n",
+        ]
+        if not self.head_only:
+            head.append(body)
+        self.client.transport.write(b"".join(head))
+        self.finish()
+
     def finish(self) -> None:
         if self.phase == DONE:
             return
@@ -612,7 +651,8 @@ class Exchange(ResponseSide):
                 row = plan.row = proxy.stats.row(plan.route, plan.service)
             row.record(self.status, duration)
         else:
-            proxy.stats.request("unmatched", "unmatched", self.status, duration)
+            where = "health" if self.local else "unmatched"
+            proxy.stats.request(where, where, self.status, duration)
         access = proxy.access
         if access is not None:
             if plan is None:

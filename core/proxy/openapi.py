@@ -28,6 +28,7 @@ def build(*, workers: bool) -> Spec:
             query=per_worker, redis=False, responses=[(200, json(ANY))])  # fmt: skip
     spec.op("GET", "/upstreams", "Every upstream: endpoints, ejections, breaker, counts",
             query=per_worker, redis=False, responses=[(200, json(ANY))])  # fmt: skip
+    spec.health_operations()
     health = obj(required=("status",), status=STRING)
     spec.op("GET", "/health", "Serving, and how Redis, the registry and config are doing",
             redis=False,

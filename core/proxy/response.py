@@ -9,6 +9,10 @@ else until close), its own ``X-Request-ID`` and ``Via``, a ``Date`` when
 the upstream sent none, and the body
 follows as it comes, collected and written once per read.
 
+A 5xx head marked ``Essaim-Failure: dependency`` (the upstream reports that a
+service *it* calls failed) goes to the client as it is: not retried, and not
+counted against the upstream (:meth:`Upstream.dependency_failed`).
+
 The phases of an exchange and the reasons a client connection stops reading
 are defined here, where both halves of the exchange see them.
 """
@@ -20,7 +24,13 @@ from typing import TYPE_CHECKING
 
 from core import log
 from core.errors import BadGateway, HTTPProblem
-from core.proxy.wire import STATUS_PREFIXES, chunk, scan_response, status_line
+from core.proxy.wire import (
+    STATUS_PREFIXES,
+    chunk,
+    marks_dependency_failure,
+    scan_response,
+    status_line,
+)
 
 if TYPE_CHECKING:
     from core.proxy.contract import Client, Proxy
@@ -106,7 +116,10 @@ class ResponseSide:
         assert ep is not None
         upstream = plan.upstream
         self.attempt_open = False
-        if status >= 500:
+        if status >= 500 and marks_dependency_failure(block):
+            upstream.dependency_failed(ep)
+            self.proxy.stats.upstream_error(plan.service, "dependency")
+        elif status >= 500:
             upstream.failed(ep, "5xx")
             self.proxy.stats.upstream_error(plan.service, "5xx")
             if status in _RETRY_STATUSES and self._may_retry("5xx", status):

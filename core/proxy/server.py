@@ -450,6 +450,12 @@ class ProxyServer:
     accepting) closes idle keep-alive connections, gives those accepted but
     without a request yet a second to send it, lets exchanges in flight
     finish within a bound, then cuts the rest.
+
+    ``health_path`` (bytes, empty for none) is answered by the gateway itself
+    for load balancers in front of it: 200 ``{"status": "UP"}`` while it
+    serves, 503 ``{"status": "DRAINING"}`` once it is stopping. It must sit
+    under ``/-/``, a prefix no service name and no route can take, so it
+    never shadows a route.
     """
 
     def __init__(
@@ -460,7 +466,11 @@ class ProxyServer:
         pool: Pool | None = None,
         stats: Stats | None = None,
         tick: float = 0.05,
+        health_path: bytes = b"/-/health",
     ) -> None:
+        if health_path and not health_path.startswith(b"/-/"):
+            raise ValueError(f"the health path must start with '/-/', not {health_path!r}")
+        self.health_path = health_path
         self.router = router
         self.limits = limits or Limits()
         self.pool = pool or Pool()

@@ -79,7 +79,8 @@ class Stats:
       is answered 404 and counted as ``unmatched``); a request refused by a
       route's policy (401, 403, 429) counts under that route;
     - ``upstream_errors[(service, kind)]``: failed attempts (connect, timeout,
-      reset, 5xx, protocol);
+      reset, 5xx, protocol; ``dependency`` for a 5xx marked as the failure of
+      the upstream's own dependency, which does not count against it);
     - ``retries[(service, reason)]``: attempts after the first.
     """
 

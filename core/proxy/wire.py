@@ -240,6 +240,19 @@ def scan_response(
     return block, length, chunked, upgrade, via
 
 
+_DEPENDENCY_FAILURE = re.compile(rb"\r\nessaim-failure:[ \t]*dependency[ \t]*\r", re.IGNORECASE)
+
+
+def marks_dependency_failure(block: bytes) -> bool:
+    """Whether a response head block carries ``Essaim-Failure: dependency``.
+
+    Read on 5xx answers only: such an answer is the failure of a service the
+    upstream depends on, passed to the client but not held against the
+    upstream (see :data:`core.errors.FAILURE_HEADER`).
+    """
+    return _DEPENDENCY_FAILURE.search(block) is not None
+
+
 def chunk(data: bytes) -> bytes:
     """``data`` as one chunk of a chunked body (never empty: that would end the body)."""
     return b"%x\r\n%b\r\n" % (len(data), data)

@@ -15,6 +15,14 @@ a service token may write its own service only, at an allowed target.
   gap, after every (re)connect and every ``resync_interval``; while Redis is
   away it serves its last snapshot. The gateway's hot path reads it without
   awaiting anything.
+
+Self-preservation (Eureka's idea): a re-list after a reconnect, or one whose
+revision went backwards, may find instances missing only because Redis lost
+its data (restarted empty) and they have not registered again yet. Those are
+kept, as they were, for ``grace`` seconds (about one heartbeat interval plus
+the registration's reconnect backoff); one that registers again meanwhile is
+simply current again, one that does not is dropped when its grace ends. A
+re-list on a connection that never broke trusts Redis: what is missing is gone.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -29,6 +38,7 @@ from typing import Any
 from core import log
 from core.redis import REDIS_ERRORS, Backoff, Redis, Subscription
 from core.registry.client import RegistrationRefused, RegistryClient, RegistryUnavailable
+from core.registry.model import iso
 from core.registry.store import CHANNEL, Event, Instance, RegistryStore
 from core.tasks import TaskSet
 
@@ -45,7 +55,10 @@ class Registration:
     registry is believed to hold the instance; ``registrations`` counts how
     many times it had to register; ``refusal`` is the registry's last reason
     for refusing it (a token for another service, a denied target), retried
-    slowly and logged once, since it won't change by itself.
+    slowly and logged once, since it won't change by itself. The instance's
+    ``registered_at`` is stamped once (unless given) and kept when it
+    registers again after Redis lost it: watchers then see the same process
+    coming back, not a new one (see :func:`core.upstream.upstream.generation`).
     """
 
     def __init__(self, target: Redis | RegistryClient, instance: Instance) -> None:
@@ -53,6 +66,8 @@ class Registration:
             target if isinstance(target, RegistryClient) else RegistryStore(target)
         )
         self.refusal: str | None = None
+        if not instance.registered_at:
+            instance = dataclasses.replace(instance, registered_at=iso(time.time() * 1000))
         self.instance = instance
         self.registered = asyncio.Event()
         self.registrations = 0
@@ -144,12 +159,19 @@ class Watcher:
     recomputed only on change, so readers on the hot path pay a dict lookup.
     Callbacks added with :meth:`on_change` get the set of services that changed.
     Counters: ``relists`` (full re-reads) and ``gaps`` (revision gaps seen).
+    ``grace`` is how long an instance missing from a re-list after a reconnect
+    is kept (see the module doc); ``preserved`` holds those, with when their
+    grace ends (monotonic clock).
     """
 
-    def __init__(self, redis: Redis, *, resync_interval: float = 30.0) -> None:
+    def __init__(self, redis: Redis, *, resync_interval: float = 30.0, grace: float = 5.0) -> None:
         self.store = RegistryStore(redis)
         self.redis = redis
         self.resync_interval = resync_interval
+        self.grace = grace
+        self.preserved: dict[tuple[str, str], float] = {}
+        self.preserved_total = 0
+        self._preserve_wake = asyncio.Event()
         self.rev = 0
         self.services: dict[str, dict[str, Instance]] = {}
         self._up: dict[str, tuple[Instance, ...]] = {}
@@ -161,7 +183,7 @@ class Watcher:
         self.gaps = 0
         self.last_sync = 0.0
         self.subscription = Subscription(
-            redis, [CHANNEL], self._on_message, on_connect=self.relist, name="watcher"
+            redis, [CHANNEL], self._on_message, on_connect=self._on_connect, name="watcher"
         )
         self._tasks = TaskSet("watcher")
 
@@ -200,6 +222,7 @@ class Watcher:
         """
         self._tasks.spawn(self.subscription.run(), "subscription")
         self._tasks.spawn(self._periodic(), "resync")
+        self._tasks.spawn(self._end_graces(), "grace")
         if wait:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.subscription.connected.wait(), wait)
@@ -210,11 +233,17 @@ class Watcher:
 
     # -- keeping current -------------------------------------------------------------
 
-    async def relist(self) -> None:
-        """Replace the snapshot by a full, atomic read of the registry."""
+    async def relist(self, *, reconnected: bool = False) -> None:
+        """Replace the snapshot by a full, atomic read of the registry.
+
+        With ``reconnected`` (the connection broke since the last read), or
+        when the revision went backwards, instances missing from the read are
+        preserved for :attr:`grace` rather than dropped.
+        """
         async with self._lock:
             started = time.perf_counter()
             rev, services = await self.store.snapshot(self._parsed)
+            self._preserve(services, lost=reconnected or rev < self.rev)
             changed = {
                 name
                 for name in services.keys() | self.services.keys()
@@ -230,6 +259,74 @@ class Watcher:
                 len(services), rev, (time.perf_counter() - started) * 1000,
             )  # fmt: skip
         await self._notify(changed)
+
+    async def _on_connect(self) -> None:
+        await self.relist(reconnected=self.relists > 0)
+
+    def _preserve(self, services: dict[str, dict[str, Instance]], *, lost: bool) -> None:
+        """Add to ``services`` (a fresh read) the known instances it lacks that are in their grace.
+
+        With ``lost``, instances missing now start a grace period. An
+        instance present in the read is current again: its grace ends.
+        """
+        now = time.monotonic()
+        preserved = self.preserved
+        for key in [k for k in preserved if k[1] in services.get(k[0], {})]:
+            del preserved[key]
+        started = 0
+        for name, insts in self.services.items():
+            found = services.get(name, {})
+            for iid, inst in insts.items():
+                if iid in found:
+                    continue
+                key = (name, iid)
+                if key not in preserved:
+                    if not lost:
+                        continue
+                    preserved[key] = now + self.grace
+                    started += 1
+                elif preserved[key] <= now:
+                    del preserved[key]
+                    continue
+                services.setdefault(name, {})[iid] = inst
+        if started:
+            self.preserved_total += started
+            logger.warning(
+                "%d instance(s) missing after Redis came back (emptied?): kept for %.1fs "
+                "while they register again", started, self.grace,
+            )  # fmt: skip
+            self._preserve_wake.set()
+
+    async def _end_graces(self) -> None:
+        """Drop preserved instances whose grace ended and that did not register again."""
+        while True:
+            due = min(self.preserved.values(), default=math.inf)
+            wait = None if due == math.inf else max(0.0, due - time.monotonic())
+            self._preserve_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._preserve_wake.wait(), wait)
+            now = time.monotonic()
+            gone = [key for key, until in self.preserved.items() if until <= now]
+            if not gone:
+                continue
+            changed: set[str] = set()
+            async with self._lock:
+                for key in gone:
+                    if self.preserved.get(key, math.inf) > now:
+                        continue  # registered again, or given a new grace meanwhile
+                    del self.preserved[key]
+                    name, iid = key
+                    insts = dict(self.services.get(name, {}))
+                    if insts.pop(iid, None) is not None:
+                        self.services[name] = insts
+                        self._up[name] = self._live_up(insts)
+                        changed.add(name)
+            if changed:
+                logger.warning(
+                    "dropped %d instance(s) that did not register again within %.1fs",
+                    len(gone), self.grace,
+                )  # fmt: skip
+            await self._notify(changed)
 
     async def _periodic(self) -> None:
         while True:
@@ -258,6 +355,7 @@ class Watcher:
             await self._notify({event.service})
 
     def _apply(self, event: Event) -> None:
+        self.preserved.pop((event.service, event.instance.id), None)
         insts = dict(self.services.get(event.service, {}))
         if event.type in ("register", "update"):
             insts[event.instance.id] = event.instance
@@ -292,5 +390,7 @@ class Watcher:
             "instances": sum(len(v) for v in self.services.values()),
             "relists": self.relists,
             "gaps": self.gaps,
+            "preserved": len(self.preserved),
+            "grace": self.grace,
             "last_sync": self.last_sync,
         }

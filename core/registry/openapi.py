@@ -94,6 +94,7 @@ def build() -> Spec:
         tags=["operations"],
         responses=[(200, json(array_of(target)))],
     )
+    spec.health_operations()
     spec.op("GET", "/health", "Liveness and Redis status", tags=["operations"], redis=False,
             responses=[(200, json(obj(required=("status",), status=STRING))),
                        (503, json(obj(required=("status",), status=STRING), "not ready"))])  # fmt: skip

@@ -269,6 +269,11 @@ def _path(f: _Fields, spec: Mapping[str, Any]) -> tuple[str, list[tuple[int, str
     text = f.typed(spec[field], str, field, "a string starting with '/'")
     if not text.startswith("/") or len(text) > 2048:
         raise f.error(field, f"expected a path starting with '/', got {_show(text)}")
+    if text == "/-" or text.startswith("/-/"):
+        raise f.error(
+            field,
+            "paths under '/-/' are the gateway's own (its health path); routes can't use them",
+        )
     if field == "prefix":
         if "{" in text or "*" in text:
             raise f.error("prefix", "a prefix is literal; use 'path' for '{param}' or '**'")

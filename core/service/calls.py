@@ -17,8 +17,16 @@ Outcomes a caller sees:
 - :class:`~core.errors.BadGateway` (502) when no instance could be reached;
 - :class:`~core.errors.GatewayTimeout` (504) when the call timed out.
 
-All three are :class:`~core.errors.HTTPProblem`, so a handler that lets them
-escape answers its own client with matching problem details.
+All three are :class:`~core.errors.HTTPProblem` carrying the called service's
+name in ``dependency``. A handler that lets one escape, in a service built on
+the scaffold (:func:`dependency_middleware`), answers its own client 503
+marked as a dependency's failure (``Essaim-Failure: dependency``, problem type
+``urn:essaim:problem:dependency-unavailable``), so that the gateway does not
+count a called service's outage against the caller.
+
+A 5xx answer so marked is the called service's own report that *its*
+dependency failed: it is returned as is, not retried, and not counted
+against that service (:meth:`Upstream.dependency_failed`).
 """
 
 from __future__ import annotations
@@ -38,14 +46,22 @@ import orjson
 from aiohttp import web
 
 from core import log, trace
-from core.errors import BadGateway, GatewayTimeout, ServiceUnavailable
+from core.errors import (
+    DEPENDENCY_FAILURE,
+    FAILURE_HEADER,
+    BadGateway,
+    DependencyUnavailable,
+    GatewayTimeout,
+    HTTPProblem,
+    ServiceUnavailable,
+)
 from core.registry.discovery import Watcher
 from core.upstream.retry import RetryPolicy
 from core.upstream.upstream import Upstream, UpstreamPolicy
 
 logger = log.get("calls")
 
-__all__ = ["CallResponse", "Calls", "Timeouts", "forwarding_middleware"]
+__all__ = ["CallResponse", "Calls", "Timeouts", "dependency_middleware", "forwarding_middleware"]
 
 #: Headers of the request being handled that every call passes on.
 FORWARDED = ("X-Request-ID", "Authorization")
@@ -88,6 +104,27 @@ async def forwarding_middleware(request: web.Request, handler: Handler) -> web.S
         _incoming.reset(token)
     response.headers["X-Request-ID"] = request_id
     return response
+
+
+@web.middleware
+async def dependency_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A 5xx problem naming a ``dependency`` becomes a marked 503 :class:`DependencyUnavailable`.
+
+    Goes inside :func:`core.errors.problem_middleware`, which renders it.
+    """
+    try:
+        return await handler(request)
+    except DependencyUnavailable:
+        raise
+    except HTTPProblem as exc:
+        if exc.status >= 500 and "dependency" in exc.extra:
+            raise DependencyUnavailable.from_problem(exc) from None
+        raise
+
+
+def marked_as_dependency_failure(headers: Mapping[str, str]) -> bool:
+    """Whether an answer's headers mark it as the failure of the answering service's dependency."""
+    return headers.get(FAILURE_HEADER, "").strip().lower() == DEPENDENCY_FAILURE
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -227,16 +264,18 @@ class Calls:
                     if known
                     else f"no service named {service!r} is registered",
                     headers={"Retry-After": "1"},
+                    dependency=service,
                 )
             if not upstream.breaker.try_acquire():
                 wait = max(1, math.ceil(upstream.breaker.retry_after()))
                 raise ServiceUnavailable(
                     f"the circuit breaker of {service!r} is open",
                     headers={"Retry-After": str(wait)},
+                    dependency=service,
                 )
             left = deadline - time.monotonic()
             upstream.begin(ep)
-            kind, status = "", 0
+            kind, status, marked = "", 0, False
             try:
                 timeout = aiohttp.ClientTimeout(
                     total=max(0.001, min(timeouts.per_try, left)),
@@ -254,6 +293,12 @@ class Calls:
                     payload = await resp.read()
                     status = resp.status
                     result = CallResponse(status, dict(resp.headers), payload, ep.key)
+                    marked = status >= 500 and marked_as_dependency_failure(resp.headers)
+                if marked:
+                    # Its own dependency failed: passed on, not retried (the
+                    # other instances share that dependency), not held against it.
+                    upstream.dependency_failed(ep)
+                    return result
                 if status >= 500:
                     kind = "5xx"
                     upstream.failed(ep, kind)
@@ -284,5 +329,5 @@ class Calls:
             if kind == "5xx":
                 return result
             if kind == "timeout" or time.monotonic() >= deadline:
-                raise GatewayTimeout(f"{service} {method} {path}: {last_error}")
-            raise BadGateway(f"{service} {method} {path}: {last_error}")
+                raise GatewayTimeout(f"{service} {method} {path}: {last_error}", dependency=service)
+            raise BadGateway(f"{service} {method} {path}: {last_error}", dependency=service)

@@ -30,6 +30,7 @@ def build(service: Service) -> Spec:
     """The document of ``service``: every route its application serves."""
     spec = Spec(f"Essaim {service.name}", service.description, bearer=True)
     ops = ["operations"]
+    spec.health_operations()
     spec.op("GET", "/health", "What the instance depends on and how it is doing", tags=ops,
             redis=False,
             responses=[(200, json(obj(required=("status", "service", "instance"),

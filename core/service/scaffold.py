@@ -69,7 +69,14 @@ from core.events.bus import Event, EventBus, TxHandler
 from core.events.consumer import Consumer
 from core.events.outbox import OutboxRelay
 from core.events.saga import Saga, SagaRunner
-from core.http import json_response, redis_health, redis_unavailable
+from core.http import (
+    Check,
+    add_health_routes,
+    config_check,
+    json_response,
+    redis_health,
+    redis_unavailable,
+)
 from core.metrics import HTTPMetrics
 from core.openapi.spec import Spec
 from core.redis import Redis, connect
@@ -81,7 +88,7 @@ from core.security.jwks import KeySet
 from core.security.tokens import Verifier
 from core.service import openapi as service_openapi
 from core.service.access_log import access_log_middleware
-from core.service.calls import Calls, Timeouts, forwarding_middleware
+from core.service.calls import Calls, Timeouts, dependency_middleware, forwarding_middleware
 from core.settings import CommonSettings, Secret, option
 from core.tasks import TaskSet
 from core.upstream.retry import RetryPolicy
@@ -616,6 +623,23 @@ async def health(request: web.Request) -> web.Response:
     return json_response(body, status=200 if db_ok else 503)
 
 
+def readiness(app: web.Application) -> dict[str, Check]:
+    """Ready while the database answers and no config version was rejected.
+
+    Redis away is not unready: the service answers from its database, its
+    events wait in the outbox and it registers again once Redis is back.
+    """
+
+    async def database() -> tuple[bool, Any]:
+        try:
+            await app[DB].run(lambda c: c.execute("SELECT 1").fetchone())
+        except sqlite3.Error as exc:
+            return False, str(exc)
+        return True, str(app[DB].path)
+
+    return {"database": database, "config": config_check(app[CONFIG])}
+
+
 class _EventMetrics(Collector):
     """The consumer's and the relay's counters, read at scrape time."""
 
@@ -672,7 +696,7 @@ async def _database_busy(request: web.Request, handler: Handler) -> web.StreamRe
         ) from None
 
 
-OPEN_PATHS = ("/health", "/metrics")
+OPEN_PATHS = ("/health", "/health/live", "/health/ready", "/metrics")
 #: The scaffold's routes that change what a service will do, for admins only by
 #: default (:attr:`Service.admin_access`): a replay re-runs events, a discard loses them.
 ADMIN_ROUTES = (("POST", "/events/dead/replay"), ("POST", "/events/dead/discard"))
@@ -726,7 +750,8 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
     access = [access_log_middleware(service.name, instance_id)] if settings.access_log else []
     app = web.Application(
         middlewares=[metrics.middleware, identify, forwarding_middleware, *access,
-                     problem_middleware, redis_unavailable(service.name), _database_busy],
+                     problem_middleware, dependency_middleware, redis_unavailable(service.name),
+                     _database_busy],
         client_max_size=1024 * 1024,
     )  # fmt: skip
     app[SERVICE] = service
@@ -740,6 +765,7 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
         app.cleanup_ctx.append(ctx)
     app.on_shutdown.append(_deregister)
     app.router.add_get("/health", health)
+    add_health_routes(app, readiness)
     app.router.add_get("/metrics", metrics.handle)
     app.router.add_get("/openapi.json", service_openapi.build(service).handle)
     events_http.add_routes(app, consumes=service.consumes, emits=service.publishes)

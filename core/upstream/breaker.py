@@ -4,10 +4,19 @@
 ``sliding_window_size`` recorded calls stays under ``failure_rate_threshold``
 (percent; judged once ``minimum_number_of_calls`` are recorded). When it is
 reached the breaker is ``OPEN``: every :meth:`~CircuitBreaker.try_acquire` is
-refused for ``wait_duration_in_open_state`` seconds. The first call after that
-moves it to ``HALF_OPEN``, which lets ``permitted_number_of_calls_in_half_open_state``
-calls through; when they have all been recorded, their failure rate decides:
-``OPEN`` again, or ``CLOSED`` with a fresh window.
+refused for a wait. The first call after that moves it to ``HALF_OPEN``, which
+lets ``permitted_number_of_calls_in_half_open_state`` calls through; when they
+have all been recorded, their failure rate decides: ``OPEN`` again, or
+``CLOSED`` with a fresh window.
+
+The wait backs off (Resilience4j's exponential wait, Akka's
+``maxResetTimeout``): it is ``wait_duration_in_open_state`` when the breaker
+opens from ``CLOSED``, multiplied by ``exponential_backoff_multiplier`` each
+time a ``HALF_OPEN`` probe fails, at most
+``exponential_max_wait_duration_in_open_state``, and back to the first wait
+once the breaker closes. So an outage of a second costs about a second,
+while a dead upstream is probed less and less often. :meth:`~CircuitBreaker.probe`
+ends a wait early, when there is news (a new instance registered).
 
 One permit is one attempt on the upstream: acquire before each try (retries
 included) and finish each granted permit with exactly one of
@@ -55,8 +64,10 @@ class BreakerPolicy:
     sliding_window_size: int = 50
     failure_rate_threshold: float = 50.0
     minimum_number_of_calls: int = 20
-    wait_duration_in_open_state: float = 10.0
+    wait_duration_in_open_state: float = 1.0
     permitted_number_of_calls_in_half_open_state: int = 5
+    exponential_backoff_multiplier: float = 2.0
+    exponential_max_wait_duration_in_open_state: float = 10.0
     enabled: bool = True
 
     def __post_init__(self) -> None:
@@ -72,6 +83,19 @@ class BreakerPolicy:
             raise SettingsError(
                 "breaker: permitted_number_of_calls_in_half_open_state must be at least 1"
             )
+        if self.exponential_backoff_multiplier < 1:
+            raise SettingsError("breaker: exponential_backoff_multiplier must be at least 1")
+        if self.exponential_max_wait_duration_in_open_state < 0:
+            raise SettingsError(
+                "breaker: exponential_max_wait_duration_in_open_state must not be negative"
+            )
+
+    @property
+    def max_wait(self) -> float:
+        """The longest ``OPEN`` wait: the backoff's cap, never below the first wait."""
+        return max(
+            self.exponential_max_wait_duration_in_open_state, self.wait_duration_in_open_state
+        )
 
 
 class CircuitBreaker:
@@ -79,6 +103,7 @@ class CircuitBreaker:
 
     Counters (cumulative, for metrics): ``successful_calls``, ``failed_calls``,
     ``not_permitted_calls``, ``opened`` (times it went ``OPEN``).
+    ``wait`` is the length of the current (or next) ``OPEN`` wait.
     """
 
     __slots__ = (
@@ -101,6 +126,7 @@ class CircuitBreaker:
         "opened",
         "policy",
         "successful_calls",
+        "wait",
     )
 
     def __init__(
@@ -118,6 +144,7 @@ class CircuitBreaker:
         self._half_granted = self._half_recorded = self._half_failures = 0
         self.successful_calls = self.failed_calls = self.not_permitted_calls = self.opened = 0
         self.policy = policy
+        self.wait = policy.wait_duration_in_open_state
         self._reset_window()
 
     # -- configuration -----------------------------------------------------------
@@ -129,6 +156,10 @@ class CircuitBreaker:
             self._reset_window()
         else:
             self._set_thresholds()
+        if self._state is CLOSED:
+            self.wait = policy.wait_duration_in_open_state
+        else:
+            self.wait = min(max(self.wait, policy.wait_duration_in_open_state), policy.max_wait)
         if not policy.enabled and self._state is not CLOSED:
             self._transition(CLOSED)
 
@@ -180,6 +211,18 @@ class CircuitBreaker:
         if self._state is HALF_OPEN and self._half_granted > self._half_recorded:
             self._half_granted -= 1
 
+    def probe(self) -> bool:
+        """End an ``OPEN`` wait now, so that the next calls probe (``HALF_OPEN``); True if it was open.
+
+        For news that the upstream may be back, such as a new instance
+        registering: waiting out the rest of the backoff would only lengthen
+        the outage. A failed probe opens the breaker again with the next wait.
+        """
+        if self._state is not OPEN:
+            return False
+        self._transition(HALF_OPEN)
+        return True
+
     def retry_after(self) -> float:
         """Seconds until the ``OPEN`` state ends; 0.0 in any other state."""
         if self._state is not OPEN:
@@ -200,6 +243,7 @@ class CircuitBreaker:
         return {
             "state": str(state),
             "retry_after": round(self.retry_after(), 3),
+            "wait_duration_in_open_state": round(self.wait, 3),
             "failure_rate": round(self.failure_rate(), 2),
             "buffered_calls": self._recorded,
             "failed_buffered_calls": self._failures,
@@ -261,11 +305,18 @@ class CircuitBreaker:
     def _transition(self, new: State) -> None:
         old, self._state = self._state, new
         if new is OPEN:
-            self._open_until = self._clock() + self.policy.wait_duration_in_open_state
+            policy = self.policy
+            if old is HALF_OPEN:
+                # A failed probe: the upstream is still down, probe less often.
+                self.wait = min(self.wait * policy.exponential_backoff_multiplier, policy.max_wait)
+            else:
+                self.wait = policy.wait_duration_in_open_state
+            self._open_until = self._clock() + self.wait
             self.opened += 1
         elif new is HALF_OPEN:
             self._half_granted = self._half_recorded = self._half_failures = 0
         else:
+            self.wait = self.policy.wait_duration_in_open_state
             self._reset_window()
         for listener in self._listeners:
             try:

@@ -17,14 +17,24 @@ One request through an upstream ``up`` with retry policy ``rp``::
         up.begin(ep)
         ...                                      # send, stream the answer
         up.succeeded(ep)                         # or up.released(ep) if the client left
+        # a 5xx marked as a dependency's failure: pass it on, no verdict on ep
+        up.dependency_failed(ep)
         # on failure:
         up.failed(ep, kind)                      # "connect" | "5xx" | "reset" | "timeout"
         if not up.retry_allowed(rp, kind, method, attempt, response_started, status):
             ...                                  # 502 / 504 / pass the 5xx on
         tried.append(ep.key)
 
-Every ``begin`` is closed by exactly one of ``succeeded``, ``failed`` or
-``released``, and every granted breaker permit likewise (those three close it).
+Every ``begin`` is closed by exactly one of ``succeeded``, ``failed``,
+``dependency_failed`` or ``released``, and every granted breaker permit
+likewise (those four close it).
+
+What counts against an upstream (its ejection and its breaker) is its own
+failure: no connection, a reset, a timeout, a 502 or 504, or another 5xx
+that is not marked as a dependency's failure (see
+:data:`core.errors.FAILURE_HEADER`). A service that answers 503 because a
+service *it* calls is down is working as it should; counting that against it
+turned one crashed service into an outage of its callers too.
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ __all__ = [
     "Target",
     "Upstream",
     "UpstreamPolicy",
+    "generation",
 ]
 
 MAX_WEIGHT = 1000
@@ -81,20 +92,31 @@ class UpstreamPolicy:
 
 
 class Target(NamedTuple):
-    """One endpoint as configured: ``key`` is its identity (instance id, or URL)."""
+    """One endpoint as configured: ``key`` is its identity (instance id, or URL).
+
+    ``generation`` tells registrations of one key apart (the registration
+    time and process id of an instance): a new one is a restarted process,
+    which starts with a clean record.
+    """
 
     key: str
     host: str
     port: int
     scheme: str = "http"
     weight: int = 1
+    generation: str = ""
+
+
+def generation(instance: Instance) -> str:
+    """What changes when ``instance`` is registered anew by another process, or again."""
+    return f"{instance.registered_at}/{instance.metadata.get('pid', '')}"
 
 
 class Endpoint:
     """The live state of one endpoint of an upstream, kept across updates while its key stays.
 
     ``outstanding`` is attempts in flight; ``requests`` attempts begun and
-    ``failures`` attempts failed (cumulative). Ejection state is kept by
+    ``failures`` attempts failed (cumulative); ``generation`` as in :class:`Target`. Ejection state is kept by
     :class:`core.upstream.outlier.OutlierDetector`: ``ejected``, ``ejected_until``
     (the end of the current or last ejection), ``ejections`` (the ejection
     multiplier), ``ejected_total`` and ``consecutive_failures``.
@@ -107,6 +129,7 @@ class Endpoint:
         "ejected_until",
         "ejections",
         "failures",
+        "generation",
         "host",
         "key",
         "outstanding",
@@ -117,8 +140,17 @@ class Endpoint:
         "weight",
     )
 
-    def __init__(self, key: str, host: str, port: int, scheme: str = "http", weight: int = 1):
+    def __init__(
+        self,
+        key: str,
+        host: str,
+        port: int,
+        scheme: str = "http",
+        weight: int = 1,
+        generation: str = "",
+    ) -> None:
         self.key = key
+        self.generation = generation
         self.host = host
         self.port = port
         self.scheme = scheme
@@ -164,6 +196,8 @@ class Upstream:
         self._balancer: Balancer[Endpoint] = make_balancer(policy.balancer, self._rng)
         self._endpoints: dict[str, Endpoint] = {}
         self.failure_counts: dict[str, int] = dict.fromkeys(sorted(FAILURE_KINDS), 0)
+        self.dependency_failures = 0
+        self.probes = 0
 
     @property
     def endpoints(self) -> Mapping[str, Endpoint]:
@@ -172,13 +206,27 @@ class Upstream:
 
     # -- membership and policy ---------------------------------------------------
 
-    def update(self, targets: Sequence[Target] | Sequence[tuple[str, str, int, str, int]]) -> None:
-        """Make ``targets`` the endpoints; one that stays (same key and address) keeps its state."""
+    def update(self, targets: Sequence[Target]) -> None:
+        """Make ``targets`` the endpoints; one that stays (same key, address and generation) keeps its state.
+
+        A new endpoint, or a known one with a new generation (a restarted
+        process), starts afresh: not ejected, nothing counted against it. Its
+        arrival also ends an ``OPEN`` breaker's wait (:meth:`CircuitBreaker.probe`),
+        so a restarted service is probed at once, not after the backoff.
+        """
         old, new = self._endpoints, {}
-        for key, host, port, scheme, weight in targets:
+        arrived = False
+        for key, host, port, scheme, weight, gen in targets:
             ep = old.get(key)
-            if ep is None or ep.host != host or ep.port != port or ep.scheme != scheme:
-                ep = Endpoint(key, host, port, scheme, _weight(weight))
+            if (
+                ep is None
+                or ep.host != host
+                or ep.port != port
+                or ep.scheme != scheme
+                or ep.generation != gen
+            ):
+                ep = Endpoint(key, host, port, scheme, _weight(weight), gen)
+                arrived = True
             else:
                 ep.weight = _weight(weight)
             new[key] = ep
@@ -186,12 +234,21 @@ class Upstream:
         self._outlier.forget([ep for key, ep in old.items() if new.get(key) is not ep])
         self._outlier.enforce_cap(len(new))
         self._refresh()
+        if arrived and self.breaker.probe():
+            self.probes += 1
 
     def update_instances(self, instances: Sequence[Instance]) -> None:
         """:meth:`update` from registry instances: ``UP`` ones only, weight from metadata ``weight``."""
         self.update(
             [
-                Target(i.id, i.host, i.port, i.scheme, _weight(i.metadata.get("weight", "1")))
+                Target(
+                    i.id,
+                    i.host,
+                    i.port,
+                    i.scheme,
+                    _weight(i.metadata.get("weight", "1")),
+                    generation(i),
+                )
                 for i in instances
                 if i.status == "UP"
             ]
@@ -241,6 +298,17 @@ class Upstream:
         if self._endpoints.get(ep.key) is ep and self._outlier.failure(ep, len(self._endpoints)):
             self._refresh()
         self.breaker.on_error()
+
+    def dependency_failed(self, ep: Endpoint) -> None:
+        """The attempt on ``ep`` got a 5xx marked as the failure of a service ``ep`` depends on.
+
+        The answer goes to the client, but it is no verdict on ``ep``: counted
+        neither way for ejection, and the breaker permit goes back
+        (Resilience4j's ignored exceptions). Counted in ``dependency_failures``.
+        """
+        ep.outstanding -= 1
+        self.dependency_failures += 1
+        self.breaker.release()
 
     def released(self, ep: Endpoint) -> None:
         """The attempt on ``ep`` ended with no verdict (the client went away)."""
@@ -296,6 +364,8 @@ class Upstream:
             ],
             "eligible": len(self._balancer.endpoints),
             "failures": dict(self.failure_counts),
+            "dependency_failures": self.dependency_failures,
+            "probes": self.probes,
             "breaker": self.breaker.describe(),
             "retry_budget": self.budget.describe(),
         }

@@ -13,6 +13,11 @@ ready worker at once and merge the answers (:mod:`core.workers.merge`):
   ``?per_worker=1`` lists each worker's own;
 - ``GET /health``: ``UP`` when every worker is ready and says ``UP``; 503
   when no worker is ready;
+- ``GET /health/live``: 200 while the parent answers;
+- ``GET /health/ready``: 200 when every configured worker is ready and
+  answers its own ``/health/ready`` with 200; else 503 with each worker's
+  answer (``failing`` names the checks that fail in any, ``checks`` shows a
+  failing worker's detail of each, else one worker's);
 - ``GET /workers``: slots, pids, states, restarts and reloads.
 
 A worker that does not answer within a second is left out of the merge and
@@ -30,7 +35,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from core.http import json_response
+from core.http import json_response, live
 from core.metrics import new_registry
 from core.proxy import openapi
 from core.workers.merge import merge_documents, merge_metrics
@@ -149,6 +154,34 @@ async def health(request: web.Request) -> web.Response:
     return json_response(body, status=200 if statuses else 503)
 
 
+async def ready(request: web.Request) -> web.Response:
+    supervisor = request.app[SUPERVISOR]
+    answered, unanswered = await _ask_all(supervisor, "/health/ready")
+    workers = []
+    failing: set[str] = set()
+    checks: dict[str, Any] = {}
+    for worker, status, text in answered:
+        doc = json.loads(text)
+        failing.update(doc.get("failing", ()))
+        workers.append({"slot": worker.slot, "pid": worker.pid, "ready": status == 200, **doc})
+        for name, check in doc.get("checks", {}).items():
+            # One worker's failing detail says more than another's success.
+            if name not in checks or check.get("status") != "UP":
+                checks[name] = check
+    every = len(supervisor.slots)
+    up = len(workers) == every and all(w["ready"] for w in workers)
+    if len(workers) < every:
+        failing.add("workers")
+    body: dict[str, Any] = {"status": "UP" if up else "DOWN"}
+    if not up:
+        body["failing"] = sorted(failing)
+    body["checks"] = checks
+    body.update({"workers_ready": len(workers), "workers_configured": every, "workers": workers})
+    if unanswered:
+        body["unanswered"] = unanswered
+    return json_response(body, status=200 if up else 503)
+
+
 async def workers(request: web.Request) -> web.Response:
     return json_response(request.app[SUPERVISOR].describe())
 
@@ -162,6 +195,8 @@ def build_admin(supervisor: Supervisor, middlewares: list[Any]) -> web.Applicati
     app.router.add_get("/upstreams", upstreams)
     app.router.add_get("/routes", routes)
     app.router.add_get("/health", health)
+    app.router.add_get("/health/live", live)
+    app.router.add_get("/health/ready", ready)
     app.router.add_get("/workers", workers)
     app.router.add_get("/openapi.json", openapi.build(workers=True).handle)
     return app

@@ -48,7 +48,7 @@ SUMMED = frozenset(
         "buffered_calls", "failed_buffered_calls", "half_open_permits_used",
         "successful_calls", "failed_calls", "not_permitted_calls", "opened",
         "balance", "retries", "exhausted", "open", "idle", "connects", "reuses",
-        "connections", "active", "applied", "rejected",
+        "connections", "active", "applied", "rejected", "dependency_failures", "probes",
     }
 )  # fmt: skip
 MAXED = frozenset(
@@ -56,6 +56,8 @@ MAXED = frozenset(
         "ejected_for",
         "consecutive_failures",
         "retry_after",
+        "wait_duration_in_open_state",
+        "preserved",
         "failure_rate",
         "last_sync",
         "rev",

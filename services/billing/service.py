@@ -53,7 +53,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from core.errors import Conflict, HTTPProblem, NotFound, ServiceUnavailable
+from core.errors import Conflict, DependencyUnavailable, HTTPProblem, NotFound, ServiceUnavailable
 from core.events.bus import Event, now_iso
 from core.events.saga import Compensation, Saga, SagaState, Step
 from core.http import json_response, read_json
@@ -229,37 +229,31 @@ class _Unknown(Exception):
 async def _fetch(calls: Calls, service: str, path: str) -> dict[str, Any]:
     """The JSON object at ``path`` of ``service``; ``_Unknown`` on 404.
 
-    Every other failure is a 503 naming the dependency: billing can't price a
-    bill without it, and the client may try again later.
+    Every other failure is a 503 naming the dependency, marked as a
+    dependency's failure (billing itself works; the gateway does not hold it
+    against billing): billing can't price a bill without it, and the client
+    may try again later.
     """
     try:
         response = await calls.get(service, path)
     except HTTPProblem as exc:
         retry_after = exc.headers.get("Retry-After", "1")
-        raise ServiceUnavailable(
+        raise DependencyUnavailable(
+            service,
             f"{service} is unavailable: {exc.detail}",
             headers={"Retry-After": retry_after},
-            dependency=service,
         ) from None
     except aiohttp.ClientError as exc:  # a broken answer, after the retries the policy allows
-        raise ServiceUnavailable(
-            f"{service} is unavailable: {type(exc).__name__}: {exc}",
-            headers={"Retry-After": "1"},
-            dependency=service,
+        raise DependencyUnavailable(
+            service, f"{service} is unavailable: {type(exc).__name__}: {exc}"
         ) from None
     if response.status == 404:
         raise _Unknown(path)
     if response.status != 200:
-        raise ServiceUnavailable(
-            f"{service} answered {response.status} to GET {path}",
-            headers={"Retry-After": "1"},
-            dependency=service,
-        )
+        raise DependencyUnavailable(service, f"{service} answered {response.status} to GET {path}")
     doc = response.json()
     if not isinstance(doc, dict):
-        raise ServiceUnavailable(
-            f"{service} answered GET {path} with no object", dependency=service
-        )
+        raise DependencyUnavailable(service, f"{service} answered GET {path} with no object")
     return doc
 
 

@@ -188,6 +188,9 @@ async def test_a_dependency_down_or_behind_an_open_breaker_is_a_503_and_stores_n
     assert (status, problem["dependency"]) == (503, "customers")
     assert problem["detail"] == "customers is unavailable: no instance of 'customers' is up"
     assert headers["Retry-After"] == "1"
+    # Marked as the dependency's failure, for the gateway not to hold it against billing.
+    assert headers["Essaim-Failure"] == "dependency"
+    assert problem["type"] == "urn:essaim:problem:dependency-unavailable"
     _, bill, _ = await call("GET", f"{billing.url}/bills/1")  # reading degrades instead
     assert bill["customer"] == {"id": 1, "unavailable": "no instance of 'customers' is up"}
 

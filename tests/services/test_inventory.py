@@ -252,7 +252,10 @@ async def test_the_low_stock_threshold_follows_configsvc_without_a_restart(
     config_dir.mkdir()
     (config_dir / "inventory.toml").write_text("[inventory]\nlow_stock_threshold = 5\n")
     settings = configsvc.Settings(
-        redis_url=redis_url, config_dir=str(config_dir), token=Secret("t")
+        redis_url=redis_url,
+        config_dir=str(config_dir),
+        data_dir=str(tmp_path / "configsvc"),
+        token=Secret("t"),
     )
     config = await aiohttp_client(configsvc.build_app(settings))
     client = await make_service(SERVICE, config_url=str(config.make_url("")).rstrip("/"))
@@ -277,6 +280,16 @@ async def test_the_low_stock_threshold_follows_configsvc_without_a_restart(
     await wait_until(lambda: _rejected(client), 5, message="-1 rejected")
     assert await low() is False
     assert health["config"]["source"] == "server"
+    # Reported by readiness (alive all along), until a version it can use arrives.
+    response = await client.get("/health/ready")
+    ready = await response.json()
+    assert (response.status, ready["failing"]) == (503, ["config"])
+    assert ready["checks"]["database"]["status"] == "UP"
+    assert "low_stock_threshold" in ready["checks"]["config"]["detail"]["rejected"]["reason"]
+    assert (await client.get("/health/live")).status == 200
+    await put(10)
+    await wait_until(low, 5, message="threshold 10 applied")
+    assert (await client.get("/health/ready")).status == 200
 
 
 async def _not(value: Awaitable[bool]) -> bool:

@@ -24,6 +24,7 @@ import contextlib
 import os
 import re
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -243,7 +244,15 @@ async def test_the_launcher_plays_every_readme_example_restarts_a_killed_process
         for command, expected in examples:
             await play(shell, launcher, command, expected)
 
-    # The README killed inventory-1: reported and started again.
+    # The tax rate the walkthrough set over configsvc's API is on disk under run/.
+    journal = sqlite3.connect(launcher.run_dir / "data" / "configsvc" / "configsvc.db")
+    try:
+        origins = journal.execute("SELECT origin FROM versions WHERE name = 'billing'").fetchall()
+    finally:
+        journal.close()
+    assert ("api",) in origins
+
+    # The walkthrough killed inventory-1: reported and started again.
     await wait_until(lambda: launcher.printed("inventory-1 restarted"), 30, message="restart")
     assert launcher.printed(
         rf"inventory-1 \(pid {pids['inventory-1']}\) exited with signal SIGKILL"

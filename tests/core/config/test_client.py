@@ -46,7 +46,10 @@ def start_service(
 
     async def start(redis: str = redis_url, port: int | None = None) -> TestServer:
         settings = configsvc.Settings(
-            redis_url=redis, config_dir=str(config_dir), import_check_interval=0.1
+            redis_url=redis,
+            config_dir=str(config_dir),
+            data_dir=str(config_dir.parent / f"data-{redis.rsplit(':', 1)[-1]}"),
+            import_check_interval=0.1,
         )
         return await aiohttp_server(configsvc.build_app(settings), port=port)
 
@@ -161,7 +164,10 @@ async def test_a_change_to_another_app_is_not_fetched(
     service: TestServer, make_client: ClientFactory, redis: Redis
 ) -> None:
     client = await make_client(url_of(service), resync_interval=60.0)
-    await wait_until(lambda: client.connected and client.rev is not None, 5.0)
+    # Connected, and the fetch its connection asks for begun (counted) if not done.
+    await wait_until(
+        lambda: client.connected and client.rev is not None and not client._wanted.is_set(), 5.0
+    )
     fetches, version = client.fetches, client.version
     await put(url_of(service), "inventory", {"inventory": {"low": 1}})
     rev = int(await redis.get(REV_KEY) or 0)

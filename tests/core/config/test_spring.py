@@ -43,6 +43,7 @@ async def make_client(
     async def make(**overrides: Any) -> Client:
         settings = configsvc.Settings(
             redis_url=redis_url, config_dir=str(config_dir), import_check_interval=0.1,
+            data_dir=str(config_dir.parent / "data"),
             token=Secret(TOKEN), encrypt_key=Secret(KEY), **overrides,
         )  # fmt: skip
         return await aiohttp_client(configsvc.build_app(settings))

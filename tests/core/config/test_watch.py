@@ -22,7 +22,9 @@ async def service(
     aiohttp_server: Callable[..., Awaitable[TestServer]], redis_url: str, tmp_path: Path
 ) -> str:
     (tmp_path / "billing.toml").write_text('[billing]\ncurrency = "EUR"\n')
-    settings = configsvc.Settings(redis_url=redis_url, config_dir=str(tmp_path))
+    settings = configsvc.Settings(
+        redis_url=redis_url, config_dir=str(tmp_path), data_dir=str(tmp_path / "data")
+    )
     server = await aiohttp_server(configsvc.build_app(settings))
     return str(server.make_url("")).rstrip("/")
 

@@ -284,6 +284,65 @@ async def test_open_breaker_answers_503_with_retry_after_at_once(
     assert gw.router.transitions[("billing", "CLOSED", "OPEN")] == 1
 
 
+async def test_a_dependency_failure_is_passed_on_and_not_held_against_the_upstream(
+    upstreams: Upstreams, gateway: GatewayFactory, watcher: Watcher, register: Register
+) -> None:
+    received: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        received.append(request.method)
+        return web.json_response(
+            {"type": "urn:essaim:problem:dependency-unavailable", "status": 503},
+            status=503,
+            headers={"Essaim-Failure": "dependency", "Retry-After": "1"},
+        )
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    await register("billing", await upstreams.app(app))
+    await register("billing", await upstreams.app(app))
+    policy = UpstreamPolicy(
+        breaker=BreakerPolicy(sliding_window_size=4, minimum_number_of_calls=4),
+        outlier=OutlierPolicy(consecutive_failures=2),
+    )
+    gw = await gateway(watcher=watcher, policy=policy)
+    for _ in range(10):
+        async with aiohttp.ClientSession() as session, session.get(gw.url + "/billing/x") as resp:
+            assert resp.status == 503
+            assert resp.headers["Essaim-Failure"] == "dependency"
+    assert len(received) == 10  # each passed on as it came: not retried
+    upstream = gw.router.describe_upstreams()["upstreams"][0]
+    assert upstream["breaker"]["state"] == "CLOSED"
+    assert upstream["breaker"]["failed_calls"] == 0
+    assert [e["ejected"] for e in upstream["endpoints"]] == [False, False]
+    assert upstream["dependency_failures"] == 10
+    assert gw.proxy.stats.upstream_errors[("billing", "dependency")] == 10
+
+
+async def test_an_unmarked_503_still_counts_against_the_upstream(
+    upstreams: Upstreams, gateway: GatewayFactory, watcher: Watcher, register: Register
+) -> None:
+    # The same 503 without the header (or with another value) is the upstream's own.
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(status=503, headers={"Essaim-Failure": "dependency-ish"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    await register("billing", await upstreams.app(app))
+    policy = UpstreamPolicy(
+        breaker=BreakerPolicy(
+            sliding_window_size=4, minimum_number_of_calls=4, wait_duration_in_open_state=30
+        ),
+        retry=RetryPolicy(attempts=1),
+    )
+    gw = await gateway(watcher=watcher, policy=policy)
+    for _ in range(4):
+        assert (await send(gw.url + "/billing/x"))[0] == 503
+    upstream = gw.router.describe_upstreams()["upstreams"][0]
+    assert upstream["breaker"]["state"] == "OPEN"
+    assert upstream["dependency_failures"] == 0
+
+
 async def test_failing_instance_is_ejected_and_others_take_the_traffic(
     upstreams: Upstreams, gateway: GatewayFactory, watcher: Watcher, register: Register
 ) -> None:

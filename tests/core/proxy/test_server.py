@@ -535,6 +535,38 @@ async def test_a_slow_reader_pauses_the_upstream_instead_of_filling_memory(
     assert buffered < 4 * 1024 * 1024, buffered
 
 
+async def test_the_health_path_is_answered_by_the_gateway_even_under_a_catch_all_route(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    echo = await upstreams.app(echo_app())
+    gw = await gateway(route_to(echo.url))
+    async with aiohttp.ClientSession() as session:
+        for url in ("/-/health", "/-/health?probe=lb"):
+            async with session.get(gw.url + url) as resp:
+                assert resp.status == 200
+                assert await resp.json() == {"status": "UP"}
+                assert "X-Upstream" not in resp.headers
+        async with session.head(gw.url + "/-/health") as resp:
+            assert resp.status == 200
+        async with session.post(gw.url + "/-/health") as resp:
+            assert (resp.status, resp.headers["Allow"]) == (405, "GET, HEAD")
+        # Only that path: its neighbours are routed as usual.
+        async with session.get(gw.url + "/-/healthz") as resp:
+            assert resp.headers["X-Upstream"] == "echo"
+    assert gw.proxy.stats.requests[("health", "health", 200)] == 3
+
+
+async def test_the_health_path_says_draining_once_the_gateway_stops(
+    gateway: GatewayFactory,
+) -> None:
+    gw = await gateway([])
+    gw.proxy.draining = True  # what drain() sets first
+    answer = await raw_exchange(gw.port, b"GET /-/health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 503 ")
+    assert b"connection: close" in answer
+    assert answer.endswith(b'{"status":"DRAINING"}')
+
+
 async def test_the_drain_answers_a_connection_accepted_before_it_and_closes_idle_ones(
     upstreams: Upstreams, gateway: GatewayFactory
 ) -> None:

@@ -10,7 +10,14 @@ import pytest
 
 from core.redis import Redis, connect, publish_command
 from core.registry.discovery import Registration, Watcher
-from core.registry.store import CHANNEL, DEADLINES_KEY, REV_KEY, Instance, RegistryStore
+from core.registry.store import (
+    CHANNEL,
+    DEADLINES_KEY,
+    REV_KEY,
+    Instance,
+    RegistryStore,
+    index_key,
+)
 from core.testing import RedisServer, wait_until
 
 
@@ -143,10 +150,14 @@ async def test_watcher_keeps_its_snapshot_while_redis_is_down_and_converges_afte
         assert ids(watcher) == ["c1"]  # last-known snapshot, still served
 
         server.start()  # empty: every registration is lost
-        # Back within one heartbeat interval (TTL/3) plus the reconnect backoff.
-        await watcher.wait_for(
-            lambda w: w.connected and ids(w) == ["c1"], timeout=reg.interval + 2.5
+        # Back within one heartbeat interval (TTL/3) plus the reconnect backoff
+        # (kept meanwhile as preserved, no longer once registered again).
+        await wait_until(
+            lambda: watcher.connected and not watcher.preserved and reg.registrations >= 2,
+            timeout=reg.interval + 2.5,
+            message="registered again",
         )
+        assert ids(watcher) == ["c1"]
         assert reg.registrations >= 2
         assert [i.id for i in await RegistryStore(client).instances("customers")] == ["c1"]
     finally:
@@ -161,7 +172,7 @@ async def test_a_quick_redis_restart_is_noticed_and_the_watcher_relists(
     """Restarted faster than any client notices: revisions start over below the watcher's."""
     server = redis_factory()
     client = connect(server.url)
-    watcher = Watcher(client, resync_interval=60)
+    watcher = Watcher(client, resync_interval=60, grace=0.5)
     try:
         await watcher.start(wait=5)
         store = RegistryStore(client)
@@ -176,10 +187,62 @@ async def test_a_quick_redis_restart_is_noticed_and_the_watcher_relists(
             return True
 
         await wait_until(register_new, timeout=5)
+        # The new one at once; the lost ones kept for their grace, then dropped.
+        await watcher.wait_for(lambda w: "new" in ids(w), timeout=5)
         await watcher.wait_for(lambda w: ids(w) == ["new"], timeout=5)
+        assert watcher.rev == await store.rev()
+        assert watcher.preserved_total == 3
     finally:
         await watcher.stop()
         await client.aclose()
+
+
+async def test_instances_lost_by_an_emptied_redis_stay_routable_until_they_register_again(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    server = redis_factory()
+    client = connect(server.url)
+    watcher = Watcher(client, resync_interval=60, grace=5.0)
+    reg = Registration(client, instance("c1", ttl=3))
+    seen: list[list[str]] = []
+    try:
+        await watcher.start(wait=5)
+        await reg.start(wait=5)
+        await watcher.wait_for(lambda w: ids(w) == ["c1"])
+        first = watcher.instances("customers")[0]
+        watcher.on_change(lambda _: seen.append(ids(watcher)))
+        server.kill()
+        server.start()  # empty
+        await wait_until(lambda: watcher.connected and watcher.relists >= 2, timeout=5)
+        assert reg.registrations >= 1
+        # Back by its own registration, within a heartbeat interval plus backoff,
+        # as the same process (same registration time): never out of the snapshot.
+        await wait_until(
+            lambda: watcher.connected and not watcher.preserved and reg.registrations >= 2,
+            timeout=reg.interval + 3,
+            message="registered again",
+        )
+        assert ids(watcher) == ["c1"]
+        assert [] not in seen
+        assert watcher.instances("customers")[0].registered_at == first.registered_at
+    finally:
+        await reg.stop()
+        await watcher.stop()
+        await client.aclose()
+
+
+async def test_a_relist_on_an_unbroken_connection_drops_what_is_missing(
+    redis: Redis, watcher: Watcher
+) -> None:
+    store = RegistryStore(redis)
+    await store.register(instance("a"))
+    await watcher.wait_for(lambda w: ids(w) == ["a"])
+    # Gone without an event reaching the watcher (as if the message were lost).
+    await redis.hdel(index_key("customers"), "a")
+    await redis.zrem(DEADLINES_KEY, "customers/a")
+    await watcher.relist()
+    assert ids(watcher) == []
+    assert not watcher.preserved
 
 
 async def test_a_malformed_message_costs_a_relist_not_the_subscription(

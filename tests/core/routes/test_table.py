@@ -743,3 +743,10 @@ def test_route_objects_are_immutable() -> None:
     route: Route = table(r("a", "/a")).routes[0]
     with pytest.raises(AttributeError):
         route.id = "b"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("field", ["path", "prefix"])
+def test_routes_under_the_gateways_own_prefix_are_refused(field: str) -> None:
+    spec = {"id": "r", field: "/-/health", "urls": ["http://127.0.0.1:1"]}
+    with pytest.raises(RouteError, match="the gateway's own"):
+        RouteTable.parse({"routes": [spec]}, "v")

@@ -14,7 +14,7 @@ from core.errors import BadGateway, GatewayTimeout, ServiceUnavailable, problem_
 from core.redis import Redis, connect
 from core.registry.discovery import Watcher
 from core.registry.store import Instance, RegistryStore
-from core.service.calls import Calls, Timeouts, forwarding_middleware
+from core.service.calls import Calls, Timeouts, dependency_middleware, forwarding_middleware
 from core.testing import free_port
 from core.upstream.breaker import BreakerPolicy
 from core.upstream.retry import RetryPolicy
@@ -279,3 +279,57 @@ async def _post_outcome(calls: Calls) -> str:
     except BadGateway:
         return "502"
     return "ok"
+
+
+async def test_a_marked_dependency_failure_is_returned_not_retried_not_held_against_it(
+    watcher: Watcher, upstream: Upstreams
+) -> None:
+    hits = {"a": 0, "b": 0}
+
+    def failing(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            hits[name] += 1
+            return web.Response(status=503, headers={"essaim-failure": "Dependency"})
+
+        return handler
+
+    await upstream("billing", "a", failing("a"))
+    await upstream("billing", "b", failing("b"))
+    policy = UpstreamPolicy(breaker=BreakerPolicy(sliding_window_size=4, minimum_number_of_calls=4))
+    calls = Calls(watcher, policy=policy)
+    try:
+        answers = [await calls.get("billing", "/") for _ in range(10)]
+        assert {a.status for a in answers} == {503}
+        assert hits["a"] + hits["b"] == 10  # one attempt each: not retried
+        up = calls.upstreams["billing"]
+        assert up.breaker.describe()["state"] == "CLOSED"
+        assert up.dependency_failures == 10
+        assert up.failure_counts["5xx"] == 0
+    finally:
+        await calls.close()
+
+
+async def test_a_failed_call_escaping_a_handler_answers_a_marked_503(
+    redis: Redis, watcher: Watcher, aiohttp_client: Callable[..., Awaitable[Client]]
+) -> None:
+    await register_dead(redis, watcher, "inventory", "gone")
+    calls = Calls(watcher, timeouts=Timeouts(connect=0.5, per_try=1, total=2))
+
+    async def front(request: web.Request) -> web.Response:
+        answer = await calls.get("inventory", "/products/1")  # BadGateway escapes
+        return web.json_response(answer.json())
+
+    app = web.Application(middlewares=[problem_middleware, dependency_middleware])
+    app.router.add_get("/front", front)
+    client = await aiohttp_client(app)
+    try:
+        resp = await client.get("/front")
+        assert resp.status == 503
+        assert resp.headers["Essaim-Failure"] == "dependency"
+        assert resp.headers["Retry-After"] == "1"
+        problem = await resp.json(content_type=None)
+        assert problem["type"] == "urn:essaim:problem:dependency-unavailable"
+        assert problem["dependency"] == "inventory"
+        assert "inventory GET /products/1" in problem["detail"]
+    finally:
+        await calls.close()

@@ -48,8 +48,86 @@ def test_default_policy_suits_a_gateway() -> None:
     assert policy.sliding_window_size == 50
     assert policy.failure_rate_threshold == 50.0
     assert policy.minimum_number_of_calls == 20
-    assert policy.wait_duration_in_open_state == 10.0
+    assert policy.wait_duration_in_open_state == 1.0
+    assert policy.exponential_backoff_multiplier == 2.0
+    assert policy.exponential_max_wait_duration_in_open_state == 10.0
     assert policy.permitted_number_of_calls_in_half_open_state == 5
+
+
+def probe(breaker: CircuitBreaker, clock: Clock, outcomes: str) -> None:
+    """Wait out the ``OPEN`` wait, then run the half-open probes."""
+    clock.now += breaker.retry_after()
+    calls(breaker, outcomes)
+
+
+def test_open_wait_doubles_on_each_failed_probe_up_to_the_maximum() -> None:
+    clock = Clock()
+    breaker = make(
+        clock, wait_duration_in_open_state=1.0, exponential_max_wait_duration_in_open_state=5.0
+    )
+    calls(breaker, "ffff")
+    waits = [breaker.retry_after()]
+    for _ in range(4):
+        probe(breaker, clock, "fff")
+        assert state(breaker) is State.OPEN
+        waits.append(breaker.retry_after())
+    assert waits == [1.0, 2.0, 4.0, 5.0, 5.0]
+    assert breaker.describe()["wait_duration_in_open_state"] == 5.0
+
+
+def test_closing_resets_the_wait_to_the_first() -> None:
+    clock = Clock()
+    breaker = make(clock, wait_duration_in_open_state=1.0)
+    calls(breaker, "ffff")
+    probe(breaker, clock, "fff")
+    probe(breaker, clock, "fff")
+    assert breaker.retry_after() == 4.0
+    probe(breaker, clock, "sss")
+    assert state(breaker) is State.CLOSED
+    calls(breaker, "ffff")
+    assert breaker.retry_after() == 1.0
+
+
+def test_a_multiplier_of_one_keeps_a_fixed_wait() -> None:
+    clock = Clock()
+    breaker = make(clock, wait_duration_in_open_state=3.0, exponential_backoff_multiplier=1.0)
+    calls(breaker, "ffff")
+    probe(breaker, clock, "fff")
+    assert breaker.retry_after() == 3.0
+
+
+def test_a_first_wait_above_the_maximum_stays_fixed() -> None:
+    # Tables written before the backoff existed (wait 30 s) keep their wait.
+    clock = Clock()
+    breaker = make(clock, wait_duration_in_open_state=30.0)
+    calls(breaker, "ffff")
+    probe(breaker, clock, "fff")
+    assert breaker.retry_after() == 30.0
+
+
+def test_probe_ends_the_open_wait_at_once() -> None:
+    clock = Clock()
+    breaker = make(clock, wait_duration_in_open_state=1.0)
+    assert not breaker.probe()  # closed: nothing to end
+    calls(breaker, "ffff")
+    probe(breaker, clock, "fff")
+    assert breaker.retry_after() == 2.0
+    assert breaker.probe()
+    assert state(breaker) is State.HALF_OPEN
+    calls(breaker, "fff")  # the probe failed: the backoff goes on
+    assert breaker.retry_after() == 4.0
+    assert breaker.probe()
+    calls(breaker, "sss")
+    assert state(breaker) is State.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("exponential_backoff_multiplier", 0.5), ("exponential_max_wait_duration_in_open_state", -1)],
+)
+def test_bad_backoff_settings_are_refused(field: str, value: float) -> None:
+    with pytest.raises(SettingsError, match=f"breaker: {field}"):
+        BreakerPolicy(**{field: value})  # type: ignore[arg-type]
 
 
 def test_closed_breaker_grants_every_call() -> None:
@@ -304,6 +382,7 @@ def test_describe_reports_state_and_counters() -> None:
     assert breaker.describe() == {
         "state": "OPEN",
         "retry_after": 6.0,
+        "wait_duration_in_open_state": 10.0,
         "failure_rate": 75.0,
         "buffered_calls": 4,
         "failed_buffered_calls": 3,

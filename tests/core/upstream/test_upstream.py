@@ -286,7 +286,7 @@ def test_failures_across_endpoints_open_the_breaker() -> None:
         up.begin(ep)
         up.failed(ep, "5xx")
     assert not up.breaker.try_acquire()
-    assert up.breaker.retry_after() == 10.0
+    assert up.breaker.retry_after() == 1.0
     assert up.describe()["breaker"]["state"] == "OPEN"
 
 
@@ -306,6 +306,101 @@ def test_released_attempt_returns_the_half_open_permit() -> None:
     assert not up.breaker.try_acquire()
     up.begin(up.endpoints["i1"])
     up.released(up.endpoints["i1"])
+    assert up.breaker.try_acquire()
+
+
+def test_a_new_registration_of_an_ejected_instance_is_eligible_at_once() -> None:
+    clock = Clock()
+    up = Upstream("inventory", UpstreamPolicy(), clock=clock, rng=random.Random(1))
+    first = [
+        Target("inv-1", "10.0.0.1", 8001, generation="t1/100"),
+        Target("inv-2", "10.0.0.1", 8002, generation="t1/101"),
+    ]
+    up.update(first)
+    fail(up, "inv-1", 5)
+    assert eligible(up) == {"inv-2"}
+    # The same registration again (a heartbeat, a status read back): still out.
+    up.update(first)
+    assert eligible(up) == {"inv-2"}
+    # Restarted on the same address: a new process, a new registration.
+    up.update([first[0]._replace(generation="t2/200"), first[1]])
+    assert eligible(up) == {"inv-1", "inv-2"}
+    assert up.endpoints["inv-1"].failures == 0
+
+
+def test_an_instance_that_keeps_failing_after_restart_is_ejected_again() -> None:
+    clock = Clock()
+    up = Upstream("inventory", UpstreamPolicy(), clock=clock, rng=random.Random(1))
+    targets = [Target("a", "h", 1, generation="g1"), Target("b", "h", 2, generation="g1")]
+    up.update(targets)
+    fail(up, "a", 5)
+    up.update([targets[0]._replace(generation="g2"), targets[1]])
+    fail(up, "a", 5)
+    assert eligible(up) == {"b"}
+
+
+def test_update_instances_tells_registrations_apart() -> None:
+    up = make(Clock(), 0)
+    base = Instance(
+        service="s", id="a", host="h", port=1, registered_at="t1", metadata={"pid": "7"}
+    )
+    up.update_instances([base])
+    ep = up.endpoints["a"]
+    up.update_instances([base])
+    assert up.endpoints["a"] is ep
+    up.update_instances([Instance(**{**base.to_dict(), "metadata": {"pid": "8"}})])
+    assert up.endpoints["a"] is not ep
+
+
+def test_a_new_instance_ends_the_open_breakers_wait() -> None:
+    clock = Clock()
+    policy = UpstreamPolicy(
+        breaker=BreakerPolicy(sliding_window_size=4, minimum_number_of_calls=4),
+    )
+    up = Upstream("billing", policy, clock=clock, rng=random.Random(1))
+    up.update([Target("only", "h", 1, generation="g1")])
+    fail(up, "only", 4)
+    assert breaker_state(up) is State.OPEN
+    up.update([Target("only", "h", 1, generation="g2")])  # restarted
+    assert breaker_state(up) is State.HALF_OPEN
+    assert up.breaker.try_acquire()
+    assert up.probes == 1
+
+
+def test_a_dependency_failure_counts_against_neither_ejection_nor_breaker() -> None:
+    clock = Clock()
+    policy = UpstreamPolicy(
+        breaker=BreakerPolicy(sliding_window_size=4, minimum_number_of_calls=4),
+    )
+    up = make(clock, 2, policy)
+    for _ in range(20):
+        ep = up.endpoints["i0"]
+        assert up.breaker.try_acquire()
+        up.begin(ep)
+        up.dependency_failed(ep)
+    assert breaker_state(up) is State.CLOSED
+    assert eligible(up) == {"i0", "i1"}
+    assert up.endpoints["i0"].outstanding == 0
+    assert up.describe()["dependency_failures"] == 20
+    assert up.failure_counts["5xx"] == 0
+
+
+def test_a_dependency_failure_gives_a_half_open_permit_back() -> None:
+    clock = Clock()
+    policy = UpstreamPolicy(
+        breaker=BreakerPolicy(
+            sliding_window_size=4,
+            minimum_number_of_calls=4,
+            permitted_number_of_calls_in_half_open_state=1,
+        )
+    )
+    up = make(clock, 1, policy)
+    fail(up, "i0", 4)
+    clock.now += 1.0
+    assert up.breaker.try_acquire()
+    assert not up.breaker.try_acquire()
+    up.begin(up.endpoints["i0"])
+    up.dependency_failed(up.endpoints["i0"])
     assert up.breaker.try_acquire()
 
 
