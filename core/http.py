@@ -152,9 +152,11 @@ def require_bearer(request: web.Request, token: Secret, what: str) -> None:
     given = presented_secret(request)
     if given is None or not hmac.compare_digest(given.encode(), token.reveal().encode()):
         realm = what.split("_")[0].lower()
+        # RFC 6750 3: a request that presented a token is told it was not valid.
+        error = "" if given is None else ', error="invalid_token"'
         raise Unauthorized(
             f"this request requires 'Authorization: Bearer <{what}>'",
-            headers={"WWW-Authenticate": f'Bearer realm="essaim-{realm}"'},
+            headers={"WWW-Authenticate": f'Bearer realm="essaim-{realm}"{error}'},
         )
 
 

@@ -633,7 +633,11 @@ async def test_writes_require_the_token_when_set(
                                         headers={"Content-Type": "application/json", **auth})  # fmt: skip
             body = await problem(resp, 401)
             assert "CONFIGSVC_TOKEN" in body["detail"]
-            assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+            challenge = resp.headers["WWW-Authenticate"]
+            assert challenge.startswith('Bearer realm="essaim-configsvc"')
+            # RFC 6750: a token was given and was wrong ("Basic s3cret" carries none).
+            given = auth.get("Authorization", "").startswith("Bearer")
+            assert challenge.endswith('error="invalid_token"') == given, challenge
     assert await dump(redis) == before
     # Reads stay open; a write with the token goes through.
     assert (await client.get("/v1/config/billing/prod")).status == 200

@@ -21,8 +21,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import ssl
 from collections.abc import Callable
 from typing import Any, cast
+from urllib.parse import parse_qs, urlsplit
 
 from core.errors import EssaimError
 from core.redis import ACCEPTED, RedisURL, parse_url
@@ -174,9 +176,11 @@ class _Node:
         target: RedisURL,
         connect_timeout: float,
         on_connect: Callable[[], None],
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.address = address
         self.target = target
+        self.tls = tls
         self.connect_timeout = connect_timeout
         self.on_connect = on_connect
         self.protocol: _Protocol | None = None
@@ -196,7 +200,9 @@ class _Node:
         self._connecting = future
         try:
             async with asyncio.timeout(self.connect_timeout):
-                protocol = await _open(self.address, self.target.username, self.target.password)
+                protocol = await _open(
+                    self.address, self.target.username, self.target.password, self.tls
+                )
                 setup: list[asyncio.Future[Any]] = []
                 if self.target.db:
                     setup.append(protocol.send(encode(("SELECT", self.target.db)), loop))
@@ -229,10 +235,20 @@ class _Node:
             _abort(protocol)
 
 
-async def _open(address: tuple[str, int], username: str | None, password: str | None) -> _Protocol:
-    """A connection to ``address``, authenticated when a password is given."""
+async def _open(
+    address: tuple[str, int],
+    username: str | None,
+    password: str | None,
+    tls: ssl.SSLContext | None = None,
+) -> _Protocol:
+    """A connection to ``address`` (over TLS with ``tls``), authenticated when a password is given."""
     loop = asyncio.get_running_loop()
-    _, protocol = await loop.create_connection(_Protocol, *address)
+    if tls is None:
+        _, protocol = await loop.create_connection(_Protocol, *address)
+    else:
+        _, protocol = await loop.create_connection(
+            _Protocol, *address, ssl=tls, server_hostname=address[0]
+        )
     if password is not None:
         credentials = (password,) if username is None else (username, password)
         reply = await protocol.send(encode(("AUTH", *credentials)), loop)
@@ -240,6 +256,17 @@ async def _open(address: tuple[str, int], username: str | None, password: str | 
             _abort(protocol)
             raise ConnectionError(f"Redis refused the connection setup: {reply}")
     return protocol
+
+
+def _tls(url: str) -> ssl.SSLContext:
+    """The TLS context of a ``rediss://`` URL (redis-py's query parameters)."""
+    params = parse_qs(urlsplit(url).query)
+    cafile = params["ssl_ca_certs"][0] if params.get("ssl_ca_certs") else None
+    context = ssl.create_default_context(cafile=cafile)
+    if (params.get("ssl_cert_reqs") or [""])[0].lower() == "none":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _abort(protocol: _Protocol) -> None:
@@ -250,8 +277,10 @@ def _abort(protocol: _Protocol) -> None:
 class RespClient:
     """Pipelined connections to the Redis of ``url``: one node, Sentinel's primary, or a Cluster.
 
-    ``url`` takes the forms of :func:`core.redis.parse_url` (not ``rediss://``
-    or ``unix://``). On one node there is one connection. Behind Sentinel the
+    ``url`` takes the forms of :func:`core.redis.parse_url` (not ``unix://``);
+    ``rediss://`` is TLS, verified against the system's CAs or the file named
+    by ``?ssl_ca_certs=`` (``?ssl_cert_reqs=none`` skips the check), as
+    redis-py reads the same URL. On one node there is one connection. Behind Sentinel the
     connection goes to the server the Sentinels name as primary, checked with
     ``ROLE``; after a failover (the connection drops, or a write answers
     ``READONLY``) the next call asks the Sentinels again. On Cluster each
@@ -265,8 +294,10 @@ class RespClient:
     """
 
     def __init__(self, url: str, *, connect_timeout: float = 1.0) -> None:
-        if url.split("://", 1)[0].lower() in ("rediss", "unix"):
+        scheme = url.split("://", 1)[0].lower()
+        if scheme == "unix":
             raise ValueError(f"{url!r}: the gateway's rate-limit connection speaks {ACCEPTED}")
+        self.tls = _tls(url) if scheme == "rediss" else None
         self.target = parse_url(url)
         self.connect_timeout = connect_timeout
         self.connections = 0
@@ -282,7 +313,7 @@ class RespClient:
         node = self._nodes.get(address)
         if node is None:
             node = self._nodes[address] = _Node(
-                address, self.target, self.connect_timeout, self._counted
+                address, self.target, self.connect_timeout, self._counted, self.tls
             )
         return node
 

@@ -1,13 +1,15 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from core.redis import connect
 from core.security.resp import RespClient, RespError, Script, encode, parse
-from core.testing import RedisServer
+from core.testing import RedisServer, free_port, redis_binary, wait_until
 
 
 def test_encode_and_parse() -> None:
@@ -75,7 +77,7 @@ async def test_database_and_password_from_the_url(
     finally:
         await anonymous.close()
     with pytest.raises(ValueError, match="redis://"):
-        RespClient("rediss://127.0.0.1:6380/0")
+        RespClient("unix:///tmp/redis.sock")
 
 
 async def test_script_survives_a_server_restart(redis_factory: Callable[..., RedisServer]) -> None:
@@ -92,3 +94,92 @@ async def test_script_survives_a_server_restart(redis_factory: Callable[..., Red
         assert client.connections == 2
     finally:
         await client.close()
+
+
+def _certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a certificate it signed for 127.0.0.1: ``(ca, cert, key)`` files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "essaim test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return paths
+
+
+async def test_rediss_urls_speak_tls_verified_against_the_given_ca(tmp_path: Path) -> None:
+    ca, cert, key = _certificates(tmp_path)
+    port = free_port()
+    log_file = (tmp_path / "server.log").open("wb")
+    server = subprocess.Popen(
+        [redis_binary(), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+         "--tls-auth-clients", "no", "--requirepass", "s3cret", "--save", "", "--dir",
+         str(tmp_path)],
+        stdout=log_file, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    log_file.close()  # the server has its own copy of the descriptor
+    try:
+        server.wait(0.5)
+    except subprocess.TimeoutExpired:
+        pass  # running
+    else:
+        log = (tmp_path / "server.log").read_text(errors="replace")
+        if "TLS" in log or "tls" in log:
+            pytest.skip(f"{redis_binary()} was built without TLS support: {log.strip()[-200:]}")
+    url = f"rediss://:s3cret@127.0.0.1:{port}/0?ssl_ca_certs={ca}"
+    client = RespClient(url, connect_timeout=1.0)
+    try:
+        assert await wait_until(lambda: client.call("PING"), 10, message="TLS Redis up") == "PONG"
+        # redis-py, for every other component, takes the same URL.
+        other = connect(url)
+        try:
+            assert await other.ping() is True
+        finally:
+            await other.aclose()
+        # A server certificate no trusted CA signed is refused.
+        untrusted = RespClient(f"rediss://:s3cret@127.0.0.1:{port}/0", connect_timeout=1.0)
+        with pytest.raises((OSError, ConnectionError)):
+            await untrusted.call("PING")
+        await untrusted.close()
+    finally:
+        await client.close()
+        server.terminate()
+        server.wait(10)
