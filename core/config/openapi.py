@@ -133,27 +133,8 @@ def build() -> Spec:
         headers={"Last-Event-ID": (STRING, "the last revision seen; wins over since")},
         responses=[(200, events("change", "resync"))],
     )
-    spec.health_operations()
-    spec.op("GET", "/health", "Liveness, Redis and the last import", tags=["operations"],
-            redis=False,
-            responses=[(200, json(obj(required=("status",), status=STRING))),
-                       (503, json(obj(required=("status",), status=STRING), "not ready"))])  # fmt: skip
-    spec.op(
-        "GET",
-        "/metrics",
-        "Prometheus metrics",
-        tags=["operations"],
-        redis=False,
-        responses=[(200, text("text/plain"))],
-    )
-    spec.op(
-        "GET",
-        "/openapi.json",
-        "This document",
-        tags=["operations"],
-        redis=False,
-        responses=[(200, json(ANY))],
-    )
+    status = obj(required=("status",), status=STRING)
+    spec.operations("Liveness, Redis and the last import", status, (status, "not ready"))
 
     spring = ["spring"]
     environment = obj(required=("name", "profiles", "propertySources"), name=STRING,

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from core.openapi.schemas import STRING, Schema, array_of, json, obj, problem
+from core.openapi.schemas import ANY, STRING, Schema, array_of, json, obj, problem, text
 
 __all__ = ["Spec", "drift"]
 
@@ -134,6 +134,27 @@ class Spec:
         self.op("GET", "/health/ready", "Readiness: whether it can do its job now",
                 tags=["operations"], redis=False,
                 responses=[(200, json(ready)), (503, json(ready, "not ready: see failing"))])  # fmt: skip
+
+    def operations(
+        self,
+        health: str,
+        healthy: Schema,
+        unhealthy: tuple[Schema, str],
+        *,
+        metrics: str = "Prometheus metrics",
+    ) -> None:
+        """What every component serves besides its API: ``/health`` (with the
+        ``health`` summary, ``healthy`` for 200 and ``unhealthy`` (schema,
+        description) for 503), ``/health/live``, ``/health/ready``,
+        ``/metrics`` and this document."""
+        self.health_operations()
+        ops = ["operations"]
+        self.op("GET", "/health", health, tags=ops, redis=False,
+                responses=[(200, json(healthy)), (503, json(*unhealthy))])  # fmt: skip
+        self.op("GET", "/metrics", metrics, tags=ops, redis=False,
+                responses=[(200, text("text/plain"))])  # fmt: skip
+        self.op("GET", "/openapi.json", "This document", tags=ops, redis=False,
+                responses=[(200, json(ANY))])  # fmt: skip
 
     def document(self) -> dict[str, Any]:
         return self.doc

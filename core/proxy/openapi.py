@@ -7,7 +7,7 @@ workers' (it adds ``/workers`` and ``?per_worker=1``).
 
 from __future__ import annotations
 
-from core.openapi.schemas import ANY, STRING, json, obj, text
+from core.openapi.schemas import ANY, STRING, json, obj
 from core.openapi.spec import Spec
 
 __all__ = ["build"]
@@ -28,20 +28,13 @@ def build(*, workers: bool) -> Spec:
             query=per_worker, redis=False, responses=[(200, json(ANY))])  # fmt: skip
     spec.op("GET", "/upstreams", "Every upstream: endpoints, ejections, breaker, counts",
             query=per_worker, redis=False, responses=[(200, json(ANY))])  # fmt: skip
-    spec.health_operations()
     health = obj(required=("status",), status=STRING)
-    spec.op("GET", "/health", "Serving, and how Redis, the registry and config are doing",
-            redis=False,
-            responses=[(200, json(health)),
-                       (503, json(health, "no worker answers"))])  # fmt: skip
-    spec.op(
-        "GET",
-        "/metrics",
-        "Prometheus metrics (summed over the workers)",
-        redis=False,
-        responses=[(200, text("text/plain"))],
+    spec.operations(
+        "Serving, and how Redis, the registry and config are doing",
+        health,
+        (health, "no worker answers"),
+        metrics="Prometheus metrics (summed over the workers)",
     )
-    spec.op("GET", "/openapi.json", "This document", redis=False, responses=[(200, json(ANY))])
     if workers:
         spec.op(
             "GET",

@@ -12,7 +12,6 @@ from core.openapi.schemas import (
     json,
     obj,
     problem,
-    text,
 )
 from core.openapi.spec import Spec
 
@@ -94,26 +93,8 @@ def build() -> Spec:
         tags=["operations"],
         responses=[(200, json(array_of(target)))],
     )
-    spec.health_operations()
-    spec.op("GET", "/health", "Liveness and Redis status", tags=["operations"], redis=False,
-            responses=[(200, json(obj(required=("status",), status=STRING))),
-                       (503, json(obj(required=("status",), status=STRING), "not ready"))])  # fmt: skip
-    spec.op(
-        "GET",
-        "/metrics",
-        "Prometheus metrics",
-        tags=["operations"],
-        redis=False,
-        responses=[(200, text("text/plain"))],
-    )
-    spec.op(
-        "GET",
-        "/openapi.json",
-        "This document",
-        tags=["operations"],
-        redis=False,
-        responses=[(200, json(ANY))],
-    )
+    status = obj(required=("status",), status=STRING)
+    spec.operations("Liveness and Redis status", status, (status, "not ready"))
 
     app = {"app": {"type": "string", "description": "the application (service) name, any case"}}
     one = {**app, "id": INSTANCE_ID}

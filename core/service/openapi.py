@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from core.openapi.schemas import ANY, INTEGER, STRING, array_of, json, nullable, obj, problem, text
+from core.openapi.schemas import ANY, INTEGER, STRING, array_of, json, nullable, obj, problem
 from core.openapi.spec import Spec
 
 if TYPE_CHECKING:
@@ -29,24 +29,12 @@ ADMIN_ONLY = problem(403, "the token lacks the role of the service's admin actio
 def build(service: Service) -> Spec:
     """The document of ``service``: every route its application serves."""
     spec = Spec(f"Essaim {service.name}", service.description, bearer=True)
-    ops = ["operations"]
-    spec.health_operations()
-    spec.op("GET", "/health", "What the instance depends on and how it is doing", tags=ops,
-            redis=False,
-            responses=[(200, json(obj(required=("status", "service", "instance"),
-                                      status=STRING, service=STRING, instance=STRING))),
-                       (503, json(obj(required=("status",), status=STRING), "its database fails"))])  # fmt: skip
-    spec.op(
-        "GET",
-        "/metrics",
-        "Prometheus metrics",
-        tags=ops,
-        redis=False,
-        responses=[(200, text("text/plain"))],
-    )
-    spec.op(
-        "GET", "/openapi.json", "This document", tags=ops, redis=False, responses=[(200, json(ANY))]
-    )
+    spec.operations(
+        "What the instance depends on and how it is doing",
+        obj(required=("status", "service", "instance"),
+            status=STRING, service=STRING, instance=STRING),
+        (obj(required=("status",), status=STRING), "its database fails"),
+    )  # fmt: skip
     events = ["events"]
     if service.consumes:
         spec.op("GET", "/events/dead", "The service's dead letters, oldest first", tags=events,
