@@ -1,7 +1,9 @@
 """``python -m services``: the whole demo system (:mod:`services.launcher`).
 
 ``python -m services token USER`` prints an access token for a user of the
-running system instead (:mod:`services.token`). Subcommands, for developers:
+running system instead (:mod:`services.token`); ``status``, ``restart NAME``
+and ``scale SERVICE N`` act on the running system through the launcher's
+control socket (:mod:`services.commands`). Subcommands, for developers:
 ``python -m services new NAME`` writes the skeleton of a new service
 (:mod:`services.new`); ``python -m services policies`` checks that the
 gateway and the services agree on each route's policy (:mod:`services.policies`).
@@ -19,6 +21,10 @@ if __name__ == "__main__":
         from services import token
 
         sys.exit(token.main(args[1:]))
+    if args[:1] in (["status"], ["restart"], ["scale"]):
+        from services import commands
+
+        sys.exit(commands.main(args[0], args[1:]))
     if args[:1] == ["new"]:
         from services import new
 

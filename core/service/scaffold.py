@@ -22,8 +22,11 @@ the events it emits and handles) and its ``__main__`` calls
 
 The instance registers with the registry once its port is listening (so a
 port of 0 registers the port the OS picked) and deregisters first at
-shutdown, before in-flight requests drain, so that the gateway stops routing
-to it while it finishes what it has.
+shutdown, while it still accepts: it waits ``--deregister-wait`` (0.5 s) for
+the watchers (the gateway) to stop routing to it, then stops accepting and
+drains its requests in flight. A request the gateway sent meanwhile is
+served, and no idle keep-alive connection is closed under a request the
+gateway is sending on it.
 
 Every service answers ``GET /health`` (200 while it can serve; ``DEGRADED``
 when Redis or configsvc is away; 503 when its database fails) and
@@ -164,6 +167,13 @@ class ServiceSettings(CommonSettings):
     ttl: int = dataclasses.field(
         default=10, metadata=option("seconds the registry keeps the instance without a heartbeat")
     )
+    deregister_wait: float = dataclasses.field(
+        default=0.5,
+        metadata=option(
+            "seconds between deregistering and closing the listener on SIGTERM"
+            " (the gateway stops routing here meanwhile)"
+        ),
+    )
     resync_interval: float = dataclasses.field(
         default=30.0, metadata=option("seconds between full re-reads of the registry")
     )
@@ -202,6 +212,10 @@ class ServiceSettings(CommonSettings):
         if self.instance_id and not INSTANCE_ID_RE.match(self.instance_id):
             raise SettingsError(
                 f"instance_id: expected {INSTANCE_ID_RE.pattern}, got {self.instance_id!r}"
+            )
+        if not 0 <= self.deregister_wait <= 60:
+            raise SettingsError(
+                f"deregister_wait: expected 0-60 seconds, got {self.deregister_wait}"
             )
         for name in ("resync_interval", "visibility_timeout", "outbox_poll"):
             if getattr(self, name) <= 0:
@@ -801,8 +815,14 @@ def run_service(service: Service, argv: Sequence[str] | None = None) -> int:
         await start_registration(app, host, port)
         logger.info("%s ready as %s", service.name, app[INSTANCE_ID])
 
+    async def before_stop() -> None:
+        if app[LIFECYCLE].registration is not None:
+            await _deregister(app)
+            await asyncio.sleep(settings.deregister_wait)  # the watchers hear of it meanwhile
+
     return run(
         [Site(app, settings.host, settings.port, service.name)],
         shutdown_timeout=settings.shutdown_timeout,
         on_started=on_started,
+        before_stop=before_stop,
     )
