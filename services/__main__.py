@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import sys
 
-from services import launcher
-
 if __name__ == "__main__":
     args = sys.argv[1:]
     if args[:1] == ["token"]:
@@ -33,4 +31,7 @@ if __name__ == "__main__":
         from services import policies
 
         sys.exit(policies.main(args[1:]))
+    # Imported last: the commands above start faster without the launcher's imports.
+    from services import launcher
+
     sys.exit(launcher.main(args))

@@ -418,14 +418,11 @@ class Operations:
             if child.instance not in listed:
                 return False
             admin = f"http://{self.launcher.settings.host}:{values['gateway_admin_port']}"
-            async with session.get(f"{admin}/upstreams", timeout=timeout) as r:
-                upstreams = (await r.json()).get("upstreams", [])
+            async with session.get(f"{admin}/upstreams?per_worker=1", timeout=timeout) as r:
+                doc = await r.json()
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
             return False
-        for upstream in upstreams:
-            if upstream.get("name") == child.service:
-                return child.instance in {ep.get("key") for ep in upstream.get("endpoints", [])}
-        return True  # the gateway routes nothing to it yet: nothing to wait for
+        return routed_everywhere(doc, child.service, child.instance)
 
     async def _leave(self, old: Child, say: Progress) -> None:
         """SIGTERM ``old``: it deregisters, drains, exits; then it is out of the system's list."""
@@ -490,6 +487,25 @@ class Operations:
     def _failed(self, why: str, new: Child, still: str) -> Problem:
         log = self.launcher.shown(f"logs/{new.name}.log")
         return Problem(500, "failed", "Internal Server Error", f"{why} (output: {log}); {still}")
+
+
+def routed_everywhere(doc: dict[str, Any], service: str, instance: str) -> bool:
+    """Whether every gateway worker routes ``service`` to ``instance``, by its ``/upstreams``.
+
+    ``doc`` is ``GET /upstreams?per_worker=1``: each worker's tables (or one
+    process's). A service has one table, or one per route policy
+    (``inventory@products-read``); one the gateway has none of yet is
+    routed nowhere, so there is nothing to wait for.
+    """
+    if doc.get("unanswered"):
+        return False
+    workers = doc["workers"] if isinstance(doc.get("workers"), list) else [doc]
+    return all(
+        instance in {ep.get("key") for ep in table.get("endpoints", [])}
+        for worker in workers
+        for table in worker.get("upstreams", [])
+        if str(table.get("name", "")).split("@")[0] == service
+    )
 
 
 def _exit(child: Child) -> str:
