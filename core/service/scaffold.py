@@ -22,9 +22,10 @@ the events it emits and handles) and its ``__main__`` calls
 
 The instance registers with the registry once its port is listening (so a
 port of 0 registers the port the OS picked) and deregisters first at
-shutdown, while it still accepts: it waits ``--deregister-wait`` (0.5 s) for
-the watchers (the gateway) to stop routing to it, then stops accepting and
-drains its requests in flight. A request the gateway sent meanwhile is
+shutdown, while it still accepts: it waits until no request arrived for
+0.1 s (the watchers, the gateway, stopped routing to it; at most
+``--deregister-wait``, 1 s), then stops accepting and drains its requests in
+flight. A request the gateway sent meanwhile is
 served, and no idle keep-alive connection is closed under a request the
 gateway is sending on it.
 
@@ -54,6 +55,7 @@ import os
 import re
 import secrets
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -168,10 +170,10 @@ class ServiceSettings(CommonSettings):
         default=10, metadata=option("seconds the registry keeps the instance without a heartbeat")
     )
     deregister_wait: float = dataclasses.field(
-        default=0.5,
+        default=1.0,
         metadata=option(
-            "seconds between deregistering and closing the listener on SIGTERM"
-            " (the gateway stops routing here meanwhile)"
+            "on SIGTERM, after deregistering: at most this many seconds until requests stop"
+            " arriving (the gateway stops routing here), before it stops accepting"
         ),
     )
     resync_interval: float = dataclasses.field(
@@ -368,10 +370,34 @@ def _check_handler(event_type: str, handler: Any) -> None:
 
 
 class _Lifecycle:
-    """What the app learns after it started: its registration."""
+    """What the app learns after it started: its registration, when a request last arrived."""
 
     def __init__(self) -> None:
         self.registration: Registration | None = None
+        self.last_request = 0.0  # time.monotonic()
+
+
+#: At shutdown, after deregistering: traffic silent this long means the watchers stopped routing.
+QUIET = 0.1
+
+
+async def _deregister_first(app: web.Application) -> None:
+    """Deregister, then wait until no request arrived for :data:`QUIET` (``deregister_wait`` at most).
+
+    Under traffic the gateway's requests stop within milliseconds of the
+    deregistration; an idle instance waits :data:`QUIET` only.
+    """
+    lifecycle = app[LIFECYCLE]
+    if lifecycle.registration is None:
+        return
+    await _deregister(app)
+    deadline = time.monotonic() + app[SETTINGS].deregister_wait
+    while True:
+        # Until QUIET after the last request (which may be later than the one seen now).
+        wait = min(deadline, lifecycle.last_request + QUIET) - time.monotonic()
+        if wait <= 0:
+            return
+        await asyncio.sleep(wait)
 
 
 # Typed application keys.
@@ -752,9 +778,11 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
     """The service's application; its resources open in its cleanup contexts."""
     metrics = HTTPMetrics(service.name.replace("-", "_"))
     instance_id = settings.instance_id or f"{service.name}-{secrets.token_hex(4)}"
+    lifecycle = _Lifecycle()
 
     @web.middleware
     async def identify(request: web.Request, handler: Handler) -> web.StreamResponse:
+        lifecycle.last_request = time.monotonic()
         response = await handler(request)
         response.headers["X-Instance-ID"] = instance_id
         return response
@@ -772,7 +800,7 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
     app[SETTINGS] = settings
     app[INSTANCE_ID] = instance_id
     app[METRICS] = metrics
-    app[LIFECYCLE] = _Lifecycle()
+    app[LIFECYCLE] = lifecycle
     metrics.registry.register(_EventMetrics(app, metrics.namespace))
     for ctx in (_access_ctx, _redis_ctx, _db_ctx, _config_ctx, _calls_ctx, _relay_ctx,
                 _sagas_ctx, _consumer_ctx, *service.contexts, _registration_ctx):  # fmt: skip
@@ -815,14 +843,9 @@ def run_service(service: Service, argv: Sequence[str] | None = None) -> int:
         await start_registration(app, host, port)
         logger.info("%s ready as %s", service.name, app[INSTANCE_ID])
 
-    async def before_stop() -> None:
-        if app[LIFECYCLE].registration is not None:
-            await _deregister(app)
-            await asyncio.sleep(settings.deregister_wait)  # the watchers hear of it meanwhile
-
     return run(
         [Site(app, settings.host, settings.port, service.name)],
         shutdown_timeout=settings.shutdown_timeout,
         on_started=on_started,
-        before_stop=before_stop,
+        before_stop=functools.partial(_deregister_first, app),
     )

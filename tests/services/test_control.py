@@ -82,11 +82,21 @@ class Load:
 
 
 @contextlib.asynccontextmanager
-async def load(launcher: Launcher, path: str, clients: int = 4) -> AsyncIterator[Load]:
-    """GET ``path`` through the gateway from ``clients`` loops until the block ends.
+async def load(
+    launcher: Launcher,
+    path: str,
+    clients: int = 4,
+    *,
+    method: str = "GET",
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    ok: int = 200,
+) -> AsyncIterator[Load]:
+    """``method path`` through the gateway from ``clients`` loops until the block ends.
 
     Half the clients keep their connection alive, half open a new one for
-    each request. Each has at most one request in flight.
+    each request. Each has at most one request in flight; a request fails
+    unless answered ``ok``.
     """
     record = Load()
     stop = asyncio.Event()
@@ -98,9 +108,9 @@ async def load(launcher: Launcher, path: str, clients: int = 4) -> AsyncIterator
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             while not stop.is_set():
                 try:
-                    async with http.get(url) as r:
+                    async with http.request(method, url, json=body, headers=headers) as r:
                         await r.read()
-                        if r.status == 200:
+                        if r.status == ok:
                             record.answered += 1
                             record.instances.add(r.headers.get("X-Instance-ID", ""))
                         else:
@@ -225,6 +235,25 @@ async def test_a_rolling_restart_under_load_fails_no_request_and_is_not_a_crash(
     # Not a crash: no exit reported, no delay, nothing counted.
     assert not system.printed(r"inventory-\d \(pid \d+\) (exited|stopped)")
     assert not system.printed("restarting in")
+
+
+async def test_a_rolling_restart_of_billing_under_a_stream_of_bills_fails_none(
+    system: Launcher,
+) -> None:
+    # A POST is not retried once sent: the old billing must be out of the gateway's
+    # table before it stops accepting or closes a keep-alive connection.
+    code, token, err = await command(system, "token", "alice")
+    assert (code, err) == (0, "")
+    bill = {"customer_id": 1, "lines": [{"product_id": 1, "quantity": 1}]}
+    alice = {"Authorization": f"Bearer {token.strip()}"}
+    async with load(
+        system, "/billing/bills", clients=2, method="POST", body=bill, headers=alice, ok=202
+    ) as traffic:
+        code, _, err = await command(system, "restart", "billing")
+    assert (code, err) == (0, ""), err
+    assert traffic.failed == []
+    assert {"billing", "billing.2"} <= traffic.instances
+    assert await registered(system, "billing") == ["billing.2"]
 
 
 async def test_restarting_the_gateway_under_load_refuses_no_connection(system: Launcher) -> None:
