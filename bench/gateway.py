@@ -82,6 +82,7 @@ TARGETS = {
     "cpu_vs_nginx_aim": 1.5,
     "routes_1000_vs_1": 1.10,
     "added_p99_ms": 1.0,
+    "added_p99_vs_nginx_ms": 0.5,
 }
 
 #: How long a run takes with the defaults (python -m bench --help), with nginx installed.
@@ -926,6 +927,10 @@ async def bench(opts: Options, run: Run) -> dict[str, Any]:
                 fixed["added_p99_ms"] = round(
                     fixed["gateway"]["p99_ms"] - fixed["direct"]["p99_ms"], 4
                 )
+                if "nginx" in fixed:
+                    fixed["nginx_added_p99_ms"] = round(
+                        fixed["nginx"]["p99_ms"] - fixed["direct"]["p99_ms"], 4
+                    )
                 late = max(fixed[name]["late_p99_ms"] for name in runs)
                 if late > LATE_LIMIT_MS:
                     notes.append(
@@ -1123,6 +1128,14 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
             f"  added p99 over direct: {fixed['added_p99_ms']:.3f} ms "
             f"(target < {t['added_p99_ms']} ms: {_verdict(fixed['added_p99_ms'] < t['added_p99_ms'], quick)})"
         )
+        if "nginx_added_p99_ms" in fixed:
+            beyond = fixed["added_p99_ms"] - fixed["nginx_added_p99_ms"]
+            limit = t["added_p99_vs_nginx_ms"]
+            out(
+                f"  nginx's added p99 over direct: {fixed['nginx_added_p99_ms']:.3f} ms; "
+                f"the gateway adds {beyond:+.3f} ms more (target within {limit} ms of nginx's: "
+                f"{_verdict(beyond <= limit, quick)})"
+            )
     if result["matcher_ns"]:
         costs = ", ".join(f"{k}: {v / 1000:.2f} us" for k, v in result["matcher_ns"].items())
         out(f"RouteTable.match of the request, in process: {costs}")
