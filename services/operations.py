@@ -194,9 +194,9 @@ class Operations:
             say = self._say(progress, place)
             if spec.restart == "rolling":
                 new = await self._roll(spec, old, say)
-            elif spec.restart == "takeover":
+            elif spec.restart == "takeover" and old.running:
                 new = await self._take_over(spec, old, say)
-            else:
+            else:  # also a gateway that is down: there are no sockets to take over
                 new = await self._in_place(spec, old, say)
             restarted.append(self._described(new))
         seconds = time.monotonic() - began

@@ -1,7 +1,7 @@
 """``python -m services status | restart | scale`` against one system the launcher started.
 
 Every test of this module shares one launched system (real processes, its
-private Redis), in order: each leaves it as it found it (every service with
+private Redis, ``--log-format json``), in order: each leaves it as it found it (every service with
 its instances ready). Load goes through the gateway as a client's would:
 some clients keep their connection, others open one per request, so that a
 refused connection would show. A request fails when it gets no answer or a
@@ -33,7 +33,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def system(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Launcher]:
-    async with start_launcher(tmp_path_factory.mktemp("control")) as launcher:
+    async with start_launcher(
+        tmp_path_factory.mktemp("control"), "--log-format", "json"
+    ) as launcher:
         await up(launcher)
         yield launcher
 
@@ -149,6 +151,12 @@ async def test_status_lists_every_process_and_the_control_socket_is_the_owners_o
     assert processes["registry"]["port"] == system.ports["registry"]
     assert processes["inventory-2"]["instance"] == "inventory-2"
     assert processes["redis"]["instance"] is None
+    # --log-format json reached every component: each line of their logs is one JSON object.
+    for name in processes:
+        if name != "redis":
+            lines = (system.run_dir / "logs" / f"{name}.log").read_text().splitlines()
+            assert lines, name
+            assert all(json.loads(line)["level"] for line in lines), name
     # The table: a header, then a line per process in the same order.
     code, out, err = await command(system, "status")
     assert (code, err) == (0, "")
