@@ -36,6 +36,7 @@ from core.proxy.head import Heads
 from core.proxy.pool import Pool, UpstreamConnection
 from core.proxy.stats import Stats
 from core.proxy.wire import Clock, RequestIds, TraceIds, problem_response
+from core.telemetry.spans import Recorder
 from core.upstream.upstream import Endpoint
 
 if TYPE_CHECKING:
@@ -479,6 +480,8 @@ class ProxyServer:
         self.traces = TraceIds()
         #: The access log, when one is kept (``gateway.py`` sets it).
         self.access: AccessLog | None = None
+        #: Where each request's span goes when spans are exported (``gateway.py`` sets it).
+        self.spans: Recorder | None = None
         self.clock = Clock()
         self.tick = tick
         self.connections: set[ClientConnection] = set()
