@@ -154,9 +154,9 @@ class Exporter:
         thread, self._thread = self._thread, None
         if thread is not None:
             await asyncio.to_thread(thread.join, timeout)
-            if thread.is_alive():
+            if thread.is_alive():  # the collector is away: the exporter is still retrying
                 logger.warning("span export did not finish in %.0fs; the rest is lost", timeout)
-                return
+        # Also ends the retries of an export in progress.
         await asyncio.to_thread(self.otlp.shutdown)
 
     def _run(self) -> None:

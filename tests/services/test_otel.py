@@ -12,6 +12,7 @@ the child of the one before, with the ids of the log lines.
 from __future__ import annotations
 
 import asyncio
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,8 @@ from core.testing import (
     free_port,
     wait_until,
 )
+from services.launcher import PORTS, Launcher, LauncherSettings
+from services.supervisor import Output
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -217,3 +220,23 @@ def test_export_asked_for_without_the_extra_is_one_line_and_exit_2(tmp_path: Pat
         assert len(lines) == 1, done.stderr
         assert "ESSAIM_OTEL_ENDPOINT" in lines[0]
         assert "pip install 'essaim[otel]'" in lines[0]
+
+
+def test_the_launcher_gives_its_endpoint_to_the_gateway_and_every_service(tmp_path: Path) -> None:
+    url = "http://127.0.0.1:4318"
+    ports = dict.fromkeys(PORTS, 0)  # any free ones: the machine's 8080 may be taken
+    settings = LauncherSettings(
+        run_dir=str(tmp_path / "run"), redis_url="redis://127.0.0.1:1/0", otel_endpoint=url,
+        **ports,
+    )  # fmt: skip
+    launcher = Launcher(settings, Output(io.StringIO(), 12))
+    (tmp_path / "run").mkdir()
+    launcher.plan(private_redis=False)
+    given = {}
+    for child in launcher.supervisor.children:
+        argv = child.argv
+        given[child.name] = argv[argv.index("--otel-endpoint") + 1] if "--otel-endpoint" in argv else None  # fmt: skip
+    assert given == {
+        "configsvc": None, "registry": None, "auth": url, "gateway": url, "customers": url,
+        "inventory-1": url, "inventory-2": url, "billing": url,
+    }  # fmt: skip
