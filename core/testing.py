@@ -575,11 +575,15 @@ class OTLPReceiver:
     empty ``ExportTraceServiceResponse``; 415 for another content type, 400
     for a body that does not decode; :attr:`status` (when set) for every
     request instead, to play a failing collector. :attr:`url` is the base
-    URL to give a component (``--otel-endpoint``).
+    URL to give a component (``--otel-endpoint``). :attr:`received` counts
+    the spans decoded; with ``keep=False`` (a benchmark's sink) they are
+    counted and not kept.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep: bool = True) -> None:
+        self.keep = keep
         self.spans: list[ReceivedSpan] = []
+        self.received = 0
         self.requests = 0
         self.status: int | None = None
         self.port = 0
@@ -622,6 +626,10 @@ class OTLPReceiver:
         except DecodeError as exc:
             return web.Response(status=400, text=str(exc))
         for resource_spans in export.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                self.received += len(scope_spans.spans)
+            if not self.keep:
+                continue
             resource = {kv.key: _any_value(kv.value) for kv in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:
                 for span in scope_spans.spans:

@@ -119,7 +119,8 @@ class Exporter:
         self.exported = 0
         self.failed = 0
         self.skipped = 0
-        self._resource = Resource.create({"service.name": service, "service.instance.id": instance})
+        resource = Resource.create({"service.name": service, "service.instance.id": instance})
+        self._resource = _hashed_once(resource)
         self._scope = InstrumentationScope("essaim")
         self._kinds: dict[str, Any] = {
             "server": SpanKind.SERVER, "client": SpanKind.CLIENT,
@@ -242,6 +243,27 @@ class Exporter:
             end_time=span.end_ns,
             instrumentation_scope=self._scope,
         )
+
+
+def _hashed_once(resource: Any) -> Any:
+    """``resource``, its hash computed once.
+
+    The SDK's encoder groups each batch's spans by resource, hashing the
+    resource of every span, and ``Resource.__hash__`` serializes its
+    attributes to JSON each time: a fifth of the encoder's time per span
+    (measured). Every span of a process has the same resource.
+    """
+    from opentelemetry.sdk.resources import Resource
+
+    class _Resource(Resource):
+        def __init__(self) -> None:
+            super().__init__(resource.attributes, resource.schema_url)
+            self._hash = super().__hash__()
+
+        def __hash__(self) -> int:
+            return self._hash
+
+    return _Resource()
 
 
 @contextlib.asynccontextmanager
