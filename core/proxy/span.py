@@ -18,8 +18,9 @@ Essaim's (``essaim.route``, ``essaim.service``, ``essaim.instance``,
 ``essaim.retries``). A 5xx is an error, with the gateway's reason when it
 answered itself.
 
-Requests refused before routing (400, 404, 401, 403, 431...) and the
-gateway's health path get no span, as they get no trace id.
+Requests refused before routing (400, 404, 401, 403, 431...) and those
+the gateway answers itself (its health path, ``/-/session``) get no span,
+as they get no trace id.
 """
 
 from __future__ import annotations

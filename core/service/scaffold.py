@@ -582,7 +582,9 @@ async def start_registration(app: web.Application, host: str, port: int) -> Regi
     target: Redis | RegistryClient = app[REDIS]
     if settings.registry_url:
         target = RegistryClient(settings.registry_url, settings.registry_token)
-    registration = Registration(target, instance)
+    # The registry's Redis (the watcher reads it too): when it comes back, perhaps
+    # emptied, the registration checks its instance at once.
+    registration = Registration(target, instance, redis=app[REDIS])
     app[LIFECYCLE].registration = registration
     await registration.start(wait=2.0)
     if not registration.registered.is_set():
