@@ -68,6 +68,7 @@ from core.errors import SettingsError
 from core.redis import REDIS_ERRORS, connect, server_binary
 from core.registry.credentials import service_token
 from core.settings import PRIVATE_UMASK, Secret, check_redis_url, load, option, private_dir
+from core.telemetry.export import check_endpoint
 from services import seed
 from services.control import SOCKET, ControlServer, socket_path
 from services.operations import Operations
@@ -143,6 +144,13 @@ class LauncherSettings:
         default="text",
         metadata=option("log format of the components: readable text or one JSON object a line"),
     )
+    otel_endpoint: str = dataclasses.field(
+        default="",
+        metadata=option(
+            "OpenTelemetry collector's OTLP/HTTP URL (http://HOST:4318), given to the gateway "
+            "and every service: spans exported (needs essaim[otel]; none: no export)"
+        ),
+    )
 
     def validate(self) -> None:
         for name in PORTS:
@@ -154,6 +162,7 @@ class LauncherSettings:
             raise SettingsError("startup_timeout and shutdown_timeout: expected > 0")
         if self.redis_url:  # unset: a private one
             check_redis_url(self.redis_url)
+        check_endpoint("ESSAIM_OTEL_ENDPOINT", self.otel_endpoint)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +208,7 @@ class Spec:
 BASE_ARGS = (
     "--data-dir", "{data}/{service}", "--config-url", "{configsvc_url}",
     "--instance-id", "{instance}", "--registry-url", "{registry_url}",
+    "--otel-endpoint", "{otel_endpoint}",
 )  # fmt: skip
 #: A business service's: as the gateway, it checks tokens (when ``services_jwks_url`` is set).
 SERVICE_ARGS = (
@@ -233,7 +243,8 @@ PROCESSES: tuple[Spec, ...] = (
     # Its control socket hands its listening sockets to its successor (restart: takeover).
     Spec("gateway", 3, "gateway",
          args=("--admin-port", "{gateway_admin_port}", "--config-url", "{configsvc_url}",
-               "--config-cache-dir", "{data}/gateway", "--control-socket", "{gateway_socket}"),
+               "--config-cache-dir", "{data}/gateway", "--control-socket", "{gateway_socket}",
+               "--otel-endpoint", "{otel_endpoint}"),
          env={**CONFIG_ENV, "GATEWAY_JWKS_URL": "{jwks_url}", "GATEWAY_JWT_ISSUER": "{jwt_issuer}",
               "GATEWAY_JWT_AUDIENCE": "{jwt_audience}", "GATEWAY_DISCOVERY_AUTH": "authenticated"},
          port="gateway_port", health="http://{host}:{gateway_admin_port}/health/ready",
@@ -454,6 +465,7 @@ class Launcher:
             "jwks_url": f"http://{host}:{ports['auth_port']}/.well-known/jwks.json",
             "jwt_issuer": JWT_ISSUER,
             "jwt_audience": JWT_AUDIENCE,
+            "otel_endpoint": s.otel_endpoint,
         }
         self.values["services_jwks_url"] = (
             self.values["jwks_url"] if s.services_verify_tokens else ""
