@@ -416,7 +416,11 @@ class Launcher:
         return binary, f"redis://:{password}@127.0.0.1:{port}/0", str(conf)
 
     def plan(self, private_redis: bool) -> None:
-        """Resolve :data:`PROCESSES` into children: ports, secrets, arguments."""
+        """Resolve :data:`PROCESSES` into children: ports, secrets, arguments.
+
+        It binds the ports of the ``shared`` processes (:attr:`sockets`):
+        :meth:`close` releases them.
+        """
         s = self.settings
         host = s.host
         ports = {}
@@ -604,12 +608,14 @@ class Launcher:
                     await self.check_redis()
                 self.plan(private)
             except StartupFailed as exc:
+                self.close()
                 self.out.say(f"cannot start: {exc}")
                 return EXIT_STARTUP
             self.say_redis(private)
             try:
                 await self.control.start()
             except (OSError, SettingsError) as exc:
+                self.close()
                 self.out.say(f"cannot start: no control socket {self.shown(SOCKET)}: {exc}")
                 return EXIT_STARTUP
             startup = asyncio.ensure_future(self._start_and_seed(session))
@@ -642,8 +648,13 @@ class Launcher:
                 self.files.remove_system()
                 await self.control.close()
                 stopped.cancel()
-                for sock in self.sockets.values():
-                    sock.close()
+                self.close()
+
+    def close(self) -> None:
+        """Release the listening sockets :meth:`plan` bound (once the processes are stopped)."""
+        for sock in self.sockets.values():
+            sock.close()
+        self.sockets.clear()
 
     async def _start_and_seed(self, session: aiohttp.ClientSession) -> None:
         await self.supervisor.start_all()
