@@ -15,7 +15,10 @@ at a fixed number of keep-alive connections, to:
   installed (``apt-get install haproxy caddy``), no access log in any;
 - ``gateway``: ``python -m gateway --workers 1`` with one static route to the
   service; ``gateway-accesslog``: the same with every request in the access
-  log (JSON); ``gateway-auth``, ``gateway-limited`` and ``gateway-synced``: the
+  log (JSON); ``gateway-otel``: the same exporting a span per request to an
+  OTLP/HTTP receiver in this process (when the ``otel`` extra is installed;
+  each run waits until the receiver has a span for every request it served,
+  so the export's CPU is counted in the run); ``gateway-auth``, ``gateway-limited`` and ``gateway-synced``: the
   same process behind a token check, an exact rate limit (a Redis round trip
   per request) and a synced one (decided in memory); ``gateway-session``: the
   same process on a route that takes the gateway's session cookie (logged in
@@ -97,6 +100,8 @@ QUIET_LOAD = NOISY_LOAD
 """The 1-minute load average under which the machine was quiet when the benchmark began
 (the threshold of every benchmark's noisy flag, :data:`bench._run.NOISY_LOAD`)."""
 
+SPANS_WAIT = 5.0
+"""Seconds a gateway-otel run waits after its load for the collector to have every span."""
 QUIET_OTHERS = 0.05
 """A run is quiet when the processes outside it used less CPU than this (in CPUs: 0.05
 is 5% of one core) on average while it ran. The load average can't tell: a run of the
@@ -617,6 +622,9 @@ class Case:
     upstream_pid: int
     runs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     headers: tuple[str, ...] = ()
+    # Where the case's gateway exports its spans (gateway-otel): a run ends
+    # once it has them all, so that their export is in the run's CPU time.
+    collector: Any = None
 
 
 async def measure(
@@ -629,7 +637,15 @@ async def measure(
     busy_before = busy_cpu_seconds()
     started = time.monotonic()
     before = {k: tree_cpu_seconds(p) for k, p in pids.items() if p is not None}
+    spans_before = case.collector.received if case.collector is not None else 0
     result = await run_load(case.url, opts, duration, rate, case.headers)
+    if case.collector is not None:
+        from core.testing import wait_until
+
+        collector, served = case.collector, int(result["requests"])
+        with contextlib.suppress(TimeoutError):  # spans dropped: the count says so
+            await wait_until(lambda: collector.received - spans_before >= served, SPANS_WAIT)
+        result["spans"] = collector.received - spans_before
     after = {k: tree_cpu_seconds(p) for k, p in pids.items() if p is not None}
     busy = busy_cpu_seconds() - busy_before
     elapsed = time.monotonic() - started
@@ -681,6 +697,8 @@ def median_of(all_runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["proxy_cpu_us_best"] = min(cpus) if cpus else None
     out["requests"] = sum(int(r["requests"]) for r in all_runs)
     out["errors"] = sum(int(r["errors"]) for r in all_runs)
+    if any("spans" in r for r in all_runs):
+        out["spans"] = sum(int(r.get("spans", 0)) for r in all_runs)
     return out
 
 
@@ -772,7 +790,7 @@ async def system(opts: Options, workdir: Path, notes: list[str]) -> AsyncIterato
             notes.append("gateway.py not found: no gateway rows")
         else:
             await astack.enter_async_context(
-                gateways(info, workdir, stack, (p1, p2), upstream.pid, opts.workers)
+                gateways(info, workdir, stack, (p1, p2), upstream.pid, opts.workers, notes)
             )
         yield info
     finally:
@@ -788,14 +806,23 @@ async def gateways(
     ports: tuple[int, int],
     upstream_pid: int,
     workers: int,
+    notes: list[str],
 ) -> AsyncIterator[None]:
     from core.redis import connect
     from core.registry.discovery import Registration
     from core.registry.store import Instance
-    from core.testing import RedisServer
+    from core.telemetry.export import missing
+    from core.testing import OTLPReceiver, RedisServer
 
     redis_server = RedisServer().start()
     stack.callback(redis_server.close)
+    collector = None
+    if missing() is None:
+        collector = await OTLPReceiver(keep=False).start()
+    else:
+        notes.append(
+            "the otel extra is not installed (pip install 'essaim[otel]'): no gateway-otel row"
+        )
     redis = connect(redis_server.url)
     jwks_url, token, jwks_runner, auth_port = await _token_issuer()
     registrations = [
@@ -817,6 +844,8 @@ async def gateways(
             ("gateway-accesslog", 1),
             ("gateway-session-nocache", 1),
         ]
+        if collector is not None:
+            names.append(("gateway-otel", 1))
         if workers > 1:
             names.append((f"gateway-w{workers}", workers))
         for name, count in names:
@@ -839,6 +868,9 @@ async def gateways(
                 cmd += ["--access-log", "on", "--log-format", "json"]
             if name == "gateway-session-nocache":
                 cmd += ["--session-cache", "0"]
+            if name == "gateway-otel":
+                assert collector is not None
+                cmd += ["--otel-endpoint", collector.url]
             proc = spawn(cmd, log, env)
             stack.callback(stop, proc)
             await wait_http(f"http://127.0.0.1:{admin}/health", proc, name, log)
@@ -850,7 +882,10 @@ async def gateways(
                 await wait_http(url, proc, f"{name} routing", log, headers=cookie)
                 info["cases"].append(Case(name, url, proc.pid, upstream_pid, headers=cookie))
                 continue
-            info["cases"].append(Case(name, url, proc.pid, upstream_pid))
+            info["cases"].append(
+                Case(name, url, proc.pid, upstream_pid,
+                     collector=collector if name == "gateway-otel" else None)
+            )  # fmt: skip
             if name == "gateway":
                 auth = (f"Authorization: Bearer {token}",)
                 cookie = (await _session_cookie(port, proc, log),)
@@ -871,6 +906,8 @@ async def gateways(
         for reg in registrations:
             await reg.stop()
         await redis.aclose()
+        if collector is not None:
+            await collector.close()
 
 
 ISSUER = "essaim-bench"
@@ -1071,6 +1108,7 @@ def _ratios(summary: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
         "rate_limited_vs_public_cpu": ratio("gateway-limited", "gateway", "proxy_cpu_us"),
         "synced_vs_public_cpu": ratio("gateway-synced", "gateway", "proxy_cpu_us"),
         "access_log_vs_none_cpu": ratio("gateway-accesslog", "gateway", "proxy_cpu_us"),
+        "otel_vs_none_cpu": ratio("gateway-otel", "gateway", "proxy_cpu_us"),
         "added_p99_ms": fixed.get("added_p99_ms"),
         "cpu_vs_nginx": {
             name: ratio(name, "nginx", "proxy_cpu_us")
@@ -1185,6 +1223,14 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
             f"access log on (every request, JSON) / off, CPU per request: "
             f"{r['access_log_vs_none_cpu']:.2f}x (target <= 1.1x: "
             f"{_verdict(r['access_log_vs_none_cpu'] <= 1.1, quick)})"
+        )
+    if r.get("otel_vs_none_cpu") is not None:
+        row = result["cases"]["gateway-otel"]
+        added = row["proxy_cpu_us"] - result["cases"]["gateway"]["proxy_cpu_us"]
+        out(
+            f"span export on (a span per request, OTLP/HTTP) / off, CPU per request: "
+            f"{r['otel_vs_none_cpu']:.2f}x ({added:+.1f} us); the collector received "
+            f"{row.get('spans', 0):,} spans for {row['requests']:,} requests"
         )
     if r.get("synced_vs_public_cpu") is not None:
         out(

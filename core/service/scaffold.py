@@ -6,24 +6,29 @@ the events it emits and handles) and its ``__main__`` calls
 :func:`run_service`. The scaffold then owns everything else, one aiohttp
 ``cleanup_ctx`` per resource, opened in this order and closed in reverse:
 
-1. Redis (:func:`core.redis.connect`; it may be away, nothing waits on it);
-2. the database: ``{data_dir}/{name}.db``, created and migrated
+1. span export to OpenTelemetry, with ``--otel-endpoint`` (:mod:`core.telemetry`);
+2. Redis (:func:`core.redis.connect`; it may be away, nothing waits on it);
+3. the database: ``{data_dir}/{name}.db``, created and migrated
    (:class:`core.db.Database`);
-3. the config client: the service's config from configsvc, kept current;
+4. the config client: the service's config from configsvc, kept current;
    the service's dataclass is a typed view of its table (``[billing]`` for
    billing), and the shared ``[http]`` table sets the call timeouts live;
-4. the registry watcher and :class:`core.service.calls.Calls`, when the service calls
+5. the registry watcher and :class:`core.service.calls.Calls`, when the service calls
    others;
-5. the outbox relay, when it emits events (its own, or its sagas' commands);
-6. the saga runners (:class:`core.events.saga.SagaRunner`), one per saga it
+6. the outbox relay, when it emits events (its own, or its sagas' commands);
+7. the saga runners (:class:`core.events.saga.SagaRunner`), one per saga it
    owns: timeouts, resends, waits;
-7. the event consumer (group: the service's name), when it handles events
+8. the event consumer (group: the service's name), when it handles events
    (its own handlers, and its sagas' replies).
 
 The instance registers with the registry once its port is listening (so a
 port of 0 registers the port the OS picked) and deregisters first at
-shutdown, before in-flight requests drain, so that the gateway stops routing
-to it while it finishes what it has.
+shutdown, while it still accepts: it waits until no request arrived for
+0.1 s (the watchers, the gateway, stopped routing to it; at most
+``--deregister-wait``, 1 s), then stops accepting and drains its requests in
+flight. A request the gateway sent meanwhile is
+served, and no idle keep-alive connection is closed under a request the
+gateway is sending on it.
 
 Every service answers ``GET /health`` (200 while it can serve; ``DEGRADED``
 when Redis or configsvc is away; 503 when its database fails) and
@@ -51,6 +56,7 @@ import os
 import re
 import secrets
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -91,6 +97,7 @@ from core.service.access_log import access_log_middleware
 from core.service.calls import Calls, Timeouts, dependency_middleware, forwarding_middleware
 from core.settings import CommonSettings, Secret, option
 from core.tasks import TaskSet
+from core.telemetry.export import check_endpoint, exporting
 from core.upstream.retry import RetryPolicy
 from core.upstream.upstream import UpstreamPolicy
 
@@ -164,6 +171,13 @@ class ServiceSettings(CommonSettings):
     ttl: int = dataclasses.field(
         default=10, metadata=option("seconds the registry keeps the instance without a heartbeat")
     )
+    deregister_wait: float = dataclasses.field(
+        default=1.0,
+        metadata=option(
+            "on SIGTERM, after deregistering: at most this many seconds until requests stop"
+            " arriving (the gateway stops routing here), before it stops accepting"
+        ),
+    )
     resync_interval: float = dataclasses.field(
         default=30.0, metadata=option("seconds between full re-reads of the registry")
     )
@@ -194,6 +208,14 @@ class ServiceSettings(CommonSettings):
         default=True,
         metadata=option("one log line per request answered (logger essaim.access)"),
     )
+    otel_endpoint: str = dataclasses.field(
+        default="",
+        metadata=option(
+            "OpenTelemetry collector's OTLP/HTTP URL (http://HOST:4318): export the spans of "
+            "requests, calls and events (needs essaim[otel]; none: no export)",
+            env="ESSAIM_OTEL_ENDPOINT",
+        ),
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -202,6 +224,10 @@ class ServiceSettings(CommonSettings):
         if self.instance_id and not INSTANCE_ID_RE.match(self.instance_id):
             raise SettingsError(
                 f"instance_id: expected {INSTANCE_ID_RE.pattern}, got {self.instance_id!r}"
+            )
+        if not 0 <= self.deregister_wait <= 60:
+            raise SettingsError(
+                f"deregister_wait: expected 0-60 seconds, got {self.deregister_wait}"
             )
         for name in ("resync_interval", "visibility_timeout", "outbox_poll"):
             if getattr(self, name) <= 0:
@@ -214,6 +240,7 @@ class ServiceSettings(CommonSettings):
                 raise SettingsError(
                     f"registry_url: expected an http(s) URL, got {self.registry_url!r}"
                 )
+        check_endpoint("ESSAIM_OTEL_ENDPOINT", self.otel_endpoint)
         if self.jwks_url:
             parts = urlsplit(self.jwks_url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -354,10 +381,34 @@ def _check_handler(event_type: str, handler: Any) -> None:
 
 
 class _Lifecycle:
-    """What the app learns after it started: its registration."""
+    """What the app learns after it started: its registration, when a request last arrived."""
 
     def __init__(self) -> None:
         self.registration: Registration | None = None
+        self.last_request = 0.0  # time.monotonic()
+
+
+#: At shutdown, after deregistering: traffic silent this long means the watchers stopped routing.
+QUIET = 0.1
+
+
+async def _deregister_first(app: web.Application) -> None:
+    """Deregister, then wait until no request arrived for :data:`QUIET` (``deregister_wait`` at most).
+
+    Under traffic the gateway's requests stop within milliseconds of the
+    deregistration; an idle instance waits :data:`QUIET` only.
+    """
+    lifecycle = app[LIFECYCLE]
+    if lifecycle.registration is None:
+        return
+    await _deregister(app)
+    deadline = time.monotonic() + app[SETTINGS].deregister_wait
+    while True:
+        # Until QUIET after the last request (which may be later than the one seen now).
+        wait = min(deadline, lifecycle.last_request + QUIET) - time.monotonic()
+        if wait <= 0:
+            return
+        await asyncio.sleep(wait)
 
 
 # Typed application keys.
@@ -384,6 +435,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # ----------------------------------------------------------------------------- resources
+
+
+async def _telemetry_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Span export, when asked for: opened first, closed last (the other resources' spans in)."""
+    async with exporting(
+        app[SETTINGS].otel_endpoint, service=app[SERVICE].name, instance=app[INSTANCE_ID]
+    ):
+        yield
 
 
 async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -740,9 +799,11 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
     """The service's application; its resources open in its cleanup contexts."""
     metrics = HTTPMetrics(service.name.replace("-", "_"))
     instance_id = settings.instance_id or f"{service.name}-{secrets.token_hex(4)}"
+    lifecycle = _Lifecycle()
 
     @web.middleware
     async def identify(request: web.Request, handler: Handler) -> web.StreamResponse:
+        lifecycle.last_request = time.monotonic()
         response = await handler(request)
         response.headers["X-Instance-ID"] = instance_id
         return response
@@ -760,9 +821,9 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
     app[SETTINGS] = settings
     app[INSTANCE_ID] = instance_id
     app[METRICS] = metrics
-    app[LIFECYCLE] = _Lifecycle()
+    app[LIFECYCLE] = lifecycle
     metrics.registry.register(_EventMetrics(app, metrics.namespace))
-    for ctx in (_access_ctx, _redis_ctx, _db_ctx, _config_ctx, _calls_ctx, _relay_ctx,
+    for ctx in (_telemetry_ctx, _access_ctx, _redis_ctx, _db_ctx, _config_ctx, _calls_ctx, _relay_ctx,
                 _sagas_ctx, _consumer_ctx, *service.contexts, _registration_ctx):  # fmt: skip
         app.cleanup_ctx.append(ctx)
     app.on_shutdown.append(_deregister)
@@ -807,4 +868,5 @@ def run_service(service: Service, argv: Sequence[str] | None = None) -> int:
         [Site(app, settings.host, settings.port, service.name)],
         shutdown_timeout=settings.shutdown_timeout,
         on_started=on_started,
+        before_stop=functools.partial(_deregister_first, app),
     )

@@ -60,6 +60,7 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
             "gateway-limited",
             "gateway-synced",
             "gateway-accesslog",
+            "gateway-otel",
             "gateway-1000",
             "gateway-w2",
         }
@@ -85,6 +86,10 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
         assert result["ratios"]["rate_limited_vs_public_cpu"] is not None
         assert result["ratios"]["synced_vs_public_cpu"] is not None
         assert result["ratios"]["access_log_vs_none_cpu"] is not None
+        # The export's CPU is in the runs: each ended once the collector had its spans.
+        assert result["ratios"]["otel_vs_none_cpu"] is not None
+        assert cases["gateway-otel"]["spans"] > 0
+        assert "span export on (a span per request, OTLP/HTTP) / off" in done.stdout
         # The workers' CPU is counted (the parent's alone would be near zero).
         assert cases["gateway-w2"]["proxy_cpu_us"] > 0.3 * cases["gateway"]["proxy_cpu_us"]
         assert result["ratios"]["scaling_rps"]["gateway"] is not None
