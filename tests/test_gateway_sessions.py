@@ -342,6 +342,16 @@ async def test_bad_login_bodies_are_problems_and_store_nothing(start: Start) -> 
         assert detail in problem["detail"]
         assert headers["Content-Type"] == "application/problem+json"
         assert set_cookies(headers) == {}
+    # Login CSRF: another site can't log the browser into an account of its choosing.
+    got, problem, headers = await request(
+        "POST",
+        system.url + "/-/session",
+        json={"username": "alice", "password": "alice-pw"},
+        headers={"Origin": "http://evil.example"},
+    )
+    assert got == 403
+    assert "cross-origin" in problem["detail"]
+    assert set_cookies(headers) == {}
     assert await session_keys(system.redis_url) == before
 
 

@@ -54,7 +54,7 @@ from core.proxy.response import (
     ResponseSide,
 )
 from core.proxy.span import exchange_span
-from core.proxy.wire import STATUS_LINES, chunk, problem_response, scan_request
+from core.proxy.wire import STATUS_LINES, chunk, header_value, problem_response, scan_request
 from core.security.relay import SessionPending
 from core.security.tokens import UnknownKeyError
 from core.upstream.upstream import Endpoint
@@ -302,6 +302,8 @@ class Exchange(ResponseSide):
             elif self.body_done:
                 self._serve_local()
             else:
+                if header_value(self.headers, b"expect").lower() == b"100-continue":
+                    self.client.transport.write(_CONTINUE)
                 self.client.deadline = self.proxy.loop.time() + self.proxy.limits.body_timeout
             return
         if self.problem is not None:
@@ -613,9 +615,8 @@ class Exchange(ResponseSide):
         """The client connection closed: stop everything, record 499 unless answered."""
         if self.phase == DONE:
             return
-        if self.local_task is not None:
-            self.local_task.cancel()
-            self.local_task = None
+        # A session endpoint's task is left to finish (a login half done would
+        # leave a session nobody has a cookie for); its answer is dropped.
         self._abandon_attempt()
         if not self.started:
             self.phase = DONE
