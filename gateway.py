@@ -51,6 +51,7 @@ from core.proxy.pool import Pool
 from core.proxy.router import Router
 from core.proxy.server import Limits, ProxyServer
 from core.proxy.stats import StatsCollector
+from core.proxy.wire import SampledTraceIds
 from core.redis import Redis, connect
 from core.registry.discovery import Watcher
 from core.registry.store import SERVICE_RE
@@ -69,7 +70,7 @@ from core.security.tokens import Verifier
 from core.service.issuer import AuthService
 from core.settings import CommonSettings, Secret, option
 from core.tasks import TaskSet
-from core.telemetry.export import check_endpoint, exporting
+from core.telemetry.export import check_endpoint, check_sample, exporting
 from core.upstream.retry import RetryPolicy
 from core.upstream.upstream import UpstreamPolicy
 from core.workers.admin import build_admin
@@ -261,6 +262,15 @@ class Settings(CommonSettings):
             env="ESSAIM_OTEL_ENDPOINT",
         ),
     )
+    otel_sample: float = dataclasses.field(
+        default=1.0,
+        metadata=option(
+            "share of the traces the gateway starts that are sampled (0.0-1.0, decided from "
+            "the trace id as OpenTelemetry's TraceIdRatioBased); a client's traceparent "
+            "keeps its own decision; unsampled traces are exported by no component",
+            env="ESSAIM_OTEL_SAMPLE",
+        ),
+    )
     workers: int = dataclasses.field(
         default=0,
         metadata=option(
@@ -327,6 +337,7 @@ class Settings(CommonSettings):
                 f"GATEWAY_HEALTH_PATH: expected a path under /-/ (or empty), got {self.health_path!r}"
             )
         check_endpoint("ESSAIM_OTEL_ENDPOINT", self.otel_endpoint)
+        check_sample("ESSAIM_OTEL_SAMPLE", self.otel_sample)
         try:
             Policy.parse(self.discovery_auth)
         except ValueError as exc:
@@ -615,6 +626,9 @@ def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
     proxy = ProxyServer(
         router, settings.limits, pool=pool, health_path=settings.health_path.encode("ascii")
     )
+    if settings.otel_sample < 1.0:
+        # Head sampling: each trace it starts is sampled or not (the default samples all).
+        proxy.traces = SampledTraceIds(settings.otel_sample)
     every = parse_mode(settings.access_log)
     if every:
         proxy.access = AccessLog(every, json=settings.log_format == "json")

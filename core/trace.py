@@ -11,6 +11,16 @@ services send :meth:`Trace.headers`, events written meanwhile carry
 :meth:`Trace.traceparent`, and every log line written meanwhile carries
 ``trace_id``, ``span_id`` and ``request_id`` (:class:`LogContext`).
 
+Head sampling: a trace is sampled or not where it starts, and the decision
+travels with it in the ``sampled`` bit of its flags (``01``, ``00``); spans
+of an unsampled trace are exported nowhere. A trace continued from a valid
+``traceparent`` keeps its flags (OpenTelemetry's ``ParentBased``); one
+started here is sampled by :func:`sample`'s ratio, decided from the trace
+id itself as OpenTelemetry's ``TraceIdRatioBased`` decides
+(:func:`ratio_bound`, :func:`sampled_by_ratio`), so that every component
+that sees the id would decide the same. At the default ratio, 1.0, no
+decision is made: every trace is sampled, as before sampling existed.
+
 Spans are not exported here: :mod:`core.telemetry` records the finished
 ones, with these ids, when export to OpenTelemetry is on.
 """
@@ -23,7 +33,17 @@ import logging
 import re
 import secrets
 
-__all__ = ["TRACE", "LogContext", "Trace", "current", "parse_traceparent", "start"]
+__all__ = [
+    "TRACE",
+    "LogContext",
+    "Trace",
+    "current",
+    "parse_traceparent",
+    "ratio_bound",
+    "sample",
+    "sampled_by_ratio",
+    "start",
+]
 
 # version "-" trace-id "-" parent-id "-" flags, lower-case hex (W3C Trace Context, level 1).
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\Z")
@@ -31,6 +51,9 @@ _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 _MAX_STATE = 512  # tracestate: 32 members of up to 256 chars are allowed; keep it small
 _MAX_BAGGAGE = 8192  # the W3C Baggage limit
+
+#: 2**64: the low 64 bits of a trace id, read as an unsigned integer, are below it.
+_LOW_64 = 1 << 64
 
 TRACE: contextvars.ContextVar[Trace | None] = contextvars.ContextVar("essaim_trace", default=None)
 
@@ -96,6 +119,46 @@ def parse_traceparent(value: str | None) -> tuple[str, str, str] | None:
     return trace_id, parent_id, flags
 
 
+def ratio_bound(ratio: float) -> int:
+    """The bound of OpenTelemetry's ``TraceIdRatioBased`` sampler at ``ratio`` (0.0 to 1.0).
+
+    ``round(ratio * 2**64)``, as the OpenTelemetry Python SDK computes it
+    (``TraceIdRatioBased.get_bound_for_rate``): 0 samples no trace, 2**64
+    every one, and a ratio samples every trace that a lower one samples.
+    ``ValueError`` outside 0.0-1.0.
+    """
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"expected a ratio from 0.0 to 1.0, got {ratio!r}")
+    return round(ratio * _LOW_64)
+
+
+def sampled_by_ratio(trace_id: str | bytes, bound: int) -> bool:
+    """Whether ``TraceIdRatioBased`` with ``bound`` (:func:`ratio_bound`) samples ``trace_id``.
+
+    ``trace_id`` is 32 lower-case hex digits; the decision reads its low 64
+    bits (the last 16 digits) as an unsigned integer and samples when they
+    are below ``bound``: the SDK's ``trace_id & 0xffffffffffffffff < bound``.
+    """
+    return int(trace_id[16:], 16) < bound
+
+
+#: The bound traces started in this process are sampled by; None: every one is (no decision).
+_root_bound: int | None = None
+
+
+def sample(ratio: float) -> None:
+    """Sample the traces this process starts (:func:`start` without a parent) at ``ratio``.
+
+    1.0 (the default) samples all without deciding anything; below it, each
+    new trace is sampled when :func:`sampled_by_ratio` says so. Traces
+    continued from a ``traceparent`` keep the parent's decision whatever
+    the ratio. ``ValueError`` outside 0.0-1.0.
+    """
+    global _root_bound
+    bound = ratio_bound(ratio)
+    _root_bound = None if bound >= _LOW_64 else bound
+
+
 def start(
     traceparent: str | None = None,
     tracestate: str | None = None,
@@ -104,7 +167,8 @@ def start(
 ) -> Trace:
     """A new span: a child of ``traceparent`` when it is valid, else the root of a new trace.
 
-    ``tracestate`` is kept only with a valid parent (W3C: it belongs to it);
+    A child keeps the parent's flags (its sampling decision); a root is
+    sampled as :func:`sample` says. ``tracestate`` is kept only with a valid parent (W3C: it belongs to it);
     oversized ``tracestate`` or ``baggage`` values are dropped, not cut.
     """
     parsed = parse_traceparent(traceparent)
@@ -112,7 +176,10 @@ def start(
     if baggage is not None and len(baggage) > _MAX_BAGGAGE:
         baggage = None
     if parsed is None:
-        return Trace(secrets.token_hex(16), span_id, baggage=baggage, request_id=request_id)
+        trace_id = secrets.token_hex(16)
+        bound = _root_bound
+        flags = "01" if bound is None or int(trace_id[16:], 16) < bound else "00"
+        return Trace(trace_id, span_id, None, flags, baggage=baggage, request_id=request_id)
     trace_id, parent_id, flags = parsed
     if tracestate is not None and len(tracestate) > _MAX_STATE:
         tracestate = None

@@ -68,7 +68,7 @@ from core.errors import SettingsError
 from core.redis import REDIS_ERRORS, connect, server_binary
 from core.registry.credentials import service_token
 from core.settings import PRIVATE_UMASK, Secret, check_redis_url, load, option, private_dir
-from core.telemetry.export import check_endpoint
+from core.telemetry.export import check_endpoint, check_sample
 from services import seed
 from services.control import SOCKET, ControlServer, socket_path
 from services.operations import Operations
@@ -151,6 +151,13 @@ class LauncherSettings:
             "and every service: spans exported (needs essaim[otel]; none: no export)"
         ),
     )
+    otel_sample: float = dataclasses.field(
+        default=1.0,
+        metadata=option(
+            "share of new traces sampled (0.0-1.0, OpenTelemetry's TraceIdRatioBased on the "
+            "trace id), given to the gateway and every service: the rest are exported by none"
+        ),
+    )
 
     def validate(self) -> None:
         for name in PORTS:
@@ -163,6 +170,7 @@ class LauncherSettings:
         if self.redis_url:  # unset: a private one
             check_redis_url(self.redis_url)
         check_endpoint("ESSAIM_OTEL_ENDPOINT", self.otel_endpoint)
+        check_sample("ESSAIM_OTEL_SAMPLE", self.otel_sample)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +216,7 @@ class Spec:
 BASE_ARGS = (
     "--data-dir", "{data}/{service}", "--config-url", "{configsvc_url}",
     "--instance-id", "{instance}", "--registry-url", "{registry_url}",
-    "--otel-endpoint", "{otel_endpoint}",
+    "--otel-endpoint", "{otel_endpoint}", "--otel-sample", "{otel_sample}",
 )  # fmt: skip
 #: A business service's: as the gateway, it checks tokens (when ``services_jwks_url`` is set).
 SERVICE_ARGS = (
@@ -244,7 +252,7 @@ PROCESSES: tuple[Spec, ...] = (
     Spec("gateway", 3, "gateway",
          args=("--admin-port", "{gateway_admin_port}", "--config-url", "{configsvc_url}",
                "--config-cache-dir", "{data}/gateway", "--control-socket", "{gateway_socket}",
-               "--otel-endpoint", "{otel_endpoint}"),
+               "--otel-endpoint", "{otel_endpoint}", "--otel-sample", "{otel_sample}"),
          env={**CONFIG_ENV, "GATEWAY_JWKS_URL": "{jwks_url}", "GATEWAY_JWT_ISSUER": "{jwt_issuer}",
               "GATEWAY_JWT_AUDIENCE": "{jwt_audience}", "GATEWAY_DISCOVERY_AUTH": "authenticated"},
          port="gateway_port", health="http://{host}:{gateway_admin_port}/health/ready",
@@ -470,6 +478,7 @@ class Launcher:
             "jwt_issuer": JWT_ISSUER,
             "jwt_audience": JWT_AUDIENCE,
             "otel_endpoint": s.otel_endpoint,
+            "otel_sample": repr(s.otel_sample),
         }
         self.values["services_jwks_url"] = (
             self.values["jwks_url"] if s.services_verify_tokens else ""

@@ -251,9 +251,16 @@ class Exchange(ResponseSide):
         self.path = path
         self.method_name = method_name
         self.request_id = proxy.ids.new() if head.client_id is None else head.client_id
-        # The gateway's span of the client's trace (or of a trace it starts).
-        self.trace_id = proxy.traces.trace() if head.trace_id is None else head.trace_id
-        self.span_id = proxy.traces.span()
+        # The gateway's span of the client's trace (or of a trace it starts,
+        # sampled or not as --otel-sample says: flags 00 go upstream if not).
+        traces = proxy.traces
+        if head.trace_id is None:
+            self.trace_id = traces.trace()
+            if not traces.sampled:
+                self.head = head.unsampled()
+        else:
+            self.trace_id = head.trace_id
+        self.span_id = traces.span()
         if head.chunked:
             self.chunked = True
         elif not head.length:
@@ -780,10 +787,16 @@ class Exchange(ResponseSide):
         self.client.exchange_done(self, self.close_after or not self.body_done)
 
     def _record_span(self, spans: Recorder, duration: float) -> None:
-        """Hand the request's span to the exporter: the values only (see :mod:`core.proxy.span`)."""
+        """Hand the request's span to the exporter: the values only (see :mod:`core.proxy.span`).
+
+        A span of an unsampled trace (flags ``00``, the client's or the
+        gateway's decision) is not recorded at all.
+        """
         head, plan = self.head, self.plan
         assert head is not None  # a traced exchange was routed
         assert plan is not None
+        if not int(head.trace_flags, 16) & 1:
+            return
         spans.add((
             exchange_span, self.trace_id, self.span_id, head.trace_parent, head.trace_flags,
             time.time_ns(), duration, self.method_name, self.path, plan.route, plan.service,

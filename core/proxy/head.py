@@ -64,6 +64,7 @@ class RequestHead:
     """
 
     __slots__ = (
+        "_unsampled",
         "after_id",
         "before_id",
         "chunked",
@@ -87,6 +88,22 @@ class RequestHead:
         self.length = facts.size
         self.chunked = facts.chunked
         self.continue_ = facts.continue_
+        self._unsampled: RequestHead | None = None
+
+    def unsampled(self) -> RequestHead:
+        """This head for a trace the gateway starts and does not sample: flags ``00``.
+
+        Made once, on the first request that needs it, and kept: the requests
+        that share this head and start a trace each take one of the two.
+        """
+        twin = self._unsampled
+        if twin is None:
+            twin = self._unsampled = RequestHead.__new__(RequestHead)
+            for name in RequestHead.__slots__:
+                setattr(twin, name, getattr(self, name))
+            twin.trace_flags = b"00"
+            twin._unsampled = twin
+        return twin
 
 
 #: What :meth:`Heads.prepare` gives: the head, the request line, the path, the method's name.

@@ -5,7 +5,9 @@ When export is on (``--otel-endpoint``), :meth:`Exchange.finish
 already has to the process's recorder (:mod:`core.telemetry.spans`);
 :func:`exchange_span`, run later on the exporter's thread, makes the span.
 Nothing is formatted on the request path. When export is off the request
-path pays one ``is not None`` check.
+path pays one ``is not None`` check; a request whose trace is not sampled
+(flags ``00``: the client's decision, or the gateway's for a trace it
+starts, ``--otel-sample``) records nothing.
 
 The span (kind SERVER) has the ids of the request's ``traceparent``: the
 trace the client sent (or the one the gateway started), the gateway's own

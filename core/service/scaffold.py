@@ -6,7 +6,8 @@ the events it emits and handles) and its ``__main__`` calls
 :func:`run_service`. The scaffold then owns everything else, one aiohttp
 ``cleanup_ctx`` per resource, opened in this order and closed in reverse:
 
-1. span export to OpenTelemetry, with ``--otel-endpoint`` (:mod:`core.telemetry`);
+1. head sampling (``--otel-sample``, :func:`core.trace.sample`) and span export
+   to OpenTelemetry, with ``--otel-endpoint`` (:mod:`core.telemetry`);
 2. Redis (:func:`core.redis.connect`; it may be away, nothing waits on it);
 3. the database: ``{data_dir}/{name}.db``, created and migrated
    (:class:`core.db.Database`);
@@ -66,7 +67,7 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from core import errors, log
+from core import errors, log, trace
 from core.config.client import ConfigClient, TypedView
 from core.db import Database, Migration
 from core.errors import ServiceUnavailable, SettingsError, problem_middleware
@@ -97,7 +98,7 @@ from core.service.access_log import access_log_middleware
 from core.service.calls import Calls, Timeouts, dependency_middleware, forwarding_middleware
 from core.settings import CommonSettings, Secret, option
 from core.tasks import TaskSet
-from core.telemetry.export import check_endpoint, exporting
+from core.telemetry.export import check_endpoint, check_sample, exporting
 from core.upstream.retry import RetryPolicy
 from core.upstream.upstream import UpstreamPolicy
 
@@ -216,6 +217,15 @@ class ServiceSettings(CommonSettings):
             env="ESSAIM_OTEL_ENDPOINT",
         ),
     )
+    otel_sample: float = dataclasses.field(
+        default=1.0,
+        metadata=option(
+            "share of the traces this service starts (a request or an event without a "
+            "traceparent) that are sampled (0.0-1.0, decided from the trace id as "
+            "OpenTelemetry's TraceIdRatioBased); a traceparent keeps its own decision",
+            env="ESSAIM_OTEL_SAMPLE",
+        ),
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -241,6 +251,7 @@ class ServiceSettings(CommonSettings):
                     f"registry_url: expected an http(s) URL, got {self.registry_url!r}"
                 )
         check_endpoint("ESSAIM_OTEL_ENDPOINT", self.otel_endpoint)
+        check_sample("ESSAIM_OTEL_SAMPLE", self.otel_sample)
         if self.jwks_url:
             parts = urlsplit(self.jwks_url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -438,11 +449,21 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 async def _telemetry_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Span export, when asked for: opened first, closed last (the other resources' spans in)."""
-    async with exporting(
-        app[SETTINGS].otel_endpoint, service=app[SERVICE].name, instance=app[INSTANCE_ID]
-    ):
-        yield
+    """Head sampling and span export, when asked for: opened first, closed last.
+
+    The sampling ratio applies to the traces the process starts
+    (:func:`core.trace.sample`), with export on or off: a trace's decision
+    travels with it, so services downstream that export obey it.
+    """
+    settings = app[SETTINGS]
+    trace.sample(settings.otel_sample)
+    try:
+        async with exporting(
+            settings.otel_endpoint, service=app[SERVICE].name, instance=app[INSTANCE_ID]
+        ):
+            yield
+    finally:
+        trace.sample(1.0)
 
 
 async def _access_ctx(app: web.Application) -> AsyncIterator[None]:

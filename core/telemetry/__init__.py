@@ -15,6 +15,6 @@ handled (CONSUMER), with the same ids, sent to a collector over OTLP/HTTP.
 
 Public face: ``Span``, ``Recorder``, ``Kind``, ``Attributes``, ``active``,
 ``install`` (from ``spans``); ``Exporter``, ``exporting``, ``check_endpoint``,
-``missing``, ``traces_url`` (from ``export``). Nothing here imports the
+``check_sample``, ``missing``, ``traces_url`` (from ``export``). Nothing here imports the
 OpenTelemetry SDK until an exporter is made.
 """

@@ -37,7 +37,15 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace.export import SpanExporter
 
-__all__ = ["TRACES_PATH", "Exporter", "check_endpoint", "exporting", "missing", "traces_url"]
+__all__ = [
+    "TRACES_PATH",
+    "Exporter",
+    "check_endpoint",
+    "check_sample",
+    "exporting",
+    "missing",
+    "traces_url",
+]
 
 logger = log.get("telemetry")
 
@@ -84,6 +92,15 @@ def check_endpoint(name: str, endpoint: str) -> None:
     why = missing()
     if why is not None:
         raise SettingsError(f"{name}: {why}")
+
+
+def check_sample(name: str, ratio: float) -> None:
+    """:class:`SettingsError` (one line, naming ``name``) for a sampling ratio outside 0.0-1.0."""
+    if not 0.0 <= ratio <= 1.0:
+        raise SettingsError(
+            f"{name}: expected the share of new traces to sample, from 0.0 to 1.0 "
+            f"(0.1: one in ten), got {ratio}"
+        )
 
 
 class Exporter:
