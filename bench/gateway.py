@@ -18,7 +18,9 @@ at a fixed number of keep-alive connections, to:
   log (JSON); ``gateway-otel``: the same exporting a span per request to an
   OTLP/HTTP receiver in this process (when the ``otel`` extra is installed;
   each run waits until the receiver has a span for every request it served,
-  so the export's CPU is counted in the run); ``gateway-auth``, ``gateway-limited`` and ``gateway-synced``: the
+  so the export's CPU is counted in the run); ``gateway-otel-10``: the same
+  sampling one trace in ten (``--otel-sample 0.1``), the other nine recorded
+  nowhere; ``gateway-auth``, ``gateway-limited`` and ``gateway-synced``: the
   same process behind a token check, an exact rate limit (a Redis round trip
   per request) and a synced one (decided in memory); ``gateway-session``: the
   same process on a route that takes the gateway's session cookie (logged in
@@ -102,6 +104,8 @@ QUIET_LOAD = NOISY_LOAD
 
 SPANS_WAIT = 5.0
 """Seconds a gateway-otel run waits after its load for the collector to have every span."""
+OTEL_SAMPLED = 0.1
+"""The sampling ratio of the gateway-otel-10 case (``--otel-sample``)."""
 QUIET_OTHERS = 0.05
 """A run is quiet when the processes outside it used less CPU than this (in CPUs: 0.05
 is 5% of one core) on average while it ran. The load average can't tell: a run of the
@@ -625,6 +629,8 @@ class Case:
     # Where the case's gateway exports its spans (gateway-otel): a run ends
     # once it has them all, so that their export is in the run's CPU time.
     collector: Any = None
+    # The share of the requests' traces it samples (--otel-sample), so exports.
+    sample: float = 1.0
 
 
 async def measure(
@@ -643,8 +649,11 @@ async def measure(
         from core.testing import wait_until
 
         collector, served = case.collector, int(result["requests"])
+        # Sampled, a run's traces are the ratio of its requests give or take a few
+        # (the gateway spreads its sampled trace ids evenly): 2% less is the whole lot.
+        wanted = served if case.sample >= 1.0 else int(served * case.sample * 0.98)
         with contextlib.suppress(TimeoutError):  # spans dropped: the count says so
-            await wait_until(lambda: collector.received - spans_before >= served, SPANS_WAIT)
+            await wait_until(lambda: collector.received - spans_before >= wanted, SPANS_WAIT)
         result["spans"] = collector.received - spans_before
     after = {k: tree_cpu_seconds(p) for k, p in pids.items() if p is not None}
     busy = busy_cpu_seconds() - busy_before
@@ -846,6 +855,7 @@ async def gateways(
         ]
         if collector is not None:
             names.append(("gateway-otel", 1))
+            names.append(("gateway-otel-10", 1))
         if workers > 1:
             names.append((f"gateway-w{workers}", workers))
         for name, count in names:
@@ -868,9 +878,10 @@ async def gateways(
                 cmd += ["--access-log", "on", "--log-format", "json"]
             if name == "gateway-session-nocache":
                 cmd += ["--session-cache", "0"]
-            if name == "gateway-otel":
+            sample = OTEL_SAMPLED if name == "gateway-otel-10" else 1.0
+            if name.startswith("gateway-otel"):
                 assert collector is not None
-                cmd += ["--otel-endpoint", collector.url]
+                cmd += ["--otel-endpoint", collector.url, "--otel-sample", str(sample)]
             proc = spawn(cmd, log, env)
             stack.callback(stop, proc)
             await wait_http(f"http://127.0.0.1:{admin}/health", proc, name, log)
@@ -884,7 +895,8 @@ async def gateways(
                 continue
             info["cases"].append(
                 Case(name, url, proc.pid, upstream_pid,
-                     collector=collector if name == "gateway-otel" else None)
+                     collector=collector if name.startswith("gateway-otel") else None,
+                     sample=sample)
             )  # fmt: skip
             if name == "gateway":
                 auth = (f"Authorization: Bearer {token}",)
@@ -1109,6 +1121,7 @@ def _ratios(summary: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
         "synced_vs_public_cpu": ratio("gateway-synced", "gateway", "proxy_cpu_us"),
         "access_log_vs_none_cpu": ratio("gateway-accesslog", "gateway", "proxy_cpu_us"),
         "otel_vs_none_cpu": ratio("gateway-otel", "gateway", "proxy_cpu_us"),
+        "otel_10_vs_none_cpu": ratio("gateway-otel-10", "gateway", "proxy_cpu_us"),
         "added_p99_ms": fixed.get("added_p99_ms"),
         "cpu_vs_nginx": {
             name: ratio(name, "nginx", "proxy_cpu_us")
@@ -1231,6 +1244,15 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
             f"span export on (a span per request, OTLP/HTTP) / off, CPU per request: "
             f"{r['otel_vs_none_cpu']:.2f}x ({added:+.1f} us); the collector received "
             f"{row.get('spans', 0):,} spans for {row['requests']:,} requests"
+        )
+    if r.get("otel_10_vs_none_cpu") is not None:
+        row = result["cases"]["gateway-otel-10"]
+        added = row["proxy_cpu_us"] - result["cases"]["gateway"]["proxy_cpu_us"]
+        out(
+            f"span export sampling 1 trace in {round(1 / OTEL_SAMPLED)} (--otel-sample "
+            f"{OTEL_SAMPLED}) / off, CPU per request: {r['otel_10_vs_none_cpu']:.2f}x "
+            f"({added:+.1f} us); the collector received {row.get('spans', 0):,} spans for "
+            f"{row['requests']:,} requests"
         )
     if r.get("synced_vs_public_cpu") is not None:
         out(

@@ -61,6 +61,7 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
             "gateway-synced",
             "gateway-accesslog",
             "gateway-otel",
+            "gateway-otel-10",
             "gateway-1000",
             "gateway-w2",
         }
@@ -90,6 +91,11 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
         assert result["ratios"]["otel_vs_none_cpu"] is not None
         assert cases["gateway-otel"]["spans"] > 0
         assert "span export on (a span per request, OTLP/HTTP) / off" in done.stdout
+        # Sampling one trace in ten: about a tenth of the requests' spans arrived.
+        sampled = cases["gateway-otel-10"]
+        assert result["ratios"]["otel_10_vs_none_cpu"] is not None
+        assert 0.08 * sampled["requests"] <= sampled["spans"] <= 0.12 * sampled["requests"]
+        assert "span export sampling 1 trace in 10 (--otel-sample 0.1) / off" in done.stdout
         # The workers' CPU is counted (the parent's alone would be near zero).
         assert cases["gateway-w2"]["proxy_cpu_us"] > 0.3 * cases["gateway"]["proxy_cpu_us"]
         assert result["ratios"]["scaling_rps"]["gateway"] is not None
