@@ -20,7 +20,8 @@ at a fixed number of keep-alive connections, to:
   each run waits until the receiver has a span for every request it served,
   so the export's CPU is counted in the run); ``gateway-otel-10``: the same
   sampling one trace in ten (``--otel-sample 0.1``), the other nine recorded
-  nowhere; ``gateway-auth``, ``gateway-limited`` and ``gateway-synced``: the
+  nowhere; ``gateway-otel-0``: the same sampling none, what an unsampled
+  request costs with export on; ``gateway-auth``, ``gateway-limited`` and ``gateway-synced``: the
   same process behind a token check, an exact rate limit (a Redis round trip
   per request) and a synced one (decided in memory); ``gateway-session``: the
   same process on a route that takes the gateway's session cookie (logged in
@@ -104,8 +105,8 @@ QUIET_LOAD = NOISY_LOAD
 
 SPANS_WAIT = 5.0
 """Seconds a gateway-otel run waits after its load for the collector to have every span."""
-OTEL_SAMPLED = 0.1
-"""The sampling ratio of the gateway-otel-10 case (``--otel-sample``)."""
+OTEL_SAMPLES = {"gateway-otel": 1.0, "gateway-otel-10": 0.1, "gateway-otel-0": 0.0}
+"""The span-exporting cases and the share of traces each samples (``--otel-sample``)."""
 QUIET_OTHERS = 0.05
 """A run is quiet when the processes outside it used less CPU than this (in CPUs: 0.05
 is 5% of one core) on average while it ran. The load average can't tell: a run of the
@@ -854,8 +855,7 @@ async def gateways(
             ("gateway-session-nocache", 1),
         ]
         if collector is not None:
-            names.append(("gateway-otel", 1))
-            names.append(("gateway-otel-10", 1))
+            names += [(name, 1) for name in OTEL_SAMPLES]
         if workers > 1:
             names.append((f"gateway-w{workers}", workers))
         for name, count in names:
@@ -878,8 +878,8 @@ async def gateways(
                 cmd += ["--access-log", "on", "--log-format", "json"]
             if name == "gateway-session-nocache":
                 cmd += ["--session-cache", "0"]
-            sample = OTEL_SAMPLED if name == "gateway-otel-10" else 1.0
-            if name.startswith("gateway-otel"):
+            sample = OTEL_SAMPLES.get(name, 1.0)
+            if name in OTEL_SAMPLES:
                 assert collector is not None
                 cmd += ["--otel-endpoint", collector.url, "--otel-sample", str(sample)]
             proc = spawn(cmd, log, env)
@@ -895,7 +895,7 @@ async def gateways(
                 continue
             info["cases"].append(
                 Case(name, url, proc.pid, upstream_pid,
-                     collector=collector if name.startswith("gateway-otel") else None,
+                     collector=collector if name in OTEL_SAMPLES else None,
                      sample=sample)
             )  # fmt: skip
             if name == "gateway":
@@ -1122,6 +1122,7 @@ def _ratios(summary: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
         "access_log_vs_none_cpu": ratio("gateway-accesslog", "gateway", "proxy_cpu_us"),
         "otel_vs_none_cpu": ratio("gateway-otel", "gateway", "proxy_cpu_us"),
         "otel_10_vs_none_cpu": ratio("gateway-otel-10", "gateway", "proxy_cpu_us"),
+        "otel_0_vs_none_cpu": ratio("gateway-otel-0", "gateway", "proxy_cpu_us"),
         "added_p99_ms": fixed.get("added_p99_ms"),
         "cpu_vs_nginx": {
             name: ratio(name, "nginx", "proxy_cpu_us")
@@ -1245,15 +1246,18 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
             f"{r['otel_vs_none_cpu']:.2f}x ({added:+.1f} us); the collector received "
             f"{row.get('spans', 0):,} spans for {row['requests']:,} requests"
         )
-    if r.get("otel_10_vs_none_cpu") is not None:
-        row = result["cases"]["gateway-otel-10"]
-        added = row["proxy_cpu_us"] - result["cases"]["gateway"]["proxy_cpu_us"]
-        out(
-            f"span export sampling 1 trace in {round(1 / OTEL_SAMPLED)} (--otel-sample "
-            f"{OTEL_SAMPLED}) / off, CPU per request: {r['otel_10_vs_none_cpu']:.2f}x "
-            f"({added:+.1f} us); the collector received {row.get('spans', 0):,} spans for "
-            f"{row['requests']:,} requests"
-        )
+    for name, key, what in (
+        ("gateway-otel-10", "otel_10_vs_none_cpu", "sampling 1 trace in 10 (--otel-sample 0.1)"),
+        ("gateway-otel-0", "otel_0_vs_none_cpu", "sampling none (--otel-sample 0)"),
+    ):
+        if r.get(key) is not None:
+            row = result["cases"][name]
+            added = row["proxy_cpu_us"] - result["cases"]["gateway"]["proxy_cpu_us"]
+            out(
+                f"span export {what} / off, CPU per request: {r[key]:.2f}x ({added:+.1f} us); "
+                f"the collector received {row.get('spans', 0):,} spans for "
+                f"{row['requests']:,} requests"
+            )
     if r.get("synced_vs_public_cpu") is not None:
         out(
             f"synced rate-limited route (decided in memory) / public route, CPU per request: "

@@ -62,6 +62,7 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
             "gateway-accesslog",
             "gateway-otel",
             "gateway-otel-10",
+            "gateway-otel-0",
             "gateway-1000",
             "gateway-w2",
         }
@@ -96,6 +97,10 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
         assert result["ratios"]["otel_10_vs_none_cpu"] is not None
         assert 0.08 * sampled["requests"] <= sampled["spans"] <= 0.12 * sampled["requests"]
         assert "span export sampling 1 trace in 10 (--otel-sample 0.1) / off" in done.stdout
+        # Sampling none: no span at all, the cost of an unsampled request.
+        assert result["ratios"]["otel_0_vs_none_cpu"] is not None
+        assert cases["gateway-otel-0"]["spans"] == 0
+        assert "span export sampling none (--otel-sample 0) / off" in done.stdout
         # The workers' CPU is counted (the parent's alone would be near zero).
         assert cases["gateway-w2"]["proxy_cpu_us"] > 0.3 * cases["gateway"]["proxy_cpu_us"]
         assert result["ratios"]["scaling_rps"]["gateway"] is not None
