@@ -13,7 +13,8 @@ once the previous one answers its health check:
 3. the gateway (verifying tokens with the auth service's public keys), and
    the services: customers, inventory (two instances sharing one database),
    billing, which verify tokens again themselves (unless
-   ``--services-verify-tokens false``).
+   ``--services-verify-tokens false``), and the console
+   (:mod:`services.console`, ``/console/`` through the gateway).
 
 Then it seeds a few customers and products through the gateway (as the
 admin), checks that the system is ready (configsvc imported the config
@@ -223,6 +224,11 @@ PROCESSES: tuple[Spec, ...] = (
     Spec("inventory", 3, "services.inventory", args=SERVICE_ARGS, env=SERVICE_ENV,
          count="inventory_instances", registers=True),
     Spec("billing", 3, "services.billing", args=SERVICE_ARGS, env=SERVICE_ENV, registers=True),
+    # The console reads the gateway's admin API, and holds the registry's operator token: its
+    # status action writes any service's instance (only its own admin check stands before it).
+    Spec("console", 3, "services.console",
+         args=(*SERVICE_ARGS, "--gateway-admin-url", "http://{host}:{gateway_admin_port}"),
+         env={**CONFIG_ENV, "{prefix}REGISTRY_TOKEN": "{registry_token}"}, registers=True),
 )
 # fmt: on
 
@@ -470,6 +476,10 @@ class Launcher:
         for user, roles in USERS:
             self.out.say(f"  {user:<12} roles {roles:<7} password {self.passwords[user]}")
         gw = f"localhost:{self.values['gateway_port']}"
+        self.out.say(
+            f"the console: http://{gw}/console/ (in a browser), log in as admin with password"
+            f" {self.passwords['admin']}"
+        )
         bearer = '-H "Authorization: Bearer $TOKEN"'
         self.out.say("try (README.md has the whole walkthrough; a token lasts 5 minutes):")
         for line in (
