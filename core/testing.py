@@ -518,6 +518,7 @@ class ComponentFactory:
 
 _PREFIXES = (
     "GATEWAY_", "REGISTRY_", "CONFIGSVC_", "REDIS_URL", "ESSAIM_", "CUSTOMERS_", "INVENTORY_", "BILLING_",
+    "AUTH_", "CONSOLE_",
 )  # fmt: skip
 
 

@@ -54,6 +54,7 @@ class Hub:
         self._watchers = 0
         self._touched = 0.0
         self._active = asyncio.Event()
+        self.closed = False
 
     # -- sources ----------------------------------------------------------------------
 
@@ -101,15 +102,21 @@ class Hub:
     def snapshot(self) -> dict[str, Any]:
         return {name: section.doc for name, section in self.sections.items()}
 
+    async def close(self) -> None:
+        """End every stream (the process stops): :meth:`next_changes` returns None from now on."""
+        self.closed = True
+        async with self._changed:
+            self._changed.notify_all()
+
     def marks(self) -> dict[str, int]:
         """What a new stream has sent: nothing (so that every section goes first)."""
         return {name: -1 for name in self.sections}
 
-    async def next_changes(self, sent: dict[str, int], timeout: float) -> list[Section]:
+    async def next_changes(self, sent: dict[str, int], timeout: float) -> list[Section] | None:
         """The sections whose number moved past ``sent`` (updated), waiting up to ``timeout``.
 
         An empty list when nothing changed in time (the stream then writes a
-        keep-alive comment).
+        keep-alive comment); None once the hub is closed (the stream ends).
         """
 
         def fresh() -> list[Section]:
@@ -117,7 +124,11 @@ class Hub:
 
         async with self._changed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait_for(lambda: bool(fresh())), timeout)
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: self.closed or bool(fresh())), timeout
+                )
+            if self.closed:
+                return None
             changed = fresh()
         for section in changed:
             sent[section.name] = section.seq

@@ -18,8 +18,8 @@ Behind the gateway the console is ``/console/``: a browser logs in with a
 session there (``/-/session``), and the gateway relays a short-lived access
 token to the console with each request. That token is what authorizes: the
 scaffold verifies it (``--jwks-url``) against each route's policy, and each
-action checks again that it names an admin (:func:`actor`), records who it
-was (:mod:`services.console.audit`), and acts:
+action (:mod:`services.console.actions`) checks again that it names an
+admin, records who it was (:mod:`services.console.audit`), and acts:
 
 - an instance's status goes to the registry with the console's registry
   token (``CONSOLE_REGISTRY_TOKEN``, the operator's: only the console's
@@ -52,21 +52,14 @@ from aiohttp import web
 
 from core import log
 from core.errors import (
-    BadGateway,
     BadRequest,
-    Conflict,
-    Forbidden,
-    HTTPProblem,
     NotFound,
     SettingsError,
-    Unauthorized,
 )
-from core.http import json_response, open_stream, read_json
-from core.registry.client import RegistrationRefused, RegistryClient, RegistryUnavailable
+from core.http import json_response, open_stream
+from core.registry.client import RegistryClient
 from core.registry.discovery import Watcher
-from core.registry.model import SERVICE_RE
 from core.security.access import IDENTITY
-from core.security.tokens import Identity
 from core.service.calls import Calls
 from core.service.scaffold import (
     DB,
@@ -80,30 +73,32 @@ from core.service.scaffold import (
 from core.settings import option
 from core.upstream.retry import RetryPolicy
 from core.upstream.upstream import UpstreamPolicy
-from core.validation import Fields
-from services.console import openapi
-from services.console.audit import MIGRATIONS, Audit, Entry
+from services.console import actions, openapi
+from services.console.actions import ADMIN, ADMIN_ROLE, DOCUMENT_RE, user_of
+from services.console.audit import MIGRATIONS, Audit
 from services.console.configs import Configs
 from services.console.hub import Hub
 from services.console.instances import Instances
+from services.console.keys import (
+    AUDIT,
+    CONFIGS,
+    HUB,
+    INSTANCES,
+    OWNER_CALLS,
+    POLLED,
+    STREAMS,
+    Polled,
+)
 from services.console.streams import Streams
 from services.console.traffic import Traffic
 
 logger = log.get("console")
 
-__all__ = ["SERVICE", "ConsoleSettings", "actor"]
+__all__ = ["SERVICE", "ConsoleSettings"]
 
 BODY_LIMIT = 64 * 1024
 #: Seconds between keep-alive comments on a browser's stream.
 KEEPALIVE = 15.0
-STATUSES = ("OUT_OF_SERVICE", "UP")
-#: The role of the console's actions, as of the scaffold's own admin routes (dead letters).
-ADMIN_ROLE = "admin"
-ADMIN = f"roles:{ADMIN_ROLE}"
-DOCUMENT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
-INSTANCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
-GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")
-DEAD_ID_RE = re.compile(r"^\d+-\d+\Z")
 #: What may precede /console/ in the page's <base href>: a path the gateway stripped.
 PREFIX_RE = re.compile(r"^(/[A-Za-z0-9._~-]+)*\Z")
 
@@ -138,17 +133,8 @@ class ConsoleSettings(ServiceSettings):
             )
 
 
-HUB = web.AppKey("console_hub", Hub)
-INSTANCES = web.AppKey("console_instances", Instances)
-CONFIGS = web.AppKey("console_configs", Configs)
-AUDIT = web.AppKey("console_audit", Audit)
-OWNER_CALLS = web.AppKey("console_calls", Calls)
-STREAMS = web.AppKey("console_streams", Streams)
-Polled = Instances | Traffic | Streams
-#: The sources read on a timer while watched (configsvc's is pushed only).
-POLLED: web.AppKey[list[Polled]] = web.AppKey("console_polled")
-
 routes = web.RouteTableDef()
+actions.add_routes(routes)
 
 
 # ----------------------------------------------------------------------------- the page
@@ -219,73 +205,6 @@ async def asset(request: web.Request) -> web.Response:
     return _asset_response(request, found)
 
 
-# ----------------------------------------------------------------------------- who asks
-
-
-def user_of(identity: Identity) -> str:
-    """The name an identity goes by in the audit: its ``preferred_username``, else ``sub``."""
-    name = identity.claims.get("preferred_username")
-    return str(name) if isinstance(name, str) and name else identity.sub
-
-
-def actor(request: web.Request) -> Identity:
-    """The verified identity of an admin making this request; else 401 or 403 problem details.
-
-    The scaffold's access middleware already enforced the route's policy;
-    this is the same check made where the action is, and the only one when
-    the console verifies no tokens (it then refuses every action).
-    """
-    if VERIFIER not in request.app:
-        raise Forbidden(
-            "this console verifies no tokens (it was started without --jwks-url), so it would "
-            "not know who acts: its actions are disabled"
-        )
-    identity: Identity | None = request.get(IDENTITY)
-    if identity is None:
-        raise Unauthorized(
-            "this action needs a login", headers={"WWW-Authenticate": 'Bearer realm="essaim"'}
-        )
-    if ADMIN_ROLE not in identity.roles:
-        raise Forbidden(f"this action needs the role {ADMIN_ROLE}")
-    return identity
-
-
-async def _audited(
-    request: web.Request, identity: Identity, action: str, target: str, detail: str,
-    work: Any,
-) -> Any:  # fmt: skip
-    """Run ``work`` (an awaitable) and record the action with its outcome, whatever it is."""
-    entry = _entry(request, identity, action, target, detail)
-    try:
-        result = await work
-    except HTTPProblem as exc:
-        await request.app[AUDIT].record(
-            dataclasses.replace(entry, outcome=f"refused: {exc.status} {exc.detail}"[:500])
-        )
-        raise
-    except Exception as exc:
-        await request.app[AUDIT].record(
-            dataclasses.replace(entry, outcome=f"failed: {exc!r}"[:500])
-        )
-        raise
-    await request.app[AUDIT].record(entry)
-    return result
-
-
-def _entry(
-    request: web.Request, identity: Identity, action: str, target: str, detail: str
-) -> Entry:
-    return Entry(
-        user=user_of(identity),
-        roles=tuple(identity.roles),
-        action=action,
-        target=target,
-        detail=detail,
-        outcome="done",
-        request_id=request.headers.get("X-Request-ID", ""),
-    )
-
-
 @routes.get("/api/me")
 async def me(request: web.Request) -> web.Response:
     identity = request.get(IDENTITY)
@@ -344,6 +263,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 if wait <= 0:
                     break
                 changed = await hub.next_changes(sent, wait)
+                if changed is None:
+                    break
                 if not changed:
                     await response.write(b": keepalive\n\n")
                 for section in changed:
@@ -401,125 +322,10 @@ async def config_diff(request: web.Request) -> web.Response:
     return json_response({"name": name, "from": old, "to": new, "diff": lines})
 
 
-@routes.post("/api/config/{name}/rollback")
-async def config_rollback(request: web.Request) -> web.Response:
-    identity = actor(request)
-    name = _document(request)
-    fields = Fields(await read_json(request, BODY_LIMIT), {"version"})
-    version = fields.integer("version", minimum=1, maximum=10**9)
-    fields.check()
-    configs = _configs(request)
-    current = configs.documents.get(name, {}).get("version")
-    detail = f"to version {version}" + (f" (was at version {current})" if current else "")
-    answer = await _audited(
-        request, identity, "config.rollback", name, detail, configs.rollback(name, version)
-    )
-    return json_response(answer)
-
-
-# ----------------------------------------------------------------------------- instances
-
-
-@routes.post("/api/services/{service}/instances/{id}/status")
-async def instance_status(request: web.Request) -> web.Response:
-    identity = actor(request)
-    service, instance_id = request.match_info["service"], request.match_info["id"]
-    if not SERVICE_RE.match(service) or not INSTANCE_RE.match(instance_id):
-        raise NotFound(f"no instance {service[:64]!r}/{instance_id[:128]!r}")
-    fields = Fields(await read_json(request, BODY_LIMIT), {"status"})
-    status = fields.text("status", max_length=20)
-    if fields.ok and status not in STATUSES:
-        fields.fail("status", f"expected one of {', '.join(STATUSES)}")
-    fields.check()
-    instances = request.app.get(INSTANCES)
-    if instances is None:
-        raise NotFound("this console was given no registry (--registry-url)")
-    if (service, instance_id, status) == (SERVICE.name, request.app[INSTANCE_ID], STATUSES[0]):
-        raise Conflict(
-            "this is the console's own instance: out of service, the gateway would stop sending "
-            "it requests, and the console could not put it back"
-        )
-    known = instances.find(service, instance_id)
-    was = known["status"] if known else "unknown"
-
-    async def change() -> Any:
-        try:
-            doc = await instances.set_status(service, instance_id, status)
-        except RegistryUnavailable as exc:
-            raise BadGateway(str(exc)) from None
-        except RegistrationRefused as exc:
-            raise BadGateway(
-                f"the registry refused the console ({exc.status}: {exc.detail}); is "
-                "CONSOLE_REGISTRY_TOKEN the operator's token?"
-            ) from None
-        if doc is None:
-            raise NotFound(f"the registry holds no instance {service}/{instance_id}")
-        return doc
-
-    doc = await _audited(
-        request, identity, "instance.status", f"{service}/{instance_id}", f"{was} -> {status}",
-        change(),
-    )  # fmt: skip
-    return json_response(doc)
-
-
-# ----------------------------------------------------------------------------- dead letters
-
-
-async def _dead_letter_action(request: web.Request, action: str) -> web.Response:
-    identity = actor(request)
-    group = request.match_info["group"]
-    if not GROUP_RE.match(group):
-        raise NotFound(f"no consumer group {group[:60]!r}")
-    fields = Fields(await read_json(request, BODY_LIMIT), {"ids"})
-    raw = fields.array("ids", max_items=1000)
-    ids = []
-    for i, value in enumerate(raw):
-        if not isinstance(value, str) or not DEAD_ID_RE.match(value):
-            fields.fail(f"ids[{i}]", "not a dead letter id (like 1700000000000-0)")
-        else:
-            ids.append(value)
-    fields.check()
-    calls = request.app[OWNER_CALLS]
-
-    async def ask_owner() -> Any:
-        # The user's own token goes with the call (core.service.calls passes the
-        # request's Authorization on): the owning service checks the role too.
-        answer = await calls.post(group, f"/events/dead/{action}", json={"ids": ids})
-        if answer.status == 200:
-            return answer.json()
-        try:
-            detail = str(answer.json().get("detail", ""))
-        except (ValueError, AttributeError):
-            detail = ""
-        status = answer.status if 400 <= answer.status < 500 else 502
-        raise HTTPProblem(
-            f"{group} answered {answer.status}" + (f": {detail}" if detail else ""), status=status
-        )
-
-    doc = await _audited(
-        request, identity, f"dead_letters.{action}", group,
-        f"{len(ids)} dead letter(s): {', '.join(ids[:5])}" + (" ..." if len(ids) > 5 else ""),
-        ask_owner(),
-    )  # fmt: skip
-    await request.app[STREAMS].refresh()
-    return json_response(doc)
-
-
-@routes.post("/api/events/{group}/dead/replay")
-async def replay(request: web.Request) -> web.Response:
-    return await _dead_letter_action(request, "replay")
-
-
-@routes.post("/api/events/{group}/dead/discard")
-async def discard(request: web.Request) -> web.Response:
-    return await _dead_letter_action(request, "discard")
-
-
 # ----------------------------------------------------------------------------- lifecycle
 
 
-async def _sources_ctx(app: web.Application) -> AsyncIterator[None]:
+async def sources_ctx(app: web.Application) -> AsyncIterator[None]:
     """The hub and every source (each only when its URL is set), and the calls to owners."""
     settings = app[SETTINGS]
     assert isinstance(settings, ConsoleSettings)
@@ -555,6 +361,11 @@ async def _sources_ctx(app: web.Application) -> AsyncIterator[None]:
     await audit.publish()
     for source in started:
         await source.start()
+
+    async def end_streams(app: web.Application) -> None:
+        await hub.close()
+
+    app.on_shutdown.append(end_streams)
     yield
     for source in reversed(started):
         await source.stop()
@@ -577,7 +388,7 @@ SERVICE = Service(
     routes=routes,
     migrations=MIGRATIONS,
     settings=ConsoleSettings,
-    contexts=(_sources_ctx,),
+    contexts=(sources_ctx,),
     default_access="authenticated",
     access={
         "GET /": "public",

@@ -55,17 +55,13 @@ def parse_metrics(text: str) -> dict[str, Counters]:
     """The gateway's ``/metrics`` as :class:`Counters` by service, every route summed."""
     out: dict[str, Counters] = collections.defaultdict(Counters)
     for family in text_string_to_metric_families(text):
-        if family.name == "gateway_requests":
-            for sample in family.samples:
-                service = sample.labels.get("service", "")
-                counters = out[service]
+        for sample in family.samples:
+            if sample.name == "gateway_requests_total":
+                counters = out[sample.labels.get("service", "")]
                 counters.requests += sample.value
                 if sample.labels.get("status", "").startswith("5"):
                     counters.errors += sample.value
-        elif family.name == "gateway_request_duration_seconds":
-            for sample in family.samples:
-                if not sample.name.endswith("_bucket"):
-                    continue
+            elif sample.name == "gateway_request_duration_seconds_bucket":
                 bound = float(sample.labels["le"])  # "+Inf" -> inf
                 buckets = out[sample.labels.get("service", "")].buckets
                 buckets[bound] = buckets.get(bound, 0.0) + sample.value
