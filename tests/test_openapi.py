@@ -108,7 +108,8 @@ def fuzz(base_url: str, headers: dict[str, str] | None = None) -> list[str]:
         @given(case=operation.as_strategy())
         @EXAMPLES
         def run(case: Any) -> None:
-            case.call_and_validate(checks=CHECKS, headers=headers, timeout=timeout)
+            # run() is called below, in this iteration: timeout is this operation's.
+            case.call_and_validate(checks=CHECKS, headers=headers, timeout=timeout)  # noqa: B023
 
         try:
             run()
