@@ -46,21 +46,27 @@ from core.http import Check, add_health_routes, config_check, json_response, red
 from core.metrics import new_registry
 from core.proxy import openapi as admin_openapi
 from core.proxy.access import AccessLog, parse_mode
+from core.proxy.bff import SessionEndpoints
 from core.proxy.pool import Pool
 from core.proxy.router import Router
 from core.proxy.server import Limits, ProxyServer
 from core.proxy.stats import StatsCollector
 from core.redis import Redis, connect
 from core.registry.discovery import Watcher
+from core.registry.store import SERVICE_RE
 from core.routes.sources import ConfigRoutes, RouteFile
 from core.routes.table import Timeouts
 from core.runner import BAD_SETTINGS, STARTUP_FAILURE, ProtocolSite, Site, configure, run
-from core.security.access import Policy
+from core.security.access import AUTH_VIA, Policy
+from core.security.csrf import Origins
 from core.security.jwks import KeySet
 from core.security.ratelimit import StoreHealth
+from core.security.relay import SessionGate
 from core.security.resp import RespClient
+from core.security.sessions import SessionStore
 from core.security.synced import Syncer, limiter_factory
 from core.security.tokens import Verifier
+from core.service.issuer import AuthService
 from core.settings import CommonSettings, Secret, option
 from core.tasks import TaskSet
 from core.upstream.retry import RetryPolicy
@@ -197,6 +203,48 @@ class Settings(CommonSettings):
         default="public",
         metadata=option("policy of discovery routes: public, authenticated or roles:a,b"),
     )
+    discovery_auth_via: str = dataclasses.field(
+        default="token",
+        metadata=option("what discovery routes' policy accepts: token, session or either"),
+    )
+    session_idle_timeout: float = dataclasses.field(
+        default=1800.0,
+        metadata=option("seconds a session (POST /-/session) lives without a request"),
+    )
+    session_absolute_timeout: float = dataclasses.field(
+        default=8 * 3600.0,
+        metadata=option("seconds a session lives at most, however busy (log in again after)"),
+    )
+    session_cache: float = dataclasses.field(
+        default=1.0,
+        metadata=option(
+            "seconds a worker trusts a session it read from Redis (0: ask Redis on every "
+            "request); a logout elsewhere takes effect within this"
+        ),
+    )
+    session_secure: bool = dataclasses.field(
+        default=False,
+        metadata=option(
+            "clients reach the gateway over TLS (a terminator in front): session cookies get Secure"
+        ),
+    )
+    session_origins: str = dataclasses.field(
+        default="",
+        metadata=option(
+            "origins besides the gateway's own allowed to send state-changing session requests "
+            "(comma-separated scheme://host[:port])"
+        ),
+    )
+    session_auth_service: str = dataclasses.field(
+        default="auth",
+        metadata=option("the auth service sessions log in with (its name in the registry)"),
+    )
+    session_refresh_margin: float = dataclasses.field(
+        default=60.0,
+        metadata=option(
+            "seconds before a session's access token expires that the gateway renews it"
+        ),
+    )
     access_log: str = dataclasses.field(
         default="off",
         metadata=option(
@@ -268,6 +316,28 @@ class Settings(CommonSettings):
             Policy.parse(self.discovery_auth)
         except ValueError as exc:
             raise SettingsError(f"GATEWAY_DISCOVERY_AUTH: {exc}") from None
+        if self.discovery_auth_via not in AUTH_VIA:
+            raise SettingsError(
+                f"GATEWAY_DISCOVERY_AUTH_VIA: expected one of {', '.join(AUTH_VIA)}, "
+                f"got {self.discovery_auth_via!r}"
+            )
+        if not 0 < self.session_idle_timeout <= self.session_absolute_timeout:
+            raise SettingsError(
+                "0 < GATEWAY_SESSION_IDLE_TIMEOUT <= GATEWAY_SESSION_ABSOLUTE_TIMEOUT expected"
+            )
+        for name in ("session_cache", "session_refresh_margin"):
+            if getattr(self, name) < 0:
+                raise SettingsError(
+                    f"GATEWAY_{name.upper()}: expected >= 0, got {getattr(self, name)}"
+                )
+        try:
+            Origins.parse(self.session_origins)
+        except ValueError as exc:
+            raise SettingsError(f"GATEWAY_SESSION_ORIGINS: {exc}") from None
+        if not SERVICE_RE.match(self.session_auth_service):
+            raise SettingsError(
+                f"GATEWAY_SESSION_AUTH_SERVICE: not a service name: {self.session_auth_service!r}"
+            )
         if self.takeover and not self.control_socket:
             raise SettingsError(
                 "GATEWAY_TAKEOVER needs GATEWAY_CONTROL_SOCKET (where to take over)"
@@ -405,6 +475,7 @@ async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     router = app[ROUTER]
     router.discovery_access = Policy.parse(settings.discovery_auth)
+    router.discovery_via = settings.discovery_auth_via  # type: ignore[assignment]
     resp = RespClient(settings.redis_url)
     syncer = Syncer()
     router.limiter_for = limiter_factory(resp, syncer, app[RATELIMIT])
@@ -415,7 +486,32 @@ async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
         keys = KeySet(settings.jwks_url)
         router.verifier = Verifier(keys, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
         tasks.spawn(keys.run(), "jwks")
+    issuer = AuthService(app[WATCHER], settings.session_auth_service, lambda: router.verifier)
+    gate = SessionGate(
+        SessionStore(
+            resp,
+            idle=settings.session_idle_timeout,
+            absolute=settings.session_absolute_timeout,
+            cache=settings.session_cache,
+        ),
+        issuer,
+        origins=Origins.parse(settings.session_origins),
+        refresh_margin=settings.session_refresh_margin,
+    )
+    router.sessions = gate
+    app[PROXY].bff = SessionEndpoints(
+        gate,
+        issuer,
+        secure=settings.session_secure,
+        ready=lambda: (
+            None
+            if router.verifier is not None
+            else "sessions need the auth service's key set: start the gateway with --jwks-url"
+        ),
+    )
     yield
+    app[PROXY].bff = None
+    await issuer.close()
     await tasks.stop()
     await syncer.stop()
     if keys is not None:

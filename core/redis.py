@@ -343,7 +343,8 @@ class Subscription:
     handler raises (other than a Redis error) is logged and followed by
     ``on_connect`` again, so a bad message costs a resync, never the
     subscription. When the server
-    goes away it awaits ``on_disconnect``, waits with backoff and starts over.
+    goes away it awaits ``on_disconnect``, waits with backoff (at most 1 s)
+    and starts over.
     ``connected`` tells whether messages are flowing now.
     """
 
@@ -369,7 +370,9 @@ class Subscription:
         self._stopping = False
 
     async def run(self) -> None:
-        backoff = Backoff()
+        # At most 1 s between attempts: a subscriber is back within about a
+        # second of Redis (a watcher re-lists, a registration checks its instance).
+        backoff = Backoff(cap=1.0)
         self._stopping = False
         sharded = is_cluster(self.client)
         while not self._stopping:

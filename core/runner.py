@@ -2,9 +2,10 @@
 
 :func:`run` is what every entry point's ``main`` ends with. It installs uvloop
 when available, starts the given aiohttp applications on their sites, waits
-for SIGTERM or SIGINT, then stops accepting, lets in-flight requests finish
+for SIGTERM or SIGINT, awaits ``before_stop`` (a service deregisters there,
+while it still accepts), then stops accepting, lets in-flight requests finish
 within ``shutdown_timeout``, runs every cleanup context in reverse order
-(deregistration, closing Redis) and returns 0. A second signal forces the stop.
+(closing Redis) and returns 0. A second signal forces the stop.
 A failure while starting logs one line and returns :data:`STARTUP_FAILURE`.
 """
 
@@ -128,6 +129,7 @@ async def _serve(
     shutdown_timeout: float,
     on_started: Callable[[list[tuple[str, str, int]]], Awaitable[None]] | None,
     stop: asyncio.Event,
+    before_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> int:
     loop = asyncio.get_running_loop()
     signals = 0
@@ -216,6 +218,11 @@ async def _serve(
         return STARTUP_FAILURE
 
     await stop.wait()
+    if before_stop is not None:
+        try:
+            await asyncio.wait_for(before_stop(), shutdown_timeout)
+        except Exception:  # a stop goes on whatever this hook does
+            logger.exception("before stopping")
     for _, server in servers:
         server.close()
     drained: set[int] = set()
@@ -248,8 +255,12 @@ def run(
     shutdown_timeout: float = 10.0,
     on_started: Callable[[list[tuple[str, str, int]]], Awaitable[None]] | None = None,
     stop: asyncio.Event | None = None,
+    before_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> int:
     """Serve ``sites`` until a signal (or ``stop`` is set); return the process exit code.
+
+    ``before_stop`` is awaited once stopping began, before the sites stop
+    accepting (bounded by ``shutdown_timeout``).
 
     Startup errors raised by the applications' cleanup contexts (Redis refused
     while the component requires it, a bad configuration) are reported as one
@@ -257,7 +268,9 @@ def run(
     """
     install_uvloop()
     try:
-        return asyncio.run(_serve(sites, shutdown_timeout, on_started, stop or asyncio.Event()))
+        return asyncio.run(
+            _serve(sites, shutdown_timeout, on_started, stop or asyncio.Event(), before_stop)
+        )
     except StartupError as exc:
         logger.error("failed to start: %s", exc)
         return STARTUP_FAILURE

@@ -70,6 +70,8 @@ from core.redis import REDIS_ERRORS, connect, server_binary
 from core.registry.credentials import service_token
 from core.settings import PRIVATE_UMASK, Secret, check_redis_url, load, option, private_dir
 from services import seed
+from services.control import SOCKET, ControlServer, socket_path
+from services.operations import Operations
 from services.rundir import RunDir, mask_password
 from services.supervisor import Child, Output, StartupFailed, Supervisor
 
@@ -138,6 +140,10 @@ class LauncherSettings:
     log_level: Literal["debug", "info", "warning", "error"] = dataclasses.field(
         default="info", metadata=option("log level of the components")
     )
+    log_format: Literal["text", "json"] = dataclasses.field(
+        default="text",
+        metadata=option("log format of the components: readable text or one JSON object a line"),
+    )
 
     def validate(self) -> None:
         for name in PORTS:
@@ -167,6 +173,11 @@ class Spec:
     orders start (low first, each stage healthy before the next) and stop.
     ``registers``: each instance registers in the registry under ``name``
     with its instance name as id; the system is ready once all are listed.
+    ``restart`` is how ``python -m services restart`` replaces its processes
+    (:mod:`services.operations`): ``rolling`` (a new instance on a free port
+    beside the old one, which then leaves; such a service also scales),
+    ``takeover`` (the gateway's socket hand-over) or ``in_place`` (stop, then
+    start on the same port: others are configured with its address).
     """
 
     name: str
@@ -176,10 +187,11 @@ class Spec:
     args: tuple[str, ...] = ()
     env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     port: str = ""
-    health: str = "http://{host}:{port}/health"
+    health: str = "http://{host}:{port}/health/ready"
     count: str = ""
     when: str = ""
     registers: bool = False
+    restart: Literal["rolling", "takeover", "in_place"] = "in_place"
 
 
 BASE_ARGS = (
@@ -213,22 +225,26 @@ PROCESSES: tuple[Spec, ...] = (
     Spec("auth", 2, "services.auth", args=BASE_ARGS, port="auth_port", registers=True,
          env={**SERVICE_ENV, "AUTH_SEED_USERS": "{seed_users}", "AUTH_ISSUER": "{jwt_issuer}",
               "AUTH_AUDIENCE": "{jwt_audience}"}),
+    # Its control socket hands its listening sockets to its successor (restart: takeover).
     Spec("gateway", 3, "gateway",
          args=("--admin-port", "{gateway_admin_port}", "--config-url", "{configsvc_url}",
-               "--config-cache-dir", "{data}/gateway"),
+               "--config-cache-dir", "{data}/gateway", "--control-socket", "{gateway_socket}"),
          env={**CONFIG_ENV, "GATEWAY_JWKS_URL": "{jwks_url}", "GATEWAY_JWT_ISSUER": "{jwt_issuer}",
               "GATEWAY_JWT_AUDIENCE": "{jwt_audience}", "GATEWAY_DISCOVERY_AUTH": "authenticated"},
-         port="gateway_port", health="http://{host}:{gateway_admin_port}/health"),
+         port="gateway_port", health="http://{host}:{gateway_admin_port}/health/ready",
+         restart="takeover"),
     Spec("customers", 3, "services.customers", args=SERVICE_ARGS, env=SERVICE_ENV,
-         registers=True),
+         registers=True, restart="rolling"),
     Spec("inventory", 3, "services.inventory", args=SERVICE_ARGS, env=SERVICE_ENV,
-         count="inventory_instances", registers=True),
-    Spec("billing", 3, "services.billing", args=SERVICE_ARGS, env=SERVICE_ENV, registers=True),
+         count="inventory_instances", registers=True, restart="rolling"),
+    Spec("billing", 3, "services.billing", args=SERVICE_ARGS, env=SERVICE_ENV, registers=True,
+         restart="rolling"),
     # The console reads the gateway's admin API, and holds the registry's operator token: its
     # status action writes any service's instance (only its own admin check stands before it).
     Spec("console", 3, "services.console",
          args=(*SERVICE_ARGS, "--gateway-admin-url", "http://{host}:{gateway_admin_port}"),
-         env={**CONFIG_ENV, "{prefix}REGISTRY_TOKEN": "{registry_token}"}, registers=True),
+         env={**CONFIG_ENV, "{prefix}REGISTRY_TOKEN": "{registry_token}"}, registers=True,
+         restart="rolling"),
 )
 # fmt: on
 
@@ -288,6 +304,12 @@ class Launcher:
         )
         self.values: dict[str, str] = {}
         self.passwords: dict[str, str] = {}
+        #: The specs of the processes this run has (no ``redis`` with ``--redis-url``), by name.
+        self.specs: dict[str, Spec] = {}
+        self.registry_token = ""
+        self.pid = os.getpid()
+        self.operations = Operations(self)
+        self.control = ControlServer(self.run_dir / SOCKET, self.operations.handle)
         self._lock: IO[str] | None = None
 
     # -- preparing the run -------------------------------------------------------------
@@ -413,33 +435,43 @@ class Launcher:
         self.values["services_jwks_url"] = (
             self.values["jwks_url"] if s.services_verify_tokens else ""
         )
-        common = {"REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
+        self.values["gateway_socket"] = socket_path(self.run_dir / "gateway.sock")
+        self.registry_token = tokens["registry_token"]
         for spec in PROCESSES:
             if spec.when == "private_redis" and not private_redis:
                 continue
+            self.specs[spec.name] = spec
             count = int(getattr(s, spec.count)) if spec.count else 1
             for n in range(1, count + 1):
-                instance = f"{spec.name}-{n}" if spec.count else spec.name
+                name = f"{spec.name}-{n}" if spec.count else spec.name
                 if spec.name == "redis":
                     port = redis_port
                 else:
                     port = int(self.values[spec.port]) if spec.port else free_port(host)
-                values = {**self.values, "port": str(port), "service": spec.name,
-                          "instance": instance,
-                          "prefix": spec.name.upper().replace("-", "_") + "_",
-                          "service_registry_token": service_token(
-                              Secret(tokens["registry_token"]), spec.name)}  # fmt: skip
-                if spec.module:
-                    argv = [sys.executable, "-m", spec.module, "--host", host, "--port", str(port),
-                            "--log-level", s.log_level, *spec.args]  # fmt: skip
-                else:
-                    argv = list(spec.command)
-                argv = [arg.format(**values) for arg in argv]
-                env = {**os.environ, **common}
-                env.update({k.format(**values): v.format(**values) for k, v in spec.env.items()})
-                health = spec.health.format(**values)
-                url = redis_url if spec.name == "redis" else f"http://{host}:{port}"
-                self.supervisor.children.append(Child(instance, spec.stage, argv, env, health, url))
+                self.supervisor.children.append(self.make_child(spec, name, name, port))
+
+    def make_child(self, spec: Spec, name: str, instance: str, port: int) -> Child:
+        """The process of ``spec`` in place ``name``, registering as ``instance``, on ``port``."""
+        s = self.settings
+        host = s.host
+        values = {**self.values, "port": str(port), "service": spec.name, "instance": instance,
+                  "prefix": spec.name.upper().replace("-", "_") + "_",
+                  "service_registry_token": service_token(
+                      Secret(self.registry_token), spec.name)}  # fmt: skip
+        if spec.module:
+            argv = [sys.executable, "-m", spec.module, "--host", host, "--port", str(port),
+                    "--log-level", s.log_level, "--log-format", s.log_format,
+                    *spec.args]  # fmt: skip
+        else:
+            argv = list(spec.command)
+        argv = [arg.format(**values) for arg in argv]
+        redis_url = self.values["redis_url"]
+        env = {**os.environ, "REDIS_URL": redis_url, "PYTHONUNBUFFERED": "1"}
+        env.update({k.format(**values): v.format(**values) for k, v in spec.env.items()})
+        health = spec.health.format(**values)
+        url = redis_url if spec.name == "redis" else f"http://{host}:{port}"
+        return Child(name, spec.stage, argv, env, health, url, service=spec.name,
+                     instance=instance if spec.registers else "", port=port)  # fmt: skip
 
     def say_redis(self, private: bool) -> None:
         """One line: which Redis the system uses, and what the launcher does to it."""
@@ -496,9 +528,30 @@ class Launcher:
 
     def urls(self) -> dict[str, str]:
         """Where each component answers (Redis's password masked), by name."""
-        urls = {child.name: mask_password(child.url) for child in self.supervisor.children}
+        urls = {child.name: self.shown_url(child) for child in self.supervisor.children
+                if not child.retiring}  # fmt: skip
         return {**urls, "gateway_admin": f"http://{self.settings.host}:"
                 f"{self.values['gateway_admin_port']}"}  # fmt: skip
+
+    def shown_url(self, child: Child) -> str:
+        return mask_password(child.url)
+
+    def record(self) -> None:
+        """``system.json`` again, after the processes changed (once the system is up)."""
+        if self.supervisor.started and not self.supervisor.stopping:
+            self.files.write_system(self.pid, self.urls(), [user for user, _ in USERS])
+
+    async def deregister(self, service: str, instance: str) -> None:
+        """Remove ``instance`` from the registry (one that stopped without doing it: SIGKILL)."""
+        session = self.supervisor.session
+        assert session is not None
+        url = f"{self.values['registry_url']}/v1/services/{service}/instances/{instance}"
+        headers = {"Authorization": f"Bearer {self.registry_token}"}
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with session.delete(
+                url, headers=headers, timeout=aiohttp.ClientTimeout(total=2)
+            ) as r:
+                await r.read()
 
     async def run(self, stop: asyncio.Event) -> int:
         """Start the system, serve until ``stop`` is set, stop it; the exit code."""
@@ -520,6 +573,11 @@ class Launcher:
                 self.out.say(f"cannot start: {exc}")
                 return EXIT_STARTUP
             self.say_redis(private)
+            try:
+                await self.control.start()
+            except (OSError, SettingsError) as exc:
+                self.out.say(f"cannot start: no control socket {self.shown(SOCKET)}: {exc}")
+                return EXIT_STARTUP
             startup = asyncio.ensure_future(self._start_and_seed(session))
             stopped = asyncio.ensure_future(stop.wait())
             try:
@@ -537,16 +595,18 @@ class Launcher:
                     await supervisor.stop_all()
                     return EXIT_STARTUP
                 supervisor.started = True
-                self.files.write_system(os.getpid(), self.urls(), [user for user, _ in USERS])
+                self.record()
                 self.summary(time.monotonic() - began)
                 await stopped
                 self.files.remove_system()
+                await self.control.close()
                 self.out.say("stopping every process, in reverse order")
                 await supervisor.stop_all()
                 self.out.say("stopped")
                 return 0
             finally:
                 self.files.remove_system()
+                await self.control.close()
                 stopped.cancel()
 
     async def _start_and_seed(self, session: aiohttp.ClientSession) -> None:
@@ -575,8 +635,7 @@ class Launcher:
             raise StartupFailed(f"configsvc could not import {self.settings.config_dir}: {errors}")
         registry = f"http://{host}:{self.values['registry_port']}"
         expected = {
-            spec.name: {c.name for c in self.supervisor.children
-                        if c.name == spec.name or c.name.startswith(spec.name + "-")}
+            spec.name: {c.instance for c in self.supervisor.children if c.service == spec.name}
             for spec in PROCESSES if spec.registers
         }  # fmt: skip
         deadline = time.monotonic() + self.settings.startup_timeout

@@ -10,11 +10,23 @@ pid is in ``{pid_dir}/NAME.pid`` while it runs.
 - :meth:`Supervisor.start_all` starts the children stage by stage (lowest
   first), each stage once the previous one answers its health checks; a child
   that exits meanwhile makes it raise :class:`StartupFailed`.
-- Once :attr:`Supervisor.started` is set, a child that exits is reported and
-  started again with the same command, after 0.5 s, doubling (up to 30 s)
-  while it keeps dying within 30 s of its start.
+- Once :attr:`Supervisor.started` is set, a child that dies (a non-zero exit,
+  a signal) is a crash: reported, counted in :attr:`Child.restarts` and
+  started again with the same command after 0.5 s, doubling (up to 30 s)
+  while it keeps dying within 30 s of its start. A child that stopped by
+  itself (exit status 0 or SIGTERM: someone asked it to stop, and it
+  drained) is not a crash: it is started again at once, uncounted.
+- A child the supervisor stops on purpose (:meth:`Supervisor.retire`: a
+  requested restart or a scale-down, :mod:`services.operations`) is not
+  started again; nor is one not yet :attr:`Child.supervised` (a new process
+  of an operation, which the operation watches itself until it is ready).
 - :meth:`Supervisor.stop_all` stops them stage by stage in reverse: SIGTERM,
   then SIGKILL past ``shutdown_timeout``.
+
+Each child has a :attr:`Child.state` for ``python -m services status``:
+``starting`` (started, not yet healthy), ``ready``, ``stopping``,
+``restarting`` (died, waiting for its next start), ``failed`` (a restart
+that did not become healthy), ``stopped``.
 """
 
 from __future__ import annotations
@@ -35,6 +47,11 @@ import aiohttp
 from core.security.resp import RespClient, RespError
 
 __all__ = ["Child", "Output", "StartupFailed", "Supervisor", "describe_exit"]
+
+#: A clean exit sooner than this after the start is treated as a crash: it can't have served.
+QUICK_EXIT = 1.0
+#: A crash later than this after the start begins a new series of delays (0.5 s again).
+STABLE_AFTER = 30.0
 
 
 class StartupFailed(Exception):
@@ -88,10 +105,26 @@ class Output:
 
 
 class Child:
-    """One running (or restarting) process of the system."""
+    """One running (or restarting) process of the system.
+
+    ``name`` is its place in the system (``inventory-1``): its pid file, its
+    log file and its prefix in the output. A requested restart replaces the
+    process of a place with a new :class:`Child` of the same name, whose
+    ``instance`` (the id it registers under) and ``port`` may differ.
+    """
 
     def __init__(
-        self, name: str, stage: int, argv: list[str], env: dict[str, str], health: str, url: str
+        self,
+        name: str,
+        stage: int,
+        argv: list[str],
+        env: dict[str, str],
+        health: str,
+        url: str,
+        *,
+        service: str = "",
+        instance: str = "",
+        port: int = 0,
     ) -> None:
         self.name = name
         self.stage = stage
@@ -99,9 +132,22 @@ class Child:
         self.env = env
         self.health = health
         self.url = url
+        self.service = service or name
+        self.instance = instance
+        self.port = port
         self.process: asyncio.subprocess.Process | None = None
         self.started_at = 0.0
+        #: Crashes that the supervisor restarted (a requested restart is not one).
         self.restarts = 0
+        #: Crashes in a row, each within :data:`STABLE_AFTER` of its start: the delay's exponent.
+        self.streak = 0
+        self.state = "new"
+        #: The supervisor restarts it when it dies (else its owner watches it).
+        self.supervised = True
+        #: Stopped on purpose (a requested restart, a scale-down): never started again.
+        self.retiring = False
+        #: The exit status of a process that died while not supervised, for :meth:`Supervisor.adopt`.
+        self.unhandled_exit: int | None = None
         self.pump: asyncio.Task[None] | None = None
 
     @property
@@ -143,13 +189,21 @@ class Supervisor:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def start(self, child: Child) -> None:
-        """Start ``child``'s process; :class:`StartupFailed` once stopping began."""
+    async def start(
+        self, child: Child, argv: Sequence[str] | None = None, *, pid_file: bool = True
+    ) -> None:
+        """Start ``child``'s process (with ``argv`` instead of its own, this once).
+
+        :class:`StartupFailed` once stopping began. ``pid_file``: write
+        ``NAME.pid`` now (an operation writes it once the new process
+        replaced the old one, :meth:`write_pid`).
+        """
         if self.stopping:
             raise StartupFailed(f"{child.name}: not started, the system is stopping")
         log_path = self.log_dir / f"{child.name}.log"
+        child.state = "starting"
         child.process = await asyncio.create_subprocess_exec(
-            *child.argv,
+            *(child.argv if argv is None else argv),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
@@ -158,9 +212,14 @@ class Supervisor:
             preexec_fn=self._preexec,
         )
         child.started_at = time.monotonic()
-        (self.pid_dir / f"{child.name}.pid").write_text(f"{child.process.pid}\n")
+        if pid_file:
+            self.write_pid(child)
         child.pump = asyncio.ensure_future(self._pump(child, child.process, log_path))
         self._spawn(self._watch(child, child.process))
+
+    def write_pid(self, child: Child) -> None:
+        """``{pid_dir}/NAME.pid``: the pid of the process in ``child``'s place."""
+        (self.pid_dir / f"{child.name}.pid").write_text(f"{child.pid}\n")
 
     async def _pump(self, child: Child, process: asyncio.subprocess.Process, log: Path) -> None:
         assert process.stdout is not None
@@ -180,7 +239,10 @@ class Supervisor:
         if child.pump is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(child.pump), 1.0)
-        if child.process is not process or self.stopping:
+        if child.process is not process:
+            return
+        if self.stopping or child.retiring:
+            child.state = "stopped"
             return
         if not self.started:
             self.startup_failure = (
@@ -188,21 +250,51 @@ class Supervisor:
                 f" (its output: {self.log_dir / (child.name + '.log')})"
             )
             return
+        if not child.supervised:
+            child.state = "stopped"  # its operation sees it and says so
+            child.unhandled_exit = code
+            return
+        await self._after_exit(child, process, code)
+
+    def adopt(self, child: Child) -> None:
+        """Supervise ``child`` from now on; restart it at once if it died meanwhile."""
+        child.supervised = True
+        code, child.unhandled_exit = child.unhandled_exit, None
+        if code is not None and child.process is not None and not child.retiring:
+            self._spawn(self._after_exit(child, child.process, code))
+
+    async def _after_exit(
+        self, child: Child, process: asyncio.subprocess.Process, code: int
+    ) -> None:
+        """A supervised child died: report it and start it again (after a delay when a crash)."""
         lived = time.monotonic() - child.started_at
-        delay = 0.5 if lived > 30 else min(30.0, 0.5 * 2 ** min(child.restarts, 6))
-        self.out.say(
-            f"{child.name} (pid {process.pid}) exited with {describe_exit(code)} after {lived:.1f}s;"
-            f" restarting in {delay:.1f}s"
-        )
-        child.restarts += 1
+        child.state = "restarting"
+        if code in (0, -signal.SIGTERM) and lived >= QUICK_EXIT:
+            # Asked to stop by someone else (kill PID): it drained and left. Not a crash.
+            delay = 0.0
+            self.out.say(
+                f"{child.name} (pid {process.pid}) stopped ({describe_exit(code)}) after"
+                f" {lived:.1f}s, not a crash: starting it again"
+            )
+        else:
+            child.streak = 1 if lived > STABLE_AFTER else child.streak + 1
+            delay = min(30.0, 0.5 * 2 ** min(child.streak - 1, 6))
+            child.restarts += 1
+            self.out.say(
+                f"{child.name} (pid {process.pid}) exited with {describe_exit(code)} after"
+                f" {lived:.1f}s; restarting in {delay:.1f}s"
+            )
         await asyncio.sleep(delay)
-        if self.stopping:
+        if self.stopping or child.retiring:
+            child.state = "stopped"
             return
         try:
             await self.start(child)
             await self.wait_healthy([child], self.startup_timeout)
             self.out.say(f"{child.name} restarted (pid {child.pid})")
         except (StartupFailed, OSError) as exc:
+            if child.running:
+                child.state = "failed"
             self.out.say(f"{child.name}: restart failed: {exc}")
 
     async def healthy(self, child: Child) -> bool:
@@ -241,6 +333,7 @@ class Supervisor:
                         f" (its output: {self.log_dir / (child.name + '.log')})"
                     )
                 if await self.healthy(child):
+                    child.state = "ready"
                     waiting.remove(child)
             if waiting:
                 if time.monotonic() > deadline:
@@ -272,10 +365,21 @@ class Supervisor:
         # A restart that was under way when the stop began.
         await asyncio.gather(*(self._stop(child) for child in self.children if child.running))
 
+    async def retire(self, child: Child) -> int | None:
+        """Stop ``child`` on purpose, for good: SIGTERM, SIGKILL past the timeout; its exit status.
+
+        It is not started again, and its exit is not reported as a crash.
+        """
+        child.retiring = True
+        await self._stop(child)
+        child.state = "stopped"
+        return child.process.returncode if child.process is not None else None
+
     async def _stop(self, child: Child) -> None:
         process = child.process
         if process is None or process.returncode is not None:
             return
+        child.state = "stopping"
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
         try:
@@ -285,6 +389,7 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             code = await process.wait()
+        child.state = "stopped"
         if code not in (0, -signal.SIGTERM):
             self.out.say(f"{child.name} stopped with {describe_exit(code)}")
 
@@ -293,8 +398,6 @@ class Supervisor:
             if child.running and child.process is not None:
                 with contextlib.suppress(ProcessLookupError):
                     child.process.kill()
-
-    # -- the run -----------------------------------------------------------------------
 
 
 def describe_exit(code: int | None) -> str:

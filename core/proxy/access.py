@@ -33,6 +33,30 @@ __all__ = ["AccessLog", "parse_mode"]
 
 _FLUSH_AT = 64 * 1024
 
+_dumps = orjson.dumps
+
+# One access-log line in JSON. The %s fields that hold JSON strings get them
+# encoded (quoted and escaped) by orjson; the others are trusted bytes
+# (timestamps, hex ids, an IP address, a method token) or numbers.
+_JSON_LINE = (
+    b'{"ts":"%s","level":"info","logger":"essaim.access","msg":"%s %s %d",'
+    b'"request_id":%s,"trace_id":"%s","span_id":"%s","client":"%s","method":"%s",'
+    b'"path":%s,"route":%s,"service":%s,"instance":%s,"status":%d,"upstream_status":%s,'
+    b'"retries":%d,"duration_ms":%.3f,"bytes_in":%s,"bytes_out":%d%s}\n'
+)
+
+_NAMES: dict[str, bytes] = {}
+
+
+def _names(name: str) -> bytes:
+    """``name`` as a JSON string; route, service and instance names repeat, so they are kept."""
+    encoded = _NAMES.get(name)
+    if encoded is None:
+        if len(_NAMES) >= 4096:
+            _NAMES.clear()
+        encoded = _NAMES[name] = _dumps(name)
+    return encoded
+
 
 def parse_mode(text: str) -> int:
     """``off`` -> 0, ``on`` -> 1, ``N`` -> N (one in N, and every error); ``ValueError`` else."""
@@ -81,20 +105,20 @@ class AccessLog:
         retries = ex.attempts - 1 if ex.attempts > 1 else 0
         stamp = self._minute + b".%03dZ" % int((now - second) * 1000)
         if self.json:
-            doc = {
-                "ts": stamp.decode(), "level": "info", "logger": "essaim.access",
-                "msg": f"{ex.method_name} {ex.path} {status}",
-                "request_id": ex.request_id.decode("latin-1"),
-                "trace_id": ex.trace_id.decode(), "span_id": ex.span_id.decode(),
-                "client": ex.client.peer.decode("latin-1"), "method": ex.method_name,
-                "path": ex.path, "route": route, "service": service, "instance": instance,
-                "status": status, "upstream_status": upstream_status, "retries": retries,
-                "duration_ms": round(duration * 1000, 3), "bytes_in": bytes_in,
-                "bytes_out": ex.bytes_out,
-            }  # fmt: skip
-            if error is not None:
-                doc["error"] = error
-            line = orjson.dumps(doc) + b"\n"
+            # One bytes template, not a dict for orjson: a sixth less. What a
+            # client or the config chose (path, request id, route, service,
+            # instance, error) is escaped by orjson; the rest is trusted bytes
+            # (timestamps, hex ids, an IP address, a method token) or numbers.
+            path = _dumps(ex.path)
+            method = ex.method_name.encode()
+            line = _JSON_LINE % (
+                stamp, method, path[1:-1], status, _dumps(ex.request_id.decode("latin-1")),
+                ex.trace_id, ex.span_id, ex.client.peer, method, path, _names(route),
+                _names(service), _names(instance), status,
+                b"null" if upstream_status is None else b"%d" % upstream_status, retries,
+                duration * 1000, b"null" if bytes_in is None else b"%d" % bytes_in,
+                ex.bytes_out, b"" if error is None else b',"error":' + _dumps(error),
+            )  # fmt: skip
         else:
             line = b'%s INFO    essaim.access: %s "%s %s" %d %dB %.1fms route=%s service=%s instance=%s upstream_status=%s retries=%d in=%s [request %s trace %s]%s\n' % (
                 stamp[11:19], ex.client.peer, ex.method_name.encode(),

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from core.proxy.access import AccessLog
+    from core.proxy.bff import SessionEndpoints
     from core.proxy.head import Heads
     from core.proxy.pool import Pool, UpstreamConnection
     from core.proxy.stats import Stats
@@ -47,6 +48,7 @@ class Proxy(Protocol):
     ids: RequestIds
     traces: TraceIds
     access: AccessLog | None
+    bff: SessionEndpoints | None
     clock: Clock
     active: int
     draining: bool

@@ -34,6 +34,7 @@ from core.errors import (
     BadRequest,
     GatewayTimeout,
     HTTPProblem,
+    InternalError,
     PayloadTooLarge,
     RequestTimeout,
     ServiceUnavailable,
@@ -52,7 +53,8 @@ from core.proxy.response import (
     WAITING,
     ResponseSide,
 )
-from core.proxy.wire import chunk, problem_response, scan_request
+from core.proxy.wire import STATUS_LINES, chunk, problem_response, scan_request
+from core.security.relay import SessionPending
 from core.security.tokens import UnknownKeyError
 from core.upstream.upstream import Endpoint
 
@@ -127,6 +129,7 @@ class Exchange(ResponseSide):
     )
 
     problem: HTTPProblem | None
+    path: str
     plan: Plan | None
     head: RequestHead | None
     endpoint: Endpoint | None
@@ -148,6 +151,11 @@ class Exchange(ResponseSide):
     gated = False
     # The gateway's own health path: answered here, never routed.
     local = False
+    # The gateway's session endpoints (core.proxy.bff): the body read here,
+    # then answered by a task; never routed.
+    session_local = False
+    local_body: list[bytes] | None = None
+    local_task: asyncio.Task[None] | None = None
     # The plan of the route whose policy refused the request (401, 403): its
     # answer is counted under that route, though nothing is proxied.
     refused_by: Plan | None = None
@@ -200,6 +208,14 @@ class Exchange(ResponseSide):
             self._refused(url, headers, _HEALTH_METHODS)
             self.local = True
             return
+        bff = proxy.bff
+        if bff is not None and bff.owns(url):
+            self._refused(url, headers, None)
+            self.session_local = True
+            self.local_body = []
+            if self.problem is None:
+                self.problem = bff.refuse_early(method, self.path, headers)
+            return
         try:
             head, request_line, path, method_name = client.heads.prepare(
                 method, url, headers, upgrade
@@ -211,9 +227,10 @@ class Exchange(ResponseSide):
         if guard is not None:
             # Checked on every request, a reused head included (tokens expire).
             try:
-                self.identity, self.user_id = guard.identify(headers)
-            except UnknownKeyError:
-                self.gated = True  # the key set must be refreshed: start() awaits it
+                self.identity, self.user_id = guard.identify(headers, method)
+            except (UnknownKeyError, SessionPending):
+                # The key set must be refreshed, or the session read: start() awaits it.
+                self.gated = True
             except HTTPProblem as problem:
                 self._refused(url, headers, problem)
                 self.refused_by = head.plan
@@ -243,7 +260,7 @@ class Exchange(ResponseSide):
             self.continue_ = True
 
     def _refused(
-        self, url: bytes, headers: list[tuple[bytes, bytes]], problem: HTTPProblem
+        self, url: bytes, headers: list[tuple[bytes, bytes]], problem: HTTPProblem | None
     ) -> None:
         """Set up to answer ``problem``: enough of the head for the answer and the framing."""
         self.head = None
@@ -277,6 +294,14 @@ class Exchange(ResponseSide):
         if self.local:
             self.respond_health()
             return
+        if self.session_local:
+            if self.problem is not None:
+                self.respond_problem(self.problem)
+            elif self.body_done:
+                self._serve_local()
+            else:
+                self.client.deadline = self.proxy.loop.time() + self.proxy.limits.body_timeout
+            return
         if self.problem is not None:
             self.respond_problem(self.problem)
             return
@@ -294,7 +319,7 @@ class Exchange(ResponseSide):
         guard = plan.guard
         try:
             if guard.policy.public is False and self.user_id is None:
-                self.identity, self.user_id = await guard.identify_async(self.headers)
+                self.identity, self.user_id = await guard.identify_async(self.headers, self.method)
             if guard.limiter is not None:
                 decision = await guard.admit(self.user_id, self.client.peer.decode("latin-1"))
                 if not decision.allowed:
@@ -429,6 +454,9 @@ class Exchange(ResponseSide):
     def request_body(self, data: bytes) -> None:
         if self.phase == DONE:
             return
+        if self.local_body is not None:
+            self._local_body(data)
+            return
         self.body_size += len(data)
         if self.body_size > self.proxy.limits.max_body:
             self.body_too_large()
@@ -438,6 +466,10 @@ class Exchange(ResponseSide):
     def request_end(self) -> None:
         self.body_done = True
         if self.phase == DONE:
+            return
+        if self.session_local:
+            if self.started and self.problem is None and self.local_task is None:
+                self._serve_local()
             return
         if self.chunked:
             self._forward(_LAST_CHUNK)
@@ -541,6 +573,15 @@ class Exchange(ResponseSide):
     def expired(self, now: float) -> None:
         """The client connection's deadline passed while this exchange was current."""
         phase = self.phase
+        if self.session_local:
+            if self.local_task is not None:
+                self.local_task.cancel()
+                self.local_task = None
+                self.respond_problem(GatewayTimeout("the session endpoint did not answer in time"))
+            else:
+                self.close_after = True
+                self.respond_problem(RequestTimeout("the request body stopped arriving"))
+            return
         if phase == CONNECTING:
             if self.connecting is not None:
                 self.connecting.cancel()
@@ -570,6 +611,9 @@ class Exchange(ResponseSide):
         """The client connection closed: stop everything, record 499 unless answered."""
         if self.phase == DONE:
             return
+        if self.local_task is not None:
+            self.local_task.cancel()
+            self.local_task = None
         self._abandon_attempt()
         if not self.started:
             self.phase = DONE
@@ -581,8 +625,11 @@ class Exchange(ResponseSide):
 
     # -- answering -------------------------------------------------------------------------
 
-    def respond_problem(self, problem: HTTPProblem) -> None:
-        """Answer ``problem`` as problem details, or cut the response if one was begun."""
+    def respond_problem(self, problem: HTTPProblem, extra: tuple[bytes, ...] = ()) -> None:
+        """Answer ``problem`` as problem details, or cut the response if one was begun.
+
+        ``extra`` are more header lines (``name: value\\r\\n``), such as cookies to clear.
+        """
         if self.phase == STREAMING or self.phase == TUNNEL:
             self.close_after = True
             self.client.transport.abort()
@@ -604,6 +651,7 @@ class Exchange(ResponseSide):
             date=self.proxy.clock.date(),
             close=self.close_after,
             head_only=self.head_only,
+            extra_headers=extra,
             http11=self.http11,
         )
         self.bytes_out += len(answer)
@@ -635,6 +683,70 @@ class Exchange(ResponseSide):
         self.client.transport.write(b"".join(head))
         self.finish()
 
+    # -- the session endpoints -------------------------------------------------------------
+
+    def _local_body(self, data: bytes) -> None:
+        """A piece of a session endpoint's body: kept, up to the endpoint's limit."""
+        assert self.local_body is not None
+        self.body_size += len(data)
+        limit = self.proxy.bff.max_body  # type: ignore[union-attr]
+        if self.body_size > limit:
+            problem = PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
+            self.local_body = None
+            if not self.started:
+                self.refuse(problem)
+            elif self.local_task is None:
+                self.respond_problem(problem)
+            return
+        self.local_body.append(data)
+
+    def _serve_local(self) -> None:
+        self.client.deadline = self.proxy.loop.time() + self.proxy.bff.timeout  # type: ignore[union-attr]
+        self.local_task = self.proxy.loop.create_task(self._local())
+
+    async def _local(self) -> None:
+        bff = self.proxy.bff
+        assert bff is not None
+        body = b"".join(self.local_body or ())
+        self.local_body = None
+        try:
+            answer = await bff.handle(
+                self.method, self.path, self.headers, body, self.client.peer, self.request_id
+            )
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            logger.exception("a session endpoint failed")
+            answer = bff.failed(InternalError("the gateway failed to handle this request"))
+        self.local_task = None
+        if self.phase == DONE:
+            return
+        if answer.problem is not None:
+            self.respond_problem(answer.problem, answer.lines)
+        else:
+            self.respond_local(answer.status, answer.lines, answer.body)
+
+    def respond_local(self, status: int, lines: tuple[bytes, ...], body: bytes) -> None:
+        """Answer with what the gateway made itself: ``status``, header ``lines``, a JSON ``body``."""
+        self.status = status
+        if self.proxy.draining or not self.body_done:
+            self.close_after = True
+        head = [
+            STATUS_LINES[status],
+            b"content-type: application/json\r\ncache-control: no-store\r\n" if body else b"",
+            b"content-length: %d\r\n" % len(body) if status != 204 else b"",
+            b"date: " + self.proxy.clock.date() + b"\r\n",
+            b"x-request-id: " + self.request_id + b"\r\n",
+            *lines,
+            b"connection: close\r\n\r\n" if self.close_after else b"\r\n",
+        ]
+        if not self.head_only:
+            head.append(body)
+        answer = b"".join(head)
+        self.bytes_out += len(answer)
+        self.client.transport.write(answer)
+        self.finish()
+
     def finish(self) -> None:
         if self.phase == DONE:
             return
@@ -651,7 +763,7 @@ class Exchange(ResponseSide):
                 row = plan.row = proxy.stats.row(plan.route, plan.service)
             row.record(self.status, duration)
         else:
-            where = "health" if self.local else "unmatched"
+            where = "health" if self.local else "session" if self.session_local else "unmatched"
             proxy.stats.request(where, where, self.status, duration)
         access = proxy.access
         if access is not None:

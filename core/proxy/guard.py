@@ -4,13 +4,22 @@ A :class:`Guard` is built once per route (and for the discovery routes) when
 a route table is installed; routes that are public and unlimited get none and
 pay nothing. Per request:
 
-1. :meth:`Guard.identify` verifies the bearer token against the route's
-   policy without waiting (the verifier caches tokens already seen until they
+1. :meth:`Guard.identify` verifies the route's credential against its
+   policy without waiting: the bearer token (``auth_via = "token"``, the
+   default), the session cookie (``"session"``, see
+   :mod:`core.security.relay`), or either (a bearer token when the request
+   has one, else the session). For the token, it verifies it (the verifier caches tokens already seen until they
    expire) and returns the ``x-user-id`` / ``x-user-roles`` lines to send
    upstream. It raises the problem to answer instead: 401 (no token, or a bad
    one) with ``WWW-Authenticate``, 403 (a missing role), 503 (the route needs
    a token but the gateway has no key set). :class:`~core.security.tokens.UnknownKeyError`
-   means the key set must be refreshed first: :meth:`identify_async`.
+   means the key set must be refreshed first, and
+   :class:`~core.security.relay.SessionPending` that the session must be
+   read from Redis first: :meth:`identify_async`. A session-authenticated
+   request sends upstream ``Authorization: Bearer`` with the session's
+   access token (token relay); on routes that accept sessions the client's
+   own ``Authorization`` header is dropped (the router does it) and a
+   bearer token it presented on an ``either`` route is sent again here.
 2. :meth:`admit` takes a token from the route's bucket in Redis (keyed by the
    user id, else the client address) and returns the decision (with a
    ``synced`` limit, :meth:`admit_now` decides from the local bucket without
@@ -26,18 +35,19 @@ from __future__ import annotations
 
 from core.errors import ServiceUnavailable
 from core.proxy.wire import header_value
-from core.security.access import Policy, authorize, authorize_async
+from core.security.access import AUTH_VIA, AuthVia, Policy, authorize, authorize_async
 from core.security.ratelimit import Decision, RateLimiter, rate_key
+from core.security.relay import SessionGate
 from core.security.synced import SyncedRateLimiter
 from core.security.tokens import Identity, Verifier
 
-__all__ = ["Guard"]
+__all__ = ["AUTH_VIA", "AuthVia", "Guard"]
 
 
 class Guard:
-    """The checks of one route: ``policy`` with ``verifier``, and ``limiter`` if limited."""
+    """The checks of one route: ``policy`` with ``verifier`` (or ``sessions``), ``limiter`` if limited."""
 
-    __slots__ = ("decide", "limiter", "policy", "route_id", "verifier")
+    __slots__ = ("decide", "limiter", "policy", "route_id", "sessions", "verifier", "via")
 
     def __init__(
         self,
@@ -45,11 +55,16 @@ class Guard:
         policy: Policy,
         verifier: Verifier | None,
         limiter: RateLimiter | None = None,
+        *,
+        via: AuthVia = "token",
+        sessions: SessionGate | None = None,
     ) -> None:
         self.route_id = route_id
         self.policy = policy
         self.verifier = verifier
         self.limiter = limiter
+        self.via = via
+        self.sessions = sessions
         # A synced limiter decides from memory (core.security.synced).
         self.decide = limiter.decide if isinstance(limiter, SyncedRateLimiter) else None
 
@@ -62,15 +77,46 @@ class Guard:
             )
         return self.verifier
 
-    def identify(self, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, str | None]:
+    def _sessions(self) -> SessionGate:
+        if self.sessions is None:
+            raise ServiceUnavailable(
+                "this route accepts sessions but the gateway has none (start it with --jwks-url)",
+                headers={"Retry-After": "30"},
+            )
+        return self.sessions
+
+    def identify(
+        self, headers: list[tuple[bytes, bytes]], method: bytes = b"GET"
+    ) -> tuple[bytes, str | None]:
         """``(identity header lines, user id)`` for a request allowed through; see the module doc."""
         if self.policy.public:
             return b"", None
-        return _lines(authorize(self._verifier(), self.policy, _authorization(headers)))
+        via = self.via
+        if via == "token":
+            return _lines(authorize(self._verifier(), self.policy, _authorization(headers)))
+        if via == "either":
+            authorization = _authorization(headers)
+            if _is_bearer(authorization):
+                lines, user = _lines(authorize(self._verifier(), self.policy, authorization))
+                return lines + _relayed(authorization), user
+        return self._sessions().identify_now(headers, method, self.policy, either=via == "either")
 
-    async def identify_async(self, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, str | None]:
-        """:meth:`identify` after a (rate-limited) refresh of the key set."""
-        return _lines(await authorize_async(self._verifier(), self.policy, _authorization(headers)))
+    async def identify_async(
+        self, headers: list[tuple[bytes, bytes]], method: bytes = b"GET"
+    ) -> tuple[bytes, str | None]:
+        """:meth:`identify` after a (rate-limited) refresh of the key set, or reading the session."""
+        via = self.via
+        if via == "token":
+            return _lines(
+                await authorize_async(self._verifier(), self.policy, _authorization(headers))
+            )
+        if via == "either":
+            authorization = _authorization(headers)
+            if _is_bearer(authorization):
+                identity = await authorize_async(self._verifier(), self.policy, authorization)
+                lines, user = _lines(identity)
+                return lines + _relayed(authorization), user
+        return await self._sessions().identify(headers, method, self.policy, either=via == "either")
 
     async def admit(self, user_id: str | None, address: str) -> Decision:
         """The rate limit's decision for this request (allowed when not limited)."""
@@ -98,6 +144,16 @@ class Guard:
 def _authorization(headers: list[tuple[bytes, bytes]]) -> str | None:
     value = header_value(headers, b"authorization")
     return value.decode("latin-1") if value else None
+
+
+def _is_bearer(authorization: str | None) -> bool:
+    return authorization is not None and authorization[:7].lower() == "bearer "
+
+
+def _relayed(authorization: str | None) -> bytes:
+    """The client's own bearer line, sent on (an ``either`` route drops the original)."""
+    assert authorization is not None
+    return b"authorization: " + authorization.encode("latin-1") + b"\r\n"
 
 
 def _lines(identity: Identity | None) -> tuple[bytes, str | None]:

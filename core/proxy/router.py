@@ -31,7 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from core import log
 from core.errors import NotFound, ServiceUnavailable
-from core.proxy.guard import Guard
+from core.proxy.guard import AuthVia, Guard
 from core.proxy.stats import Row
 from core.proxy.wire import header_pattern
 from core.registry.discovery import Watcher
@@ -39,6 +39,7 @@ from core.registry.store import SERVICE_RE
 from core.routes.table import Route, RouteTable, Timeouts
 from core.security.access import PUBLIC, Policy
 from core.security.ratelimit import RateLimiter, RateLimitPolicy
+from core.security.relay import SessionGate
 from core.security.tokens import Verifier
 from core.upstream.breaker import State
 from core.upstream.retry import RetryPolicy
@@ -56,6 +57,7 @@ _NO_HEADERS: dict[str, str] = {}
 # Routing decisions kept by method, host and path (cleared whole when full).
 _CACHE_SIZE = 4096
 DEFAULT_RETRY = RetryPolicy()
+_AUTHORIZATION = frozenset((b"authorization",))
 DEFAULT_TIMEOUTS = Timeouts()
 
 
@@ -156,16 +158,21 @@ class Router:
         # discovery routes, and how to make a route's rate limiter.
         self.verifier: Verifier | None = None
         self.discovery_access: Policy = PUBLIC
+        self.discovery_via: AuthVia = "token"
         self.limiter_for: Callable[[RateLimitPolicy], RateLimiter] | None = None
+        # Sessions (None: routes that accept only sessions answer 503).
+        self.sessions: SessionGate | None = None
 
-    def _guard(self, route_id: str, policy: Policy, limit: RateLimitPolicy | None) -> Guard | None:
+    def _guard(
+        self, route_id: str, policy: Policy, limit: RateLimitPolicy | None, via: AuthVia = "token"
+    ) -> Guard | None:
         """The checks of a route, or None when it is public and unlimited."""
         limiter = None
         if limit is not None and self.limiter_for is not None:
             limiter = self.limiter_for(limit)
         if policy.public and limiter is None:
             return None
-        return Guard(route_id, policy, self.verifier, limiter)
+        return Guard(route_id, policy, self.verifier, limiter, via=via, sessions=self.sessions)
 
     # -- the request path --------------------------------------------------------------
 
@@ -235,7 +242,10 @@ class Router:
             connect_timeout=self.timeouts.connect,
             per_try_timeout=self.timeouts.per_try,
             total_timeout=self.timeouts.total,
-            guard=self._guard(DISCOVERY_ROUTE, self.discovery_access, None),
+            guard=self._guard(DISCOVERY_ROUTE, self.discovery_access, None, self.discovery_via),
+            request_drop=_AUTHORIZATION
+            if self.discovery_via != "token" and not self.discovery_access.public
+            else None,
         )
         self._discovery[service] = plan
         return plan
@@ -262,6 +272,10 @@ class Router:
             response_add, response_drop = _response_edits(
                 route.response_headers_add, route.response_headers_remove
             )
+            access = Policy.parse(route.auth)
+            if route.auth_via != "token" and not access.public:
+                # The gateway sends the Authorization line itself (core.proxy.guard).
+                request_drop = (request_drop or frozenset()) | _AUTHORIZATION
             plans[route.id] = Plan(
                 route=route.id,
                 service=service,
@@ -275,7 +289,7 @@ class Router:
                 request_drop=request_drop,
                 response_add=response_add,
                 response_drop=response_drop,
-                guard=self._guard(route.id, Policy.parse(route.auth), route.rate_limit),
+                guard=self._guard(route.id, access, route.rate_limit, route.auth_via),
             )
         for plan in self._discovery.values():
             keep.add(self._service_key(plan.service, self.policy))

@@ -30,6 +30,7 @@ import httptools
 from core import log
 from core.errors import BadRequest, HeaderTooLarge, HTTPProblem, InternalError, RequestTimeout
 from core.proxy.access import AccessLog
+from core.proxy.bff import SessionEndpoints
 from core.proxy.contract import Limits
 from core.proxy.exchange import DONE, PAUSE_BUFFER, Exchange
 from core.proxy.head import Heads
@@ -479,6 +480,8 @@ class ProxyServer:
         self.traces = TraceIds()
         #: The access log, when one is kept (``gateway.py`` sets it).
         self.access: AccessLog | None = None
+        #: The session endpoints (``/-/session``), when sessions are on (``gateway.py`` sets them).
+        self.bff: SessionEndpoints | None = None
         self.clock = Clock()
         self.tick = tick
         self.connections: set[ClientConnection] = set()

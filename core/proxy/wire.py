@@ -36,6 +36,7 @@ __all__ = [
     "scan_request",
     "scan_response",
     "status_line",
+    "without_own_cookies",
 ]
 
 #: Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
@@ -71,8 +72,13 @@ _REQUEST_SPECIAL = HOP_BY_HOP | frozenset(
         # client's own claim never reaches a service, on any route.
         b"x-user-id",
         b"x-user-roles",
+        # Read for the gateway's own cookies (core.security.sessions), which
+        # never reach a service: the rest of the header is forwarded.
+        b"cookie",
     )
 )
+#: The gateway's cookies (a session id, its CSRF token): kept from upstreams.
+_OWN_COOKIES = (b"essaim_session", b"essaim_csrf")
 
 
 #: Methods a retry may repeat (RFC 9110 9.2.2).
@@ -135,7 +141,8 @@ def scan_request(
     Returns ``(lines, host, content_length, chunked, x_forwarded_for,
     x_request_id, expect, connection, via, traceparent)``: ``lines`` are the
     ``name: value\r\n`` lines to forward as they are (hop-by-hop headers,
-    the ones the gateway sets itself and the names in ``drop`` left out); the
+    the ones the gateway sets itself and the names in ``drop`` left out;
+    ``Cookie`` without the gateway's own cookies); the
     others are what the gateway needs (None when absent). Repeated
     ``X-Forwarded-For`` and ``Via`` values are joined with ``", "``,
     ``Connection`` values with ``","``. Two ``Host`` lines are a
@@ -170,7 +177,25 @@ def scan_request(
             via = value if via is None else via + b", " + value
         elif low == b"traceparent":
             traceparent = value
+        elif low == b"cookie":
+            if drop is not None and low in drop:
+                continue
+            if b"essaim_" in value:
+                value = without_own_cookies(value)
+                if not value:
+                    continue
+            lines.append(name + b": " + value + b"\r\n")
     return lines, host, length, chunked, xff, rid, expect, connection, via, traceparent
+
+
+def without_own_cookies(value: bytes) -> bytes:
+    """A ``Cookie`` value without the gateway's own cookies (``b""`` when none is left)."""
+    kept = [
+        part
+        for part in (p.strip() for p in value.split(b";"))
+        if part and part.partition(b"=")[0].strip() not in _OWN_COOKIES
+    ]
+    return b"; ".join(kept)
 
 
 #: Response header lines the gateway removes, or reads (Content-Length stays).

@@ -9,7 +9,10 @@ a service token may write its own service only, at an allowed target.
 
 - :class:`Registration` keeps one instance registered: it registers, renews
   the TTL every TTL/3, registers again whenever a heartbeat finds the instance
-  gone (expired, or Redis restarted empty), and deregisters on stop.
+  gone (expired, or Redis restarted empty), and deregisters on stop. Given
+  the registry's Redis to watch, it heartbeats at once when a connection to
+  it comes back, rather than at its next interval: a Redis restarted empty
+  between two heartbeats gets the instance back as soon as it answers.
 - :class:`Watcher` keeps an in-memory snapshot of every service's live
   instances, current through the change channel. It re-lists on a revision
   gap, after every (re)connect and every ``resync_interval``; while Redis is
@@ -39,12 +42,20 @@ from core import log
 from core.redis import REDIS_ERRORS, Backoff, Redis, Subscription
 from core.registry.client import RegistrationRefused, RegistryClient, RegistryUnavailable
 from core.registry.model import iso
-from core.registry.store import CHANNEL, Event, Instance, RegistryStore
+from core.registry.store import CHANNEL, PREFIX, Event, Instance, RegistryStore
 from core.tasks import TaskSet
 
 logger = log.get("discovery")
 
 __all__ = ["Event", "Instance", "Registration", "Watcher"]
+
+#: The channel a :class:`Registration` subscribes to only to learn that its
+#: connection broke and came back (nothing is published on it). It shares the
+#: registry's hash tag, so on Cluster it lives on the shard holding the instances.
+PRESENCE_CHANNEL = PREFIX + "presence"
+#: Longest wait between two attempts while the registry or its Redis is away
+#: (the registry's 503 says ``Retry-After: 1``).
+RETRY_CAP = 1.0
 
 
 class Registration:
@@ -59,9 +70,17 @@ class Registration:
     ``registered_at`` is stamped once (unless given) and kept when it
     registers again after Redis lost it: watchers then see the same process
     coming back, not a new one (see :func:`core.upstream.upstream.generation`).
+
+    ``redis``, the registry's Redis (the same client as ``target`` when that
+    is one), is watched through a subscription that receives nothing: when
+    its connection breaks and comes back, Redis may have restarted empty, so
+    the registration heartbeats at once (:meth:`check_now`) instead of up to
+    TTL/3 later, and a retry waiting out its backoff goes at once.
     """
 
-    def __init__(self, target: Redis | RegistryClient, instance: Instance) -> None:
+    def __init__(
+        self, target: Redis | RegistryClient, instance: Instance, *, redis: Redis | None = None
+    ) -> None:
         self.store: RegistryStore | RegistryClient = (
             target if isinstance(target, RegistryClient) else RegistryStore(target)
         )
@@ -72,6 +91,12 @@ class Registration:
         self.registered = asyncio.Event()
         self.registrations = 0
         self._tasks = TaskSet("registration")
+        self._wake = asyncio.Event()
+        self.presence = (
+            Subscription(redis, [PRESENCE_CHANNEL], _ignore, on_connect=self._on_redis,
+                         name=f"registration:{instance.id}")
+            if redis is not None else None
+        )  # fmt: skip
 
     @property
     def interval(self) -> float:
@@ -83,9 +108,26 @@ class Registration:
         It does not fail when Redis is away: the loop keeps trying.
         """
         self._tasks.spawn(self._run(), self.instance.service)
+        if self.presence is not None:
+            self._tasks.spawn(self.presence.run(), "presence")
         if wait:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.registered.wait(), wait)
+
+    def check_now(self) -> None:
+        """Heartbeat (or retry) now rather than at the end of the current wait."""
+        self._wake.set()
+
+    async def _on_redis(self) -> None:
+        assert self.presence is not None
+        if self.presence.connections:  # a reconnection: Redis may have lost the instance
+            self.check_now()
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or until :meth:`check_now`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
 
     async def _register(self) -> None:
         rev, _ = await self.store.register(self.instance)
@@ -97,7 +139,7 @@ class Registration:
         )  # fmt: skip
 
     async def _run(self) -> None:
-        backoff = Backoff(base=0.1, cap=min(2.0, self.interval))
+        backoff = Backoff(base=0.1, cap=min(RETRY_CAP, self.interval))
         while True:
             try:
                 if not self.registered.is_set():
@@ -110,7 +152,7 @@ class Registration:
                     await self._register()
                 backoff.reset()
                 self.refusal = None
-                await asyncio.sleep(self.interval)
+                await self._pause(self.interval)
             except (*REDIS_ERRORS, RegistryUnavailable) as exc:
                 if backoff.attempt == 0:
                     logger.warning(
@@ -118,7 +160,7 @@ class Registration:
                         self.instance.id,
                         exc,
                     )
-                await backoff.sleep()
+                await self._pause(backoff.next())
             except RegistrationRefused as exc:
                 if self.refusal != exc.detail:
                     logger.error(
@@ -136,6 +178,8 @@ class Registration:
 
     async def stop(self, *, deregister: bool = True) -> None:
         """Stop heartbeating and, unless told otherwise, deregister (best effort, bounded)."""
+        if self.presence is not None:
+            self.presence.stop()
         await self._tasks.stop()
         if deregister:
             try:
@@ -147,6 +191,10 @@ class Registration:
         if isinstance(self.store, RegistryClient):
             await self.store.close()
         self.registered.clear()
+
+
+async def _ignore(channel: str, data: str) -> None:
+    """Nothing is published on :data:`PRESENCE_CHANNEL`."""
 
 
 ChangeCallback = Callable[[set[str]], Awaitable[None] | None]

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from core.errors import EssaimError
+from core.security.access import AuthVia
 from core.security.ratelimit import RateLimitPolicy
 from core.upstream.retry import RetryPolicy
 from core.upstream.upstream import UpstreamPolicy
@@ -71,7 +72,9 @@ class Route:
     ``methods`` None means any method; ``host`` is lower-case, ``*.`` for a
     suffix; ``headers`` are (lower-case name, exact value) pairs that must all
     be present. Exactly one of ``service`` and ``urls`` is set. Header names in
-    the add/remove fields are lower-case. ``rate_limit`` None: not limited.
+    the add/remove fields are lower-case. ``auth_via`` says which credential
+    the ``auth`` policy accepts: ``token`` (a bearer token), ``session``
+    (the gateway's session cookie) or ``either``. ``rate_limit`` None: not limited.
     """
 
     id: str
@@ -91,6 +94,7 @@ class Route:
     retry: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
     upstream: UpstreamPolicy = dataclasses.field(default_factory=UpstreamPolicy)
     auth: str = "public"
+    auth_via: AuthVia = "token"
     rate_limit: RateLimitPolicy | None = None
     order: int = 0
     _params: tuple[tuple[int, str], ...] = dataclasses.field(default=(), repr=False, compare=False)
@@ -177,6 +181,7 @@ class Route:
             breaker=_plain(self.upstream.breaker),
             outlier=_plain(self.upstream.outlier),
             auth=self.auth,
+            auth_via=self.auth_via,
         )
         if self.rate_limit is not None:
             doc["rate_limit"] = _plain(self.rate_limit)

@@ -24,6 +24,7 @@ from core.routes.model import (
     Timeouts,
     UrlTarget,
 )
+from core.security.access import AUTH_VIA
 from core.security.ratelimit import RateLimitPolicy
 from core.upstream.balancer import BALANCERS
 from core.upstream.breaker import BreakerPolicy
@@ -44,10 +45,13 @@ ROUTE_KEYS = frozenset(
     (
         "id", "path", "prefix", "methods", "host", "headers", "service", "urls",
         "strip_prefix", "rewrite", "request_headers", "response_headers", "timeouts",
-        "retry", "balancer", "breaker", "outlier", "auth", "rate_limit",
+        "retry", "balancer", "breaker", "outlier", "auth", "auth_via", "rate_limit",
     )
 )  # fmt: skip
-DEFAULT_KEYS = frozenset(("timeouts", "retry", "balancer", "breaker", "outlier", "auth"))
+DEFAULT_KEYS = frozenset(
+    ("timeouts", "retry", "balancer", "breaker", "outlier", "auth", "auth_via")
+)
+
 TABLE_KEYS = frozenset(("routes", "defaults"))
 MAX_SEGMENTS = 32
 # Keys of the retry section that configure the upstream's retry budget.
@@ -223,6 +227,11 @@ def _route(raw: Any, order: int, defaults: Mapping[str, Any]) -> Route:
     if balancer not in BALANCERS:
         raise f.error("balancer", f"expected one of {', '.join(BALANCERS)}, got {_show(balancer)}")
     auth = _auth(f, spec.get("auth", defaults.get("auth", "public")))
+    auth_via = f.typed(
+        spec.get("auth_via", defaults.get("auth_via", "token")), str, "auth_via", "a string"
+    )
+    if auth_via not in AUTH_VIA:
+        raise f.error("auth_via", f"expected one of {', '.join(AUTH_VIA)}, got {_show(auth_via)}")
     rate_limit = None
     if "rate_limit" in spec:
         raw_limit = f.table(spec["rate_limit"], "rate_limit")
@@ -253,6 +262,7 @@ def _route(raw: Any, order: int, defaults: Mapping[str, Any]) -> Route:
         retry=retry,
         upstream=_upstream(f, balancer, retry, budget, merged),
         auth=auth,
+        auth_via=auth_via,
         rate_limit=rate_limit,
         order=order,
         _params=tuple(params),

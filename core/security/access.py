@@ -38,10 +38,12 @@ from core.security.tokens import (
 )
 
 __all__ = [
+    "AUTH_VIA",
     "IDENTITY",
     "IDENTITY_HEADERS",
     "USER_ID_HEADER",
     "USER_ROLES_HEADER",
+    "AuthVia",
     "Policy",
     "access_middleware",
     "authorize",
@@ -57,6 +59,10 @@ IDENTITY_HEADERS = frozenset({USER_ID_HEADER.lower(), USER_ROLES_HEADER.lower()}
 IDENTITY: web.RequestKey[Identity | None] = web.RequestKey("identity")
 
 PolicyKind = Literal["public", "authenticated", "roles"]
+
+#: Which credential a route's policy accepts (a route's ``auth_via``).
+AuthVia = Literal["token", "session", "either"]
+AUTH_VIA: tuple[AuthVia, ...] = ("token", "session", "either")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -22,8 +22,12 @@ the events it emits and handles) and its ``__main__`` calls
 
 The instance registers with the registry once its port is listening (so a
 port of 0 registers the port the OS picked) and deregisters first at
-shutdown, before in-flight requests drain, so that the gateway stops routing
-to it while it finishes what it has.
+shutdown, while it still accepts: it waits until no request arrived for
+0.1 s (the watchers, the gateway, stopped routing to it; at most
+``--deregister-wait``, 1 s), then stops accepting and drains its requests in
+flight. A request the gateway sent meanwhile is
+served, and no idle keep-alive connection is closed under a request the
+gateway is sending on it.
 
 Every service answers ``GET /health`` (200 while it can serve; ``DEGRADED``
 when Redis or configsvc is away; 503 when its database fails) and
@@ -51,6 +55,7 @@ import os
 import re
 import secrets
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -164,6 +169,13 @@ class ServiceSettings(CommonSettings):
     ttl: int = dataclasses.field(
         default=10, metadata=option("seconds the registry keeps the instance without a heartbeat")
     )
+    deregister_wait: float = dataclasses.field(
+        default=1.0,
+        metadata=option(
+            "on SIGTERM, after deregistering: at most this many seconds until requests stop"
+            " arriving (the gateway stops routing here), before it stops accepting"
+        ),
+    )
     resync_interval: float = dataclasses.field(
         default=30.0, metadata=option("seconds between full re-reads of the registry")
     )
@@ -202,6 +214,10 @@ class ServiceSettings(CommonSettings):
         if self.instance_id and not INSTANCE_ID_RE.match(self.instance_id):
             raise SettingsError(
                 f"instance_id: expected {INSTANCE_ID_RE.pattern}, got {self.instance_id!r}"
+            )
+        if not 0 <= self.deregister_wait <= 60:
+            raise SettingsError(
+                f"deregister_wait: expected 0-60 seconds, got {self.deregister_wait}"
             )
         for name in ("resync_interval", "visibility_timeout", "outbox_poll"):
             if getattr(self, name) <= 0:
@@ -354,10 +370,34 @@ def _check_handler(event_type: str, handler: Any) -> None:
 
 
 class _Lifecycle:
-    """What the app learns after it started: its registration."""
+    """What the app learns after it started: its registration, when a request last arrived."""
 
     def __init__(self) -> None:
         self.registration: Registration | None = None
+        self.last_request = 0.0  # time.monotonic()
+
+
+#: At shutdown, after deregistering: traffic silent this long means the watchers stopped routing.
+QUIET = 0.1
+
+
+async def _deregister_first(app: web.Application) -> None:
+    """Deregister, then wait until no request arrived for :data:`QUIET` (``deregister_wait`` at most).
+
+    Under traffic the gateway's requests stop within milliseconds of the
+    deregistration; an idle instance waits :data:`QUIET` only.
+    """
+    lifecycle = app[LIFECYCLE]
+    if lifecycle.registration is None:
+        return
+    await _deregister(app)
+    deadline = time.monotonic() + app[SETTINGS].deregister_wait
+    while True:
+        # Until QUIET after the last request (which may be later than the one seen now).
+        wait = min(deadline, lifecycle.last_request + QUIET) - time.monotonic()
+        if wait <= 0:
+            return
+        await asyncio.sleep(wait)
 
 
 # Typed application keys.
@@ -563,7 +603,9 @@ async def start_registration(app: web.Application, host: str, port: int) -> Regi
     target: Redis | RegistryClient = app[REDIS]
     if settings.registry_url:
         target = RegistryClient(settings.registry_url, settings.registry_token)
-    registration = Registration(target, instance)
+    # The registry's Redis (the watcher reads it too): when it comes back, perhaps
+    # emptied, the registration checks its instance at once.
+    registration = Registration(target, instance, redis=app[REDIS])
     app[LIFECYCLE].registration = registration
     await registration.start(wait=2.0)
     if not registration.registered.is_set():
@@ -738,9 +780,11 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
     """The service's application; its resources open in its cleanup contexts."""
     metrics = HTTPMetrics(service.name.replace("-", "_"))
     instance_id = settings.instance_id or f"{service.name}-{secrets.token_hex(4)}"
+    lifecycle = _Lifecycle()
 
     @web.middleware
     async def identify(request: web.Request, handler: Handler) -> web.StreamResponse:
+        lifecycle.last_request = time.monotonic()
         response = await handler(request)
         response.headers["X-Instance-ID"] = instance_id
         return response
@@ -758,7 +802,7 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
     app[SETTINGS] = settings
     app[INSTANCE_ID] = instance_id
     app[METRICS] = metrics
-    app[LIFECYCLE] = _Lifecycle()
+    app[LIFECYCLE] = lifecycle
     metrics.registry.register(_EventMetrics(app, metrics.namespace))
     for ctx in (_access_ctx, _redis_ctx, _db_ctx, _config_ctx, _calls_ctx, _relay_ctx,
                 _sagas_ctx, _consumer_ctx, *service.contexts, _registration_ctx):  # fmt: skip
@@ -805,4 +849,5 @@ def run_service(service: Service, argv: Sequence[str] | None = None) -> int:
         [Site(app, settings.host, settings.port, service.name)],
         shutdown_timeout=settings.shutdown_timeout,
         on_started=on_started,
+        before_stop=functools.partial(_deregister_first, app),
     )

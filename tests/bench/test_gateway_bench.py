@@ -86,11 +86,22 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
         assert fixed["rate"] == round(cases["gateway"]["rps"] / 2)
         assert fixed["gateway"]["requests"] > 0
         assert "added_p99_ms" in fixed
+        if "nginx" in fixed:  # nginx's added p99 is the yardstick of the gateway's
+            assert fixed["nginx_added_p99_ms"] == round(
+                fixed["nginx"]["p99_ms"] - fixed["direct"]["p99_ms"], 4
+            )
+            assert "more (target within 0.5 ms of nginx's" in done.stdout
     assert set(result["matcher_ns"]) == {"gateway", "gateway-1000"}
+    # Every run says how much CPU the rest of the machine used while it ran.
+    for row in cases.values():
+        assert all(
+            isinstance(r["others_cpus"], float) and r["others_cpus"] >= 0 for r in row["runs"]
+        )
+        assert row["quiet"] == any(r["quiet"] for r in row["runs"])
 
     out = done.stdout
     assert "req/s" in out
-    assert "load 1-min before/after" in out
+    assert "others' CPU / load 1-min before/after" in out
     assert "direct" in out
     assert f"results written to {output}" in out
 

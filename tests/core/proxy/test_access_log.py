@@ -121,3 +121,31 @@ async def test_a_sample_keeps_one_in_n_and_every_error(
     assert sum('"GET /api/boom" 500' in line for line in lines) == 3
     assert all(" INFO    essaim.access: 127.0.0.1 " in line for line in lines)
     assert all("upstream_status=500" in line for line in lines if "/api/boom" in line)
+
+
+def test_json_lines_escape_what_clients_and_config_choose(pipe: tuple[int, int]) -> None:
+    """A path, request id, route or error with quotes, backslashes, control or non-ASCII
+    characters still makes one valid JSON line holding them as they were."""
+    from types import SimpleNamespace
+
+    log = AccessLog(1, json=True, fd=pipe[1])
+    path = '/a"b\\c\x01\x85é'
+    ex = SimpleNamespace(
+        status=502, endpoint=SimpleNamespace(host="h\"1", port=80), answered_problem='bad "x"\n',
+        head=SimpleNamespace(length=7), attempts=3, method_name="GET", path=path,
+        request_id=b'r"1\\', trace_id=b"0" * 32, span_id=b"1" * 16,
+        client=SimpleNamespace(peer=b"::1"), bytes_out=10,
+    )  # fmt: skip
+    log.record(ex, 'ro"ute', "svc\\", 0.0125)
+    log.flush()
+    (line,) = _drain(pipe[0]).splitlines()
+    doc = orjson.loads(line)
+    assert doc["path"] == path
+    assert doc["msg"] == f"GET {path} 502"
+    assert (doc["request_id"], doc["route"], doc["service"]) == ('r"1\\', 'ro"ute', "svc\\")
+    assert (doc["instance"], doc["error"]) == ('h"1:80', 'bad "x"\n')
+    assert (doc["status"], doc["upstream_status"], doc["retries"], doc["bytes_in"]) == (
+        502, None, 2, 7,
+    )  # fmt: skip
+    assert doc["duration_ms"] == 12.5
+    assert doc["client"] == "::1"

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from core.redis import Redis, connect, publish_command
+from core.redis import REDIS_ERRORS, Redis, connect, publish_command
 from core.registry.discovery import Registration, Watcher
 from core.registry.store import (
     CHANNEL,
@@ -228,6 +228,36 @@ async def test_instances_lost_by_an_emptied_redis_stay_routable_until_they_regis
     finally:
         await reg.stop()
         await watcher.stop()
+        await client.aclose()
+
+
+async def test_redis_restarted_empty_between_heartbeats_gets_the_instance_back_at_once(
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    """Watching Redis, a registration does not wait for its next heartbeat (TTL/3 = 10 s here)."""
+    server = redis_factory()
+    client = connect(server.url)
+    reg = Registration(client, instance("c1", ttl=30), redis=client)
+    store = RegistryStore(client)
+    try:
+        await reg.start(wait=5)
+        await wait_until(lambda: reg.presence is not None and reg.presence.connected.is_set())
+        server.kill()
+        server.start()  # empty, within a heartbeat interval
+        loop = asyncio.get_running_loop()
+        back = loop.time()
+
+        async def listed() -> bool:
+            try:
+                return [i.id for i in await store.instances("customers")] == ["c1"]
+            except REDIS_ERRORS:
+                return False
+
+        await wait_until(listed, timeout=reg.interval / 2, message="registered again")
+        assert loop.time() - back < reg.interval / 2
+        assert reg.registrations == 2
+    finally:
+        await reg.stop()
         await client.aclose()
 
 
