@@ -43,7 +43,8 @@ def _http(method: str, url: str, body: Any = None, headers: dict[str, str] | Non
         with urllib.request.urlopen(request, timeout=10) as resp:
             raw = resp.read()
     except urllib.error.HTTPError as exc:
-        raw = exc.read()
+        with exc:
+            raw = exc.read()
     return json.loads(raw) if raw else None
 
 
@@ -108,6 +109,8 @@ def shoot(system: RunningSystem, out: Path, chromium: str) -> list[Path]:
 
     def save(page: Any, name: str, *, full: bool = True) -> None:
         path = out / f"console-{name}.png"
+        expect(page.locator("#toast.show")).to_have_count(0)  # no passing message in the picture
+        page.evaluate("window.scrollTo(0, 0)")
         page.screenshot(path=str(path), full_page=full, animations="disabled")
         written.append(path)
 
@@ -136,7 +139,7 @@ def shoot(system: RunningSystem, out: Path, chromium: str) -> list[Path]:
             expect(customers).to_contain_text("%")
             expect(customers).not_to_contain_text("— %")
             # The rates' window full of traffic (10 s), for the picture.
-            expect(page.locator("#gateway-body .summary")).to_contain_text("last 10.0 s")
+            expect(page.locator("#gateway-body .summary")).to_contain_text("last 10 s")
             save(page, "gateway")
 
         page.get_by_role("link", name="Config").click()

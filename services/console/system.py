@@ -126,6 +126,8 @@ class RunningSystem:
             process.wait()
         if self._reader is not None:
             self._reader.join(5)
+        if process.stdout is not None:
+            process.stdout.close()
 
     def __enter__(self) -> RunningSystem:
         return self.start()

@@ -65,8 +65,8 @@ def parse_metrics(text: str) -> dict[str, Counters]:
                 bound = float(sample.labels["le"])  # "+Inf" -> inf
                 buckets = out[sample.labels.get("service", "")].buckets
                 buckets[bound] = buckets.get(bound, 0.0) + sample.value
-    out.pop("unmatched", None)
-    out.pop("", None)
+    for own in ("unmatched", "health", ""):
+        out.pop(own, None)
     return dict(out)
 
 
@@ -217,7 +217,9 @@ class Traffic:
                     })  # fmt: skip
         for name, keys in seen.items():
             services[name]["endpoints"] = len(keys)
-        for entry in services.values():
+        for name, entry in services.items():
+            # The gateway counts its own session endpoints as a "service" of that name.
+            entry["own"] = name == "session" and not entry["breakers"]
             entry.setdefault("rate", None)
             entry.setdefault("error_rate", None)
             entry.setdefault("p50", None)

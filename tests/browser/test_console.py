@@ -54,7 +54,8 @@ def http(
         with urllib.request.urlopen(request, timeout=10) as resp:
             raw, status, got = resp.read(), resp.status, dict(resp.headers)
     except urllib.error.HTTPError as exc:
-        raw, status, got = exc.read(), exc.code, dict(exc.headers)
+        with exc:
+            raw, status, got = exc.read(), exc.code, dict(exc.headers)
     return status, got, json.loads(raw) if raw else None
 
 
@@ -217,15 +218,16 @@ def test_a_config_rollback_is_shown_and_applied_by_the_service(
     body = admin.locator("#config-body")
     expect(body.get_by_role("heading", name="billing: versions")).to_be_visible()
     expect(body).to_contain_text(f"v{changed}")
-    admin.get_by_label("From").select_option(str(changed - 1))
-    admin.get_by_label("To").select_option(str(changed))
+    admin.get_by_label("From", exact=True).select_option(str(changed - 1))
+    admin.get_by_label("To", exact=True).select_option(str(changed))
     admin.get_by_role("button", name="Show the diff").click()
     expect(body.locator("pre.diff .add")).to_contain_text(["tax_rate = 0.25"])
 
     body.get_by_role("button", name=f"Roll back to v{changed - 1}").click()
     confirm(admin, f"Roll back to v{changed - 1}")
     expect(admin.locator("#toast")).to_contain_text(f"billing is at v{changed + 1}")
-    expect(body.locator("tr", has_text=f"v{changed + 1}")).to_contain_text("current")
+    current = body.locator("tbody tr", has=admin.locator(".badge", has_text="current"))
+    expect(current).to_contain_text(f"v{changed + 1}")
     until(lambda: _tax_rate(system, alice) == 0.2, "billing applies the rolled back rate")
 
 

@@ -80,7 +80,7 @@ function table(caption, headers, rows, empty) {
   if (!rows.length) return `<p class="empty">${esc(empty)}</p>`;
   const head = headers.map((h) => `<th scope="col">${h}</th>`).join("");
   const body = rows.map((cells) => "<tr>" + cells.map((c, i) =>
-    `<td data-label="${esc(stripTags(headers[i]))}">${c}</td>`).join("") + "</tr>").join("");
+    `<td data-label="${esc(stripTags(headers[i]))}"><div>${c}</div></td>`).join("") + "</tr>").join("");
   return `<div class="scroll"><table><caption>${caption}</caption><thead><tr>${head}</tr></thead><tbody>${body}</tbody></table></div>`;
 }
 
@@ -148,14 +148,14 @@ const render = {
       html += `<p class="problem">The last table offered was rejected: ${esc(r.last_rejected.reason || JSON.stringify(r.last_rejected))}</p>`;
     }
     const rows = doc.services.map((s) => [
-      `<strong>${esc(s.name)}</strong>`,
+      s.own ? `<code>/-/session</code> <span class="meta">the gateway's logins</span>` : `<strong>${esc(s.name)}</strong>`,
       number(s.rate, 1, "req/s"),
       s.error_rate == null ? number(null, 1, "%") : number(s.error_rate * 100, 1, "%"),
       number(s.p50, 1, "ms"),
       number(s.p99, 1, "ms"),
-      breakerBadge(s.breaker) + (s.breakers.length > 1
+      s.own ? "—" : breakerBadge(s.breaker) + (s.breakers.length > 1
         ? ` <span class="meta">${s.breakers.map((b) => `${esc(b.upstream)}: ${esc(b.state)}`).join(", ")}</span>` : ""),
-      s.ejected.length
+      s.own ? "—" : s.ejected.length
         ? s.ejected.map((e) => `${badge(e.instance, "bad")} <span class="meta">for ${seconds(e.for)}</span>`).join(" ")
         : `0 of ${plural(s.endpoints, "instance")}`,
       plural(s.total_requests, "request"),
@@ -170,7 +170,7 @@ const render = {
       Array.isArray(route.target) ? esc(route.target.join(", ")) : esc(route.target),
       `<code>${esc(route.auth)}</code>`,
       route.auth_via ? esc(route.auth_via) : "token",
-      route.rate_limit ? `${esc(route.rate_limit.replenish_rate)} req/s, bursts of ${esc(route.rate_limit.burst_capacity)}` : "—",
+      route.rate_limit ? `${esc(route.rate_limit.replenish_rate)} req/s, bursts of ${plural(route.rate_limit.burst_capacity, "request")}` : "—",
     ]);
     html += `<h2>Routes in force</h2>` + table("Static routes, most specific first when several match",
       ["Id", "Path", "Methods", "Target", "Policy", "Credential", "Rate limit"],
@@ -223,8 +223,8 @@ const render = {
     if (sel.diff && sel.diff.name === picked.name) {
       const lines = sel.diff.diff.map((line) => {
         const kind = line.startsWith("+") ? "add" : line.startsWith("-") ? "del" : line.startsWith("@@") ? "hunk" : "";
-        return `<span class="${kind}">${esc(line)}</span>`;
-      }).join("\n");
+        return `<span class="${kind}">${esc(line) || " "}</span>`;
+      }).join("");
       html += `<h3>v${esc(sel.diff.from)} → v${esc(sel.diff.to)}</h3>` +
         (sel.diff.diff.length ? `<pre class="diff" aria-label="unified diff">${lines}</pre>`
           : `<p class="empty">The two versions hold the same content.</p>`);
