@@ -67,7 +67,7 @@ import aiohttp
 from core.config.files import read_directory
 from core.errors import SettingsError
 from core.redis import REDIS_ERRORS, connect, server_binary
-from core.registry.credentials import service_token
+from core.registry.credentials import service_token, status_token
 from core.settings import PRIVATE_UMASK, Secret, check_redis_url, load, option, private_dir
 from services import seed
 from services.control import SOCKET, ControlServer, socket_path
@@ -239,11 +239,11 @@ PROCESSES: tuple[Spec, ...] = (
          count="inventory_instances", registers=True, restart="rolling"),
     Spec("billing", 3, "services.billing", args=SERVICE_ARGS, env=SERVICE_ENV, registers=True,
          restart="rolling"),
-    # The console reads the gateway's admin API, and holds the registry's operator token: its
-    # status action writes any service's instance (only its own admin check stands before it).
+    # The console reads the gateway's admin API; besides its own registry token it holds the
+    # registry's status token, which may change any instance's status and nothing else.
     Spec("console", 3, "services.console",
          args=(*SERVICE_ARGS, "--gateway-admin-url", "http://{host}:{gateway_admin_port}"),
-         env={**CONFIG_ENV, "{prefix}REGISTRY_TOKEN": "{registry_token}"}, registers=True,
+         env={**SERVICE_ENV, "{prefix}STATUS_TOKEN": "{status_token}"}, registers=True,
          restart="rolling"),
 )
 # fmt: on
@@ -428,6 +428,7 @@ class Launcher:
             **{name: str(port) for name, port in ports.items()},
             **tokens,
             "seed_users": seed_users,
+            "status_token": status_token(Secret(tokens["registry_token"])),
             "jwks_url": f"http://{host}:{ports['auth_port']}/.well-known/jwks.json",
             "jwt_issuer": JWT_ISSUER,
             "jwt_audience": JWT_AUDIENCE,

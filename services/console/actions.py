@@ -158,7 +158,7 @@ async def instance_status(request: web.Request) -> web.Response:
         except RegistrationRefused as exc:
             raise BadGateway(
                 f"the registry refused the console ({exc.status}: {exc.detail}); is "
-                "CONSOLE_REGISTRY_TOKEN the operator's token?"
+                "CONSOLE_STATUS_TOKEN the registry's status token?"
             ) from None
         if doc is None:
             raise NotFound(f"the registry holds no instance {service}/{instance_id}")

@@ -70,7 +70,7 @@ from core.service.scaffold import (
     Service,
     ServiceSettings,
 )
-from core.settings import option
+from core.settings import Secret, option
 from core.upstream.retry import RetryPolicy
 from core.upstream.upstream import UpstreamPolicy
 from services.console import actions, openapi
@@ -96,7 +96,6 @@ logger = log.get("console")
 
 __all__ = ["SERVICE", "ConsoleSettings"]
 
-BODY_LIMIT = 64 * 1024
 #: Seconds between keep-alive comments on a browser's stream.
 KEEPALIVE = 15.0
 #: What may precede /console/ in the page's <base href>: a path the gateway stripped.
@@ -108,12 +107,19 @@ class ConsoleSettings(ServiceSettings):
     """The console's settings (prefix ``CONSOLE_``): where the parts of the system answer.
 
     ``registry_url`` (the scaffold's) is also what the console reads and
-    watches, and ``registry_token`` is the operator's, which the status
-    action needs; ``config_url`` and ``config_token`` are configsvc's,
-    which the rollback action needs. A source whose URL is unset is shown
-    as not configured.
+    watches; ``status_token`` is the registry's status token (it may change
+    instances' status, nothing else), which the status action needs;
+    ``config_url`` and ``config_token`` are configsvc's, which the rollback
+    action needs. A source whose URL is unset is shown as not configured.
     """
 
+    status_token: Secret = dataclasses.field(
+        default=Secret(""),
+        metadata=option(
+            "the registry's status token (ops.status.MAC: python -m registry token --status), "
+            "for the instance status action"
+        ),
+    )
     gateway_admin_url: str = dataclasses.field(
         default="",
         metadata=option("the gateway's admin API (routes, upstreams, metrics; unset: not shown)"),
@@ -335,7 +341,7 @@ async def sources_ctx(app: web.Application) -> AsyncIterator[None]:
     streams = app[STREAMS] = Streams(hub, app[REDIS], interval=settings.poll_interval)
     polled: list[Polled] = [streams]
     if settings.registry_url:
-        writer = RegistryClient(settings.registry_url, settings.registry_token)
+        writer = RegistryClient(settings.registry_url, settings.status_token)
         app[INSTANCES] = Instances(hub, session, settings.registry_url, writer,
                                    interval=max(2.0, settings.poll_interval))  # fmt: skip
         polled.append(app[INSTANCES])

@@ -20,6 +20,7 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from core.registry.credentials import status_token
 from core.service.scaffold import build_app
 from core.settings import Secret
 from core.testing import ComponentFactory, free_port, wait_until
@@ -95,7 +96,8 @@ def console(
 ) -> Make:
     async def make(parts: Parts | None = None, *, verify: bool = True) -> Client:
         urls = {} if parts is None else {
-            "registry_url": parts.registry, "registry_token": Secret(OPERATOR),
+            "registry_url": parts.registry,
+            "status_token": Secret(status_token(Secret(OPERATOR))),
             "config_url": parts.configsvc, "config_token": Secret(CONFIG),
             "gateway_admin_url": parts.admin,
         }  # fmt: skip

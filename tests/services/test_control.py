@@ -156,7 +156,7 @@ async def test_status_lists_every_process_and_the_control_socket_is_the_owners_o
     assert lines[0].split() == ["NAME", "PID", "PORT", "INSTANCE", "STATE", "RESTARTS", "UPTIME"]
     rows = [line.split() for line in lines[1:]]
     assert [row[0] for row in rows] == list(pids)
-    assert rows[-2][:6] == [
+    assert next(row for row in rows if row[0] == "inventory-2")[:6] == [
         "inventory-2", str(pids["inventory-2"]), str(processes["inventory-2"]["port"]),
         "inventory-2", "ready", "0",
     ]  # fmt: skip

@@ -435,9 +435,14 @@ function follow() {
     live.className = "live off";
     // A closed stream after a 401 is the session gone; otherwise the
     // EventSource reconnects by itself (the stream ends with each relayed token).
-    const resp = await fetch(SESSION, { credentials: "same-origin" });
-    if (resp.status === 401) loggedOut("Your session has ended: log in again.");
-    else if (source.readyState === EventSource.CLOSED && state.source === source) setTimeout(follow, 1000);
+    let status = 0;
+    try {
+      status = (await fetch(SESSION, { credentials: "same-origin" })).status;
+    } catch (e) {
+      status = 0;  // the gateway is away: try again
+    }
+    if (status === 401) loggedOut("Your session has ended: log in again.");
+    else if (source.readyState === EventSource.CLOSED && state.source === source) setTimeout(follow, 2000);
   };
   for (const name of ["hello", ...VIEWS]) {
     source.addEventListener(name, (event) => {
