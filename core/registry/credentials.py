@@ -127,8 +127,7 @@ class Credentials:
         if not token:
             raise Unauthorized(
                 "this request requires 'Authorization: Bearer <token>': the operator's "
-                "REGISTRY_TOKEN, the service's own token (svc.<service>.<mac>) or a status "
-                "token (ops.status.<mac>)",
+                "REGISTRY_TOKEN or the service's own token (svc.<service>.<mac>)",
                 headers={"WWW-Authenticate": _REALM},
             )
         if hmac.compare_digest(token.encode(), self._operator):
