@@ -285,6 +285,11 @@ class Settings(CommonSettings):
 
     def validate(self) -> None:
         super().validate()
+        if self.listen_fd != -1:
+            raise SettingsError(
+                "GATEWAY_LISTEN_FD: the gateway takes inherited sockets over --control-socket"
+                " with --takeover, not --listen-fd"
+            )
         try:
             parse_mode(self.access_log)
         except ValueError as exc:

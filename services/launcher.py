@@ -184,8 +184,11 @@ class Spec:
     ``restart`` is how ``python -m services restart`` replaces its processes
     (:mod:`services.operations`): ``rolling`` (a new instance on a free port
     beside the old one, which then leaves; such a service also scales),
-    ``takeover`` (the gateway's socket hand-over) or ``in_place`` (stop, then
-    start on the same port: others are configured with its address).
+    ``takeover`` (the gateway's socket hand-over), ``shared`` (the launcher
+    holds the listening socket of ``port`` and passes it, ``--listen-fd``, to
+    each process in turn, so that no connection is refused while one stops
+    and the next starts: others are configured with its address) or
+    ``in_place`` (stop, then start on the same port).
     """
 
     name: str
@@ -199,7 +202,7 @@ class Spec:
     count: str = ""
     when: str = ""
     registers: bool = False
-    restart: Literal["rolling", "takeover", "in_place"] = "in_place"
+    restart: Literal["rolling", "takeover", "shared", "in_place"] = "in_place"
 
 
 BASE_ARGS = (
@@ -224,16 +227,19 @@ PROCESSES: tuple[Spec, ...] = (
     # Its settings, the password among them, are in a file: `ps` shows arguments.
     Spec("redis", 0, command=("{redis_binary}", "{redis_conf}"), health="redis",
          when="private_redis"),
+    # Every process but Redis and the gateway finds its address in another's settings
+    # (configsvc_url, registry_url, jwks_url): the launcher holds their sockets (shared).
     Spec("configsvc", 1, "configsvc", args=("--config-dir", "{config_dir}",
                                             "--data-dir", "{data}/configsvc"),
-         env={"CONFIGSVC_TOKEN": "{configsvc_token}"}, port="configsvc_port"),
+         env={"CONFIGSVC_TOKEN": "{configsvc_token}"}, port="configsvc_port", restart="shared"),
     Spec("registry", 2, "registry",
          args=("--config-url", "{configsvc_url}", "--config-cache-dir", "{data}/registry",
                "--reserved-ports", "{gateway_port},{gateway_admin_port},{configsvc_port}"),
-         env={"REGISTRY_TOKEN": "{registry_token}", **CONFIG_ENV}, port="registry_port"),
+         env={"REGISTRY_TOKEN": "{registry_token}", **CONFIG_ENV}, port="registry_port",
+         restart="shared"),
     Spec("auth", 2, "services.auth", args=BASE_ARGS, port="auth_port", registers=True,
          env={**SERVICE_ENV, "AUTH_SEED_USERS": "{seed_users}", "AUTH_ISSUER": "{jwt_issuer}",
-              "AUTH_AUDIENCE": "{jwt_audience}"}),
+              "AUTH_AUDIENCE": "{jwt_audience}"}, restart="shared"),
     # Its control socket hands its listening sockets to its successor (restart: takeover).
     Spec("gateway", 3, "gateway",
          args=("--admin-port", "{gateway_admin_port}", "--config-url", "{configsvc_url}",
@@ -257,6 +263,20 @@ def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port`` (0: any free port), for processes to inherit."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def port_free(host: str, port: int) -> bool:
@@ -311,6 +331,8 @@ class Launcher:
         #: The specs of the processes this run has (no ``redis`` with ``--redis-url``), by name.
         self.specs: dict[str, Spec] = {}
         self.registry_token = ""
+        #: The listening sockets the launcher holds for the ``shared`` processes, by spec name.
+        self.sockets: dict[str, socket.socket] = {}
         self.pid = os.getpid()
         self.operations = Operations(self)
         self.control = ControlServer(self.run_dir / SOCKET, self.operations.handle)
@@ -394,18 +416,30 @@ class Launcher:
         return binary, f"redis://:{password}@127.0.0.1:{port}/0", str(conf)
 
     def plan(self, private_redis: bool) -> None:
-        """Resolve :data:`PROCESSES` into children: ports, secrets, arguments."""
+        """Resolve :data:`PROCESSES` into children: ports, secrets, arguments.
+
+        It binds the ports of the ``shared`` processes (:attr:`sockets`):
+        :meth:`close` releases them.
+        """
         s = self.settings
         host = s.host
         ports = {}
+        shared = {spec.port: spec.name for spec in PROCESSES if spec.restart == "shared"}
         for name in PORTS:
             port = getattr(s, name)
-            if port and not port_free(host, port):
-                flag = "--" + name.replace("_", "-")
-                raise StartupFailed(
-                    f"port {port} is taken on {host} (another process listens there);"
-                    f" choose another with {flag} (0: any free port)"
-                )
+            taken = StartupFailed(
+                f"port {port} is taken on {host} (another process listens there);"
+                f" choose another with --{name.replace('_', '-')} (0: any free port)"
+            )
+            if name in shared:
+                try:
+                    sock = listening_socket(host, port)
+                except OSError:
+                    raise taken from None
+                self.sockets[shared[name]] = sock
+                port = int(sock.getsockname()[1])
+            elif port and not port_free(host, port):
+                raise taken
             ports[name] = port or free_port(host)
         tokens = {f"{name}_token": secrets.token_urlsafe(24) for name in TOKENS}
         for name in TOKENS:
@@ -463,9 +497,11 @@ class Launcher:
                   "prefix": spec.name.upper().replace("-", "_") + "_",
                   "service_registry_token": service_token(
                       Secret(self.registry_token), spec.name)}  # fmt: skip
+        sock = self.sockets.get(spec.name)
         if spec.module:
             argv = [sys.executable, "-m", spec.module, "--host", host, "--port", str(port),
                     "--log-level", s.log_level, "--log-format", s.log_format,
+                    *(("--listen-fd", str(sock.fileno())) if sock else ()),
                     *spec.args]  # fmt: skip
         else:
             argv = list(spec.command)
@@ -476,7 +512,8 @@ class Launcher:
         health = spec.health.format(**values)
         url = redis_url if spec.name == "redis" else f"http://{host}:{port}"
         return Child(name, spec.stage, argv, env, health, url, service=spec.name,
-                     instance=instance if spec.registers else "", port=port)  # fmt: skip
+                     instance=instance if spec.registers else "", port=port,
+                     pass_fds=(sock.fileno(),) if sock else ())  # fmt: skip
 
     def say_redis(self, private: bool) -> None:
         """One line: which Redis the system uses, and what the launcher does to it."""
@@ -571,12 +608,14 @@ class Launcher:
                     await self.check_redis()
                 self.plan(private)
             except StartupFailed as exc:
+                self.close()
                 self.out.say(f"cannot start: {exc}")
                 return EXIT_STARTUP
             self.say_redis(private)
             try:
                 await self.control.start()
             except (OSError, SettingsError) as exc:
+                self.close()
                 self.out.say(f"cannot start: no control socket {self.shown(SOCKET)}: {exc}")
                 return EXIT_STARTUP
             startup = asyncio.ensure_future(self._start_and_seed(session))
@@ -609,6 +648,13 @@ class Launcher:
                 self.files.remove_system()
                 await self.control.close()
                 stopped.cancel()
+                self.close()
+
+    def close(self) -> None:
+        """Release the listening sockets :meth:`plan` bound (once the processes are stopped)."""
+        for sock in self.sockets.values():
+            sock.close()
+        self.sockets.clear()
 
     async def _start_and_seed(self, session: aiohttp.ClientSession) -> None:
         await self.supervisor.start_all()

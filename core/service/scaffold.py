@@ -865,7 +865,7 @@ def run_service(service: Service, argv: Sequence[str] | None = None) -> int:
         logger.info("%s ready as %s", service.name, app[INSTANCE_ID])
 
     return run(
-        [Site(app, settings.host, settings.port, service.name)],
+        [Site(app, settings.host, settings.port, service.name, fd=settings.listen_fd)],
         shutdown_timeout=settings.shutdown_timeout,
         on_started=on_started,
         before_stop=functools.partial(_deregister_first, app),

@@ -232,6 +232,7 @@ def test_the_launcher_gives_its_endpoint_to_the_gateway_and_every_service(tmp_pa
     launcher = Launcher(settings, Output(io.StringIO(), 12))
     (tmp_path / "run").mkdir()
     launcher.plan(private_redis=False)
+    launcher.close()  # the ports it bound for configsvc, the registry and auth
     given = {}
     for child in launcher.supervisor.children:
         argv = child.argv
