@@ -712,7 +712,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "every service's config (set one to require it for writes)",
             settings.host, settings.port,
         )  # fmt: skip
-    return run([Site(build_app(settings), settings.host, settings.port, "configsvc")],
+    return run([Site(build_app(settings), settings.host, settings.port, "configsvc",
+                     fd=settings.listen_fd)],
                shutdown_timeout=settings.shutdown_timeout)  # fmt: skip
 
 

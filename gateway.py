@@ -69,6 +69,7 @@ from core.security.tokens import Verifier
 from core.service.issuer import AuthService
 from core.settings import CommonSettings, Secret, option
 from core.tasks import TaskSet
+from core.telemetry.export import check_endpoint, exporting
 from core.upstream.retry import RetryPolicy
 from core.upstream.upstream import UpstreamPolicy
 from core.workers.admin import build_admin
@@ -252,6 +253,14 @@ class Settings(CommonSettings):
             "and every answer of 400 or more)"
         ),
     )
+    otel_endpoint: str = dataclasses.field(
+        default="",
+        metadata=option(
+            "OpenTelemetry collector's OTLP/HTTP URL (http://HOST:4318): export a span per "
+            "proxied request (needs essaim[otel]; none: no export)",
+            env="ESSAIM_OTEL_ENDPOINT",
+        ),
+    )
     workers: int = dataclasses.field(
         default=0,
         metadata=option(
@@ -276,6 +285,11 @@ class Settings(CommonSettings):
 
     def validate(self) -> None:
         super().validate()
+        if self.listen_fd != -1:
+            raise SettingsError(
+                "GATEWAY_LISTEN_FD: the gateway takes inherited sockets over --control-socket"
+                " with --takeover, not --listen-fd"
+            )
         try:
             parse_mode(self.access_log)
         except ValueError as exc:
@@ -312,6 +326,7 @@ class Settings(CommonSettings):
             raise SettingsError(
                 f"GATEWAY_HEALTH_PATH: expected a path under /-/ (or empty), got {self.health_path!r}"
             )
+        check_endpoint("ESSAIM_OTEL_ENDPOINT", self.otel_endpoint)
         try:
             Policy.parse(self.discovery_auth)
         except ValueError as exc:
@@ -549,6 +564,17 @@ async def _routes_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _telemetry_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Span export, when asked for: first opened, last closed (after the requests drained)."""
+    instance = f"gateway-{socket.gethostname()}-{os.getpid()}"
+    async with exporting(
+        app[SETTINGS].otel_endpoint, service="gateway", instance=instance
+    ) as spans:
+        app[PROXY].spans = spans
+        yield
+        app[PROXY].spans = None
+
+
 def _ratelimit_metrics(health: StoreHealth) -> Iterator[Metric]:
     """What the rate limiters decided without Redis, and whether it answers."""
     yield CounterMetricFamily(
@@ -615,6 +641,7 @@ def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
     app[PROXY] = proxy
     app[METRICS] = registry
     app[RATELIMIT] = store_health
+    app.cleanup_ctx.append(_telemetry_ctx)
     app.cleanup_ctx.append(_redis_ctx)
     app.cleanup_ctx.append(_watcher_ctx)
     app.cleanup_ctx.append(_access_ctx)

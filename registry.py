@@ -278,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "any service's instances (set one to require it for writes)",
             settings.host, settings.port,
         )  # fmt: skip
-    return run([Site(build_app(settings), settings.host, settings.port, "registry")],
+    return run([Site(build_app(settings), settings.host, settings.port, "registry",
+                     fd=settings.listen_fd)],
                shutdown_timeout=settings.shutdown_timeout)  # fmt: skip
 
 

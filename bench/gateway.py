@@ -15,9 +15,17 @@ at a fixed number of keep-alive connections, to:
   installed (``apt-get install haproxy caddy``), no access log in any;
 - ``gateway``: ``python -m gateway --workers 1`` with one static route to the
   service; ``gateway-accesslog``: the same with every request in the access
-  log (JSON); ``gateway-auth``, ``gateway-limited`` and ``gateway-synced``: the
+  log (JSON); ``gateway-otel``: the same exporting a span per request to an
+  OTLP/HTTP receiver in this process (when the ``otel`` extra is installed;
+  each run waits until the receiver has a span for every request it served,
+  so the export's CPU is counted in the run); ``gateway-auth``, ``gateway-limited`` and ``gateway-synced``: the
   same process behind a token check, an exact rate limit (a Redis round trip
-  per request) and a synced one (decided in memory);
+  per request) and a synced one (decided in memory); ``gateway-session``: the
+  same process on a route that takes the gateway's session cookie (logged in
+  through ``POST /-/session`` against a stand-in auth service registered as
+  ``auth``) and relays the session's token, with the default session cache
+  (1 s); ``gateway-session-nocache``: the same with ``--session-cache 0``, a
+  Redis round trip per request (the stateful model with immediate logout);
 - ``gateway-1000``: the same with 1,000 routes, the one hit declared last;
 - ``nginx-wN``, ``gateway-wN``: nginx with N worker processes (and its
   master) and the gateway with ``--workers N`` (its parent and N workers),
@@ -92,6 +100,8 @@ QUIET_LOAD = NOISY_LOAD
 """The 1-minute load average under which the machine was quiet when the benchmark began
 (the threshold of every benchmark's noisy flag, :data:`bench._run.NOISY_LOAD`)."""
 
+SPANS_WAIT = 5.0
+"""Seconds a gateway-otel run waits after its load for the collector to have every span."""
 QUIET_OTHERS = 0.05
 """A run is quiet when the processes outside it used less CPU than this (in CPUs: 0.05
 is 5% of one core) on average while it ran. The load average can't tell: a run of the
@@ -505,6 +515,14 @@ prefix = "/synced-bench"
 service = "{SERVICE}"
 strip_prefix = 1
 rate_limit = {{ replenish_rate = 10000000, burst_capacity = 10000000, mode = "synced" }}
+
+[[routes]]
+id = "bench-session"
+prefix = "/session-bench"
+service = "{SERVICE}"
+strip_prefix = 1
+auth = "authenticated"
+auth_via = "session"
 """
 
 
@@ -604,6 +622,9 @@ class Case:
     upstream_pid: int
     runs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     headers: tuple[str, ...] = ()
+    # Where the case's gateway exports its spans (gateway-otel): a run ends
+    # once it has them all, so that their export is in the run's CPU time.
+    collector: Any = None
 
 
 async def measure(
@@ -616,7 +637,15 @@ async def measure(
     busy_before = busy_cpu_seconds()
     started = time.monotonic()
     before = {k: tree_cpu_seconds(p) for k, p in pids.items() if p is not None}
+    spans_before = case.collector.received if case.collector is not None else 0
     result = await run_load(case.url, opts, duration, rate, case.headers)
+    if case.collector is not None:
+        from core.testing import wait_until
+
+        collector, served = case.collector, int(result["requests"])
+        with contextlib.suppress(TimeoutError):  # spans dropped: the count says so
+            await wait_until(lambda: collector.received - spans_before >= served, SPANS_WAIT)
+        result["spans"] = collector.received - spans_before
     after = {k: tree_cpu_seconds(p) for k, p in pids.items() if p is not None}
     busy = busy_cpu_seconds() - busy_before
     elapsed = time.monotonic() - started
@@ -668,6 +697,8 @@ def median_of(all_runs: list[dict[str, Any]]) -> dict[str, Any]:
     out["proxy_cpu_us_best"] = min(cpus) if cpus else None
     out["requests"] = sum(int(r["requests"]) for r in all_runs)
     out["errors"] = sum(int(r["errors"]) for r in all_runs)
+    if any("spans" in r for r in all_runs):
+        out["spans"] = sum(int(r.get("spans", 0)) for r in all_runs)
     return out
 
 
@@ -759,7 +790,7 @@ async def system(opts: Options, workdir: Path, notes: list[str]) -> AsyncIterato
             notes.append("gateway.py not found: no gateway rows")
         else:
             await astack.enter_async_context(
-                gateways(info, workdir, stack, (p1, p2), upstream.pid, opts.workers)
+                gateways(info, workdir, stack, (p1, p2), upstream.pid, opts.workers, notes)
             )
         yield info
     finally:
@@ -775,26 +806,46 @@ async def gateways(
     ports: tuple[int, int],
     upstream_pid: int,
     workers: int,
+    notes: list[str],
 ) -> AsyncIterator[None]:
     from core.redis import connect
     from core.registry.discovery import Registration
     from core.registry.store import Instance
-    from core.testing import RedisServer
+    from core.telemetry.export import missing
+    from core.testing import OTLPReceiver, RedisServer
 
     redis_server = RedisServer().start()
     stack.callback(redis_server.close)
+    collector = None
+    if missing() is None:
+        collector = await OTLPReceiver(keep=False).start()
+    else:
+        notes.append(
+            "the otel extra is not installed (pip install 'essaim[otel]'): no gateway-otel row"
+        )
     redis = connect(redis_server.url)
-    jwks_url, token, jwks_runner = await _token_issuer()
+    jwks_url, token, jwks_runner, auth_port = await _token_issuer()
     registrations = [
         Registration(redis, Instance(SERVICE, f"bench-{i}", "127.0.0.1", port, ttl=30))
         for i, port in enumerate(ports)
     ]
+    # The stand-in auth service the gateway's sessions log in with (by name, as any service).
+    registrations.append(
+        Registration(redis, Instance("auth", "bench-auth", "127.0.0.1", auth_port, ttl=30))
+    )
     try:
         for reg in registrations:
             await reg.start(wait=5)
             if not reg.registered.is_set():
                 raise RuntimeError("could not register the upstream instances in Redis")
-        names = [("gateway", 1), ("gateway-1000", 1), ("gateway-accesslog", 1)]
+        names = [
+            ("gateway", 1),
+            ("gateway-1000", 1),
+            ("gateway-accesslog", 1),
+            ("gateway-session-nocache", 1),
+        ]
+        if collector is not None:
+            names.append(("gateway-otel", 1))
         if workers > 1:
             names.append((f"gateway-w{workers}", workers))
         for name, count in names:
@@ -815,16 +866,32 @@ async def gateways(
             if name == "gateway-accesslog":
                 # Every request logged (to the case's log file), in JSON as operators keep it.
                 cmd += ["--access-log", "on", "--log-format", "json"]
+            if name == "gateway-session-nocache":
+                cmd += ["--session-cache", "0"]
+            if name == "gateway-otel":
+                assert collector is not None
+                cmd += ["--otel-endpoint", collector.url]
             proc = spawn(cmd, log, env)
             stack.callback(stop, proc)
             await wait_http(f"http://127.0.0.1:{admin}/health", proc, name, log)
             url = f"http://127.0.0.1:{port}{PATH}"
             await wait_http(url, proc, f"{name} routing to the upstream", log)
-            info["cases"].append(Case(name, url, proc.pid, upstream_pid))
+            if name == "gateway-session-nocache":
+                cookie = (await _session_cookie(port, proc, log),)
+                url = f"http://127.0.0.1:{port}/session-bench/item"
+                await wait_http(url, proc, f"{name} routing", log, headers=cookie)
+                info["cases"].append(Case(name, url, proc.pid, upstream_pid, headers=cookie))
+                continue
+            info["cases"].append(
+                Case(name, url, proc.pid, upstream_pid,
+                     collector=collector if name == "gateway-otel" else None)
+            )  # fmt: skip
             if name == "gateway":
                 auth = (f"Authorization: Bearer {token}",)
+                cookie = (await _session_cookie(port, proc, log),)
                 for case, prefix, headers in (
                     ("gateway-auth", "/auth-bench", auth),
+                    ("gateway-session", "/session-bench", cookie),
                     ("gateway-limited", "/limited-bench", ()),
                     ("gateway-synced", "/synced-bench", ()),
                 ):
@@ -839,13 +906,44 @@ async def gateways(
         for reg in registrations:
             await reg.stop()
         await redis.aclose()
+        if collector is not None:
+            await collector.close()
 
 
 ISSUER = "essaim-bench"
 
 
-async def _token_issuer() -> tuple[str, str, Any]:
-    """A JWKS served from this process and a token signed with its key (valid 1 hour)."""
+async def _session_cookie(port: int, process: subprocess.Popen[bytes], log: Path) -> str:
+    """``Cookie: essaim_session=...`` of a login through the gateway's ``POST /-/session``."""
+    import aiohttp
+
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the gateway exited with {process.returncode}:\n{_tail(log)}")
+            try:
+                async with session.post(
+                    f"http://127.0.0.1:{port}/-/session",
+                    json={"username": "bench", "password": "bench"},
+                    timeout=aiohttp.ClientTimeout(total=2),
+                ) as r:
+                    if r.status == 200:
+                        for line in r.headers.getall("Set-Cookie", []):
+                            if line.startswith("essaim_session="):
+                                return "Cookie: " + line.split(";", 1)[0]
+            except (TimeoutError, aiohttp.ClientError):
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"no session from POST /-/session within 30 s:\n{_tail(log)}")
+
+
+async def _token_issuer() -> tuple[str, str, Any, int]:
+    """A JWKS served from this process and a token signed with its key (valid 1 hour).
+
+    The same server stands in for the auth service of the gateway's sessions:
+    ``POST /token`` and ``/token/refresh`` answer that token, ``/token/revoke`` 200.
+    """
     import base64
     import time
 
@@ -865,8 +963,21 @@ async def _token_issuer() -> tuple[str, str, Any]:
     async def serve(request: web.Request) -> web.Response:
         return web.json_response(doc)
 
+    async def grant(request: web.Request) -> web.Response:
+        await request.read()
+        tokens = {"access_token": token, "token_type": "Bearer", "expires_in": 3600,
+                  "refresh_token": "bench-refresh", "refresh_expires_in": 3600}  # fmt: skip
+        return web.json_response(tokens)
+
+    async def revoke(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({})
+
     app = web.Application()
     app.router.add_get("/jwks.json", serve)
+    app.router.add_post("/token", grant)
+    app.router.add_post("/token/refresh", grant)
+    app.router.add_post("/token/revoke", revoke)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     port = free_port()
@@ -875,7 +986,7 @@ async def _token_issuer() -> tuple[str, str, Any]:
     claims = {"iss": ISSUER, "aud": "essaim", "sub": "bench", "roles": ["user"],
               "iat": now, "nbf": now, "exp": now + 3600, "jti": "bench"}  # fmt: skip
     token = jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": "bench"})
-    return f"http://127.0.0.1:{port}/jwks.json", token, runner
+    return f"http://127.0.0.1:{port}/jwks.json", token, runner, port
 
 
 # ----------------------------------------------------------------------------- the run
@@ -990,9 +1101,14 @@ def _ratios(summary: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
         "routes_1000_vs_1_cpu_best": ratio("gateway-1000", "gateway", "proxy_cpu_us_best"),
         "routes_1000_vs_1_rps": ratio("gateway-1000", "gateway", "rps"),
         "auth_vs_public_cpu": ratio("gateway-auth", "gateway", "proxy_cpu_us"),
+        "session_vs_token_cpu": ratio("gateway-session", "gateway-auth", "proxy_cpu_us"),
+        "session_nocache_vs_token_cpu": ratio(
+            "gateway-session-nocache", "gateway-auth", "proxy_cpu_us"
+        ),
         "rate_limited_vs_public_cpu": ratio("gateway-limited", "gateway", "proxy_cpu_us"),
         "synced_vs_public_cpu": ratio("gateway-synced", "gateway", "proxy_cpu_us"),
         "access_log_vs_none_cpu": ratio("gateway-accesslog", "gateway", "proxy_cpu_us"),
+        "otel_vs_none_cpu": ratio("gateway-otel", "gateway", "proxy_cpu_us"),
         "added_p99_ms": fixed.get("added_p99_ms"),
         "cpu_vs_nginx": {
             name: ratio(name, "nginx", "proxy_cpu_us")
@@ -1082,6 +1198,21 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
             f"authenticated route (cached verification) / public route, CPU per request: "
             f"{r['auth_vs_public_cpu']:.2f}x"
         )
+    if r.get("session_vs_token_cpu") is not None:
+        cases = result["cases"]
+        nocache = r.get("session_nocache_vs_token_cpu")
+        out(
+            f"session route (cookie, token relayed) / token route, CPU per request: "
+            f"{r['session_vs_token_cpu']:.2f}x with the 1 s session cache "
+            f"({_us(cases['gateway-session']['proxy_cpu_us'])} vs "
+            f"{_us(cases['gateway-auth']['proxy_cpu_us'])})"
+            + (
+                f", {nocache:.2f}x with --session-cache 0, a Redis round trip per request "
+                f"({_us(cases['gateway-session-nocache']['proxy_cpu_us'])})"
+                if nocache is not None
+                else ""
+            )
+        )
     if r.get("rate_limited_vs_public_cpu") is not None:
         out(
             f"rate-limited route (a Redis round trip) / public route, CPU per request: "
@@ -1092,6 +1223,14 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
             f"access log on (every request, JSON) / off, CPU per request: "
             f"{r['access_log_vs_none_cpu']:.2f}x (target <= 1.1x: "
             f"{_verdict(r['access_log_vs_none_cpu'] <= 1.1, quick)})"
+        )
+    if r.get("otel_vs_none_cpu") is not None:
+        row = result["cases"]["gateway-otel"]
+        added = row["proxy_cpu_us"] - result["cases"]["gateway"]["proxy_cpu_us"]
+        out(
+            f"span export on (a span per request, OTLP/HTTP) / off, CPU per request: "
+            f"{r['otel_vs_none_cpu']:.2f}x ({added:+.1f} us); the collector received "
+            f"{row.get('spans', 0):,} spans for {row['requests']:,} requests"
         )
     if r.get("synced_vs_public_cpu") is not None:
         out(

@@ -33,9 +33,10 @@ The cases, in order:
    paused (SIGSTOP) meanwhile, so that it does not start Redis again at once,
    and Redis's append-only file is deleted; it is the only process paused,
    and nothing on a request's path goes through it;
-5. a rolling restart of every service, the gateway included, with
+5. a rolling restart of every process but Redis (configsvc, the registry,
+   auth, the gateway, customers, each inventory instance, billing), with
    ``python -m services restart NAME`` one after another, under ``GET``\\ s
-   and bills;
+   and bills (``--quick``: inventory and the gateway);
 6. a tax rate changed through configsvc's API (``PUT /v1/documents/billing``),
    applied by billing, then Redis killed and restarted empty (at once, by the
    launcher): the rate in force (configsvc's merged config and a new bill's
@@ -77,16 +78,14 @@ from core.security.resp import RespClient, RespError
 
 RESULTS = ROOT / "bench" / "results" / "resilience.json"
 #: How long a run takes with the defaults (python -m bench --help).
-DURATION = "about 2 min"
-#: Every instance that registers (the gateway routes to them).
-INSTANCES = {
-    "auth": {"auth"},
-    "customers": {"customers"},
-    "inventory": {"inventory-1", "inventory-2"},
-    "billing": {"billing"},
-}
-#: What ``python -m services restart`` restarts, in this order, in case 5.
-RESTARTS = ("auth", "customers", "inventory", "billing", "gateway")
+DURATION = "about 1.5 min"
+#: The services whose instances register (the gateway routes to them).
+SERVICES = ("auth", "customers", "inventory", "billing")
+#: What ``python -m services restart`` restarts, in this order, in case 5: every
+#: process but Redis, in the launcher's order (``inventory``: each instance in turn).
+RESTARTS = ("configsvc", "registry", "auth", "gateway", "customers", "inventory", "billing")
+#: The same with ``--quick``: a service of two instances and the gateway.
+QUICK_RESTARTS = ("inventory", "gateway")
 #: Full service may come this long after the fault ended (the issue's "about 1 s").
 SLACK = 1.0
 
@@ -181,26 +180,40 @@ class Bench:
             await asyncio.sleep(0.02)
         raise RuntimeError(f"Redis did not come back within {timeout:.0f}s")
 
-    async def registered(self) -> bool:
-        """Every instance is listed in the registry."""
-        for service, ids in INSTANCES.items():
+    async def listing(self) -> dict[str, dict[str, str]]:
+        """``service -> {instance id: pid}`` as the registry lists them ({} while it can't)."""
+        found: dict[str, dict[str, str]] = {}
+        for service in SERVICES:
             try:
                 async with self.http.get(
                     f"{self.system.registry}/v1/services/{service}",
                     timeout=aiohttp.ClientTimeout(total=0.5),
                 ) as response:
                     if response.status != 200:
-                        return False
-                    listed = {i["id"] for i in (await response.json())["instances"]}
+                        return {}
+                    instances = (await response.json())["instances"]
             except (aiohttp.ClientError, TimeoutError, ValueError):
-                return False
-            if not ids <= listed:
-                return False
-        return True
+                return {}
+            found[service] = {i["id"]: i["metadata"].get("pid", "") for i in instances}
+        return found
 
-    async def gateway_routes_all(self) -> bool:
-        """Every gateway worker's registry is connected and holds every instance, none by grace."""
-        expected = sum(len(ids) for ids in INSTANCES.values())
+    async def instance_id(self, service: str, pid: int, timeout: float = 30.0) -> str:
+        """The id under which the process ``pid`` is registered as an instance of ``service``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for iid, registered in (await self.listing()).get(service, {}).items():
+                if registered == str(pid):
+                    return iid
+            await asyncio.sleep(0.02)
+        raise RuntimeError(f"no instance of {service} registered with pid {pid}")
+
+    async def registered(self, expected: dict[str, set[str]]) -> bool:
+        """Every instance of ``expected`` is listed in the registry."""
+        listed = await self.listing()
+        return bool(listed) and all(ids <= set(listed[s]) for s, ids in expected.items())
+
+    async def gateway_routes_all(self, count: int) -> bool:
+        """Every gateway worker's registry is connected and holds ``count`` instances, none by grace."""
         try:
             async with self.http.get(
                 f"{self.system.admin}/health", timeout=aiohttp.ClientTimeout(total=0.5)
@@ -210,20 +223,23 @@ class Bench:
             return False
         views = [w["registry"] for w in health.get("workers", [])] or [health["registry"]]
         return all(
-            v["connected"] and v["instances"] == expected and v["preserved"] == 0 for v in views
+            v["connected"] and v["instances"] == count and v["preserved"] == 0 for v in views
         )
 
-    async def wait_complete(self, since: float, timeout: float) -> dict[str, float]:
-        """When, after ``since``, every instance was registered (``registered``), then also
-        routed by every gateway worker without grace (``routed``); a missing key: not within
-        ``timeout``."""
+    async def wait_complete(
+        self, expected: dict[str, set[str]], since: float, timeout: float
+    ) -> dict[str, float]:
+        """When, after ``since``, every instance of ``expected`` was registered (``registered``),
+        then also routed by every gateway worker without grace (``routed``); a missing key: not
+        within ``timeout``."""
+        count = sum(len(ids) for ids in expected.values())
         found: dict[str, float] = {}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             now = time.monotonic()
-            if now >= since and "registered" not in found and await self.registered():
+            if now >= since and "registered" not in found and await self.registered(expected):
                 found["registered"] = now
-            if "registered" in found and await self.gateway_routes_all():
+            if "registered" in found and await self.gateway_routes_all(count):
                 found["routed"] = now
                 return found
             await asyncio.sleep(0.05)
@@ -293,22 +309,25 @@ class Bench:
 
     # -- the cases ---------------------------------------------------------------------
 
-    async def kill(self, title: str, instance: str, *, bills: bool = False) -> dict[str, Any]:
+    async def kill(self, title: str, name: str, *, bills: bool = False) -> dict[str, Any]:
+        """kill -9 of the process ``name`` (an instance of the service ``name`` names)."""
         self.run.step(title)
+        service = name.split("-")[0]
         headers = await self.headers()
         since = time.time()
         async with self.traffic(headers, bills=bills) as traffic:
             await asyncio.sleep(self.args.warm)
-            old = self.system.pid(instance)
+            old = self.system.pid(name)
             fault = time.monotonic()
             os.kill(old, signal.SIGKILL)
-            back = await self.wait_restarted(instance, old)
+            back = await self.wait_restarted(name, old)
+            instance = await self.instance_id(service, self.system.pid(name))
             await self.settle(
                 traffic, fault, lambda: first_served(traffic.outcomes, instance, fault)
             )
         served = first_served(traffic.outcomes, instance, fault)
         figures = self.figures(title, traffic.outcomes, fault, back, served)
-        figures["killed"] = instance
+        figures["killed"] = name
         if bills:
             figures["bills"] = await self.bill_ends(traffic.outcomes, since)
         return figures
@@ -324,11 +343,13 @@ class Bench:
 
     async def redis_fault(self, title: str, traffic: Traffic, down: float) -> dict[str, Any]:
         """Redis restarted empty under ``traffic``, followed until full service; the figures."""
+        expected = {service: set(ids) for service, ids in (await self.listing()).items()}
+        assert expected, "the registry does not answer"
         fault, back = await self.restart_redis_empty(down)
         found: dict[str, float] = {}
 
         async def watch() -> None:
-            found.update(await self.wait_complete(back, self.args.observe))
+            found.update(await self.wait_complete(expected, back, self.args.observe))
 
         watcher = asyncio.ensure_future(watch())
         await self.settle(traffic, fault, lambda: found.get("routed"))
@@ -501,7 +522,9 @@ async def bench(system: Launched, args: argparse.Namespace, run: Run) -> list[di
             await b.kill("3. kill -9 inventory-2 under bills", "inventory-2", bills=True),
             await b.redis_down(f"4. Redis killed {args.redis_down:g} s, restarted empty",
                                args.redis_down),
-            await b.rolling_restart("5. rolling restart of every service", args.restarts),
+            await b.rolling_restart(
+                "5. rolling restart of every service" if args.restarts == RESTARTS
+                else f"5. rolling restart of {', '.join(args.restarts)}", args.restarts),
             await b.config_survives("6. tax rate set over the API, then Redis restarted empty"),
         ]  # fmt: skip
     for number, case in enumerate(cases, 1):
@@ -620,7 +643,7 @@ def main(argv: list[str]) -> int:
     args.observe = 30.0  # at most, after each fault
     args.timeout = 5.0  # each request's
     args.bill_wait = 40.0  # for bills to end (billing's reservation timeout is 30 s)
-    args.restarts = ("customers", "gateway") if quick else RESTARTS
+    args.restarts = QUICK_RESTARTS if quick else RESTARTS
     workdir = Path(tempfile.mkdtemp(prefix="essaim-bench-resilience-"))
     system = Launched(workdir)
     install_uvloop()

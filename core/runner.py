@@ -41,6 +41,7 @@ __all__ = [
     "ProtocolSite",
     "Site",
     "configure",
+    "inherited_socket",
     "install_uvloop",
     "run",
 ]
@@ -52,7 +53,11 @@ class Site:
 
     ``sock``, when given, is a socket already listening (inherited or handed
     over by another process) that is served instead of binding ``host:port``;
-    ``unix`` a Unix socket path to bind instead.
+    ``fd`` the same as a file descriptor inherited from the parent process
+    (``--listen-fd``; -1: none), checked to be a listening socket at start;
+    ``unix`` a Unix socket path to bind instead. Stopping closes this
+    process's copy of an inherited socket only: connections waiting in its
+    queue wait for another process holding it (the launcher's next one).
     """
 
     app: web.Application
@@ -61,6 +66,7 @@ class Site:
     name: str = "http"
     sock: socket.socket | None = None
     unix: str | None = None
+    fd: int = -1
 
 
 @dataclass(frozen=True)
@@ -161,8 +167,9 @@ async def _serve(
             await runner.setup()
             runners.append(runner)
             tcp: web.BaseSite
-            if site.sock is not None:
-                tcp = web.SockSite(runner, site.sock)
+            sock = site.sock if site.fd < 0 else inherited_socket(site.fd)
+            if sock is not None:
+                tcp = web.SockSite(runner, sock)
             elif site.unix is not None:
                 tcp = web.UnixSite(runner, site.unix)
             else:
@@ -239,6 +246,20 @@ async def _serve(
         await runner.cleanup()
     logger.info("stopped")
     return 0
+
+
+def inherited_socket(fd: int) -> socket.socket:
+    """The listening TCP socket inherited as file descriptor ``fd``; :class:`StartupError` if not."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise StartupError(f"listen_fd {fd}: not an open socket ({exc.strerror})") from None
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or not sock.getsockopt(
+        socket.SOL_SOCKET, socket.SO_ACCEPTCONN
+    ):
+        sock.detach()
+        raise StartupError(f"listen_fd {fd}: not a listening TCP socket")
+    return sock
 
 
 def _address(runner: web.AppRunner, site: Site) -> tuple[str, int]:

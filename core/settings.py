@@ -120,11 +120,22 @@ class CommonSettings:
     shutdown_timeout: float = dataclasses.field(
         default=10.0, metadata=option("seconds to drain in-flight requests on SIGTERM/SIGINT")
     )
+    listen_fd: int = dataclasses.field(
+        default=-1,
+        metadata=option(
+            "a listening socket inherited from the parent process (the launcher), served"
+            " instead of binding host:port; -1: none"
+        ),
+    )
 
     def validate(self) -> None:
         """Raise :class:`SettingsError` on a value that converts but makes no sense."""
         if not 0 <= self.port <= 65535:
             raise SettingsError(f"port: expected 0-65535, got {self.port}")
+        if self.listen_fd < -1:
+            raise SettingsError(
+                f"listen_fd: expected a file descriptor or -1, got {self.listen_fd}"
+            )
         if self.shutdown_timeout <= 0:
             raise SettingsError(f"shutdown_timeout: expected > 0, got {self.shutdown_timeout}")
         check_redis_url(self.redis_url)

@@ -13,7 +13,10 @@ As a pytest plugin (``pytest_plugins = ["core.testing"]``) it provides:
   Cluster for one test, which may kill its servers;
 - ``redis_factory``: makes extra servers for tests that kill or restart one;
 - ``components``: starts ``python -m <module>`` processes on free ports and
-  stops them (SIGTERM, then SIGKILL) after the test.
+  stops them (SIGTERM, then SIGKILL) after the test;
+- ``otlp_receiver``: an OpenTelemetry collector's OTLP/HTTP traces endpoint
+  on a free loopback port (:class:`OTLPReceiver`), which decodes what
+  components export with the official ``opentelemetry-proto`` classes.
 
 Tests never touch a Redis they did not start.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -38,6 +42,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import redis
+from aiohttp import web
 
 from core.redis import Redis, Subscription, server_binary
 
@@ -45,6 +50,8 @@ __all__ = [
     "ClusterTopology",
     "Component",
     "ComponentFactory",
+    "OTLPReceiver",
+    "ReceivedSpan",
     "RedisServer",
     "SentinelTopology",
     "free_port",
@@ -516,6 +523,147 @@ class ComponentFactory:
             comp.terminate(timeout=10)
 
 
+@dataclasses.dataclass(frozen=True)
+class ReceivedSpan:
+    """One span as a collector received it, decoded from OTLP's protobuf.
+
+    Ids are lower-case hex (``parent_id`` None for a root); ``kind`` is
+    ``server``, ``client``, ``producer``, ``consumer`` or ``internal``;
+    ``status`` is ``unset``, ``ok`` or ``error``; ``service`` and
+    ``instance`` are the resource's ``service.name`` and
+    ``service.instance.id``; ``parent_remote`` what the span's flags say of
+    its parent (None when they say nothing).
+    """
+
+    service: str
+    instance: str
+    name: str
+    kind: str
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any]
+    status: str
+    status_message: str
+    parent_remote: bool | None
+    scope: str
+
+
+_KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
+_STATUSES = {0: "unset", 1: "ok", 2: "error"}
+# Span.flags (OTLP 1.1): bit 8 says whether bit 9 (the parent is remote) is known.
+_HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200
+
+
+def _any_value(value: Any) -> Any:
+    which = value.WhichOneof("value")
+    if which == "array_value":
+        return [_any_value(v) for v in value.array_value.values]
+    if which == "kvlist_value":
+        return {kv.key: _any_value(kv.value) for kv in value.kvlist_value.values}
+    return None if which is None else getattr(value, which)
+
+
+class OTLPReceiver:
+    """A collector's OTLP/HTTP traces endpoint on loopback: ``POST /v1/traces``, protobuf.
+
+    Each body is decoded with ``ExportTraceServiceRequest`` from the
+    ``opentelemetry-proto`` package (the OpenTelemetry project's own
+    classes) and its spans appended to :attr:`spans`. It answers 200 with an
+    empty ``ExportTraceServiceResponse``; 415 for another content type, 400
+    for a body that does not decode; :attr:`status` (when set) for every
+    request instead, to play a failing collector. :attr:`url` is the base
+    URL to give a component (``--otel-endpoint``). :attr:`received` counts
+    the spans decoded; with ``keep=False`` (a benchmark's sink) they are
+    counted and not kept.
+    """
+
+    def __init__(self, *, keep: bool = True) -> None:
+        self.keep = keep
+        self.spans: list[ReceivedSpan] = []
+        self.received = 0
+        self.requests = 0
+        self.status: int | None = None
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> OTLPReceiver:
+        app = web.Application()
+        app.router.add_post("/v1/traces", self._traces)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        self.port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _traces(self, request: web.Request) -> web.Response:
+        from google.protobuf.message import DecodeError
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
+
+        self.requests += 1
+        if self.status is not None:
+            return web.Response(status=self.status)
+        if request.content_type != "application/x-protobuf":
+            return web.Response(status=415, text="expected application/x-protobuf")
+        body = await request.read()
+        export = ExportTraceServiceRequest()
+        try:
+            export.ParseFromString(body)
+        except DecodeError as exc:
+            return web.Response(status=400, text=str(exc))
+        for resource_spans in export.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                self.received += len(scope_spans.spans)
+            if not self.keep:
+                continue
+            resource = {kv.key: _any_value(kv.value) for kv in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    flags = span.flags
+                    self.spans.append(
+                        ReceivedSpan(
+                            service=str(resource.get("service.name", "")),
+                            instance=str(resource.get("service.instance.id", "")),
+                            name=span.name,
+                            kind=_KINDS[span.kind],
+                            trace_id=span.trace_id.hex(),
+                            span_id=span.span_id.hex(),
+                            parent_id=span.parent_span_id.hex() or None,
+                            start_ns=span.start_time_unix_nano,
+                            end_ns=span.end_time_unix_nano,
+                            attributes={kv.key: _any_value(kv.value) for kv in span.attributes},
+                            status=_STATUSES[span.status.code],
+                            status_message=span.status.message,
+                            parent_remote=bool(flags & _IS_REMOTE)
+                            if flags & _HAS_IS_REMOTE
+                            else None,
+                            scope=scope_spans.scope.name,
+                        )
+                    )
+        return web.Response(
+            body=ExportTraceServiceResponse().SerializeToString(),
+            content_type="application/x-protobuf",
+        )
+
+    def find(self, **wanted: Any) -> list[ReceivedSpan]:
+        """The spans whose fields equal ``wanted`` (``kind="server", service="billing"``)."""
+        return [s for s in self.spans if all(getattr(s, k) == v for k, v in wanted.items())]
+
+
 _PREFIXES = (
     "GATEWAY_", "REGISTRY_", "CONFIGSVC_", "REDIS_URL", "ESSAIM_", "CUSTOMERS_", "INVENTORY_", "BILLING_",
     "AUTH_", "CONSOLE_",
@@ -617,6 +765,16 @@ def redis_factory() -> Iterator[Callable[..., RedisServer]]:
     finally:
         for server in made:
             server.close()
+
+
+@pytest_asyncio.fixture
+async def otlp_receiver() -> AsyncIterator[OTLPReceiver]:
+    """An OTLP/HTTP traces receiver on a free loopback port (:class:`OTLPReceiver`)."""
+    receiver = await OTLPReceiver().start()
+    try:
+        yield receiver
+    finally:
+        await receiver.close()
 
 
 @pytest.fixture

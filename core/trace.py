@@ -11,8 +11,8 @@ services send :meth:`Trace.headers`, events written meanwhile carry
 :meth:`Trace.traceparent`, and every log line written meanwhile carries
 ``trace_id``, ``span_id`` and ``request_id`` (:class:`LogContext`).
 
-Spans are not exported here: this is what the log lines and the headers
-need, nothing more.
+Spans are not exported here: :mod:`core.telemetry` records the finished
+ones, with these ids, when export to OpenTelemetry is on.
 """
 
 from __future__ import annotations
@@ -50,6 +50,22 @@ class Trace:
     def traceparent(self) -> str:
         """The ``traceparent`` for work done on this span's behalf (this span is its parent)."""
         return f"00-{self.trace_id}-{self.span_id}-{self.flags}"
+
+    def child(self) -> Trace:
+        """A new span of this trace whose parent is this one, carrying the same state.
+
+        The span of a call this work makes (its client span) or of an event
+        it writes (the producer span): what goes out names it as the parent.
+        """
+        return Trace(
+            self.trace_id, secrets.token_hex(8), self.span_id, self.flags,
+            self.tracestate, self.baggage, self.request_id,
+        )  # fmt: skip
+
+    @property
+    def sampled(self) -> bool:
+        """Whether the trace is sampled (the ``sampled`` bit of its flags): spans are exported."""
+        return int(self.flags, 16) & 1 == 1
 
     def headers(self) -> dict[str, str]:
         """``traceparent``, and ``tracestate`` and ``baggage`` when there are any, for a call."""

@@ -69,6 +69,7 @@ from core.errors import SettingsError
 from core.redis import REDIS_ERRORS, connect, server_binary
 from core.registry.credentials import service_token, status_token
 from core.settings import PRIVATE_UMASK, Secret, check_redis_url, load, option, private_dir
+from core.telemetry.export import check_endpoint
 from services import seed
 from services.control import SOCKET, ControlServer, socket_path
 from services.operations import Operations
@@ -144,6 +145,13 @@ class LauncherSettings:
         default="text",
         metadata=option("log format of the components: readable text or one JSON object a line"),
     )
+    otel_endpoint: str = dataclasses.field(
+        default="",
+        metadata=option(
+            "OpenTelemetry collector's OTLP/HTTP URL (http://HOST:4318), given to the gateway "
+            "and every service: spans exported (needs essaim[otel]; none: no export)"
+        ),
+    )
 
     def validate(self) -> None:
         for name in PORTS:
@@ -155,6 +163,7 @@ class LauncherSettings:
             raise SettingsError("startup_timeout and shutdown_timeout: expected > 0")
         if self.redis_url:  # unset: a private one
             check_redis_url(self.redis_url)
+        check_endpoint("ESSAIM_OTEL_ENDPOINT", self.otel_endpoint)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,8 +185,11 @@ class Spec:
     ``restart`` is how ``python -m services restart`` replaces its processes
     (:mod:`services.operations`): ``rolling`` (a new instance on a free port
     beside the old one, which then leaves; such a service also scales),
-    ``takeover`` (the gateway's socket hand-over) or ``in_place`` (stop, then
-    start on the same port: others are configured with its address).
+    ``takeover`` (the gateway's socket hand-over), ``shared`` (the launcher
+    holds the listening socket of ``port`` and passes it, ``--listen-fd``, to
+    each process in turn, so that no connection is refused while one stops
+    and the next starts: others are configured with its address) or
+    ``in_place`` (stop, then start on the same port).
     """
 
     name: str
@@ -191,12 +203,13 @@ class Spec:
     count: str = ""
     when: str = ""
     registers: bool = False
-    restart: Literal["rolling", "takeover", "in_place"] = "in_place"
+    restart: Literal["rolling", "takeover", "shared", "in_place"] = "in_place"
 
 
 BASE_ARGS = (
     "--data-dir", "{data}/{service}", "--config-url", "{configsvc_url}",
     "--instance-id", "{instance}", "--registry-url", "{registry_url}",
+    "--otel-endpoint", "{otel_endpoint}",
 )  # fmt: skip
 #: A business service's: as the gateway, it checks tokens (when ``services_jwks_url`` is set).
 SERVICE_ARGS = (
@@ -215,20 +228,24 @@ PROCESSES: tuple[Spec, ...] = (
     # Its settings, the password among them, are in a file: `ps` shows arguments.
     Spec("redis", 0, command=("{redis_binary}", "{redis_conf}"), health="redis",
          when="private_redis"),
+    # Every process but Redis and the gateway finds its address in another's settings
+    # (configsvc_url, registry_url, jwks_url): the launcher holds their sockets (shared).
     Spec("configsvc", 1, "configsvc", args=("--config-dir", "{config_dir}",
                                             "--data-dir", "{data}/configsvc"),
-         env={"CONFIGSVC_TOKEN": "{configsvc_token}"}, port="configsvc_port"),
+         env={"CONFIGSVC_TOKEN": "{configsvc_token}"}, port="configsvc_port", restart="shared"),
     Spec("registry", 2, "registry",
          args=("--config-url", "{configsvc_url}", "--config-cache-dir", "{data}/registry",
                "--reserved-ports", "{gateway_port},{gateway_admin_port},{configsvc_port}"),
-         env={"REGISTRY_TOKEN": "{registry_token}", **CONFIG_ENV}, port="registry_port"),
+         env={"REGISTRY_TOKEN": "{registry_token}", **CONFIG_ENV}, port="registry_port",
+         restart="shared"),
     Spec("auth", 2, "services.auth", args=BASE_ARGS, port="auth_port", registers=True,
          env={**SERVICE_ENV, "AUTH_SEED_USERS": "{seed_users}", "AUTH_ISSUER": "{jwt_issuer}",
-              "AUTH_AUDIENCE": "{jwt_audience}"}),
+              "AUTH_AUDIENCE": "{jwt_audience}"}, restart="shared"),
     # Its control socket hands its listening sockets to its successor (restart: takeover).
     Spec("gateway", 3, "gateway",
          args=("--admin-port", "{gateway_admin_port}", "--config-url", "{configsvc_url}",
-               "--config-cache-dir", "{data}/gateway", "--control-socket", "{gateway_socket}"),
+               "--config-cache-dir", "{data}/gateway", "--control-socket", "{gateway_socket}",
+               "--otel-endpoint", "{otel_endpoint}"),
          env={**CONFIG_ENV, "GATEWAY_JWKS_URL": "{jwks_url}", "GATEWAY_JWT_ISSUER": "{jwt_issuer}",
               "GATEWAY_JWT_AUDIENCE": "{jwt_audience}", "GATEWAY_DISCOVERY_AUTH": "authenticated"},
          port="gateway_port", health="http://{host}:{gateway_admin_port}/health/ready",
@@ -253,6 +270,20 @@ def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port`` (0: any free port), for processes to inherit."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def port_free(host: str, port: int) -> bool:
@@ -307,6 +338,8 @@ class Launcher:
         #: The specs of the processes this run has (no ``redis`` with ``--redis-url``), by name.
         self.specs: dict[str, Spec] = {}
         self.registry_token = ""
+        #: The listening sockets the launcher holds for the ``shared`` processes, by spec name.
+        self.sockets: dict[str, socket.socket] = {}
         self.pid = os.getpid()
         self.operations = Operations(self)
         self.control = ControlServer(self.run_dir / SOCKET, self.operations.handle)
@@ -390,18 +423,30 @@ class Launcher:
         return binary, f"redis://:{password}@127.0.0.1:{port}/0", str(conf)
 
     def plan(self, private_redis: bool) -> None:
-        """Resolve :data:`PROCESSES` into children: ports, secrets, arguments."""
+        """Resolve :data:`PROCESSES` into children: ports, secrets, arguments.
+
+        It binds the ports of the ``shared`` processes (:attr:`sockets`):
+        :meth:`close` releases them.
+        """
         s = self.settings
         host = s.host
         ports = {}
+        shared = {spec.port: spec.name for spec in PROCESSES if spec.restart == "shared"}
         for name in PORTS:
             port = getattr(s, name)
-            if port and not port_free(host, port):
-                flag = "--" + name.replace("_", "-")
-                raise StartupFailed(
-                    f"port {port} is taken on {host} (another process listens there);"
-                    f" choose another with {flag} (0: any free port)"
-                )
+            taken = StartupFailed(
+                f"port {port} is taken on {host} (another process listens there);"
+                f" choose another with --{name.replace('_', '-')} (0: any free port)"
+            )
+            if name in shared:
+                try:
+                    sock = listening_socket(host, port)
+                except OSError:
+                    raise taken from None
+                self.sockets[shared[name]] = sock
+                port = int(sock.getsockname()[1])
+            elif port and not port_free(host, port):
+                raise taken
             ports[name] = port or free_port(host)
         tokens = {f"{name}_token": secrets.token_urlsafe(24) for name in TOKENS}
         for name in TOKENS:
@@ -432,6 +477,7 @@ class Launcher:
             "jwks_url": f"http://{host}:{ports['auth_port']}/.well-known/jwks.json",
             "jwt_issuer": JWT_ISSUER,
             "jwt_audience": JWT_AUDIENCE,
+            "otel_endpoint": s.otel_endpoint,
         }
         self.values["services_jwks_url"] = (
             self.values["jwks_url"] if s.services_verify_tokens else ""
@@ -459,9 +505,11 @@ class Launcher:
                   "prefix": spec.name.upper().replace("-", "_") + "_",
                   "service_registry_token": service_token(
                       Secret(self.registry_token), spec.name)}  # fmt: skip
+        sock = self.sockets.get(spec.name)
         if spec.module:
             argv = [sys.executable, "-m", spec.module, "--host", host, "--port", str(port),
                     "--log-level", s.log_level, "--log-format", s.log_format,
+                    *(("--listen-fd", str(sock.fileno())) if sock else ()),
                     *spec.args]  # fmt: skip
         else:
             argv = list(spec.command)
@@ -472,7 +520,8 @@ class Launcher:
         health = spec.health.format(**values)
         url = redis_url if spec.name == "redis" else f"http://{host}:{port}"
         return Child(name, spec.stage, argv, env, health, url, service=spec.name,
-                     instance=instance if spec.registers else "", port=port)  # fmt: skip
+                     instance=instance if spec.registers else "", port=port,
+                     pass_fds=(sock.fileno(),) if sock else ())  # fmt: skip
 
     def say_redis(self, private: bool) -> None:
         """One line: which Redis the system uses, and what the launcher does to it."""
@@ -571,12 +620,14 @@ class Launcher:
                     await self.check_redis()
                 self.plan(private)
             except StartupFailed as exc:
+                self.close()
                 self.out.say(f"cannot start: {exc}")
                 return EXIT_STARTUP
             self.say_redis(private)
             try:
                 await self.control.start()
             except (OSError, SettingsError) as exc:
+                self.close()
                 self.out.say(f"cannot start: no control socket {self.shown(SOCKET)}: {exc}")
                 return EXIT_STARTUP
             startup = asyncio.ensure_future(self._start_and_seed(session))
@@ -609,6 +660,13 @@ class Launcher:
                 self.files.remove_system()
                 await self.control.close()
                 stopped.cancel()
+                self.close()
+
+    def close(self) -> None:
+        """Release the listening sockets :meth:`plan` bound (once the processes are stopped)."""
+        for sock in self.sockets.values():
+            sock.close()
+        self.sockets.clear()
 
     async def _start_and_seed(self, session: aiohttp.ClientSession) -> None:
         await self.supervisor.start_all()

@@ -20,11 +20,17 @@ answered). Each component restarts in the way its :attr:`Spec.restart
     sockets over the gateway's own control socket (``run/gateway.sock``);
     once it serves, the old one stops accepting, drains and exits. The
     sockets never close, so no connection is refused (docs/gateway.md).
-``in_place`` (Redis, configsvc, the registry, auth: fixed addresses that
-others are configured with)
-    SIGTERM, then the same command on the same port once it exited. Their
-    clients keep serving on what they last had meanwhile (the gateway routes
-    on its registry snapshot and cached keys, services on their config).
+``shared`` (configsvc, the registry, auth: addresses others are configured with)
+    the launcher holds the listening socket and passes it to each process
+    (``--listen-fd``), so connections queue on it while no process accepts,
+    and none is refused. auth, which registers, rolls on it: a new process
+    under a new instance id beside the old one, then the old one leaves as
+    above. configsvc and the registry stop, then start again (their clients
+    wait a second or two for an answer; the gateway routes on its registry
+    snapshot meanwhile, and services keep their config).
+``in_place`` (Redis)
+    SIGTERM, then the same command on the same port once it exited; its
+    clients reconnect.
 
 A requested restart is not a crash: not counted, not delayed, not logged as
 one. ``scale SERVICE N`` starts new places (``inventory-3``) on free ports,
@@ -192,11 +198,11 @@ class Operations:
             old = self._child(place)
             spec = self.launcher.specs[old.service]
             say = self._say(progress, place)
-            if spec.restart == "rolling":
+            if spec.restart == "rolling" or (spec.restart == "shared" and spec.registers):
                 new = await self._roll(spec, old, say)
-            elif spec.restart == "takeover":
+            elif spec.restart == "takeover" and old.running:
                 new = await self._take_over(spec, old, say)
-            else:
+            else:  # also a gateway that is down: there are no sockets to take over
                 new = await self._in_place(spec, old, say)
             restarted.append(self._described(new))
         seconds = time.monotonic() - began
@@ -212,7 +218,9 @@ class Operations:
         """A new process beside ``old``; once it is ready and routed, ``old`` leaves."""
         generation = self._generations.get(old.name, 1) + 1
         instance = f"{old.name}.{generation}"
-        new = await self._start_beside(spec, old.name, instance, old)
+        # A shared socket: the same port, both processes accept from its queue meanwhile.
+        port = old.port if spec.restart == "shared" else None
+        new = await self._start_beside(spec, old.name, instance, old, port)
         self._generations[old.name] = generation
         say(f"started {instance} (pid {new.pid}, port {new.port})")
         try:
@@ -264,7 +272,13 @@ class Operations:
         """Stop ``old``, then the same command on the same port (its address is configured)."""
         old_pid = old.pid
         await self.supervisor.retire(old)
-        say(f"pid {old_pid} stopped ({spec.name} restarts in place: others know it by its port)")
+        if spec.restart == "shared":
+            say(
+                f"pid {old_pid} stopped; its port's connections wait in the queue of the socket"
+                " the launcher holds"
+            )
+        else:
+            say(f"pid {old_pid} stopped ({spec.name} restarts in place: others know its port)")
         new = self.launcher.make_child(spec, old.name, old.instance, old.port)
         new.restarts = old.restarts
         new.supervised = False
@@ -298,6 +312,7 @@ class Operations:
         if spec.restart != "rolling":
             why = {
                 "takeover": "it owns its port (more processes: its --workers)",
+                "shared": "others know it by its one address",
                 "in_place": "others know it by its one address",
             }[spec.restart]
             raise Problem(
@@ -369,11 +384,15 @@ class Operations:
 
     # -- the steps ---------------------------------------------------------------------
 
-    async def _start_beside(self, spec: Spec, name: str, instance: str, after: Child) -> Child:
-        """A new, not yet supervised process of ``spec`` on a free port, listed after ``after``."""
+    async def _start_beside(
+        self, spec: Spec, name: str, instance: str, after: Child, port: int | None = None
+    ) -> Child:
+        """A new, not yet supervised process of ``spec`` (on a free port), listed after ``after``."""
         from services.launcher import free_port
 
-        new = self.launcher.make_child(spec, name, instance, free_port(self.launcher.settings.host))
+        if port is None:
+            port = free_port(self.launcher.settings.host)
+        new = self.launcher.make_child(spec, name, instance, port)
         if name == after.name:
             new.restarts = after.restarts
         new.supervised = False

@@ -125,6 +125,7 @@ class Child:
         service: str = "",
         instance: str = "",
         port: int = 0,
+        pass_fds: tuple[int, ...] = (),
     ) -> None:
         self.name = name
         self.stage = stage
@@ -135,6 +136,8 @@ class Child:
         self.service = service or name
         self.instance = instance
         self.port = port
+        #: File descriptors the process inherits (a listening socket the launcher holds).
+        self.pass_fds = pass_fds
         self.process: asyncio.subprocess.Process | None = None
         self.started_at = 0.0
         #: Crashes that the supervisor restarted (a requested restart is not one).
@@ -210,6 +213,7 @@ class Supervisor:
             env=child.env,
             start_new_session=True,
             preexec_fn=self._preexec,
+            pass_fds=child.pass_fds,
         )
         child.started_at = time.monotonic()
         if pid_file:

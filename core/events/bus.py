@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ import orjson
 
 from core import trace
 from core.redis import Redis, ReplicaWait, tag
+from core.telemetry import spans
+from core.telemetry.spans import Span
 
 __all__ = [
     "PREFIX",
@@ -44,6 +47,8 @@ __all__ = [
     "TxHandler",
     "check_name",
     "now_iso",
+    "producer_fields",
+    "record_producer",
     "redis_fields",
 ]
 
@@ -163,6 +168,53 @@ class Event:
         )
 
 
+def producer_fields(event: Event) -> tuple[dict[str, str], trace.Trace | None]:
+    """The stream fields of ``event`` as it is written, and its producer span if it has one.
+
+    An event made while a request or another event is handled carries that
+    work's ``traceparent`` (the default). Written, it becomes a span of its
+    own, a child of that work: its fields' ``traceparent`` names that span,
+    so each consumer's span is a child of it (OpenTelemetry's messaging
+    model: a PRODUCER span per message, its consumers' spans below it). An
+    event carrying another ``traceparent`` (a replay, one read from a
+    stream) is written as it is, with no span.
+    """
+    fields = event.to_fields()
+    current = trace.current()
+    if current is None or event.traceparent != current.traceparent():
+        return fields, None
+    producer = current.child()
+    fields["traceparent"] = producer.traceparent()
+    return fields, producer
+
+
+def record_producer(
+    producer: trace.Trace | None, event: Event, operation: str, started_ns: int
+) -> None:
+    """Record ``event``'s producer span (kind PRODUCER) when spans are exported.
+
+    ``operation`` is OpenTelemetry's messaging operation: ``create`` for an
+    event written to the outbox (the relay sends it later, in a batch),
+    ``send`` for one appended to its stream directly.
+    """
+    recorder = spans.active()
+    if recorder is None or producer is None or not producer.sampled:
+        return
+    recorder.record(
+        Span(
+            "producer", f"{operation} {event.type}", producer.trace_id, producer.span_id,
+            producer.parent_id, started_ns, time.time_ns(),
+            {
+                "messaging.system": "essaim", "messaging.operation.type": operation,
+                "messaging.operation.name": operation,
+                "messaging.destination.name": event.type, "messaging.message.id": event.id,
+                "cloudevents.event_id": event.id, "cloudevents.event_type": event.type,
+                "cloudevents.event_source": event.source,
+            },
+        )
+    )  # fmt: skip
+
+
 #: Handles one event inside the transaction that records it as handled; must not commit.
 TxHandler = Callable[[sqlite3.Connection, Event], None]
 #: Handles one event outside the database; see :class:`Consumer` for what that guarantees.
@@ -213,13 +265,22 @@ class EventBus:
         event is then not published (use the outbox when that matters).
         """
         stream = self.keys.stream(event.type)
-        return str(
-            await self.redis.xadd(stream, redis_fields(event.to_fields()), maxlen=self.maxlen)
-        )
+        fields, producer = producer_fields(event)
+        started = time.time_ns()
+        entry = str(await self.redis.xadd(stream, redis_fields(fields), maxlen=self.maxlen))
+        record_producer(producer, event, "send", started)
+        return entry
 
     async def publish_many(self, events: Sequence[Event]) -> list[str]:
         """Append ``events`` in order in one round trip; their entry ids."""
-        return await self.publish_fields([(event.type, event.to_fields()) for event in events])
+        written = [producer_fields(event) for event in events]
+        started = time.time_ns()
+        entries = await self.publish_fields(
+            [(event.type, fields) for event, (fields, _) in zip(events, written, strict=True)]
+        )
+        for event, (_, producer) in zip(events, written, strict=True):
+            record_producer(producer, event, "send", started)
+        return entries
 
     async def publish_fields(self, entries: Sequence[tuple[str, Mapping[str, str]]]) -> list[str]:
         """Append already encoded events, ``(type, fields)``, in order in one round trip.

@@ -26,6 +26,8 @@ from core.db import Database
 from core.events.bus import PREFIX, AsyncHandler, Event, Keys, TxHandler, check_name, redis_fields
 from core.events.dead_letters import dead_fields
 from core.redis import REDIS_ERRORS, Backoff, Redis, is_cluster
+from core.telemetry import spans
+from core.telemetry.spans import Attributes, Span
 
 logger = log.get("events")
 
@@ -355,7 +357,9 @@ class Consumer:
                     outcomes.append(_DUPLICATE)
                 else:
                     # The handler's log lines, calls and events continue the event's trace.
-                    span = trace.TRACE.set(trace.start(event.traceparent, event.tracestate))
+                    span = trace.start(event.traceparent, event.tracestate)
+                    token = trace.TRACE.set(span)
+                    started, error = time.time_ns(), None
                     try:
                         self.handler(conn, event)
                         logger.info(
@@ -363,8 +367,12 @@ class Consumer:
                             extra={"event_type": event.type, "event_id": event.id,
                                    "group": self.group},
                         )  # fmt: skip
+                    except Exception as exc:
+                        error = exc
+                        raise
                     finally:
-                        trace.TRACE.reset(span)
+                        trace.TRACE.reset(token)
+                        _record_consumer(span, event, self.group, started, error)
                     outcomes.append(None)
                 conn.execute("RELEASE essaim_event")
             except Exception as exc:
@@ -386,7 +394,9 @@ class Consumer:
             return exc
         if seen:
             return _DUPLICATE
-        span = trace.TRACE.set(trace.start(event.traceparent, event.tracestate))
+        span = trace.start(event.traceparent, event.tracestate)
+        token = trace.TRACE.set(span)
+        started, error = time.time_ns(), None
         try:
             await self.async_handler(event)
             logger.info(
@@ -397,9 +407,11 @@ class Consumer:
                 extra={"event_type": event.type, "event_id": event.id, "group": self.group},
             )
         except Exception as exc:
+            error = exc
             return exc
         finally:
-            trace.TRACE.reset(span)
+            trace.TRACE.reset(token)
+            _record_consumer(span, event, self.group, started, error)
         try:
             await self.db.transaction(
                 lambda c: c.execute(
@@ -443,3 +455,33 @@ class Consumer:
                 deliveries,
                 error,
             )
+
+
+def _record_consumer(
+    span: trace.Trace, event: Event, group: str, started: int, error: Exception | None
+) -> None:
+    """Record the span of one event handled by ``group`` (kind CONSUMER) when spans are exported.
+
+    Its parent is the event's producer span (the ``traceparent`` the event
+    carries), so it continues the producer's trace.
+    """
+    recorder = spans.active()
+    if recorder is None or not span.sampled:
+        return
+    attributes: Attributes = {
+        "messaging.system": "essaim", "messaging.operation.type": "process",
+        "messaging.operation.name": "process", "messaging.destination.name": event.type,
+        "messaging.consumer.group.name": group, "messaging.message.id": event.id,
+        "cloudevents.event_id": event.id, "cloudevents.event_type": event.type,
+        "cloudevents.event_source": event.source,
+    }  # fmt: skip
+    failure = None
+    if error is not None:
+        attributes["error.type"] = type(error).__name__
+        failure = f"{type(error).__name__}: {error}"[:200]
+    recorder.record(
+        Span(
+            "consumer", f"process {event.type}", span.trace_id, span.span_id, span.parent_id,
+            started, time.time_ns(), attributes, failure,
+        )
+    )  # fmt: skip

@@ -24,9 +24,10 @@ from collections.abc import Callable
 import orjson
 
 from core import log
-from core.db import Connection, Database
-from core.events.bus import Event, EventBus
+from core.db import Connection, Database, after_commit
+from core.events.bus import Event, EventBus, producer_fields, record_producer
 from core.redis import REDIS_ERRORS, Backoff
+from core.telemetry import spans
 
 logger = log.get("outbox")
 
@@ -39,16 +40,26 @@ def add_to_outbox(conn: sqlite3.Connection, event: Event) -> None:
     Call it from a function given to :meth:`core.db.Database.transaction`
     (or a consumer's transactional handler); outside a transaction it raises
     ``RuntimeError``. Adding the same event id twice raises
-    ``sqlite3.IntegrityError``.
+    ``sqlite3.IntegrityError``. An event made in the work in progress is
+    written as its own span, a child of that work
+    (:func:`~core.events.bus.producer_fields`), recorded as a ``create``
+    PRODUCER span, ending at the commit, when spans are exported.
     """
     if not conn.in_transaction:
         raise RuntimeError("add_to_outbox must run inside a transaction")
+    fields, producer = producer_fields(event)
+    started = time.time_ns()
     conn.execute(
         "INSERT INTO essaim_outbox (event_id, type, fields, created_at) VALUES (?, ?, ?, ?)",
-        (event.id, event.type, orjson.dumps(event.to_fields()).decode(), time.time()),
+        (event.id, event.type, orjson.dumps(fields).decode(), started / 1e9),
     )
     if isinstance(conn, Connection):
         conn.outbox_written = True
+        if producer is not None and spans.active() is not None:
+            # The span ends when the event is committed (and is dropped with a rollback).
+            after_commit(conn, lambda: record_producer(producer, event, "create", started))
+    else:
+        record_producer(producer, event, "create", started)
 
 
 class OutboxRelay:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from core.proxy.pool import Pool, UpstreamConnection
     from core.proxy.stats import Stats
     from core.proxy.wire import Clock, RequestIds, TraceIds
+    from core.telemetry.spans import Recorder
     from core.upstream.upstream import Endpoint
 
 __all__ = ["Client", "Limits", "Proxy"]
@@ -48,6 +49,7 @@ class Proxy(Protocol):
     ids: RequestIds
     traces: TraceIds
     access: AccessLog | None
+    spans: Recorder | None
     bff: SessionEndpoints | None
     clock: Clock
     active: int

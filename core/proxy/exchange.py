@@ -53,7 +53,8 @@ from core.proxy.response import (
     WAITING,
     ResponseSide,
 )
-from core.proxy.wire import STATUS_LINES, chunk, problem_response, scan_request
+from core.proxy.span import exchange_span
+from core.proxy.wire import STATUS_LINES, chunk, header_value, problem_response, scan_request
 from core.security.relay import SessionPending
 from core.security.tokens import UnknownKeyError
 from core.upstream.upstream import Endpoint
@@ -61,6 +62,7 @@ from core.upstream.upstream import Endpoint
 if TYPE_CHECKING:
     from core.proxy.contract import Client
     from core.proxy.router import Plan
+    from core.telemetry.spans import Recorder
 
 logger = log.get("gateway.proxy")
 
@@ -300,6 +302,8 @@ class Exchange(ResponseSide):
             elif self.body_done:
                 self._serve_local()
             else:
+                if header_value(self.headers, b"expect").lower() == b"100-continue":
+                    self.client.transport.write(_CONTINUE)
                 self.client.deadline = self.proxy.loop.time() + self.proxy.limits.body_timeout
             return
         if self.problem is not None:
@@ -611,9 +615,8 @@ class Exchange(ResponseSide):
         """The client connection closed: stop everything, record 499 unless answered."""
         if self.phase == DONE:
             return
-        if self.local_task is not None:
-            self.local_task.cancel()
-            self.local_task = None
+        # A session endpoint's task is left to finish (a login half done would
+        # leave a session nobody has a cookie for); its answer is dropped.
         self._abandon_attempt()
         if not self.started:
             self.phase = DONE
@@ -771,7 +774,21 @@ class Exchange(ResponseSide):
                 access.record(self, "unmatched", "unmatched", duration)
             else:
                 access.record(self, plan.route, plan.service, duration)
+        spans = proxy.spans
+        if spans is not None and self.trace_id:
+            self._record_span(spans, duration)
         self.client.exchange_done(self, self.close_after or not self.body_done)
+
+    def _record_span(self, spans: Recorder, duration: float) -> None:
+        """Hand the request's span to the exporter: the values only (see :mod:`core.proxy.span`)."""
+        head, plan = self.head, self.plan
+        assert head is not None  # a traced exchange was routed
+        assert plan is not None
+        spans.add((
+            exchange_span, self.trace_id, self.span_id, head.trace_parent, head.trace_flags,
+            time.time_ns(), duration, self.method_name, self.path, plan.route, plan.service,
+            self.endpoint, self.status, self.answered_problem, self.attempts, self.client.peer,
+        ))  # fmt: skip
 
     def _service(self) -> str:
         ep = self.endpoint

@@ -36,18 +36,29 @@ from __future__ import annotations
 from core.errors import ServiceUnavailable
 from core.proxy.wire import header_value
 from core.security.access import AUTH_VIA, AuthVia, Policy, authorize, authorize_async
-from core.security.ratelimit import Decision, RateLimiter, rate_key
+from core.security.ratelimit import Decision, RateLimiter, bucket_key, rate_key
 from core.security.relay import SessionGate
 from core.security.synced import SyncedRateLimiter
 from core.security.tokens import Identity, Verifier
 
 __all__ = ["AUTH_VIA", "AuthVia", "Guard"]
 
+_KEYS_KEPT = 10_000
+
 
 class Guard:
     """The checks of one route: ``policy`` with ``verifier`` (or ``sessions``), ``limiter`` if limited."""
 
-    __slots__ = ("decide", "limiter", "policy", "route_id", "sessions", "verifier", "via")
+    __slots__ = (
+        "_keys",
+        "decide",
+        "limiter",
+        "policy",
+        "route_id",
+        "sessions",
+        "verifier",
+        "via",
+    )
 
     def __init__(
         self,
@@ -66,7 +77,9 @@ class Guard:
         self.via = via
         self.sessions = sessions
         # A synced limiter decides from memory (core.security.synced).
-        self.decide = limiter.decide if isinstance(limiter, SyncedRateLimiter) else None
+        self.decide = limiter.decide_bucket if isinstance(limiter, SyncedRateLimiter) else None
+        # Bucket keys by user id or client address, made once (two string builds a request less).
+        self._keys: dict[str | bytes, str] = {}
 
     def _verifier(self) -> Verifier:
         if self.verifier is None:
@@ -132,7 +145,15 @@ class Guard:
         decide = self.decide
         if decide is None:
             return None
-        return decide(self.route_id, rate_key(user_id, address.decode("latin-1")))
+        who = user_id or address
+        key = self._keys.get(who)
+        if key is None:
+            if len(self._keys) >= _KEYS_KEPT:
+                self._keys.clear()
+            key = self._keys[who] = bucket_key(
+                self.route_id, rate_key(user_id, address.decode("latin-1"))
+            )
+        return decide(key)
 
     def rate_headers(self, decision: Decision) -> bytes:
         """``X-RateLimit-*`` response header lines for an allowed request."""

@@ -58,8 +58,9 @@ class RequestHead:
     ``before_id`` and ``after_id`` are the upstream head after its ``Host``
     line, around the request id's value (the request line comes apart).
     ``client_id`` is the client's ``X-Request-ID`` when usable (else each
-    request gets a new one); ``trace_id`` and ``trace_flags`` those of the
-    client's valid ``traceparent`` (else each request starts a trace).
+    request gets a new one); ``trace_id``, ``trace_parent`` and ``trace_flags``
+    those of the client's valid ``traceparent`` (else each request starts a
+    trace, and ``trace_parent`` is None).
     """
 
     __slots__ = (
@@ -72,6 +73,7 @@ class RequestHead:
         "plan",
         "trace_flags",
         "trace_id",
+        "trace_parent",
     )
 
     def __init__(self, plan: Plan, before_id: bytes, facts: HeaderFacts) -> None:
@@ -80,6 +82,7 @@ class RequestHead:
         self.after_id = facts.after
         self.client_id = facts.client_id
         self.trace_id = facts.trace_id
+        self.trace_parent = facts.trace_parent
         self.trace_flags = facts.trace_flags
         self.length = facts.size
         self.chunked = facts.chunked
@@ -118,6 +121,7 @@ class HeaderFacts:
         "size",
         "trace_flags",
         "trace_id",
+        "trace_parent",
     )
 
     def __init__(
@@ -163,12 +167,12 @@ class HeaderFacts:
         self.listed = listed
         self.client_id = None if rid is None else RequestIds.usable(rid)
         self.trace_id: bytes | None = None
+        self.trace_parent: bytes | None = None
         self.trace_flags = b"01"
         if tp is not None:
             parsed = parse_traceparent(tp.decode("latin-1"))
             if parsed is not None:
-                self.trace_id, _, flags = (part.encode() for part in parsed)
-                self.trace_flags = flags
+                self.trace_id, self.trace_parent, self.trace_flags = (p.encode() for p in parsed)
         forwarded = (
             forwarded_for if xff is None else b"x-forwarded-for: " + xff + b", " + peer + _CRLF
         )

@@ -37,6 +37,7 @@ from core.proxy.head import Heads
 from core.proxy.pool import Pool, UpstreamConnection
 from core.proxy.stats import Stats
 from core.proxy.wire import Clock, RequestIds, TraceIds, problem_response
+from core.telemetry.spans import Recorder
 from core.upstream.upstream import Endpoint
 
 if TYPE_CHECKING:
@@ -480,6 +481,8 @@ class ProxyServer:
         self.traces = TraceIds()
         #: The access log, when one is kept (``gateway.py`` sets it).
         self.access: AccessLog | None = None
+        #: Where each request's span goes when spans are exported (``gateway.py`` sets it).
+        self.spans: Recorder | None = None
         #: The session endpoints (``/-/session``), when sessions are on (``gateway.py`` sets them).
         self.bff: SessionEndpoints | None = None
         self.clock = Clock()

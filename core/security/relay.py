@@ -33,6 +33,7 @@ builds on its service calls (discovery, balancing, breaker, retries).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -41,7 +42,7 @@ from core import log
 from core.errors import HTTPProblem, ServiceUnavailable, Unauthorized
 from core.security.access import Policy
 from core.security.csrf import Origins, check_origin, check_token
-from core.security.sessions import SECRET_RE, SESSION_COOKIE, Session, SessionStore, Tokens
+from core.security.sessions import SESSION_COOKIE, Session, SessionStore, Tokens
 
 logger = log.get("sessions")
 
@@ -59,6 +60,8 @@ SAFE_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
 
 Headers = Sequence[tuple[bytes, bytes]]
 _COOKIE_NAME = SESSION_COOKIE.encode()
+# The cookie whole (its name after a ';' or the start) with a value as new_secret() makes.
+_SESSION_RE = re.compile(rb"(?:^|;)[ \t]*" + _COOKIE_NAME + rb"=([A-Za-z0-9_-]{43})[ \t]*(?:;|$)")
 
 
 class SessionPending(Exception):
@@ -94,12 +97,10 @@ def cookie_challenge() -> str:
 def session_cookie(headers: Headers) -> str | None:
     """The session id of the request's ``essaim_session`` cookie (None: none, or not one of ours)."""
     for name, value in headers:
-        if len(name) == 6 and name.lower() == b"cookie" and _COOKIE_NAME in value:
-            for part in value.split(b";"):
-                key, _, found = part.strip().partition(b"=")
-                if key == _COOKIE_NAME:
-                    text = found.decode("latin-1")
-                    return text if SECRET_RE.match(text) else None
+        if len(name) == 6 and _COOKIE_NAME in value and name.lower() == b"cookie":
+            found = _SESSION_RE.search(value)
+            if found is not None:
+                return found.group(1).decode("ascii")
     return None
 
 

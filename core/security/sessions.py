@@ -41,6 +41,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from core import log
 from core.errors import ServiceUnavailable
 from core.security.resp import RespClient, RespError, Script
@@ -83,8 +85,9 @@ return {tostring(now), tostring(absolute)}
 """)
 
 # KEYS[1] the session; ARGV idle seconds, and 1 to renew the idle timeout.
-# Returns nil (none, or past its absolute deadline: then deleted), else the
-# fields in _FIELDS order, the absolute deadline and Redis' clock.
+# Returns nil (none, or past its absolute deadline: then deleted), else a
+# JSON array: the fields in _FIELDS order, the absolute deadline, Redis'
+# clock and the idle deadline (one bulk string is read faster than eleven).
 _LOAD = Script("""
 local v = redis.call('HMGET', KEYS[1], 'sub', 'user', 'roles', 'csrf', 'access', 'access_exp',
   'access_iat', 'refresh', 'absolute')
@@ -103,7 +106,7 @@ if ARGV[2] == '1' then
 end
 v[10] = tostring(now)
 v[11] = tostring(now + ttl)
-return v
+return cjson.encode(v)
 """)
 
 # KEYS[1] the session; ARGV the refresh token the caller saw, seconds the claim holds.
@@ -191,23 +194,29 @@ class Session:
     absolute: float
     idle_until: float
     read_at: float
+    #: The identity the route's policy checks (made once: a session serves many requests).
+    identity: Identity = dataclasses.field(init=False, repr=False, compare=False)
+    #: The header lines for upstream: the identity and the relayed access token.
+    upstream_lines: bytes = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        roles = ",".join(self.roles)
+        object.__setattr__(
+            self, "identity", Identity(self.sub, self.roles, self.access_exp, {}, roles)
+        )
+        object.__setattr__(
+            self,
+            "upstream_lines",
+            (
+                f"x-user-id: {self.sub}\r\nx-user-roles: {roles}\r\n"
+                f"authorization: Bearer {self.access}\r\n"
+            ).encode("latin-1"),
+        )
 
     @property
     def expires_at(self) -> float:
         """When the session ends if it is not used again."""
         return min(self.idle_until, self.absolute)
-
-    @property
-    def identity(self) -> Identity:
-        return Identity(self.sub, self.roles, self.access_exp, {}, ",".join(self.roles))
-
-    @property
-    def upstream_lines(self) -> bytes:
-        """The header lines for upstream: the identity and the relayed access token."""
-        return (
-            f"x-user-id: {self.sub}\r\nx-user-roles: {','.join(self.roles)}\r\n"
-            f"authorization: Bearer {self.access}\r\n"
-        ).encode("latin-1")
 
     def describe(self) -> dict[str, Any]:
         """What the browser may know: never a token but the CSRF one."""
@@ -358,8 +367,8 @@ class SessionStore:
         if reply is None:
             self.forget(session_id)
             return None
-        sub, user, roles, csrf, access, exp, iat, refresh, absolute, now, idle_until = (
-            _text(v) for v in reply
+        sub, user, roles, csrf, access, exp, iat, refresh, absolute, now, idle_until = orjson.loads(
+            reply
         )
         return self._keep(
             Session(

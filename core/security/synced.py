@@ -124,7 +124,11 @@ class SyncedRateLimiter(RateLimiter):
 
     def decide(self, route_id: str, key: str) -> Decision | None:
         """The decision from the local bucket; None when the key must be read from Redis first."""
-        bucket = self.buckets.get(bucket_key(route_id, key))
+        return self.decide_bucket(bucket_key(route_id, key))
+
+    def decide_bucket(self, full_key: str) -> Decision | None:
+        """:meth:`decide` for the bucket's whole key (:func:`~core.security.ratelimit.bucket_key`)."""
+        bucket = self.buckets.get(full_key)
         if bucket is None:
             return None
         now = self.clock()

@@ -5,8 +5,11 @@ the local :class:`~core.registry.discovery.Watcher` snapshot (no Redis round tri
 picks an instance with the same :class:`~core.upstream.upstream.Upstream` the gateway
 uses (balancer, outlier ejection, circuit breaker, retry policy and budget),
 and passes on the ``X-Request-ID`` and ``Authorization`` of the request being
-handled, and its trace context as W3C ``traceparent`` (this service's span
-as the parent), ``tracestate`` and ``baggage`` (see :func:`forwarding_middleware`).
+handled, and its trace context: W3C ``traceparent``, ``tracestate`` and
+``baggage`` (see :func:`forwarding_middleware`). Each attempt is a span of
+its own, a child of the work in progress (the request, or the event being
+handled), and is the parent named in the ``traceparent`` it sends; with
+span export on it is recorded (kind CLIENT, :mod:`core.telemetry`).
 
 Outcomes a caller sees:
 
@@ -56,8 +59,10 @@ from core.errors import (
     ServiceUnavailable,
 )
 from core.registry.discovery import Watcher
+from core.telemetry import spans
+from core.telemetry.spans import Attributes, Span
 from core.upstream.retry import RetryPolicy
-from core.upstream.upstream import Upstream, UpstreamPolicy
+from core.upstream.upstream import Endpoint, Upstream, UpstreamPolicy
 
 logger = log.get("calls")
 
@@ -65,6 +70,9 @@ __all__ = ["CallResponse", "Calls", "Timeouts", "dependency_middleware", "forwar
 
 #: Headers of the request being handled that every call passes on.
 FORWARDED = ("X-Request-ID", "Authorization")
+
+#: Paths whose requests are not exported as spans: probes and scrapes, each a trace of its own.
+UNTRACED = frozenset(("/health", "/health/live", "/health/ready", "/metrics", "/openapi.json"))
 
 _incoming: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
     "essaim_incoming_headers", default=MappingProxyType({})
@@ -81,7 +89,9 @@ async def forwarding_middleware(request: web.Request, handler: Handler) -> web.S
     ``traceparent`` or starts a trace; with the ``X-Request-ID`` (generated
     when absent) it is in every log line written meanwhile. Calls pass on
     the id, ``Authorization``, and the trace headers; the response carries
-    the id.
+    the id. When spans are exported (:mod:`core.telemetry`), the span is
+    recorded once the response is made (kind SERVER), except for the probes
+    and scrapes of :data:`UNTRACED`.
     """
     headers = request.headers
     request_id = headers.get("X-Request-ID") or uuid.uuid4().hex
@@ -94,16 +104,48 @@ async def forwarding_middleware(request: web.Request, handler: Handler) -> web.S
         carried["Authorization"] = auth
     token = _incoming.set(carried)
     span_token = trace.TRACE.set(span)
+    recorder = spans.active()
+    started = time.time_ns() if recorder is not None else 0
+    status = 500
     try:
         response = await handler(request)
+        status = response.status
     except web.HTTPException as exc:
+        status = exc.status
         exc.headers["X-Request-ID"] = request_id
         raise
     finally:
         trace.TRACE.reset(span_token)
         _incoming.reset(token)
+        if recorder is not None and span.sampled and request.path not in UNTRACED:
+            recorder.record(_server_span(request, span, started, status))
     response.headers["X-Request-ID"] = request_id
     return response
+
+
+def _server_span(request: web.Request, span: trace.Trace, started: int, status: int) -> Span:
+    """The span of a request a service answered (OpenTelemetry's HTTP server conventions)."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else None
+    attributes: Attributes = {
+        "http.request.method": request.method,
+        "url.path": request.path,
+        "url.scheme": request.scheme,
+        "http.response.status_code": status,
+    }
+    if route is not None:
+        attributes["http.route"] = route
+    if request.remote:
+        attributes["client.address"] = request.remote
+    error = None
+    if status >= 500:
+        attributes["error.type"] = str(status)
+        error = f"answered {status}"
+    name = f"{request.method} {route}" if route is not None else request.method
+    return Span(
+        "server", name, span.trace_id, span.span_id, span.parent_id, started, time.time_ns(),
+        attributes, error,
+    )  # fmt: skip
 
 
 @web.middleware
@@ -238,13 +280,16 @@ class Calls:
         upstream = self.upstream(service)
         send_headers = dict(_incoming.get())
         send_headers.setdefault("X-Request-ID", uuid.uuid4().hex)
-        if "traceparent" not in send_headers:
-            # Outside a request (an event handler, a background task): the work's own span.
-            span = trace.current()
-            if span is not None:
-                send_headers.update(span.headers())
+        # The span of the work in progress (a request, an event): each attempt is a
+        # span of its own, its child, and the callee's parent (its traceparent).
+        caller = trace.current()
+        if caller is not None:
+            send_headers.update(caller.headers())
         if headers:
             send_headers.update(headers)
+            if any(name.lower() == "traceparent" for name in headers):
+                caller = None  # the caller chose the trace context itself
+        recorder = spans.active() if caller is not None and caller.sampled else None
         body = data
         if json is not None:
             body = orjson.dumps(json)
@@ -276,51 +321,65 @@ class Calls:
             left = deadline - time.monotonic()
             upstream.begin(ep)
             kind, status, marked = "", 0, False
+            attempt_span = None
+            if caller is not None:
+                attempt_span = caller.child()
+                send_headers["traceparent"] = attempt_span.traceparent()
+            started = time.time_ns() if recorder is not None else 0
             try:
-                timeout = aiohttp.ClientTimeout(
-                    total=max(0.001, min(timeouts.per_try, left)),
-                    sock_connect=timeouts.connect,
-                )
-                async with self.session.request(
-                    method,
-                    f"{ep.url}{path}",
-                    data=body,
-                    headers=send_headers,
-                    params=params,
-                    timeout=timeout,
-                    allow_redirects=False,
-                ) as resp:
-                    payload = await resp.read()
-                    status = resp.status
-                    result = CallResponse(status, dict(resp.headers), payload, ep.key)
-                    marked = status >= 500 and marked_as_dependency_failure(resp.headers)
-                if marked:
-                    # Its own dependency failed: passed on, not retried (the
-                    # other instances share that dependency), not held against it.
-                    upstream.dependency_failed(ep)
-                    return result
-                if status >= 500:
-                    kind = "5xx"
+                try:
+                    timeout = aiohttp.ClientTimeout(
+                        total=max(0.001, min(timeouts.per_try, left)),
+                        sock_connect=timeouts.connect,
+                    )
+                    async with self.session.request(
+                        method,
+                        f"{ep.url}{path}",
+                        data=body,
+                        headers=send_headers,
+                        params=params,
+                        timeout=timeout,
+                        allow_redirects=False,
+                    ) as resp:
+                        payload = await resp.read()
+                        status = resp.status
+                        result = CallResponse(status, dict(resp.headers), payload, ep.key)
+                        marked = status >= 500 and marked_as_dependency_failure(resp.headers)
+                    if marked:
+                        # Its own dependency failed: passed on, not retried (the
+                        # other instances share that dependency), not held against it.
+                        upstream.dependency_failed(ep)
+                        return result
+                    if status >= 500:
+                        kind = "5xx"
+                        upstream.failed(ep, kind)
+                    else:
+                        upstream.succeeded(ep)
+                        return result
+                except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                    kind, last_error = "connect", str(exc) or "connect timeout"
                     upstream.failed(ep, kind)
-                else:
-                    upstream.succeeded(ep)
-                    return result
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-                kind, last_error = "connect", str(exc) or "connect timeout"
-                upstream.failed(ep, kind)
-            except (
-                aiohttp.ServerDisconnectedError,
-                aiohttp.ClientOSError,
-                aiohttp.ClientPayloadError,
-            ) as exc:
-                kind, last_error = "reset", str(exc) or type(exc).__name__
-                upstream.failed(ep, kind)
-            except TimeoutError:
-                kind, last_error = "timeout", f"no answer within {timeout.total:.3g}s"
-                upstream.failed(ep, kind)
-            except (aiohttp.ClientError, asyncio.CancelledError):
-                upstream.released(ep)
-                raise
+                except (
+                    aiohttp.ServerDisconnectedError,
+                    aiohttp.ClientOSError,
+                    aiohttp.ClientPayloadError,
+                ) as exc:
+                    kind, last_error = "reset", str(exc) or type(exc).__name__
+                    upstream.failed(ep, kind)
+                except TimeoutError:
+                    kind, last_error = "timeout", f"no answer within {timeout.total:.3g}s"
+                    upstream.failed(ep, kind)
+                except (aiohttp.ClientError, asyncio.CancelledError) as exc:
+                    kind = type(exc).__name__
+                    upstream.released(ep)
+                    raise
+            finally:
+                if recorder is not None and attempt_span is not None:
+                    recorder.record(
+                        _client_span(
+                            method, service, ep, attempt_span, started, status, kind, attempt
+                        )
+                    )
             tried.append(ep.key)
             if time.monotonic() < deadline and upstream.retry_allowed(
                 retry, kind, method, attempt, False, status
@@ -331,3 +390,42 @@ class Calls:
             if kind == "timeout" or time.monotonic() >= deadline:
                 raise GatewayTimeout(f"{service} {method} {path}: {last_error}", dependency=service)
             raise BadGateway(f"{service} {method} {path}: {last_error}", dependency=service)
+
+
+def _client_span(
+    method: str,
+    service: str,
+    ep: Endpoint,
+    span: trace.Trace,
+    started: int,
+    status: int,
+    failure: str,
+    attempt: int,
+) -> Span:
+    """The span of one attempt of a call (OpenTelemetry's HTTP client conventions).
+
+    ``failure`` is ``connect``, ``reset``, ``timeout``, ``5xx`` or the name
+    of the exception that ended the attempt; empty when it was answered. An
+    answer of 400 or more is an error too.
+    """
+    attributes: Attributes = {
+        "http.request.method": method,
+        "server.address": ep.host,
+        "server.port": ep.port,
+        "peer.service": service,
+        "essaim.instance": ep.key,
+    }
+    if status:
+        attributes["http.response.status_code"] = status
+    if attempt > 1:
+        attributes["http.request.resend_count"] = attempt - 1
+    error = None
+    if failure and failure != "5xx":
+        attributes["error.type"] = error = failure
+    elif status >= 400:  # a client span's error, by the HTTP conventions
+        attributes["error.type"] = str(status)
+        error = f"{service} answered {status}"
+    return Span(
+        "client", f"{method} {service}", span.trace_id, span.span_id, span.parent_id, started,
+        time.time_ns(), attributes, error,
+    )  # fmt: skip

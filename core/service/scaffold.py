@@ -6,18 +6,19 @@ the events it emits and handles) and its ``__main__`` calls
 :func:`run_service`. The scaffold then owns everything else, one aiohttp
 ``cleanup_ctx`` per resource, opened in this order and closed in reverse:
 
-1. Redis (:func:`core.redis.connect`; it may be away, nothing waits on it);
-2. the database: ``{data_dir}/{name}.db``, created and migrated
+1. span export to OpenTelemetry, with ``--otel-endpoint`` (:mod:`core.telemetry`);
+2. Redis (:func:`core.redis.connect`; it may be away, nothing waits on it);
+3. the database: ``{data_dir}/{name}.db``, created and migrated
    (:class:`core.db.Database`);
-3. the config client: the service's config from configsvc, kept current;
+4. the config client: the service's config from configsvc, kept current;
    the service's dataclass is a typed view of its table (``[billing]`` for
    billing), and the shared ``[http]`` table sets the call timeouts live;
-4. the registry watcher and :class:`core.service.calls.Calls`, when the service calls
+5. the registry watcher and :class:`core.service.calls.Calls`, when the service calls
    others;
-5. the outbox relay, when it emits events (its own, or its sagas' commands);
-6. the saga runners (:class:`core.events.saga.SagaRunner`), one per saga it
+6. the outbox relay, when it emits events (its own, or its sagas' commands);
+7. the saga runners (:class:`core.events.saga.SagaRunner`), one per saga it
    owns: timeouts, resends, waits;
-7. the event consumer (group: the service's name), when it handles events
+8. the event consumer (group: the service's name), when it handles events
    (its own handlers, and its sagas' replies).
 
 The instance registers with the registry once its port is listening (so a
@@ -97,6 +98,7 @@ from core.service.access_log import access_log_middleware
 from core.service.calls import Calls, Timeouts, dependency_middleware, forwarding_middleware
 from core.settings import CommonSettings, Secret, option
 from core.tasks import TaskSet
+from core.telemetry.export import check_endpoint, exporting
 from core.upstream.retry import RetryPolicy
 from core.upstream.upstream import UpstreamPolicy
 
@@ -213,6 +215,14 @@ class ServiceSettings(CommonSettings):
         default=True,
         metadata=option("one log line per request answered (logger essaim.access)"),
     )
+    otel_endpoint: str = dataclasses.field(
+        default="",
+        metadata=option(
+            "OpenTelemetry collector's OTLP/HTTP URL (http://HOST:4318): export the spans of "
+            "requests, calls and events (needs essaim[otel]; none: no export)",
+            env="ESSAIM_OTEL_ENDPOINT",
+        ),
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -237,6 +247,7 @@ class ServiceSettings(CommonSettings):
                 raise SettingsError(
                     f"registry_url: expected an http(s) URL, got {self.registry_url!r}"
                 )
+        check_endpoint("ESSAIM_OTEL_ENDPOINT", self.otel_endpoint)
         if self.jwks_url:
             parts = urlsplit(self.jwks_url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -431,6 +442,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # ----------------------------------------------------------------------------- resources
+
+
+async def _telemetry_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Span export, when asked for: opened first, closed last (the other resources' spans in)."""
+    async with exporting(
+        app[SETTINGS].otel_endpoint, service=app[SERVICE].name, instance=app[INSTANCE_ID]
+    ):
+        yield
 
 
 async def _access_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -811,7 +830,7 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
     app[METRICS] = metrics
     app[LIFECYCLE] = lifecycle
     metrics.registry.register(_EventMetrics(app, metrics.namespace))
-    for ctx in (_access_ctx, _redis_ctx, _db_ctx, _config_ctx, _calls_ctx, _relay_ctx,
+    for ctx in (_telemetry_ctx, _access_ctx, _redis_ctx, _db_ctx, _config_ctx, _calls_ctx, _relay_ctx,
                 _sagas_ctx, _consumer_ctx, *service.contexts, _registration_ctx):  # fmt: skip
         app.cleanup_ctx.append(ctx)
     app.on_shutdown.append(_deregister)
@@ -853,7 +872,7 @@ def run_service(service: Service, argv: Sequence[str] | None = None) -> int:
         logger.info("%s ready as %s", service.name, app[INSTANCE_ID])
 
     return run(
-        [Site(app, settings.host, settings.port, service.name)],
+        [Site(app, settings.host, settings.port, service.name, fd=settings.listen_fd)],
         shutdown_timeout=settings.shutdown_timeout,
         on_started=on_started,
         before_stop=functools.partial(_deregister_first, app),

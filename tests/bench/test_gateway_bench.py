@@ -55,9 +55,12 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
             "direct",
             "gateway",
             "gateway-auth",
+            "gateway-session",
+            "gateway-session-nocache",
             "gateway-limited",
             "gateway-synced",
             "gateway-accesslog",
+            "gateway-otel",
             "gateway-1000",
             "gateway-w2",
         }
@@ -76,9 +79,17 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
         assert result["ratios"]["routes_1000_vs_1_cpu"] is not None
         # Every request of the guarded cases passed its token check / rate limit.
         assert result["ratios"]["auth_vs_public_cpu"] is not None
+        # The session cases went through the session route (a cookie from POST /-/session).
+        assert result["ratios"]["session_vs_token_cpu"] is not None
+        assert result["ratios"]["session_nocache_vs_token_cpu"] is not None
+        assert "session route (cookie, token relayed) / token route" in done.stdout
         assert result["ratios"]["rate_limited_vs_public_cpu"] is not None
         assert result["ratios"]["synced_vs_public_cpu"] is not None
         assert result["ratios"]["access_log_vs_none_cpu"] is not None
+        # The export's CPU is in the runs: each ended once the collector had its spans.
+        assert result["ratios"]["otel_vs_none_cpu"] is not None
+        assert cases["gateway-otel"]["spans"] > 0
+        assert "span export on (a span per request, OTLP/HTTP) / off" in done.stdout
         # The workers' CPU is counted (the parent's alone would be near zero).
         assert cases["gateway-w2"]["proxy_cpu_us"] > 0.3 * cases["gateway"]["proxy_cpu_us"]
         assert result["ratios"]["scaling_rps"]["gateway"] is not None

@@ -38,6 +38,9 @@ def test_quick_resilience_bench_reports_every_case_and_the_config_change_survive
     # A kill -9 is followed until the restarted instance answers again.
     assert cases[0]["killed"] == "inventory-1"
     assert cases[0]["full_service_s"] is not None
+    # python -m services restart did its job (inventory, then the gateway).
+    assert [r["name"] for r in cases[4]["restarts"]] == ["inventory", "gateway"]
+    assert all(r["exit"] == 0 for r in cases[4]["restarts"]), cases[4]["restarts"]
     # Every bill accepted under the faults ended confirmed or rejected.
     for case in (cases[2], cases[4]):
         assert case["bills"]["accepted"] > 0, case

@@ -1,7 +1,7 @@
 """``python -m services status | restart | scale`` against one system the launcher started.
 
 Every test of this module shares one launched system (real processes, its
-private Redis), in order: each leaves it as it found it (every service with
+private Redis, ``--log-format json``), in order: each leaves it as it found it (every service with
 its instances ready). Load goes through the gateway as a client's would:
 some clients keep their connection, others open one per request, so that a
 refused connection would show. A request fails when it gets no answer or a
@@ -33,7 +33,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def system(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Launcher]:
-    async with start_launcher(tmp_path_factory.mktemp("control")) as launcher:
+    async with start_launcher(
+        tmp_path_factory.mktemp("control"), "--log-format", "json"
+    ) as launcher:
         await up(launcher)
         yield launcher
 
@@ -92,7 +94,7 @@ async def load(
     headers: dict[str, str] | None = None,
     ok: int = 200,
 ) -> AsyncIterator[Load]:
-    """``method path`` through the gateway from ``clients`` loops until the block ends.
+    """``method path`` through the gateway (or a whole URL) from ``clients`` loops until the end.
 
     Half the clients keep their connection alive, half open a new one for
     each request. Each has at most one request in flight; a request fails
@@ -100,7 +102,7 @@ async def load(
     """
     record = Load()
     stop = asyncio.Event()
-    url = f"http://127.0.0.1:{launcher.ports['gateway']}{path}"
+    url = path if "://" in path else f"http://127.0.0.1:{launcher.ports['gateway']}{path}"
 
     async def client(fresh: bool) -> None:
         connector = aiohttp.TCPConnector(force_close=fresh)
@@ -149,6 +151,12 @@ async def test_status_lists_every_process_and_the_control_socket_is_the_owners_o
     assert processes["registry"]["port"] == system.ports["registry"]
     assert processes["inventory-2"]["instance"] == "inventory-2"
     assert processes["redis"]["instance"] is None
+    # --log-format json reached every component: each line of their logs is one JSON object.
+    for name in processes:
+        if name != "redis":
+            lines = (system.run_dir / "logs" / f"{name}.log").read_text().splitlines()
+            assert lines, name
+            assert all(json.loads(line)["level"] for line in lines), name
     # The table: a header, then a line per process in the same order.
     code, out, err = await command(system, "status")
     assert (code, err) == (0, "")
@@ -274,6 +282,35 @@ async def test_restarting_the_gateway_under_load_refuses_no_connection(system: L
         f" pid {after['pid']} serves",
     ]
     assert not system.printed(r"gateway \(pid \d+\) (exited|stopped)")
+
+
+async def test_restarting_configsvc_the_registry_and_auth_refuses_no_connection(
+    system: Launcher,
+) -> None:
+    # Their clients know them by address: the launcher holds their listening sockets.
+    before = await status(system)
+    registry = f"http://127.0.0.1:{system.ports['registry']}/v1/services"
+    configsvc = f"http://127.0.0.1:{system.ports['configsvc']}/v1/config/billing/default"
+    async with (
+        load(system, registry, clients=2) as to_registry,
+        load(system, configsvc, clients=2) as to_configsvc,
+        load(system, "/auth/.well-known/jwks.json", clients=2) as to_auth,
+    ):
+        code, out, err = await command(system, "restart", "configsvc", "registry", "auth")
+    assert (code, err) == (0, ""), err
+    assert (to_registry.failed, to_configsvc.failed, to_auth.failed) == ([], [], [])
+    assert to_registry.connections > 20  # new connections, through both processes and between
+    assert to_configsvc.connections > 20
+    after = await status(system)
+    for name in ("configsvc", "registry", "auth"):
+        assert after[name]["pid"] != before[name]["pid"], name
+        assert after[name]["port"] == before[name]["port"], name
+        assert after[name]["state"] == "ready", name
+    # auth rolled on its socket: a new instance beside the old one, then the old one left.
+    assert after["auth"]["instance"] == "auth.2"
+    assert await registered(system, "auth") == ["auth.2"]
+    assert {"auth", "auth.2"} <= to_auth.instances
+    assert out.splitlines()[-1].startswith("restarted configsvc, registry, auth (3 processes)")
 
 
 async def test_scale_up_then_down_changes_what_is_registered_and_routed_under_load(
