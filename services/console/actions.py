@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from core.errors import BadGateway, Conflict, Forbidden, HTTPProblem, NotFound, Unauthorized
+from core.events.dead_letters import is_stream_id
 from core.http import json_response, read_json
 from core.registry.client import RegistrationRefused, RegistryUnavailable
 from core.registry.model import SERVICE_RE
@@ -41,7 +42,6 @@ ADMIN = f"roles:{ADMIN_ROLE}"
 DOCUMENT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 INSTANCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 GROUP_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")
-DEAD_ID_RE = re.compile(r"^\d+-\d+\Z")
 #: The console's own name in the registry.
 CONSOLE = "console"
 
@@ -180,7 +180,7 @@ async def _dead_letter_action(request: web.Request, action: str) -> web.Response
     raw = fields.array("ids", max_items=1000)
     ids = []
     for i, value in enumerate(raw):
-        if not isinstance(value, str) or not DEAD_ID_RE.match(value):
+        if not isinstance(value, str) or not is_stream_id(value):
             fields.fail(f"ids[{i}]", "not a dead letter id (like 1700000000000-0)")
         else:
             ids.append(value)
