@@ -12,7 +12,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 export UV_NO_PROGRESS := 1
 
-.PHONY: test test-sentinel test-cluster lint bench up venv lock clean
+.PHONY: test test-bench test-sentinel test-cluster lint bench up venv lock clean
 
 $(UV): requirements/uv.txt
 	$(PYTHON) -m venv --clear $(TOOLS)
@@ -26,8 +26,14 @@ $(STAMP): uv.lock pyproject.toml $(UV)
 
 venv: $(STAMP)
 
+# The suite, but for the benchmarks' smoke runs (make test-bench).
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --ignore=tests/bench $(PYTEST_ARGS)
+
+# Every benchmark's --quick smoke run, so that none rots: a few minutes of
+# processes under load, kept apart so that make test stays short.
+test-bench: $(STAMP)
+	$(PY) -m pytest tests/bench $(PYTEST_ARGS)
 
 # The tests of everything that keeps state in Redis (registry, config, event
 # bus, rate limits), against a primary + replica + three Sentinels, then
