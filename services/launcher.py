@@ -24,7 +24,14 @@ records where each component answers in ``{run_dir}/system.json``
 commands to try, and streams every process's
 output with its name as a prefix (also kept in ``{run_dir}/logs/NAME.log``).
 A process that dies is reported and started again (with the same port and
-id; after a quick death, with a growing delay). SIGINT or SIGTERM stops them
+id; after a quick death, with a growing delay); one that stopped by itself
+after a plain SIGTERM is started again at once, not counted as a crash.
+While it runs, the launcher takes commands on ``{run_dir}/control.sock``
+(:mod:`services.control`, :mod:`services.operations`): ``python -m services
+status``, ``restart NAME``, ``scale SERVICE N`` (:mod:`services.commands`).
+It binds the ports of configsvc, the registry and auth itself and passes
+the listening sockets to their processes (``--listen-fd``), so that their
+restarts refuse no connection. SIGINT or SIGTERM stops them
 all in the reverse order of the stages, each with SIGTERM, then SIGKILL past
 the shutdown timeout; children also get SIGTERM if the launcher itself dies
 (Linux). Children run in their own session, so a Ctrl-C in the terminal
@@ -720,7 +727,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             argv=argv,
             prog="python -m services",
             description="Start the whole Essaim demo system, each component as its own process.\n"
-            "`python -m services token USER` then prints an access token for a demo user.",
+            "`python -m services token USER` then prints an access token for a demo user;\n"
+            "`python -m services status | restart NAME | scale SERVICE N` act on the running\n"
+            "system (each has its --help).",
         )
         check_config_dir(settings)
     except SettingsError as exc:
