@@ -12,7 +12,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 export UV_NO_PROGRESS := 1
 
-.PHONY: test test-bench test-sentinel test-cluster lint bench up venv lock clean
+.PHONY: test test-bench test-sentinel test-cluster test-browser screenshots lint bench up venv lock clean
 
 $(UV): requirements/uv.txt
 	$(PYTHON) -m venv --clear $(TOOLS)
@@ -26,9 +26,10 @@ $(STAMP): uv.lock pyproject.toml $(UV)
 
 venv: $(STAMP)
 
-# The suite, but for the benchmarks' smoke runs (make test-bench).
+# The suite, but for the benchmarks' smoke runs (make test-bench) and the browser
+# tests (make test-browser: a real browser, the whole system).
 test: $(STAMP)
-	$(PY) -m pytest --ignore=tests/bench $(PYTEST_ARGS)
+	$(PY) -m pytest --ignore=tests/bench --ignore=tests/browser $(PYTEST_ARGS)
 
 # Every benchmark's --quick smoke run, so that none rots: a few minutes of
 # processes under load, kept apart so that make test stays short.
@@ -48,6 +49,19 @@ test-sentinel: $(STAMP)
 
 test-cluster: $(STAMP)
 	$(PY) -m pytest --redis-topology=cluster $(TOPOLOGY_TESTS) $(PYTEST_ARGS)
+
+# The console in a real headless Chromium (Debian's `chromium`, driven by Playwright; no
+# browser is downloaded) against the whole system the launcher starts. Not part of `make test`.
+CHROMIUM ?= /usr/bin/chromium
+export CHROMIUM
+
+test-browser: $(STAMP)
+	@command -v $(CHROMIUM) >/dev/null 2>&1 || { echo "test-browser: no Chromium at $(CHROMIUM): install Debian's package (apt-get install chromium) or give CHROMIUM=/path/to/chromium" >&2; exit 2; }
+	$(PY) -m pytest tests/browser $(PYTEST_ARGS)
+
+# The console's views as PNGs in docs/images/ (starts the system, logs in, saves).
+screenshots: $(STAMP)
+	$(PY) -m services.console.screenshots
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -42,7 +42,7 @@ from core.registry.api import (
     Dynamic,
     add_routes,
 )
-from core.registry.credentials import Credentials, service_token
+from core.registry.credentials import Credentials, service_token, status_token
 from core.registry.events import EventHub
 from core.registry.expiry import Expirer
 from core.registry.store import RegistryStore
@@ -234,15 +234,25 @@ def readiness(app: web.Application) -> dict[str, Check]:
 
 
 def print_token(argv: Sequence[str]) -> int:
-    """``python -m registry token SERVICE``: print the token that may write SERVICE only."""
-    if not argv or argv[0].startswith("-"):
-        print("usage: python -m registry token SERVICE [--token OPERATOR_TOKEN]", file=sys.stderr)
+    """``python -m registry token SERVICE``: print the token that may write SERVICE only.
+
+    ``python -m registry token --status``: the token that may change any
+    instance's status only (a console's, an operator tool's).
+    """
+    if not argv or (argv[0].startswith("-") and argv[0] != "--status"):
+        print(
+            "usage: python -m registry token SERVICE|--status [--token OPERATOR_TOKEN]",
+            file=sys.stderr,
+        )
         return BAD_SETTINGS
     try:
         settings = load(
             Settings, prefix="REGISTRY_", argv=argv[1:], prog="python -m registry token"
         )
-        print(service_token(settings.token, argv[0]))
+        if argv[0] == "--status":
+            print(status_token(settings.token))
+        else:
+            print(service_token(settings.token, argv[0]))
     except (SettingsError, ValueError) as exc:
         print(f"registry token: {exc}", file=sys.stderr)
         return BAD_SETTINGS

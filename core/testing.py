@@ -666,6 +666,7 @@ class OTLPReceiver:
 
 _PREFIXES = (
     "GATEWAY_", "REGISTRY_", "CONFIGSVC_", "REDIS_URL", "ESSAIM_", "CUSTOMERS_", "INVENTORY_", "BILLING_",
+    "AUTH_", "CONSOLE_",
 )  # fmt: skip
 
 

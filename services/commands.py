@@ -49,6 +49,20 @@ EXIT_FAILED, EXIT_USAGE, EXIT_DOWN = 1, 2, 3
 
 #: What each command takes after its name, for the usage line.
 COMMANDS = {"status": "", "restart": "NAME...", "scale": "SERVICE N"}
+#: Each command's ``--help``.
+DESCRIPTIONS = {
+    "status": "List every process of the running system (`make up`): name, pid, port, instance\n"
+    "id, state, restarts (crashes the launcher recovered from), uptime.",
+    "restart": "Restart NAME of the running system without failing a request: a service\n"
+    "(each of its processes in turn), one process (inventory-1), several, or all\n"
+    "(every process but Redis). Returns once every new process is ready.",
+    "scale": "Run N (1-16) instances of SERVICE (customers, inventory, billing): new ones\n"
+    "ready, registered and routed before it returns, or the newest ones stopped.",
+}
+EXIT_STATUS = (
+    "\nExit status: 0 done, 1 refused or failed (the line says why), 2 bad usage or no\n"
+    "run directory, 3 the system is not running."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,7 +212,7 @@ def main(command: str, argv: Sequence[str] | None = None) -> int:
             prefix="ESSAIM_CONTROL_",
             argv=flags,
             prog=f"{prog} {COMMANDS[command]}".rstrip(),
-            description=(__doc__ or "").split("Whatever goes wrong")[0],
+            description=DESCRIPTIONS[command] + EXIT_STATUS,
         )
         request = request_for(command, operands)
         if not Path(settings.run_dir).is_dir():

@@ -13,7 +13,8 @@ once the previous one answers its health check:
 3. the gateway (verifying tokens with the auth service's public keys), and
    the services: customers, inventory (two instances sharing one database),
    billing, which verify tokens again themselves (unless
-   ``--services-verify-tokens false``).
+   ``--services-verify-tokens false``), and the console
+   (:mod:`services.console`, ``/console/`` through the gateway).
 
 Then it seeds a few customers and products through the gateway (as the
 admin), checks that the system is ready (configsvc imported the config
@@ -23,7 +24,14 @@ records where each component answers in ``{run_dir}/system.json``
 commands to try, and streams every process's
 output with its name as a prefix (also kept in ``{run_dir}/logs/NAME.log``).
 A process that dies is reported and started again (with the same port and
-id; after a quick death, with a growing delay). SIGINT or SIGTERM stops them
+id; after a quick death, with a growing delay); one that stopped by itself
+after a plain SIGTERM is started again at once, not counted as a crash.
+While it runs, the launcher takes commands on ``{run_dir}/control.sock``
+(:mod:`services.control`, :mod:`services.operations`): ``python -m services
+status``, ``restart NAME``, ``scale SERVICE N`` (:mod:`services.commands`).
+It binds the ports of configsvc, the registry and auth itself and passes
+the listening sockets to their processes (``--listen-fd``), so that their
+restarts refuse no connection. SIGINT or SIGTERM stops them
 all in the reverse order of the stages, each with SIGTERM, then SIGKILL past
 the shutdown timeout; children also get SIGTERM if the launcher itself dies
 (Linux). Children run in their own session, so a Ctrl-C in the terminal
@@ -66,7 +74,7 @@ import aiohttp
 from core.config.files import read_directory
 from core.errors import SettingsError
 from core.redis import REDIS_ERRORS, connect, server_binary
-from core.registry.credentials import service_token
+from core.registry.credentials import service_token, status_token
 from core.settings import PRIVATE_UMASK, Secret, check_redis_url, load, option, private_dir
 from core.telemetry.export import check_endpoint, check_sample
 from services import seed
@@ -262,6 +270,12 @@ PROCESSES: tuple[Spec, ...] = (
     Spec("inventory", 3, "services.inventory", args=SERVICE_ARGS, env=SERVICE_ENV,
          count="inventory_instances", registers=True, restart="rolling"),
     Spec("billing", 3, "services.billing", args=SERVICE_ARGS, env=SERVICE_ENV, registers=True,
+         restart="rolling"),
+    # The console reads the gateway's admin API; besides its own registry token it holds the
+    # registry's status token, which may change any instance's status and nothing else.
+    Spec("console", 3, "services.console",
+         args=(*SERVICE_ARGS, "--gateway-admin-url", "http://{host}:{gateway_admin_port}"),
+         env={**SERVICE_ENV, "{prefix}STATUS_TOKEN": "{status_token}"}, registers=True,
          restart="rolling"),
 )
 # fmt: on
@@ -474,6 +488,7 @@ class Launcher:
             **{name: str(port) for name, port in ports.items()},
             **tokens,
             "seed_users": seed_users,
+            "status_token": status_token(Secret(tokens["registry_token"])),
             "jwks_url": f"http://{host}:{ports['auth_port']}/.well-known/jwks.json",
             "jwt_issuer": JWT_ISSUER,
             "jwt_audience": JWT_AUDIENCE,
@@ -559,6 +574,10 @@ class Launcher:
         for user, roles in USERS:
             self.out.say(f"  {user:<12} roles {roles:<7} password {self.passwords[user]}")
         gw = f"localhost:{self.values['gateway_port']}"
+        self.out.say(
+            f"the console: http://{gw}/console/ (in a browser), log in as admin with password"
+            f" {self.passwords['admin']}"
+        )
         bearer = '-H "Authorization: Bearer $TOKEN"'
         self.out.say("try (README.md has the whole walkthrough; a token lasts 5 minutes):")
         for line in (
@@ -717,7 +736,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             argv=argv,
             prog="python -m services",
             description="Start the whole Essaim demo system, each component as its own process.\n"
-            "`python -m services token USER` then prints an access token for a demo user.",
+            "`python -m services token USER` then prints an access token for a demo user;\n"
+            "`python -m services status | restart NAME | scale SERVICE N` act on the running\n"
+            "system (each has its --help).",
         )
         check_config_dir(settings)
     except SettingsError as exc:

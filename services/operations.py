@@ -415,16 +415,28 @@ class Operations:
         """
         settings = self.launcher.settings
         deadline = time.monotonic() + settings.startup_timeout
-        await self.supervisor.wait_healthy([new], settings.startup_timeout)
+        try:
+            await self.supervisor.wait_healthy([new], settings.startup_timeout)
+        except StartupFailed:
+            if new.running:
+                raise
+            self._exited(new)
         while new.instance and not await self._routed(new):
             if not new.running:
-                raise StartupFailed(f"{new.instance} exited with {_exit(new)}")
+                self._exited(new)
             if time.monotonic() > deadline:
                 raise StartupFailed(
                     f"{new.instance} not registered and routed within"
                     f" {settings.startup_timeout:.0f}s"
                 )
             await asyncio.sleep(0.05)
+
+    def _exited(self, new: Child) -> None:
+        what = new.instance or f"the new {new.name}"
+        log = self.launcher.shown(f"logs/{new.name}.log")
+        raise StartupFailed(
+            f"{what} (pid {new.pid}) exited with {_exit(new)} while starting (its output: {log})"
+        )
 
     async def _routed(self, child: Child) -> bool:
         session = self.supervisor.session
@@ -504,8 +516,9 @@ class Operations:
         return f"{old.name} is not running; the launcher restarts it as after a crash"
 
     def _failed(self, why: str, new: Child, still: str) -> Problem:
-        log = self.launcher.shown(f"logs/{new.name}.log")
-        return Problem(500, "failed", "Internal Server Error", f"{why} (output: {log}); {still}")
+        if "output:" not in why:
+            why += f" (its output: {self.launcher.shown(f'logs/{new.name}.log')})"
+        return Problem(500, "failed", "Internal Server Error", f"{why}; {still}")
 
 
 def routed_everywhere(doc: dict[str, Any], service: str, instance: str) -> bool:

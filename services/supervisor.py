@@ -24,7 +24,7 @@ pid is in ``{pid_dir}/NAME.pid`` while it runs.
   then SIGKILL past ``shutdown_timeout``.
 
 Each child has a :attr:`Child.state` for ``python -m services status``:
-``starting`` (started, not yet healthy), ``ready``, ``stopping``,
+``waiting`` (its stage has not begun), ``starting`` (started, not yet healthy), ``ready``, ``stopping``,
 ``restarting`` (died, waiting for its next start), ``failed`` (a restart
 that did not become healthy), ``stopped``.
 """
@@ -144,7 +144,7 @@ class Child:
         self.restarts = 0
         #: Crashes in a row, each within :data:`STABLE_AFTER` of its start: the delay's exponent.
         self.streak = 0
-        self.state = "new"
+        self.state = "waiting"
         #: The supervisor restarts it when it dies (else its owner watches it).
         self.supervised = True
         #: Stopped on purpose (a requested restart, a scale-down): never started again.

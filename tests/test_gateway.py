@@ -157,7 +157,9 @@ def test_help_documents_every_flag() -> None:
     for field in dataclasses.fields(gateway.Settings):
         flag = "--" + field.name.replace("_", "-")
         assert flag in out, flag
-        assert f"GATEWAY_{field.name.upper()}" in out or field.name == "redis_url"
+        # Settings every component shares are read from ESSAIM_* (OpenTelemetry's).
+        env = (f"GATEWAY_{field.name.upper()}", f"ESSAIM_{field.name.upper()}")
+        assert any(name in out for name in env) or field.name == "redis_url", field.name
     assert "REDIS_URL" in out
 
 

@@ -633,3 +633,46 @@ async def test_with_redis_away_session_routes_answer_503_token_routes_work_and_t
     again = await wait_until(logs_in, 20, 0.2, "a new login")
     status, _, _ = await request("GET", system.url + "/by-session/x", cookies=again.cookies)
     assert status == 200
+
+
+# ----------------------------------------------------------------------------- workers, TLS, origins
+
+
+async def test_with_workers_a_logout_is_seen_by_every_worker_within_the_session_cache(
+    start: Start,
+) -> None:
+    """Two workers, each with its own 1 s cache; behind TLS; one other origin allowed."""
+    system = await start(
+        "--workers", "2", "--session-cache", "1", "--session-secure",
+        "--session-origins", "https://console.example",
+    )  # fmt: skip
+    status, body, headers = await login(system, "alice", "alice-pw")
+    assert status == 200
+    lines = set_cookies(headers)
+    assert attributes(lines["essaim_session"]) == {
+        "HttpOnly", "SameSite=Strict", "Path=/", "Secure",
+    }  # fmt: skip
+    assert attributes(lines["essaim_csrf"]) == {"SameSite=Strict", "Path=/", "Secure"}
+    cookies = {name: cookie_value(line) for name, line in lines.items()}
+    csrf = {"X-CSRF-Token": body["csrf"]}
+
+    # Every new connection may land on either worker: both now hold the session in cache.
+    for _ in range(10):
+        assert (await request("GET", system.url + "/by-session/x", cookies=cookies))[0] == 200
+    status, _, _ = await request(
+        "POST", system.url + "/by-session/x", cookies=cookies,
+        headers={**csrf, "Origin": "https://console.example"},
+    )  # fmt: skip
+    assert status == 200  # an allowed origin
+    status, _, _ = await request(
+        "DELETE", system.url + "/-/session", cookies=cookies,
+        headers={**csrf, "Origin": "https://console.example"},
+    )  # fmt: skip
+    assert status == 204
+    logged_out = time.monotonic()
+    # The stated bound: past --session-cache after the logout, no worker accepts the session.
+    await wait_until(lambda: time.monotonic() - logged_out > 1.05, 5, 0.02, "the cache bound")
+    statuses = [
+        (await request("GET", system.url + "/by-session/x", cookies=cookies))[0] for _ in range(20)
+    ]
+    assert statuses == [401] * 20

@@ -459,6 +459,41 @@ async def test_an_sse_stream_spanning_a_quick_redis_restart_gets_a_resync(
     resp.close()
 
 
+async def test_a_stream_gets_a_resync_when_new_revisions_pass_its_position_before_it_reconnects(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    redis_factory: Callable[..., RedisServer],
+) -> None:
+    """Redis emptied, then 5 writes at once: revisions 1 to 5 of a new epoch are
+    past the stream's 3 before its subscription is back. It must still say resync:
+    a, b and c are gone, whatever the numbers say."""
+    server = redis_factory()
+    client = await aiohttp_client(
+        registry.build_app(registry.Settings(redis_url=server.url, sweep_interval=0.1))
+    )
+    for iid in ("a", "b", "c"):
+        await put(client, "customers", iid)
+    resp = await client.get("/v1/events?since=3")
+    assert (await asyncio.wait_for(resp.content.readline(), 5)).startswith(b": essaim")
+    server.kill()
+    server.start()
+
+    async def written() -> bool:
+        return (await put(client, "customers", "d0")).status < 300
+
+    await wait_until(written, timeout=10, message="the registry writes again")
+    for i in range(1, 5):
+        assert (await put(client, "customers", f"d{i}")).status < 300
+    lines: list[bytes] = []
+
+    async def resync_seen() -> bool:
+        lines.append(await asyncio.wait_for(resp.content.readline(), 10))
+        return lines[-1].strip() == b"event: resync"
+
+    await wait_until(resync_seen, timeout=10, message="resync after the restart")
+    assert not any(b'"id":"d' in line for line in lines), lines  # nothing of the new epoch first
+    resp.close()
+
+
 def test_refuses_to_listen_off_loopback_without_a_token(capsys: pytest.CaptureFixture[str]) -> None:
     assert registry.main(["--host", "0.0.0.0"]) == 2
     err = capsys.readouterr().err

@@ -26,7 +26,8 @@ OPERATOR = "operator-s3cret"
 
 
 def issued(service: str, operator: str = OPERATOR) -> str:
-    """A service token, as an operator gets one: ``python -m registry token NAME``."""
+    """A service token, as an operator gets one: ``python -m registry token NAME``
+    (``--status``: the status token)."""
     env = {**os.environ, "REGISTRY_TOKEN": operator}
     done = subprocess.run(
         [sys.executable, "-m", "registry", "token", service],
@@ -93,6 +94,48 @@ async def test_a_service_token_writes_its_own_service_only_and_the_operator_ever
             assert "not the registry's operator token" in problem["detail"]
         assert (await write(http, "DELETE", other, OPERATOR))[0] == 204
         assert (await write(http, "DELETE", own, billing))[0] == 204
+
+
+async def test_a_status_token_changes_any_instance_s_status_and_nothing_else(
+    components: ComponentFactory, redis_url: str
+) -> None:
+    reg = await components.start(
+        "registry", "--redis-url", redis_url, env={"REGISTRY_TOKEN": OPERATOR}
+    )
+    status = issued("--status")
+    assert status.startswith("ops.status.")
+    base = f"{reg.url}/v1/services"
+    body = {"host": "127.0.0.1", "port": 9001}
+    async with aiohttp.ClientSession() as http:
+        for service in ("billing", "customers"):
+            url = f"{base}/{service}/instances/x1"
+            assert (await write(http, "PUT", url, OPERATOR, body))[0] == 201
+            code, doc = await write(http, "PATCH", url, status, {"status": "OUT_OF_SERVICE"})
+            assert (code, doc["instance"]["status"]) == (200, "OUT_OF_SERVICE")
+        url = f"{base}/billing/instances/x1"
+        for method, target, payload in (
+            ("PATCH", url, {"metadata": {"a": "b"}}),
+            ("PATCH", url, {"status": "UP", "metadata": {"a": "b"}}),
+            ("PUT", f"{base}/billing/instances/x2", body),
+            ("PUT", url, body),
+            ("PUT", url + "/heartbeat", None),
+            ("DELETE", url, None),
+        ):
+            code, problem = await write(http, method, target, status, payload)
+            assert code == 403, (method, target, payload)
+            assert problem["detail"].startswith(
+                "this token may change the status of any service's instances, nothing else"
+            )
+        async with http.get(f"{base}/billing?all=1") as r:
+            listed = (await r.json())["instances"]
+        assert [(i["id"], i["status"], i["metadata"]) for i in listed] == [
+            ("x1", "OUT_OF_SERVICE", {})
+        ]
+        # Made under another operator secret, or a service token's MAC: no token at all.
+        for forged in (issued("--status", "not-the-operator"),
+                       "ops.status." + issued("status").rpartition(".")[2]):  # fmt: skip
+            code, _ = await write(http, "PATCH", url, forged, {"status": "UP"})
+            assert code == 401
 
 
 @pytest.mark.parametrize(

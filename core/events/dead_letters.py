@@ -19,9 +19,23 @@ from typing import Any
 from core.events.bus import PREFIX, Event, Keys, now_iso
 from core.redis import Redis
 
-__all__ = ["DeadLetter", "dead_fields", "dead_letters", "discard", "replay"]
+__all__ = ["DeadLetter", "dead_fields", "dead_letters", "discard", "is_stream_id", "replay"]
 
 STREAM_ID_RE = re.compile(r"^\d+-\d+$")
+_MAX_PART = 2**64 - 1
+
+
+def is_stream_id(value: str) -> bool:
+    """Whether ``value`` is an id Redis accepts: ``MS-SEQ``, each part a 64-bit unsigned number.
+
+    The pattern alone lets through ``1-99999999999999999999``, which Redis
+    refuses with an error (it was answered 503, as if Redis were away).
+    """
+    if not STREAM_ID_RE.match(value):
+        return False
+    ms, _, seq = value.partition("-")
+    return int(ms) <= _MAX_PART and int(seq) <= _MAX_PART
+
 
 # Moves dead letters (ARGV: entry ids) to the retry stream, atomically, so that
 # two concurrent replays can't both move one. Original fields carry an "e." prefix.
@@ -118,7 +132,7 @@ def dead_fields(
 def _check_ids(ids: Iterable[str]) -> list[str]:
     checked = list(ids)
     for entry_id in checked:
-        if not STREAM_ID_RE.match(entry_id):
+        if not is_stream_id(entry_id):
             raise ValueError(f"invalid dead letter id {entry_id!r}")
     return checked
 

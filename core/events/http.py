@@ -31,7 +31,7 @@ from aiohttp import web
 from core.errors import BadRequest
 from core.events.bus import Event
 from core.events.consumer import Consumer
-from core.events.dead_letters import STREAM_ID_RE, dead_letters, discard, replay
+from core.events.dead_letters import dead_letters, discard, is_stream_id, replay
 from core.events.outbox import OutboxRelay
 from core.http import json_response, read_json
 from core.validation import Fields, query_int
@@ -51,7 +51,7 @@ async def list_dead(request: web.Request) -> web.Response:
     consumer = _consumer(request)
     count = query_int(request, "count", 100, 1, 1000)
     after = request.query.get("after") or None
-    if after is not None and not STREAM_ID_RE.match(after):
+    if after is not None and not is_stream_id(after):
         raise BadRequest(
             f"query parameter 'after' must be a dead letter id (like 1700000000000-0), "
             f"got {after[:40]!r}",
@@ -77,7 +77,7 @@ async def _ids(request: web.Request, *, required: bool) -> list[str] | None:
     for i, value in enumerate(raw):
         if not isinstance(value, str):
             fields.type_errors.append({"field": f"ids[{i}]", "reason": "expected a string"})
-        elif not STREAM_ID_RE.match(value):
+        elif not is_stream_id(value):
             fields.fail(f"ids[{i}]", f"not a dead letter id (like 1700000000000-0): {value[:40]!r}")
         else:
             ids.append(value)

@@ -14,12 +14,12 @@ from aiohttp import web
 from prometheus_client import Gauge
 
 from core.config.client import ConfigClient, TypedView
-from core.errors import NotFound
+from core.errors import Forbidden, NotFound
 from core.http import json_response, read_json, redis_health
 from core.metrics import HTTPMetrics
 from core.redis import Redis
 from core.registry import openapi
-from core.registry.credentials import Credentials
+from core.registry.credentials import Credentials, Grant
 from core.registry.events import EventHub, stream_events
 from core.registry.expiry import Expirer
 from core.registry.store import (
@@ -62,14 +62,18 @@ CONFIG = web.AppKey("config", ConfigClient)
 DYNAMIC = web.AppKey("dynamic", TypedView[Dynamic])
 
 
-def authorize_write(request: web.Request, service: str) -> None:
+def authorize_write(
+    request: web.Request, service: str, *, status_change: bool = False
+) -> Grant | None:
     """The one check of a write to ``service``'s instances, whatever the API (native, Eureka).
 
-    401 unless the request carries the operator token or a service token
+    401 unless the request carries the operator token, a service token or
+    (for a change of status, ``status_change``) a status token
     (:mod:`core.registry.credentials`), as a bearer or as the password of
-    HTTP Basic; 403 when its token may write another service only.
+    HTTP Basic; 403 when its token may write another service only, or
+    status only. The grant (None while writes are open).
     """
-    request.app[CREDENTIALS].authorize(request, service)
+    return request.app[CREDENTIALS].authorize(request, service, status_change=status_change)
 
 
 async def check_target(request: web.Request, instance: Instance) -> None:
@@ -77,14 +81,15 @@ async def check_target(request: web.Request, instance: Instance) -> None:
     await request.app[TARGETS].check(instance.host, instance.port)
 
 
-def _names(request: web.Request) -> tuple[str, str]:
+def _names(request: web.Request, *, authorized: bool = False) -> tuple[str, str]:
     """The service and instance id of a write, once its token may write that service.
 
     401/403 come first, so that a client without the right token learns
-    nothing about the names it tried.
+    nothing about the names it tried (``authorized``: the caller checked).
     """
     service = request.match_info["service"]
-    authorize_write(request, service)
+    if not authorized:
+        authorize_write(request, service)
     return check_service(service), check_instance_id(request.match_info["id"])
 
 
@@ -111,8 +116,11 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 
 async def patch(request: web.Request) -> web.Response:
-    service, instance_id = _names(request)
+    grant = authorize_write(request, request.match_info["service"], status_change=True)
+    service, instance_id = _names(request, authorized=True)
     changes = parse_patch(await read_json(request, BODY_LIMIT))
+    if grant is not None and grant.status_only and set(changes) != {"status"}:
+        raise Forbidden(f"{grant.describe()}: not {', '.join(sorted(set(changes) - {'status'}))}")
     updated = await request.app[STORE].update(service, instance_id, changes)
     if updated is None:
         raise NotFound(f"instance {service}/{instance_id} is not registered")

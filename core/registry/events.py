@@ -55,6 +55,7 @@ async def stream_events(
     since = resume_from(request)
     queue = hub.open()
     try:
+        epoch = await store.epoch()
         if since is None:
             since = await store.rev()
         response = await open_stream(request, f"essaim registry events after rev {since}")
@@ -68,6 +69,14 @@ async def stream_events(
             if data is None:
                 break
             if data == CATCH_UP:
+                # Back on the channel after a disconnection: if Redis was emptied
+                # meanwhile, revisions started over and may already be past
+                # ``last``: the epoch tells, and everything is listed again.
+                now = await store.epoch()
+                if now != epoch:
+                    epoch = now
+                    last = await _resync(response, store)
+                    continue
                 last = await _catch_up(response, store, last)
                 continue
             rev = int(orjson.loads(data)["rev"])
@@ -84,14 +93,19 @@ async def stream_events(
         hub.close(queue)
 
 
+async def _resync(response: web.StreamResponse, store: RegistryStore) -> int:
+    """Tell the client to list everything again; return the current revision."""
+    current = await store.rev()
+    await response.write(frame("resync", orjson.dumps({"rev": current}).decode(), current))
+    return current
+
+
 async def _catch_up(response: web.StreamResponse, store: RegistryStore, since: int) -> int:
     """Write retained events after ``since``; return the revision reached."""
     while True:
         backlog, resync = await store.events_since(since)
         if resync:
-            current = await store.rev()
-            await response.write(frame("resync", orjson.dumps({"rev": current}).decode(), current))
-            return current
+            return await _resync(response, store)
         if not backlog:
             return since
         for data in backlog:

@@ -27,6 +27,7 @@ in ``KEYS`` (Cluster's rule); the names are built here, in Python.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -65,6 +66,10 @@ REV_KEY = PREFIX + "rev"
 SERVICES_KEY = PREFIX + "services"
 DEADLINES_KEY = PREFIX + "deadlines"
 EVENTS_KEY = PREFIX + "events"
+# A random value set by the first reader after Redis was emptied: revisions
+# start over then, so a stream that only compared revisions could take the
+# new epoch's 4 for the old one's and miss that everything before it is gone.
+EPOCH_KEY = PREFIX + "epoch"
 CHANNEL = PREFIX + "changes"
 EVENTS_RETAINED = 10_000
 
@@ -461,6 +466,14 @@ class RegistryStore:
 
     async def rev(self) -> int:
         return int(await self.redis.get(REV_KEY) or 0)
+
+    async def epoch(self) -> str:
+        """The data's epoch: the same until Redis loses the registry's keys (then a new one)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(EPOCH_KEY, os.urandom(8).hex(), nx=True)
+        pipe.get(EPOCH_KEY)
+        _, epoch = await pipe.execute()
+        return str(epoch)
 
     async def events_since(self, since: int, limit: int = 1000) -> tuple[list[str], bool]:
         """Retained events with rev > ``since`` (raw JSON), and whether a resync is needed.

@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import importlib.metadata
 import inspect
 import os
 import re
@@ -123,6 +124,12 @@ __all__ = [
     "public_path",
     "run_service",
 ]
+
+#: The version every instance registers in its metadata (the console shows it).
+try:
+    _VERSION = importlib.metadata.version("essaim")
+except importlib.metadata.PackageNotFoundError:  # run from a tree never installed
+    _VERSION = "unknown"
 
 INSTANCE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -638,7 +645,7 @@ async def start_registration(app: web.Application, host: str, port: int) -> Regi
         host=advertise,
         port=port,
         ttl=settings.ttl,
-        metadata={"pid": str(os.getpid())},
+        metadata={"pid": str(os.getpid()), "version": _VERSION},
     )
     target: Redis | RegistryClient = app[REDIS]
     if settings.registry_url:

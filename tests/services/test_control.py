@@ -20,22 +20,29 @@ import signal
 import stat
 from collections.abc import AsyncIterator
 from typing import Any
+from unittest.mock import ANY
 
 import aiohttp
 import pytest
 import pytest_asyncio
 
 from core.testing import wait_until
-from tests.services.test_launcher import Launcher, start_launcher, up
+from tests.services.test_launcher import ROOT, Launcher, start_launcher, up
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def system(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Launcher]:
-    async with start_launcher(
-        tmp_path_factory.mktemp("control"), "--log-format", "json"
-    ) as launcher:
+    base = tmp_path_factory.mktemp("control")
+    # The code the system runs, as in a checkout: the repository's, file by file, so that
+    # a test can deploy a new build of one service (``python -m`` finds it here first).
+    code = base / "essaim" / "services"
+    code.mkdir(parents=True)
+    for entry in (ROOT / "services").iterdir():
+        if entry.name != "__pycache__":
+            (code / entry.name).symlink_to(entry)
+    async with start_launcher(base, "--log-format", "json") as launcher:
         await up(launcher)
         yield launcher
 
@@ -164,7 +171,7 @@ async def test_status_lists_every_process_and_the_control_socket_is_the_owners_o
     assert lines[0].split() == ["NAME", "PID", "PORT", "INSTANCE", "STATE", "RESTARTS", "UPTIME"]
     rows = [line.split() for line in lines[1:]]
     assert [row[0] for row in rows] == list(pids)
-    assert rows[-2][:6] == [
+    assert next(row for row in rows if row[0] == "inventory-2")[:6] == [
         "inventory-2", str(pids["inventory-2"]), str(processes["inventory-2"]["port"]),
         "inventory-2", "ready", "0",
     ]  # fmt: skip
@@ -350,6 +357,47 @@ async def test_scale_up_then_down_changes_what_is_registered_and_routed_under_lo
     processes = await status(system)
     assert [n for n in processes if n.startswith("inventory")] == ["inventory-1"]
     assert not (system.run_dir / "inventory-3.pid").exists()
+
+
+async def test_a_redeploy_runs_the_new_code_and_a_broken_build_leaves_the_old_one_serving(
+    system: Launcher,
+) -> None:
+    # A new release of inventory, deployed in place of the old files.
+    code = system.home / "services" / "inventory"
+    code.unlink()
+    code.mkdir()
+    for entry in (ROOT / "services" / "inventory").glob("*.py"):
+        if entry.name != "__main__.py":
+            (code / entry.name).symlink_to(entry)
+    main = code / "__main__.py"
+    main.write_text('raise RuntimeError("a bug in this build")\n')
+    before = (await status(system))["inventory-1"]
+    async with load(system, "/inventory/products") as traffic:
+        code_, _, err = await command(system, "restart", "inventory")
+    assert (code_, err.count("\n")) == (1, 1), err
+    assert re.fullmatch(
+        r"services restart: inventory-1\.3 \(pid \d+\) exited with code 1 while starting"
+        r" \(its output: run/logs/inventory-1\.log\);"
+        rf" inventory-1\.2 \(pid {before['pid']}\) still serves\n",
+        err,
+    ), err
+    assert traffic.failed == []  # the old one served throughout
+    assert (await status(system))["inventory-1"] == {**before, "uptime": ANY}
+    assert await registered(system, "inventory") == ["inventory-1.2"]
+
+    # The fixed build: the new process runs it.
+    original = (ROOT / "services" / "inventory" / "__main__.py").read_text()
+    main.write_text(
+        original.replace("if __name__", 'print("inventory build 2", flush=True)\n\nif __name__')
+    )
+    async with load(system, "/inventory/products") as traffic:
+        code_, _, err = await command(system, "restart", "inventory")
+    assert (code_, err) == (0, ""), err
+    assert traffic.failed == []
+    after = (await status(system))["inventory-1"]
+    assert (after["instance"], after["state"]) == ("inventory-1.4", "ready")
+    assert system.printed(r"^inventory-1\s+\| inventory build 2$")
+    assert await registered(system, "inventory") == ["inventory-1.4"]
 
 
 async def test_a_process_stopped_by_hand_is_started_again_at_once_a_killed_one_is_a_crash(

@@ -49,7 +49,7 @@ async def test_a_launched_system_keeps_secrets_private_and_scopes_every_credenti
         # -- each service holds a token for its own name, never the operator's.
         operator = (run_dir / "registry.token").read_text().strip()
         tokens = {}
-        for name in ("auth", "customers", "inventory-1", "billing"):
+        for name in ("auth", "customers", "inventory-1", "billing", "console"):
             env = environ(pids[name])
             service = name.removesuffix("-1")
             token = env[f"{service.upper()}_REGISTRY_TOKEN"]
@@ -57,13 +57,16 @@ async def test_a_launched_system_keeps_secrets_private_and_scopes_every_credenti
             assert operator not in env.values(), name
             tokens[service] = token
         assert operator not in environ(pids["gateway"]).values()
+        # The console changes instances' status with a token that may do nothing else.
+        assert re.fullmatch(r"ops\.status\.[A-Za-z0-9_-]{43}",
+                            environ(pids["console"])["CONSOLE_STATUS_TOKEN"])  # fmt: skip
 
         passwords = {u: (run_dir / f"{u}.password").read_text().strip() for u in ("admin", "alice")}
         async with aiohttp.ClientSession() as http:
             async with http.get(f"{registry}/v1/services") as r:
                 listed = (await r.json())["services"]
             assert {name: s["up"] for name, s in listed.items()} == {
-                "auth": 1, "billing": 1, "customers": 1, "inventory": 1,
+                "auth": 1, "billing": 1, "console": 1, "customers": 1, "inventory": 1,
             }  # fmt: skip
 
             # A stolen billing token can't take customers' traffic...
