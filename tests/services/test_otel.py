@@ -376,7 +376,7 @@ def test_the_launcher_gives_its_endpoint_and_ratio_to_the_gateway_and_every_serv
             for child in launcher.supervisor.children
         }
 
-    exporting = ("auth", "gateway", "customers", "inventory-1", "inventory-2", "billing")
+    exporting = ("auth", "gateway", "customers", "inventory-1", "inventory-2", "billing", "console")
     assert given("--otel-endpoint") == {
         "configsvc": None, "registry": None, **dict.fromkeys(exporting, url),
     }  # fmt: skip
