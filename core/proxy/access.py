@@ -41,21 +41,9 @@ _dumps = orjson.dumps
 _JSON_LINE = (
     b'{"ts":"%s","level":"info","logger":"essaim.access","msg":"%s %s %d",'
     b'"request_id":%s,"trace_id":"%s","span_id":"%s","client":"%s","method":"%s",'
-    b'"path":%s,"route":%s,"service":%s,"instance":%s,"status":%d,"upstream_status":%s,'
+    b'"path":%s,%s,"status":%d,"upstream_status":%s,'
     b'"retries":%d,"duration_ms":%.3f,"bytes_in":%s,"bytes_out":%d%s}\n'
 )
-
-_NAMES: dict[str, bytes] = {}
-
-
-def _names(name: str) -> bytes:
-    """``name`` as a JSON string; route, service and instance names repeat, so they are kept."""
-    encoded = _NAMES.get(name)
-    if encoded is None:
-        if len(_NAMES) >= 4096:
-            _NAMES.clear()
-        encoded = _NAMES[name] = _dumps(name)
-    return encoded
 
 
 def parse_mode(text: str) -> int:
@@ -72,7 +60,20 @@ def parse_mode(text: str) -> int:
 class AccessLog:
     """Access-log lines in a buffer, written to ``fd`` in batches (see the module doc)."""
 
-    __slots__ = ("_minute", "_parts", "_second", "_size", "every", "fd", "json", "seen", "written")
+    __slots__ = (
+        "_minute",
+        "_ms",
+        "_parts",
+        "_second",
+        "_size",
+        "_stamp",
+        "_where",
+        "every",
+        "fd",
+        "json",
+        "seen",
+        "written",
+    )
 
     def __init__(self, every: int, *, json: bool = False, fd: int = 2) -> None:
         self.every = every
@@ -84,6 +85,10 @@ class AccessLog:
         self._size = 0
         self._second = -1
         self._minute = b""
+        self._ms = -1
+        self._stamp = b""
+        # The route, service and instance members of JSON lines, by (route, service, endpoint).
+        self._where: dict[tuple[str, str, Any], bytes] = {}
 
     def record(self, ex: Any, route: str, service: str, duration: float) -> None:
         """Log the finished exchange ``ex`` (sampled as the mode says)."""
@@ -91,35 +96,45 @@ class AccessLog:
         status = ex.status
         if self.every > 1 and status < 400 and self.seen % self.every:
             return
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            self._minute = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+        # The time stamp is made once a millisecond (many requests share one).
+        ms = int(time.time() * 1000)
+        if ms != self._ms:
+            self._ms = ms
+            second = ms // 1000
+            if second != self._second:
+                self._second = second
+                self._minute = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)).encode()
+            self._stamp = self._minute + b".%03dZ" % (ms % 1000)
+        stamp = self._stamp
         endpoint = ex.endpoint
-        instance = f"{endpoint.host}:{endpoint.port}" if endpoint is not None else ""
         error = ex.answered_problem
         upstream_status = None if error is not None or status == 499 else status
         head = ex.head
         bytes_in = head.length if head is not None else None
         retries = ex.attempts - 1 if ex.attempts > 1 else 0
-        stamp = self._minute + b".%03dZ" % int((now - second) * 1000)
         if self.json:
-            # One bytes template, not a dict for orjson: a sixth less. What a
-            # client or the config chose (path, request id, route, service,
+            # One bytes template, not a dict for orjson. What a client or the
+            # config chose (path, a client's request id, route, service,
             # instance, error) is escaped by orjson; the rest is trusted bytes
-            # (timestamps, hex ids, an IP address, a method token) or numbers.
+            # (time stamps, hex ids, an IP address, a method token) or numbers.
+            where = self._where.get((route, service, endpoint))
+            if where is None:
+                where = self._where_json(route, service, endpoint)
             path = _dumps(ex.path)
             method = ex.method_name.encode()
+            rid = ex.request_id
             line = _JSON_LINE % (
-                stamp, method, path[1:-1], status, _dumps(ex.request_id.decode("latin-1")),
-                ex.trace_id, ex.span_id, ex.client.peer, method, path, _names(route),
-                _names(service), _names(instance), status,
+                stamp, method, path[1:-1], status,
+                # The gateway's own ids are hex and a dash: nothing to escape.
+                b'"' + rid + b'"' if head is not None and head.client_id is None
+                else _dumps(rid.decode("latin-1")),
+                ex.trace_id, ex.span_id, ex.client.peer, method, path, where, status,
                 b"null" if upstream_status is None else b"%d" % upstream_status, retries,
                 duration * 1000, b"null" if bytes_in is None else b"%d" % bytes_in,
                 ex.bytes_out, b"" if error is None else b',"error":' + _dumps(error),
             )  # fmt: skip
         else:
+            instance = f"{endpoint.host}:{endpoint.port}" if endpoint is not None else ""
             line = b'%s INFO    essaim.access: %s "%s %s" %d %dB %.1fms route=%s service=%s instance=%s upstream_status=%s retries=%d in=%s [request %s trace %s]%s\n' % (
                 stamp[11:19], ex.client.peer, ex.method_name.encode(),
                 ex.path.encode("latin-1", "replace"), status, ex.bytes_out, duration * 1000,
@@ -132,6 +147,19 @@ class AccessLog:
         self._size += len(line)
         if self._size >= _FLUSH_AT:
             self.flush()
+
+    def _where_json(self, route: str, service: str, endpoint: Any) -> bytes:
+        """The ``route``, ``service`` and ``instance`` members, kept per route and endpoint."""
+        instance = f"{endpoint.host}:{endpoint.port}" if endpoint is not None else ""
+        where = b'"route":%s,"service":%s,"instance":%s' % (
+            _dumps(route),
+            _dumps(service),
+            _dumps(instance),
+        )
+        if len(self._where) >= 4096:
+            self._where.clear()
+        self._where[(route, service, endpoint)] = where
+        return where
 
     def flush(self) -> None:
         """Write what is buffered, in one write (the sweep and stop call this)."""

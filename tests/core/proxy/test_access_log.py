@@ -123,6 +123,13 @@ async def test_a_sample_keeps_one_in_n_and_every_error(
     assert all("upstream_status=500" in line for line in lines if "/api/boom" in line)
 
 
+class _Endpoint:
+    """Like core.upstream.upstream.Endpoint: an address, hashed by identity."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+
+
 def test_json_lines_escape_what_clients_and_config_choose(pipe: tuple[int, int]) -> None:
     """A path, request id, route or error with quotes, backslashes, control or non-ASCII
     characters still makes one valid JSON line holding them as they were."""
@@ -131,8 +138,8 @@ def test_json_lines_escape_what_clients_and_config_choose(pipe: tuple[int, int])
     log = AccessLog(1, json=True, fd=pipe[1])
     path = '/a"b\\c\x01\x85é'
     ex = SimpleNamespace(
-        status=502, endpoint=SimpleNamespace(host="h\"1", port=80), answered_problem='bad "x"\n',
-        head=SimpleNamespace(length=7), attempts=3, method_name="GET", path=path,
+        status=502, endpoint=_Endpoint('h"1', 80), answered_problem='bad "x"\n',
+        head=SimpleNamespace(length=7, client_id=b'r"1\\'), attempts=3, method_name="GET", path=path,
         request_id=b'r"1\\', trace_id=b"0" * 32, span_id=b"1" * 16,
         client=SimpleNamespace(peer=b"::1"), bytes_out=10,
     )  # fmt: skip
@@ -149,3 +156,14 @@ def test_json_lines_escape_what_clients_and_config_choose(pipe: tuple[int, int])
     )  # fmt: skip
     assert doc["duration_ms"] == 12.5
     assert doc["client"] == "::1"
+    # The gateway's own request ids (hex and a dash) go in as they are.
+    ex.head, ex.request_id, ex.answered_problem = (
+        SimpleNamespace(length=None, client_id=None),
+        b"3f9a-1a",
+        None,
+    )
+    log.record(ex, "r", "s", 0.001)
+    log.flush()
+    (line,) = _drain(pipe[0]).splitlines()
+    doc = orjson.loads(line)
+    assert (doc["request_id"], doc["upstream_status"], doc["bytes_in"]) == ("3f9a-1a", 502, None)
