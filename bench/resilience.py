@@ -80,10 +80,13 @@ RESULTS = ROOT / "bench" / "results" / "resilience.json"
 #: How long a run takes with the defaults (python -m bench --help).
 DURATION = "about 1.5 min"
 #: The services whose instances register (the gateway routes to them).
-SERVICES = ("auth", "customers", "inventory", "billing")
+#: Every service the launcher registers (the gateway's view is complete when it routes them all).
+SERVICES = ("auth", "customers", "inventory", "billing", "console")
 #: What ``python -m services restart`` restarts, in this order, in case 5: every
 #: process but Redis, in the launcher's order (``inventory``: each instance in turn).
-RESTARTS = ("configsvc", "registry", "auth", "gateway", "customers", "inventory", "billing")
+RESTARTS = (
+    "configsvc", "registry", "auth", "gateway", "customers", "inventory", "billing", "console",
+)  # fmt: skip
 #: The same with ``--quick``: a service of two instances and the gateway.
 QUICK_RESTARTS = ("inventory", "gateway")
 #: Full service may come this long after the fault ended (the issue's "about 1 s").
