@@ -73,6 +73,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TRACEPARENT = b"traceparent: 00-"
 _CRLF = b"\r\n"
 _PATH_END = (b"", b"?")
+_LOCAL_PREFIX = b"/-/"
 _UP_BODY = b'{"status":"UP"}'
 _DRAINING_BODY = b'{"status":"DRAINING"}'
 _HEALTH_METHODS = HTTPProblem(
@@ -205,19 +206,26 @@ class Exchange(ResponseSide):
         self.body_done = False
         self.chunked = False
         self.continue_ = False
-        health = proxy.health_path
-        if health and url.startswith(health) and url[len(health) : len(health) + 1] in _PATH_END:
-            self._refused(url, headers, _HEALTH_METHODS)
-            self.local = True
-            return
-        bff = proxy.bff
-        if bff is not None and bff.owns(url):
-            self._refused(url, headers, None)
-            self.session_local = True
-            self.local_body = []
-            if self.problem is None:
-                self.problem = bff.refuse_early(method, self.path, headers)
-            return
+        # The gateway's own endpoints all live under /-/ (no route may use it):
+        # one slice compare is what every other request pays for them.
+        if url[:3] == _LOCAL_PREFIX:
+            health = proxy.health_path
+            if (
+                health
+                and url.startswith(health)
+                and url[len(health) : len(health) + 1] in _PATH_END
+            ):
+                self._refused(url, headers, _HEALTH_METHODS)
+                self.local = True
+                return
+            bff = proxy.bff
+            if bff is not None and bff.owns(url):
+                self._refused(url, headers, None)
+                self.session_local = True
+                self.local_body = []
+                if self.problem is None:
+                    self.problem = bff.refuse_early(method, self.path, headers)
+                return
         try:
             head, request_line, path, method_name = client.heads.prepare(
                 method, url, headers, upgrade
