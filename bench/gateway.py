@@ -68,6 +68,7 @@ import functools
 import importlib.util
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -678,8 +679,6 @@ async def measure(
 
 def _own_cpu_seconds() -> float:
     """This process' CPU time and its reaped children's (the load generator runs end reaped)."""
-    import resource
-
     me = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
