@@ -79,9 +79,11 @@ import timeit
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
+from bench import _openloop
 from bench._run import NOISY_LOAD, Run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,6 +158,10 @@ class Options:
     workers: int = 1
     use_haproxy: bool = False
     use_caddy: bool = False
+    only: frozenset[str] = frozenset()
+    # The C constant-rate generator (bench/openloop.c, built on first use), or None: Python's.
+    openloop: str | None = None
+    python_open_loop: bool = False
 
 
 def parse_args(argv: list[str]) -> Options:
@@ -182,8 +188,21 @@ def parse_args(argv: list[str]) -> Options:
         help="N of the nginx-wN and gateway-wN cases (default: one per CPU; 1: no such case)",
     )
     parser.add_argument("--no-anchors", action="store_true", help="no HAProxy and Caddy rows")
+    parser.add_argument(
+        "--only",
+        metavar="CASE,...",
+        help="run only these cases (comma-separated names, e.g. nginx,gateway,gateway-accesslog;"
+        " nginx and direct are always kept: the ratios need them)",
+    )
+    parser.add_argument(
+        "--python-open-loop",
+        action="store_true",
+        help="constant-rate runs from the Python generator (bench._http_load --rate) instead of"
+        " bench/openloop.c",
+    )
     parser.add_argument("--output", type=Path, help="JSON results file")
     args = parser.parse_args(argv)
+    only = frozenset(x.strip() for x in (args.only or "").split(",") if x.strip())
     quick = bool(args.quick)
     duration = args.duration or (1.0 if quick else 10.0)
     output = args.output
@@ -204,6 +223,9 @@ def parse_args(argv: list[str]) -> Options:
         workers=args.workers or _cpus(),
         use_haproxy=not args.no_anchors and shutil.which("haproxy") is not None,
         use_caddy=not args.no_anchors and shutil.which("caddy") is not None,
+        only=only | {"direct", "nginx"} if only else only,
+        openloop=None if args.python_open_loop else _openloop.binary()[0],
+        python_open_loop=bool(args.python_open_loop),
     )
 
 
@@ -268,6 +290,31 @@ def tree_cpu_seconds(pid: int) -> float:
             total += cpu_seconds(current)
         todo.extend(children.get(current, ()))
     return total
+
+
+def set_affinity(pid: int, cpus: set[int]) -> None:
+    """Run every thread of ``pid`` on ``cpus`` (a thread that is gone is skipped)."""
+    try:
+        threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return
+    for tid in threads:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(tid, cpus)
+
+
+def rate_cpus() -> tuple[set[int], set[int]] | None:
+    """CPUs for the constant-rate runs: (the proxy's, the generator's and upstream's).
+
+    The proxy gets the last CPU to itself, the generator and the upstream the
+    others: on a small machine, processes that share cores wait for each
+    other in the scheduler for milliseconds, and that, not the proxy, would
+    make the tail. None with a single CPU.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    return {cpus[-1]}, set(cpus[:-1])
 
 
 def free_port() -> int:
@@ -565,8 +612,25 @@ async def run_load(
     duration: float,
     rate: float | None = None,
     headers: tuple[str, ...] = (),
+    cpus: set[int] | None = None,
 ) -> dict[str, Any]:
-    """One run: wrk (closed loop) when available, else the built-in generator."""
+    """One run: wrk (closed loop) when available, else the built-in generator.
+
+    At a constant ``rate``: bench/openloop.c when it was built, else the
+    built-in generator's open loop.
+    """
+    if rate is not None and opts.openloop is not None:
+        parts = urlsplit(url)
+        cmd = [
+            opts.openloop, parts.hostname or "127.0.0.1", str(parts.port or 80), parts.path,
+            str(rate), str(duration), str(opts.connections),
+        ]  # fmt: skip
+        if opts.same_request:
+            cmd.append("--same")
+        for header in headers:
+            cmd += ["--header", header]
+        out = await _run(cmd, duration, cpus)
+        return dict(orjson.loads(out.strip().splitlines()[-1]))
     if rate is None and opts.use_wrk:
         script = Path(tempfile.gettempdir()) / f"essaim-bench-wrk-{os.getpid()}.lua"
         script.write_text(WRK_SCRIPT if opts.same_request else WRK_VARY + WRK_SCRIPT)
@@ -601,14 +665,16 @@ async def run_load(
         cmd.append("--same-request")
     for header in headers:
         cmd += ["--header", header]
-    out = await _run(cmd, duration)
+    out = await _run(cmd, duration, cpus)
     return dict(orjson.loads(out.strip().splitlines()[-1]))
 
 
-async def _run(cmd: list[str], duration: float) -> str:
+async def _run(cmd: list[str], duration: float, cpus: set[int] | None = None) -> str:
     proc = await asyncio.create_subprocess_exec(
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=str(ROOT)
     )
+    if cpus is not None:
+        set_affinity(proc.pid, cpus)
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), duration + 60)
     finally:
@@ -636,7 +702,11 @@ class Case:
 
 
 async def measure(
-    case: Case, opts: Options, duration: float, rate: float | None = None
+    case: Case,
+    opts: Options,
+    duration: float,
+    rate: float | None = None,
+    cpus: set[int] | None = None,
 ) -> dict[str, Any]:
     """One run of ``case`` with the CPU time its proxy and upstream spent per request."""
     pids = {"proxy": case.proxy_pid, "upstream": case.upstream_pid}
@@ -646,7 +716,7 @@ async def measure(
     started = time.monotonic()
     before = {k: tree_cpu_seconds(p) for k, p in pids.items() if p is not None}
     spans_before = case.collector.received if case.collector is not None else 0
-    result = await run_load(case.url, opts, duration, rate, case.headers)
+    result = await run_load(case.url, opts, duration, rate, case.headers, cpus)
     if case.collector is not None:
         from core.testing import wait_until
 
@@ -1016,6 +1086,11 @@ async def bench(opts: Options, run: Run) -> dict[str, Any]:
         run.step("start Redis, the upstream and the proxies")
         async with system(opts, workdir, notes) as info:
             cases: list[Case] = info["cases"]
+            if opts.only:
+                unknown = opts.only - {c.name for c in cases}
+                if unknown:
+                    notes.append(f"--only: no such case here: {', '.join(sorted(unknown))}")
+                cases = [c for c in cases if c.name in opts.only]
             rated_count = sum(1 for c in cases if c.name in ("direct", "nginx", "gateway"))
             steps = 1 + len(cases) * (1 + opts.repeat) + rated_count * opts.repeat + 1
             for case in cases:
@@ -1031,16 +1106,37 @@ async def bench(opts: Options, run: Run) -> dict[str, Any]:
             gateway_rps = summary.get("gateway", {}).get("rps")
             if gateway_rps:
                 rate = round(gateway_rps / 2)
-                fixed = {"rate": rate, "generator": "built-in open loop (bench._http_load --rate)"}
+                generator = "built-in open loop (bench._http_load --rate)"
+                if opts.openloop is not None:
+                    generator = "bench/openloop.c (C, paced by a 50 us timer)"
+                else:
+                    notes.append(
+                        "constant-rate runs from the Python generator: "
+                        + ("--python-open-loop" if opts.python_open_loop else _openloop.binary()[1])
+                    )
+                fixed = {"rate": rate, "generator": generator}
                 rated = [c for c in cases if c.name in ("direct", "nginx", "gateway")]
                 runs: dict[str, list[dict[str, Any]]] = {c.name: [] for c in rated}
-                for rep in range(opts.repeat):
-                    for case in _turn(rated, rep):
-                        run.step(
-                            f"constant rate {rate:,} req/s, round {rep + 1} of {opts.repeat}:"
-                            f" {case.name}, {opts.rate_duration:g} s"
-                        )
-                        runs[case.name].append(await measure(case, opts, opts.rate_duration, rate))
+                split = rate_cpus()
+                everywhere = os.sched_getaffinity(0)
+                if split is not None:
+                    fixed["cpus"] = {
+                        "proxy": sorted(split[0]),
+                        "generator_and_upstream": sorted(split[1]),
+                    }
+                    for case in rated:
+                        if case.proxy_pid is not None:
+                            set_affinity(case.proxy_pid, split[0])
+                        set_affinity(case.upstream_pid, split[1])
+                else:
+                    notes.append("one CPU: the constant-rate runs share it with the generator")
+                try:
+                    await _rated_rounds(opts, run, rated, rate, runs, split)
+                finally:
+                    for case in rated:
+                        for pid in (case.proxy_pid, case.upstream_pid):
+                            if pid is not None:
+                                set_affinity(pid, everywhere)
                 for name, each in runs.items():
                     fixed[name] = {
                         **median_of(each),
@@ -1098,6 +1194,28 @@ async def bench(opts: Options, run: Run) -> dict[str, Any]:
         "targets": TARGETS,
         "notes": notes,
     }
+
+
+async def _rated_rounds(
+    opts: Options,
+    run: Run,
+    rated: list[Case],
+    rate: int,
+    runs: dict[str, list[dict[str, Any]]],
+    split: tuple[set[int], set[int]] | None,
+) -> None:
+    """The constant-rate rounds, the generator on ``split[1]`` when given."""
+    for rep in range(opts.repeat):
+        for case in _turn(rated, rep):
+            run.step(
+                f"constant rate {rate:,} req/s, round {rep + 1} of {opts.repeat}:"
+                f" {case.name}, {opts.rate_duration:g} s"
+            )
+            runs[case.name].append(
+                await measure(
+                    case, opts, opts.rate_duration, rate, cpus=split[1] if split else None
+                )
+            )
 
 
 def _ratios(summary: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
@@ -1282,6 +1400,11 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
     fixed = result["fixed_rate"]
     if fixed:
         out(f"at {fixed['rate']:,} req/s (half the gateway's saturation), {fixed['generator']}:")
+        if "cpus" in fixed:
+            out(
+                f"  (each proxy pinned to CPU {fixed['cpus']['proxy']}, the generator and the"
+                f" upstream to CPU {fixed['cpus']['generator_and_upstream']})"
+            )
         for name in ("direct", "nginx", "gateway"):
             if name in fixed:
                 row = fixed[name]

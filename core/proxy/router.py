@@ -56,6 +56,9 @@ DEFAULT_POLICY = UpstreamPolicy()
 _NO_HEADERS: dict[str, str] = {}
 # Routing decisions kept by method, host and path (cleared whole when full).
 _CACHE_SIZE = 4096
+# How many first sightings of a (method, host, path) the cache's doorkeeper
+# remembers (by hash) before it starts again.
+_SEEN_SIZE = 16384
 DEFAULT_RETRY = RetryPolicy()
 _AUTHORIZATION = frozenset((b"authorization",))
 DEFAULT_TIMEOUTS = Timeouts()
@@ -151,6 +154,8 @@ class Router:
         self._discovery: dict[str, Plan] = {}
         self._header_routes = False
         self._cache: dict[tuple[str, bytes | None, str], tuple[Plan, str, str]] = {}
+        # The hashes of requests seen once (see resolve): ints, which the GC never tracks.
+        self._seen: set[int] = set()
         # Moves with every change a prepared request head depends on.
         self.generation = 0
         # Access control, set by the gateway before traffic: the token
@@ -192,9 +197,21 @@ class Router:
         if not self._header_routes:
             # Cacheable: the answer depends on method, host and path only (and
             # on the table and the registry, whose changes clear the cache).
-            if len(self._cache) >= _CACHE_SIZE:
-                self._cache.clear()
-            self._cache[key] = found
+            # Kept on the second sighting: traffic where every path is new
+            # (ids in paths) would fill the cache with entries never hit
+            # again, and those two tuples a request, living until the cache
+            # is cleared, made the collector run (and pause the loop for up to
+            # 2 ms) once every 400 requests instead of every 2,400.
+            seen = self._seen
+            sighting = hash(key)
+            if sighting in seen:
+                if len(self._cache) >= _CACHE_SIZE:
+                    self._cache.clear()
+                self._cache[key] = found
+            else:
+                if len(seen) >= _SEEN_SIZE:
+                    seen.clear()
+                seen.add(sighting)
         return found
 
     def _resolve(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
+import time
 from collections.abc import Iterator
 
 import aiohttp
@@ -139,7 +141,8 @@ def test_json_lines_escape_what_clients_and_config_choose(pipe: tuple[int, int])
     path = '/a"b\\c\x01\x85é'
     ex = SimpleNamespace(
         status=502, endpoint=_Endpoint('h"1', 80), answered_problem='bad "x"\n',
-        head=SimpleNamespace(length=7, client_id=b'r"1\\'), attempts=3, method_name="GET", path=path,
+        head=SimpleNamespace(length=7, client_id=b'r"1\\'), attempts=3, method=b"GET", path=path,
+        t0=time.perf_counter(),
         request_id=b'r"1\\', trace_id=b"0" * 32, span_id=b"1" * 16,
         client=SimpleNamespace(peer=b"::1"), bytes_out=10,
     )  # fmt: skip
@@ -167,3 +170,36 @@ def test_json_lines_escape_what_clients_and_config_choose(pipe: tuple[int, int])
     (line,) = _drain(pipe[0]).splitlines()
     doc = orjson.loads(line)
     assert (doc["request_id"], doc["upstream_status"], doc["bytes_in"]) == ("3f9a-1a", 502, None)
+    # The same route, endpoint and outcome share their members; another status has its own.
+    ex.status, ex.bytes_out = 200, 4096
+    log.record(ex, "r", "s", 0.000_25)
+    log.flush()
+    (line,) = _drain(pipe[0]).splitlines()
+    doc = orjson.loads(line)
+    assert (doc["status"], doc["upstream_status"], doc["route"], doc["retries"]) == (
+        200,
+        200,
+        "r",
+        2,
+    )
+    assert (doc["bytes_out"], doc["duration_ms"]) == (4096, 0.25)
+
+
+def test_the_time_stamp_is_when_the_request_finished_on_the_wall_clock(
+    pipe: tuple[int, int],
+) -> None:
+    """``ts`` is the exchange's end (its perf_counter start plus its duration) in UTC."""
+    from types import SimpleNamespace
+
+    log = AccessLog(1, json=True, fd=pipe[1])
+    ex = SimpleNamespace(
+        status=200, endpoint=None, answered_problem=None, head=None, attempts=1, method=b"GET",
+        path="/", request_id=b"1-1", trace_id=b"0" * 32, span_id=b"1" * 16,
+        client=SimpleNamespace(peer=b"127.0.0.1"), bytes_out=0, t0=time.perf_counter() - 2.5,
+    )  # fmt: skip
+    log.record(ex, "r", "s", 0.5)  # finished 2 s ago
+    log.flush()
+    doc = orjson.loads(_drain(pipe[0]))
+    stamp = datetime.datetime.strptime(doc["ts"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    ago = time.time() - stamp.replace(tzinfo=datetime.UTC).timestamp()
+    assert 1.9 < ago < 2.5

@@ -150,3 +150,24 @@ def test_without_a_registry_unmatched_paths_are_404() -> None:
     plan, path, prefix = router.resolve("GET", None, "/any/where", [])
     assert (plan.route, path, prefix) == ("a", "/any/where", "")
     # Dot segments never reach the router: core.routes.path refuses them (test_head).
+
+
+def test_decisions_are_kept_from_a_paths_second_request_on_and_new_paths_keep_nothing() -> None:
+    """A path seen once leaves nothing in the cache (traffic of ever-new ids would only
+    churn it, and feed the garbage collector); from its second request on, the decision
+    is kept and reused; a table change forgets every decision."""
+    router = Router(None)
+    table = RouteTable.parse({"routes": [{"id": "a", "prefix": "/", "urls": ["http://x:1"]}]})
+    router.install(table, source="test", at=1.0)
+    for n in range(1000):
+        router.resolve("GET", b"h", f"/items/{n}", [])
+    assert len(router._cache) == 0
+    first = router.resolve("GET", b"h", "/items/7", [])
+    assert len(router._cache) == 1
+    assert router.resolve("GET", b"h", "/items/7", []) is first
+    assert router.resolve("GET", b"other", "/items/7", []) is not first  # host is in the key
+    router.install(table, source="test", at=2.0)
+    assert len(router._cache) == 0
+    again = router.resolve("GET", b"h", "/items/7", [])
+    assert (again[0].route, again[1:]) == ("a", ("/items/7", ""))
+    assert again is not first
