@@ -311,6 +311,8 @@ async def test_bad_input_is_a_problem_and_changes_nothing(
     client = await console(parts)
     admin = bearer(signer, "ada", "admin")
     await register(parts, "probe", "p1", 9001)
+    # The console learns of it from the registry's stream: wait, then refuse the bad input.
+    await wait_until(lambda: _with(client, admin, "probe", "p1"), 10, message="p1 listed")
     url = "/api/services/probe/instances/p1/status"
     for body, status in (({"status": "DOWN"}, 422), ({"status": 1}, 400), ({"x": 1}, 422)):
         resp = await client.post(url, json=body, headers=admin)
