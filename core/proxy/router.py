@@ -201,7 +201,7 @@ class Router:
             # (ids in paths) would fill the cache with entries never hit
             # again, and those two tuples a request, living until the cache
             # is cleared, made the collector run (and pause the loop for up to
-            # 2 ms) once every 400 requests instead of every 2,400.
+            # 2 ms) once every 400 requests instead of about every 2,000.
             seen = self._seen
             sighting = hash(key)
             if sighting in seen:
