@@ -49,9 +49,12 @@ order), after a warm-up; each figure is the median over the runs, and the
 best (lowest) CPU per request is kept beside it. Per case: requests/s, p50/p99 latency, and the
 CPU time of the proxy process (and of the upstream) per request, from
 ``/proc/<pid>/stat`` (utime + stime) over the run divided by the requests
-served. Then, at half of the gateway's saturation rate, an open-loop
-constant-rate run (:mod:`bench._http_load`) against ``direct`` and the
-gateway gives the p99 latency the gateway adds. Last, the cost of one
+served. Then, at half of the gateway's saturation rate, open-loop
+constant-rate runs (``bench/openloop.c``, see :mod:`bench._openloop`; the
+Python generator of :mod:`bench._http_load` without a C compiler or with
+``--python-open-loop``) against ``direct``, nginx and the gateway, each
+proxy pinned to the last CPU and the generator and upstream to the others,
+give the p99 latency each proxy adds. Last, the cost of one
 :meth:`core.routes.table.RouteTable.match` with 1 and with 1,000 routes.
 
 Results: a table on stdout and JSON in ``--output`` (by default
