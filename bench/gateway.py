@@ -103,7 +103,7 @@ TARGETS = {
 }
 
 #: How long a run takes with the defaults (python -m bench --help), with nginx installed.
-DURATION = "about 5 min"
+DURATION = "about 11 min"
 
 QUIET_LOAD = NOISY_LOAD
 """The 1-minute load average under which the machine was quiet when the benchmark began
