@@ -240,6 +240,30 @@ async def test_events_since_beyond_retention_sends_resync(client: Client, redis:
     resp.close()
 
 
+async def test_events_of_another_epoch_past_a_position_are_a_resync_not_a_backlog(
+    client: Client, redis: Redis
+) -> None:
+    """Redis emptied, then written past the position a stream holds: the events after
+    it belong to another epoch, so reading them (as a stream opened before the restart
+    does when its first catch-up runs after it) must say resync, in the same read."""
+    from core.registry.store import RegistryStore
+
+    store = RegistryStore(redis)
+    for iid in ("a", "b", "c"):
+        await put(client, "customers", iid)
+    old = await store.epoch()
+    assert await store.events_since(3, epoch=old) == ([], False)
+    await redis.flushdb()
+    for n in range(5):
+        await put(client, "customers", f"d{n}")
+    backlog, resync = await store.events_since(3)  # revisions alone can't tell
+    assert (len(backlog), resync) == (2, False)
+    assert await store.events_since(3, epoch=old) == ([], True)
+    new = await store.epoch()
+    assert new != old
+    assert await store.events_since(5, epoch=new) == ([], False)
+
+
 async def test_last_event_id_resumes_after_it(client: Client) -> None:
     for iid in ("a", "b"):
         await put(client, "customers", iid)

@@ -55,11 +55,15 @@ async def stream_events(
     since = resume_from(request)
     queue = hub.open()
     try:
+        # The epoch that ``since`` and every later position belong to: every
+        # catch-up reads the data's epoch with the events, so that Redis emptied
+        # while this stream was behind (its new revisions past ``last``) is a
+        # resync, never the new epoch's events taken for the old one's.
         epoch = await store.epoch()
         if since is None:
             since = await store.rev()
         response = await open_stream(request, f"essaim registry events after rev {since}")
-        last = await _catch_up(response, store, since)
+        last, epoch = await _catch_up(response, store, since, epoch)
         while True:
             try:
                 data = await asyncio.wait_for(queue.get(), KEEPALIVE)
@@ -69,21 +73,15 @@ async def stream_events(
             if data is None:
                 break
             if data == CATCH_UP:
-                # Back on the channel after a disconnection: if Redis was emptied
-                # meanwhile, revisions started over and may already be past
-                # ``last``: the epoch tells, and everything is listed again.
-                now = await store.epoch()
-                if now != epoch:
-                    epoch = now
-                    last = await _resync(response, store)
-                    continue
-                last = await _catch_up(response, store, last)
+                # Back on the channel after a disconnection: read what was missed
+                # (or resync, if Redis was emptied meanwhile).
+                last, epoch = await _catch_up(response, store, last, epoch)
                 continue
             rev = int(orjson.loads(data)["rev"])
             if rev <= last:
                 continue
             if rev != last + 1:
-                last = await _catch_up(response, store, last)
+                last, epoch = await _catch_up(response, store, last, epoch)
                 if rev <= last:
                     continue
             await response.write(frame("change", data, rev))
@@ -93,21 +91,24 @@ async def stream_events(
         hub.close(queue)
 
 
-async def _resync(response: web.StreamResponse, store: RegistryStore) -> int:
-    """Tell the client to list everything again; return the current revision."""
+async def _resync(response: web.StreamResponse, store: RegistryStore) -> tuple[int, str]:
+    """Tell the client to list everything again; return the current revision and epoch."""
+    epoch = await store.epoch()
     current = await store.rev()
     await response.write(frame("resync", orjson.dumps({"rev": current}).decode(), current))
-    return current
+    return current, epoch
 
 
-async def _catch_up(response: web.StreamResponse, store: RegistryStore, since: int) -> int:
-    """Write retained events after ``since``; return the revision reached."""
+async def _catch_up(
+    response: web.StreamResponse, store: RegistryStore, since: int, epoch: str
+) -> tuple[int, str]:
+    """Write retained events after ``since`` of ``epoch``; return the revision and epoch reached."""
     while True:
-        backlog, resync = await store.events_since(since)
+        backlog, resync = await store.events_since(since, epoch=epoch)
         if resync:
             return await _resync(response, store)
         if not backlog:
-            return since
+            return since, epoch
         for data in backlog:
             since = int(orjson.loads(data)["rev"])
             await response.write(frame("change", data, since))

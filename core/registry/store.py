@@ -475,17 +475,25 @@ class RegistryStore:
         _, epoch = await pipe.execute()
         return str(epoch)
 
-    async def events_since(self, since: int, limit: int = 1000) -> tuple[list[str], bool]:
+    async def events_since(
+        self, since: int, limit: int = 1000, *, epoch: str | None = None
+    ) -> tuple[list[str], bool]:
         """Retained events with rev > ``since`` (raw JSON), and whether a resync is needed.
 
         A resync is needed when events after ``since`` are no longer retained,
-        or when ``since`` is ahead of the current revision (Redis was emptied).
+        when ``since`` is ahead of the current revision (Redis was emptied), or,
+        given the ``epoch`` that ``since`` belongs to, when the data's epoch is
+        another one (Redis was emptied and its new revisions already passed
+        ``since``): read in the same transaction as the events.
         """
         pipe = self.redis.pipeline(transaction=True)
         pipe.get(REV_KEY)
         pipe.xrange(EVENTS_KEY, "-", "+", count=1)
         pipe.xrange(EVENTS_KEY, f"{since + 1}-0", "+", count=limit)
-        current_raw, oldest, entries = await pipe.execute()
+        pipe.get(EPOCH_KEY)
+        current_raw, oldest, entries, epoch_now = await pipe.execute()
+        if epoch is not None and str(epoch_now) != epoch:
+            return [], True
         current = int(current_raw or 0)
         if since > current:
             return [], True
