@@ -99,20 +99,9 @@ class Launched(System):
     def urls(self) -> dict[str, str]:
         return dict(json.loads((self.run_dir / "system.json").read_text())["urls"])
 
-    def pid(self, name: str) -> int:
-        return int((self.run_dir / f"{name}.pid").read_text())
-
     @property
     def admin(self) -> str:
         return f"http://127.0.0.1:{self.ports['admin']}"
-
-    @property
-    def registry(self) -> str:
-        return f"http://127.0.0.1:{self.ports['registry']}"
-
-    @property
-    def configsvc(self) -> str:
-        return f"http://127.0.0.1:{self.ports['configsvc']}"
 
     @contextlib.contextmanager
     def launcher_paused(self) -> Any:

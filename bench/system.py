@@ -43,12 +43,8 @@ import itertools
 import json
 import os
 import platform
-import re
 import shutil
-import signal
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -61,8 +57,7 @@ from bench._run import Run
 from core import redis as core_redis
 from core.events.bus import Event, EventBus
 from core.runner import install_uvloop
-from core.testing import free_port
-from services.rundir import RunDir
+from services.running import RunningSystem
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "system.json"
@@ -103,16 +98,15 @@ def result(
     )  # fmt: skip
 
 
-class System:
-    """The launcher as a child process, its output in a file, stopped with SIGINT."""
+class System(RunningSystem):
+    """The launcher as a child process (:class:`services.running.RunningSystem`), unseeded,
+    logging warnings and up, with the gateway reached at 127.0.0.1."""
 
     def __init__(self, workdir: Path) -> None:
+        super().__init__(
+            workdir / "run", timeout=60.0, args=("--log-level", "warning", "--seed", "false")
+        )
         self.workdir = workdir
-        self.run_dir = workdir / "run"
-        self.ports = {n: free_port() for n in ("gateway", "admin", "registry", "configsvc")}
-        self.log = workdir / "launcher.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.redis_url = ""
 
     @property
     def gateway(self) -> str:
@@ -125,42 +119,6 @@ class System:
     @property
     def billing_db(self) -> Path:
         return self.run_dir / "data" / "billing" / "billing.db"
-
-    def start(self, timeout: float = 60.0) -> None:
-        # No REDIS_URL: the launcher starts its private Redis, with a password.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("ESSAIM_", "REDIS_URL"))}
-        with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "services", "--log-level", "warning", "--seed", "false",
-                 "--gateway-port", str(self.ports["gateway"]),
-                 "--gateway-admin-port", str(self.ports["admin"]),
-                 "--registry-port", str(self.ports["registry"]),
-                 "--configsvc-port", str(self.ports["configsvc"]),
-                 "--run-dir", str(self.run_dir)],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-            )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log.read_text(errors="replace")
-            if "the system is up" in text:
-                found = re.search(r"redis\s+pid \d+\s+(redis://\S+)", text)
-                assert found is not None, text
-                password = RunDir(self.run_dir).read_secret("redis.password")
-                self.redis_url = found.group(1).replace(":***@", f":{password}@")
-                return
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the launcher exited with {self.process.returncode}:\n{text}")
-            time.sleep(0.05)
-        raise RuntimeError(f"the system was not up within {timeout}s:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def handled(db: Path, ids: set[str] | None = None) -> dict[str, float]:

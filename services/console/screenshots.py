@@ -1,6 +1,6 @@
 """``python -m services.console.screenshots`` (``make screenshots``): the console's views as PNGs.
 
-Starts the whole system on free ports (:class:`services.console.system.RunningSystem`),
+Starts the whole system on free ports (:class:`services.running.RunningSystem`),
 gives it something to show (traffic through the gateway while the gateway
 view is taken, a changed config document, a dead letter, an instance taken
 out of service from the console), logs in as the demo admin in headless
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from services.console.system import ROOT, RunningSystem
+from services.running import ROOT, RunningSystem
 
 __all__ = ["main"]
 

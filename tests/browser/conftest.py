@@ -2,7 +2,7 @@
 
 ``make test-browser`` runs these (not ``make test``). The whole demo system
 is started once for the session by the launcher, on free ports
-(:class:`services.console.system.RunningSystem`); each test gets a new
+(:class:`services.running.RunningSystem`); each test gets a new
 browser context (its own cookies) on one headless Chromium, launched from
 ``CHROMIUM`` (default ``/usr/bin/chromium``: Playwright downloads no browser
 here). Without Chromium or Playwright the session stops at once, saying
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from services.console.system import RunningSystem
+from services.running import RunningSystem
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 #: Seconds a condition may take before a test fails: a loaded 2-core machine is slow.

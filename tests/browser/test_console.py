@@ -21,7 +21,7 @@ import pytest
 import redis
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from services.console.system import ROOT, RunningSystem
+from services.running import ROOT, RunningSystem
 from tests.browser.conftest import DEADLINE
 
 T = TypeVar("T")

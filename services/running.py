@@ -1,7 +1,8 @@
 """The whole demo system in a child process, as ``make up`` runs it, on free ports.
 
-For the console's screenshots (:mod:`services.console.screenshots`) and its
-browser tests (``tests/browser``): :class:`RunningSystem` starts
+For the console's screenshots (:mod:`services.console.screenshots`), its
+browser tests (``tests/browser``) and the benchmarks that run the whole
+system (:mod:`bench.system`, :mod:`bench.resilience`): :class:`RunningSystem` starts
 ``python -m services`` with a run directory of its own and free ports for
 everything (so that it never meets a ``make up`` already running), waits
 until the launcher says the system is up, reads what the launcher left in
@@ -26,7 +27,7 @@ from types import TracebackType
 
 __all__ = ["RunningSystem"]
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -36,12 +37,24 @@ def _free_port() -> int:
 
 
 class RunningSystem:
-    """``python -m services`` in ``run_dir``; a context manager that starts and stops it."""
+    """``python -m services`` in ``run_dir``; a context manager that starts and stops it.
 
-    def __init__(self, run_dir: Path, *, timeout: float = 120.0, echo: bool = False) -> None:
+    ``args`` are more launcher arguments (``--log-level warning``...); ``echo``
+    copies the launcher's output to stderr as it comes.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        timeout: float = 120.0,
+        echo: bool = False,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.timeout = timeout
         self.echo = echo
+        self.args = args
         self.lines: list[str] = []
         self.ports = {name: _free_port() for name in ("gateway", "admin", "registry", "configsvc")}
         self.process: subprocess.Popen[bytes] | None = None
@@ -86,7 +99,7 @@ class RunningSystem:
              "--gateway-port", str(self.ports["gateway"]),
              "--gateway-admin-port", str(self.ports["admin"]),
              "--registry-port", str(self.ports["registry"]),
-             "--configsvc-port", str(self.ports["configsvc"])],
+             "--configsvc-port", str(self.ports["configsvc"]), *self.args],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self._reader = threading.Thread(target=self._read, daemon=True)
