@@ -54,7 +54,14 @@ from core.proxy.response import (
     ResponseSide,
 )
 from core.proxy.span import exchange_span
-from core.proxy.wire import STATUS_LINES, chunk, header_value, problem_response, scan_request
+from core.proxy.wire import (
+    IDEMPOTENT,
+    STATUS_LINES,
+    chunk,
+    header_value,
+    problem_response,
+    scan_request,
+)
 from core.security.relay import SessionPending
 from core.security.tokens import UnknownKeyError
 from core.upstream.upstream import Endpoint
@@ -164,6 +171,9 @@ class Exchange(ResponseSide):
     refused_by: Plan | None = None
     # Why the gateway answered itself (a problem's detail), for the access log.
     answered_problem: str | None = None
+    # The request was sent again on a new connection after a reused one was
+    # lost before answering (the keep-alive race): at most once per request.
+    reconnected = False
 
     def __init__(
         self,
@@ -393,9 +403,14 @@ class Exchange(ResponseSide):
         if conn is not None:
             self.attach(conn)
             return
+        self._open(ep)
+
+    def _open(self, ep: Endpoint) -> None:
+        """Open a new connection to ``ep`` for the current attempt (bounded by the connect timeout)."""
+        assert self.plan is not None
         self.phase = CONNECTING
         self.client.deadline = min(
-            self.proxy.loop.time() + plan.connect_timeout, self.total_deadline
+            self.proxy.loop.time() + self.plan.connect_timeout, self.total_deadline
         )
         self.connecting = self.proxy.loop.create_task(self._connect(ep))
 
@@ -543,6 +558,35 @@ class Exchange(ResponseSide):
         return plan.upstream.retry_allowed(
             plan.retry, kind, self.method_name, self.attempts, False, status
         )
+
+    def may_reconnect(self, conn: UpstreamConnection) -> bool:
+        """Whether a reused ``conn``, lost before any answer, is the keep-alive race to try again.
+
+        An upstream may close an idle keep-alive connection (its idle timeout,
+        its shutdown) just as the gateway sends a request on it: the request
+        never reached a handler. Like nginx (a failed cached connection does
+        not count as a try) and Go's transport, the gateway sends it again,
+        once, on a new connection to the same endpoint, when that is safe: an
+        idempotent method and a body it can send again. Not charged to the
+        attempts, the retry budget or the endpoint's record.
+        """
+        if conn.requests < 2 or self.reconnected or self.method not in IDEMPOTENT:
+            return False
+        if self.sent and self.body_kept > self.proxy.limits.replay_buffer:
+            return False
+        return self.proxy.loop.time() < self.total_deadline and not self.proxy.draining
+
+    def reconnect(self) -> None:
+        """Send the current attempt again on a new connection to the same endpoint (see :meth:`may_reconnect`)."""
+        assert self.plan is not None
+        assert self.endpoint is not None
+        self.reconnected = True
+        self.proxy.stats.retry(self.plan.service, "stale")
+        if self.sent:
+            self.unsent = list(self.body_parts) if self.body_parts else None
+            self.unsent_size = self.body_kept
+            self.sent = False
+        self._open(self.endpoint)
 
     def _retry(self, kind: str) -> None:
         assert self.plan is not None

@@ -105,6 +105,10 @@ class ResponseSide:
 
         def attempt_failed(self, kind: str, problem: HTTPProblem) -> None: ...
 
+        def may_reconnect(self, conn: UpstreamConnection) -> bool: ...
+
+        def reconnect(self) -> None: ...
+
         def finish(self) -> None: ...
 
         def _service(self) -> str: ...
@@ -267,6 +271,9 @@ class ResponseSide:
     def upstream_lost(self, conn: UpstreamConnection, reason: str) -> None:
         self.conn = None
         if self.phase == WAITING:
+            if self.may_reconnect(conn):
+                self.reconnect()
+                return
             self.attempt_failed(
                 "reset",
                 BadGateway(f"{self._service()} closed the connection before answering"),

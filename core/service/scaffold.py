@@ -27,9 +27,13 @@ port of 0 registers the port the OS picked) and deregisters first at
 shutdown, while it still accepts: it waits until no request arrived for
 0.1 s (the watchers, the gateway, stopped routing to it; at most
 ``--deregister-wait``, 1 s), then stops accepting and drains its requests in
-flight. A request the gateway sent meanwhile is
-served, and no idle keep-alive connection is closed under a request the
-gateway is sending on it.
+flight. A request the gateway sent meanwhile is served, with
+``Connection: close`` from the start of shutdown: a keep-alive client moves
+off the leaving process on an answer (the gateway's pool keeps routing to an
+address that a successor shares, as auth's does when it rolls on the
+launcher's socket). An idle connection the process closes at the end may
+still cross a request sent on it: the gateway sends such a request again on
+a new connection (:meth:`core.proxy.exchange.Exchange.may_reconnect`).
 
 Every service answers ``GET /health`` (200 while it can serve; ``DEGRADED``
 when Redis or configsvc is away; 503 when its database fails) and
@@ -404,6 +408,8 @@ class _Lifecycle:
     def __init__(self) -> None:
         self.registration: Registration | None = None
         self.last_request = 0.0  # time.monotonic()
+        # Set when shutdown begins: answers from then on close their connection.
+        self.leaving = False
 
 
 #: At shutdown, after deregistering: traffic silent this long means the watchers stopped routing.
@@ -417,6 +423,7 @@ async def _deregister_first(app: web.Application) -> None:
     deregistration; an idle instance waits :data:`QUIET` only.
     """
     lifecycle = app[LIFECYCLE]
+    lifecycle.leaving = True
     if lifecycle.registration is None:
         return
     await _deregister(app)
@@ -834,6 +841,10 @@ def build_app(service: Service, settings: ServiceSettings) -> web.Application:
         lifecycle.last_request = time.monotonic()
         response = await handler(request)
         response.headers["X-Instance-ID"] = instance_id
+        if lifecycle.leaving:
+            # Keep-alive clients move to another process now, on an answer,
+            # rather than have an idle connection closed under their next request.
+            response.force_close()
         return response
 
     # The access log sits inside the request's span (its ids) and outside the

@@ -120,6 +120,92 @@ async def test_reset_before_answer_is_retried_for_get_and_502_for_post(
     assert post_statuses == {200, 502}
 
 
+class KeepAliveUpstream:
+    """A raw upstream that answers with keep-alive, or drops a connection under a request.
+
+    ``answers(conn, nth)`` decides for the ``nth`` request (1-based) of
+    connection number ``conn`` (1-based): True answers 200, False reads the
+    request and closes without answering, as a server closing an idle
+    keep-alive connection just as a request arrives looks to its client.
+    ``seen`` records ``(conn, method, path)`` of every request read.
+    """
+
+    def __init__(self, answers: Callable[[int, int], bool]) -> None:
+        self.answers = answers
+        self.seen: list[tuple[int, str, str]] = []
+        self.connections = 0
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        conn = self.connections
+        nth = 0
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            method, path, _ = lines[0].split(" ")
+            length = next(
+                (
+                    int(line.split(":")[1])
+                    for line in lines
+                    if line.lower().startswith("content-length:")
+                ),
+                0,
+            )
+            await reader.readexactly(length)
+            nth += 1
+            self.seen.append((conn, method, path))
+            if not self.answers(conn, nth):
+                writer.transport.abort()
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+
+async def test_a_reused_connection_lost_before_answering_is_sent_again_on_a_new_one(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    # Each connection answers its first request and is dropped under the next one.
+    upstream = KeepAliveUpstream(lambda conn, nth: nth == 1)
+    up = await upstreams.raw(upstream)
+    # One instance and no retries: the request is not a retry, the failure not the instance's.
+    gw = await gateway([{"id": "r", "prefix": "/", "urls": urls(up), "retry": {"attempts": 1}}])
+    async with aiohttp.ClientSession() as session:
+        for path in ("/a", "/b", "/c"):
+            async with session.get(gw.url + path) as resp:
+                assert (resp.status, await resp.read()) == (200, b"ok")
+        # A POST is not sent twice: the client gets the failure.
+        async with session.post(gw.url + "/d", data=b"payload") as resp:
+            assert resp.status == 502
+            assert "closed the connection before answering" in (await resp.json())["detail"]
+    assert upstream.seen == [
+        (1, "GET", "/a"), (1, "GET", "/b"), (2, "GET", "/b"), (2, "GET", "/c"),
+        (3, "GET", "/c"), (3, "POST", "/d"),
+    ]  # fmt: skip
+    stats = gw.proxy.stats
+    assert stats.retries == {("route:r", "stale"): 2}
+    assert stats.upstream_errors == {("route:r", "reset"): 1}  # the POST's only
+    [endpoint] = gw.router.upstreams()[0].endpoints.values()
+    assert endpoint.failures == 1
+    assert endpoint.outstanding == 0
+
+
+async def test_a_request_is_sent_again_on_a_new_connection_once_only(
+    upstreams: Upstreams, gateway: GatewayFactory
+) -> None:
+    # Only the very first request is answered: the new connection fails too.
+    upstream = KeepAliveUpstream(lambda conn, nth: conn == 1 and nth == 1)
+    up = await upstreams.raw(upstream)
+    gw = await gateway([{"id": "r", "prefix": "/", "urls": urls(up), "retry": {"attempts": 1}}])
+    async with aiohttp.ClientSession() as session:
+        async with session.get(gw.url + "/a") as resp:
+            assert resp.status == 200
+        async with session.get(gw.url + "/b") as resp:
+            assert resp.status == 502
+    assert upstream.seen == [(1, "GET", "/a"), (1, "GET", "/b"), (2, "GET", "/b")]
+    assert gw.proxy.stats.retries == {("route:r", "stale"): 1}
+    assert gw.proxy.stats.upstream_errors == {("route:r", "reset"): 1}
+
+
 async def test_a_retry_never_goes_back_to_the_instance_that_failed(
     upstreams: Upstreams, gateway: GatewayFactory
 ) -> None:

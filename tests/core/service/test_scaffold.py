@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -63,6 +65,41 @@ async def test_a_service_on_port_0_registers_the_port_it_listens_on_and_deregist
     assert service.terminate() == 0
     assert await instances(redis_url) == []
     assert "deregistered customers/customers-7" in service.log
+
+
+async def test_a_stopping_service_answers_with_connection_close_until_it_stops(
+    components: ComponentFactory, redis_url: str, tmp_path: Path
+) -> None:
+    # A keep-alive client (the gateway's pool) leaves a stopping process on an
+    # answer, not by having an idle connection closed under its next request.
+    service = await components.start(
+        "services.customers", "--data-dir", str(tmp_path), env={"REDIS_URL": redis_url}
+    )
+    await wait_until(lambda: instances(redis_url), 10, message="registered")
+    answers: list[str] = []  # the Connection header of each answer, in order
+    async with aiohttp.ClientSession() as http:
+
+        async def ask() -> bool:
+            try:
+                async with http.get(f"{service.url}/health") as r:
+                    await r.read()
+                    answers.append(r.headers.get("Connection", "keep-alive").lower())
+            except aiohttp.ClientConnectionError:
+                return False  # stopped: no longer accepting
+            return True
+
+        assert await ask()
+        service.process.send_signal(signal.SIGTERM)
+        # Requests keep it in its deregistration wait (until 0.1 s without one, 1 s at most).
+        async with asyncio.timeout(15):
+            while await ask():
+                pass
+    assert service.process.wait(15) == 0
+    assert answers[0] == "keep-alive"
+    assert "close" in answers
+    first_close = answers.index("close")
+    assert set(answers[first_close:]) == {"close"}, answers
+    assert await instances(redis_url) == []
 
 
 async def test_a_service_without_redis_serves_and_registers_once_redis_is_there(
