@@ -10,6 +10,7 @@ deadline passed into a ``down`` event within milliseconds.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import sys
@@ -133,6 +134,8 @@ class Settings(CommonSettings):
 
 
 SETTINGS = web.AppKey("settings", Settings)
+#: The expirer's task: cancelled first thing at a stop (see :func:`_on_shutdown`).
+EXPIRY_TASK: web.AppKey[asyncio.Task[None]] = web.AppKey("expiry_task")
 
 
 def target_policy(settings: Settings) -> TargetPolicy:
@@ -194,13 +197,24 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
     app[EXPIRER] = expirer
     tasks = TaskSet("registry")
     tasks.spawn(hub.subscription.run(), "events")
-    tasks.spawn(expirer.run(), "expiry")
+    app[EXPIRY_TASK] = tasks.spawn(expirer.run(), "expiry")
     yield
     hub.subscription.stop()
     await tasks.stop()
 
 
 async def _on_shutdown(app: web.Application) -> None:
+    """First thing at a stop: expire no more, and end the event streams.
+
+    A stopping registry no longer answers heartbeats; expiring the instances
+    that could not send one meanwhile would take them out of routing for
+    its own stop (another registry, or the next process, expires what is
+    really gone).
+    """
+    if EXPIRY_TASK in app:
+        # The flag holds even where redis-py swallows the cancellation of a call.
+        app[EXPIRER].stop()
+        app[EXPIRY_TASK].cancel()
     app[HUB].shutdown()
 
 

@@ -294,10 +294,16 @@ CATCH_UP = ""
 
 
 class ChannelHub:
-    """One subscription to ``channel``, fanned out to the queue of every open stream."""
+    """One subscription to ``channel``, fanned out to the queue of every open stream.
+
+    After :meth:`shutdown`, a stream opened late (its request was read just
+    as the server began to stop) gets a queue that ends it at once: the
+    server's drain would otherwise wait for it until its shutdown timeout.
+    """
 
     def __init__(self, redis: Redis, channel: str, *, name: str) -> None:
         self.queues: set[asyncio.Queue[str | None]] = set()
+        self.closed = False
         self.subscription = Subscription(
             redis, [channel], self._on_message, on_connect=self._on_connect, name=name
         )
@@ -321,6 +327,9 @@ class ChannelHub:
     def open(self) -> asyncio.Queue[str | None]:
         """A queue of this channel's messages (None: the stream must end)."""
         queue: asyncio.Queue[str | None] = asyncio.Queue(QUEUE_SIZE)
+        if self.closed:
+            queue.put_nowait(None)
+            return queue
         self.queues.add(queue)
         return queue
 
@@ -328,7 +337,8 @@ class ChannelHub:
         self.queues.discard(queue)
 
     def shutdown(self) -> None:
-        """End every open stream (graceful stop)."""
+        """End every open stream, and any opened from now on (graceful stop)."""
+        self.closed = True
         for queue in list(self.queues):
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)

@@ -74,6 +74,10 @@ async def dump(r: Redis) -> dict[str, Any]:
     return out
 
 
+async def _true(value: bool) -> bool:
+    return value
+
+
 async def down_event(r: Redis) -> dict[str, Any] | None:
     """The first ``down`` event retained in the registry's stream, if any."""
     for _, fields in await r.xrange(EVENTS_KEY):
@@ -199,6 +203,37 @@ async def test_expiry_is_published_at_the_deadline_with_a_slow_sweep_and_no_keys
     started = asyncio.get_running_loop().time()
     await wait_until(lambda: down_event(redis), timeout=2.0, message="down at the deadline")
     assert asyncio.get_running_loop().time() - started < 1.5
+
+
+async def test_a_stopping_registry_expires_nothing_while_it_cannot_take_heartbeats(
+    client: Client, redis: Redis
+) -> None:
+    # Stopping, the registry answers no heartbeat: an instance whose deadline
+    # passes meanwhile is not taken out of routing by it.
+    await put(client, "customers", "c1", ttl=1)
+    await client.app.shutdown()  # on_shutdown: what a SIGTERM runs first
+    expiry = client.app[registry.EXPIRY_TASK]
+    await wait_until(lambda: _true(expiry.done()), 5, message="the expirer stopped")
+
+    async def deadline_passed() -> bool:
+        seconds, micros = await redis.time()
+        deadline = await redis.zscore(DEADLINES_KEY, "customers/c1")
+        return deadline is not None and seconds * 1000 + micros // 1000 > deadline
+
+    await wait_until(deadline_passed, 5, message="c1's deadline passed")
+    assert await down_event(redis) is None
+    assert await redis.zscore(DEADLINES_KEY, "customers/c1") is not None
+
+
+async def test_an_event_stream_opened_while_the_registry_stops_ends_at_once(
+    client: Client,
+) -> None:
+    # Its request was read just as the stop began: the drain must not wait for it.
+    await client.app.shutdown()
+    resp = await client.get("/v1/events?since=0")
+    assert resp.status == 200
+    body = await asyncio.wait_for(resp.read(), 5)
+    assert body.startswith(b": essaim registry events after rev 0\nretry: 1000\n\n")
 
 
 async def test_events_stream_replays_in_revision_order_then_follows(client: Client) -> None:

@@ -43,14 +43,20 @@ class Expirer:
         self._sweep_interval = sweep_interval
         self.expired = expired
         self._wake = asyncio.Event()
+        self._stopped = False
 
     def poke(self) -> None:
         """Look again now (a registration may have brought an earlier deadline)."""
         self._wake.set()
 
+    def stop(self) -> None:
+        """Sweep no more: :meth:`run` returns instead of starting another sweep."""
+        self._stopped = True
+        self._wake.set()
+
     async def run(self) -> None:
         backoff = Backoff()
-        while True:
+        while not self._stopped:
             try:
                 count, wait = await self.store.sweep()
                 if count:
@@ -62,6 +68,8 @@ class Expirer:
                 interval = self._sweep_interval()
                 delay = interval if wait is None else min(interval, wait + _MARGIN)
                 self._wake.clear()
+                if self._stopped:
+                    break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), delay)
             except REDIS_ERRORS as exc:
