@@ -202,8 +202,8 @@ class Spec:
     beside the old one, which then leaves; such a service also scales),
     ``takeover`` (the gateway's socket hand-over), ``shared`` (the launcher
     holds the listening socket of ``port`` and passes it, ``--listen-fd``, to
-    each process in turn, so that no connection is refused while one stops
-    and the next starts: others are configured with its address) or
+    each process, the new one beside the old one, so that no connection is
+    refused or kept waiting: others are configured with its address) or
     ``in_place`` (stop, then start on the same port).
     """
 

@@ -23,11 +23,9 @@ answered). Each component restarts in the way its :attr:`Spec.restart
 ``shared`` (configsvc, the registry, auth: addresses others are configured with)
     the launcher holds the listening socket and passes it to each process
     (``--listen-fd``), so connections queue on it while no process accepts,
-    and none is refused. auth, which registers, rolls on it: a new process
-    under a new instance id beside the old one, then the old one leaves as
-    above. configsvc and the registry stop, then start again (their clients
-    wait a second or two for an answer; the gateway routes on its registry
-    snapshot meanwhile, and services keep their config).
+    and none is refused. Each rolls on it: a new process beside the old one
+    (auth under a new instance id, registered and routed), then the old one
+    leaves as above; a slow drain of the old one keeps nobody waiting.
 ``in_place`` (Redis)
     SIGTERM, then the same command on the same port once it exited; its
     clients reconnect.
@@ -198,7 +196,7 @@ class Operations:
             old = self._child(place)
             spec = self.launcher.specs[old.service]
             say = self._say(progress, place)
-            if spec.restart == "rolling" or (spec.restart == "shared" and spec.registers):
+            if spec.restart in ("rolling", "shared"):
                 new = await self._roll(spec, old, say)
             elif spec.restart == "takeover" and old.running:
                 new = await self._take_over(spec, old, say)
@@ -215,20 +213,35 @@ class Operations:
         return {"restarted": restarted, "seconds": round(seconds, 2), "summary": summary}
 
     async def _roll(self, spec: Spec, old: Child, say: Progress) -> Child:
-        """A new process beside ``old``; once it is ready and routed, ``old`` leaves."""
+        """A new process beside ``old``; once it is ready and routed, ``old`` leaves.
+
+        On a shared socket (configsvc, the registry, auth) both processes
+        accept from its queue meanwhile, so nothing waits for the old one's
+        stop, however long its drain takes. For configsvc and the registry,
+        which do not register, "ready" is their health answering on that
+        port, which the old process may answer too: at worst the old one
+        leaves before the new one accepts, and connections queue on the
+        socket for that moment, as they did when these restarted in place.
+        """
         generation = self._generations.get(old.name, 1) + 1
         instance = f"{old.name}.{generation}"
         # A shared socket: the same port, both processes accept from its queue meanwhile.
         port = old.port if spec.restart == "shared" else None
         new = await self._start_beside(spec, old.name, instance, old, port)
         self._generations[old.name] = generation
-        say(f"started {instance} (pid {new.pid}, port {new.port})")
+        if spec.registers:
+            say(f"started {instance} (pid {new.pid}, port {new.port})")
+        else:
+            say(f"started pid {new.pid} beside pid {old.pid}, on the socket of port {new.port}")
         try:
             await self._until_routed(new)
         except StartupFailed as exc:
             await self._discard(new)
             raise self._failed(str(exc), new, self._serves(old)) from None
-        say(f"{instance} is ready, registered and routed by the gateway")
+        if spec.registers:
+            say(f"{instance} is ready, registered and routed by the gateway")
+        else:
+            say(f"pid {new.pid} is ready")
         await self._leave(old, say)
         self._adopt(new)
         return new
@@ -272,13 +285,7 @@ class Operations:
         """Stop ``old``, then the same command on the same port (its address is configured)."""
         old_pid = old.pid
         await self.supervisor.retire(old)
-        if spec.restart == "shared":
-            say(
-                f"pid {old_pid} stopped; its port's connections wait in the queue of the socket"
-                " the launcher holds"
-            )
-        else:
-            say(f"pid {old_pid} stopped ({spec.name} restarts in place: others know its port)")
+        say(f"pid {old_pid} stopped ({spec.name} restarts in place: others know its port)")
         new = self.launcher.make_child(spec, old.name, old.instance, old.port)
         new.restarts = old.restarts
         new.supervised = False
@@ -463,9 +470,10 @@ class Operations:
             self.supervisor.children.remove(old)
         if instance and await self._still_listed(old):
             await self.launcher.deregister(old.service, instance)
-        how = (
-            "deregistered, drained and stopped" if code in (0, None) else f"stopped ({_exit(old)})"
-        )
+        if code not in (0, None):
+            how = f"stopped ({_exit(old)})"
+        else:
+            how = "deregistered, drained and stopped" if instance else "drained and stopped"
         say(f"{instance or old.name} (pid {pid}) {how}")
 
     async def _still_listed(self, child: Child) -> bool:

@@ -317,7 +317,16 @@ async def test_restarting_configsvc_the_registry_and_auth_refuses_no_connection(
     assert after["auth"]["instance"] == "auth.2"
     assert await registered(system, "auth") == ["auth.2"]
     assert {"auth", "auth.2"} <= to_auth.instances
-    assert out.splitlines()[-1].startswith("restarted configsvc, registry, auth (3 processes)")
+    lines = out.splitlines()
+    # Each rolled on its socket: the new process ready before the old one left.
+    for name in ("configsvc", "registry"):
+        old, new, port = before[name]["pid"], after[name]["pid"], after[name]["port"]
+        assert [line for line in lines if line.startswith(f"{name}:")] == [
+            f"{name}: started pid {new} beside pid {old}, on the socket of port {port}",
+            f"{name}: pid {new} is ready",
+            f"{name}: {name} (pid {old}) drained and stopped",
+        ]
+    assert lines[-1].startswith("restarted configsvc, registry, auth (3 processes)")
 
 
 async def test_scale_up_then_down_changes_what_is_registered_and_routed_under_load(
