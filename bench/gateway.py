@@ -266,6 +266,21 @@ def busy_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
+def cpus_busy_seconds(cpus: set[int]) -> float:
+    """CPU time the given CPUs spent busy since boot (their ``cpuN`` lines of ``/proc/stat``)."""
+    wanted = {f"cpu{n}" for n in cpus}
+    total = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            fields = line.split()
+            if fields and fields[0] in wanted:
+                user, nice, system, _idle, _iowait, irq, softirq, steal = (
+                    int(x) for x in fields[1:9]
+                )
+                total += user + nice + system + irq + softirq + steal
+    return total / CLK_TCK
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process so far, from ``/proc/<pid>/stat``."""
     with open(f"/proc/{pid}/stat", "rb") as f:
@@ -710,12 +725,19 @@ async def measure(
     duration: float,
     rate: float | None = None,
     cpus: set[int] | None = None,
+    proxy_cpus: set[int] | None = None,
 ) -> dict[str, Any]:
-    """One run of ``case`` with the CPU time its proxy and upstream spent per request."""
+    """One run of ``case`` with the CPU time its proxy and upstream spent per request.
+
+    With ``proxy_cpus`` (the CPUs the proxy is pinned to), also
+    ``others_on_proxy_cpus``: what other processes and the kernel took of
+    those CPUs meanwhile (CPUs), which pinning does not keep away.
+    """
     pids = {"proxy": case.proxy_pid, "upstream": case.upstream_pid}
     load_before = os.getloadavg()[0]
     own_before = _own_cpu_seconds()
     busy_before = busy_cpu_seconds()
+    pinned_before = cpus_busy_seconds(proxy_cpus) if proxy_cpus else 0.0
     started = time.monotonic()
     before = {k: tree_cpu_seconds(p) for k, p in pids.items() if p is not None}
     spans_before = case.collector.received if case.collector is not None else 0
@@ -732,6 +754,7 @@ async def measure(
         result["spans"] = collector.received - spans_before
     after = {k: tree_cpu_seconds(p) for k, p in pids.items() if p is not None}
     busy = busy_cpu_seconds() - busy_before
+    pinned = cpus_busy_seconds(proxy_cpus) - pinned_before if proxy_cpus else 0.0
     elapsed = time.monotonic() - started
     load_after = os.getloadavg()[0]
     result["load_before"] = round(load_before, 2)
@@ -742,6 +765,9 @@ async def measure(
     others = max(0.0, busy - ours) / max(elapsed, 1e-3)
     result["others_cpus"] = round(others, 3)
     result["quiet"] = others < QUIET_OTHERS
+    if proxy_cpus:
+        own = after["proxy"] - before["proxy"] if "proxy" in after else 0.0
+        result["others_on_proxy_cpus"] = round(max(0.0, pinned - own) / max(elapsed, 1e-3), 3)
     served = max(1, int(result["requests"]))
     for key in ("proxy", "upstream"):
         result[f"{key}_cpu_us"] = (
@@ -1146,6 +1172,11 @@ async def bench(opts: Options, run: Run) -> dict[str, Any]:
                         "late_p99_ms": statistics.median(r["late_p99_ms"] for r in each),
                         "runs": each,
                     }
+                    intruded = [
+                        r["others_on_proxy_cpus"] for r in each if "others_on_proxy_cpus" in r
+                    ]
+                    if intruded:
+                        fixed[name]["others_on_proxy_cpus"] = statistics.median(intruded)
                 fixed["added_p99_ms"] = round(
                     fixed["gateway"]["p99_ms"] - fixed["direct"]["p99_ms"], 4
                 )
@@ -1216,7 +1247,13 @@ async def _rated_rounds(
             )
             runs[case.name].append(
                 await measure(
-                    case, opts, opts.rate_duration, rate, cpus=split[1] if split else None
+                    case,
+                    opts,
+                    opts.rate_duration,
+                    rate,
+                    cpus=split[1] if split else None,
+                    # direct has no proxy: the upstream's CPUs are not watched
+                    proxy_cpus=split[0] if split and case.proxy_pid is not None else None,
                 )
             )
 
@@ -1411,9 +1448,25 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
         for name in ("direct", "nginx", "gateway"):
             if name in fixed:
                 row = fixed[name]
+                intruded = row.get("others_on_proxy_cpus")
+                cost = row.get("proxy_cpu_us")
+                if cost:
+                    # At a constant rate a request rarely shares a wake-up with
+                    # others: it costs more than at saturation, so "half the
+                    # saturation rate" keeps a proxy busier than half the time.
+                    out(
+                        f"  {name:<10} CPU per request at this rate {cost:.1f} us:"
+                        f" busy {cost * row['rps'] / 1e6 * 100:.0f}% of the time"
+                    )
                 out(
                     f"  {name:<10} p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms  "
-                    f"(sends late by p99 {row['late_p99_ms']:.3f} ms)"
+                    f"(sends late by p99 {row['late_p99_ms']:.3f} ms"
+                    + (
+                        f"; others took {intruded * 100:.1f}% of the proxy's CPU"
+                        if intruded is not None
+                        else ""
+                    )
+                    + ")"
                 )
         out(
             f"  added p99 over direct: {fixed['added_p99_ms']:.3f} ms "

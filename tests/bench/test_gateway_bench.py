@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tomllib
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.gateway import routes_toml
+from bench.gateway import busy_cpu_seconds, cpus_busy_seconds, routes_toml
 from core.routes.table import RouteTable
 from tests.bench.talk import assert_talked
 
@@ -108,6 +109,13 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
         assert fixed["rate"] == round(cases["gateway"]["rps"] / 2)
         assert fixed["gateway"]["requests"] > 0
         assert "added_p99_ms" in fixed
+        if "cpus" in fixed:  # pinned (2 CPUs or more): what others took of the proxy's CPU
+            share = fixed["gateway"]["others_on_proxy_cpus"]
+            assert 0 <= share <= len(fixed["cpus"]["proxy"])
+            assert "of the proxy's CPU" in done.stdout
+            assert "others_on_proxy_cpus" not in fixed["direct"]
+        assert fixed["gateway"]["proxy_cpu_us"] > 0
+        assert "gateway    CPU per request at this rate" in done.stdout
         if "nginx" in fixed:  # nginx's added p99 is the yardstick of the gateway's
             assert fixed["nginx_added_p99_ms"] == round(
                 fixed["nginx"]["p99_ms"] - fixed["direct"]["p99_ms"], 4
@@ -126,6 +134,15 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
     assert "others' CPU / load 1-min before/after" in out
     assert "direct" in out
     assert f"results written to {output}" in out
+
+
+def test_the_busy_time_of_every_cpu_adds_up_to_the_machine_s() -> None:
+    cpus = set(range(os.cpu_count() or 1))
+    every, each = busy_cpu_seconds(), cpus_busy_seconds(cpus)
+    # Read a moment apart, in 10 ms ticks: within a few ticks per CPU.
+    assert abs(every - each) <= 0.05 * len(cpus) + 0.05
+    assert cpus_busy_seconds({0}) <= each
+    assert cpus_busy_seconds(set()) == 0
 
 
 def test_bench_route_file_has_1000_routes_and_the_hit_is_the_last() -> None:
