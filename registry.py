@@ -134,7 +134,7 @@ class Settings(CommonSettings):
 
 
 SETTINGS = web.AppKey("settings", Settings)
-#: The expirer's task: cancelled first thing at a stop (see :func:`_on_shutdown`).
+#: The expirer's task (it ends once :func:`_on_shutdown` stopped the expirer).
 EXPIRY_TASK: web.AppKey[asyncio.Task[None]] = web.AppKey("expiry_task")
 
 
@@ -211,10 +211,10 @@ async def _on_shutdown(app: web.Application) -> None:
     its own stop (another registry, or the next process, expires what is
     really gone).
     """
-    if EXPIRY_TASK in app:
-        # The flag holds even where redis-py swallows the cancellation of a call.
+    if EXPIRER in app:
+        # Not a cancellation: a Redis call cancelled half way can leave the
+        # client unusable for the requests still being served (Cluster).
         app[EXPIRER].stop()
-        app[EXPIRY_TASK].cancel()
     app[HUB].shutdown()
 
 

@@ -229,6 +229,7 @@ async def test_an_event_stream_opened_while_the_registry_stops_ends_at_once(
     client: Client,
 ) -> None:
     # Its request was read just as the stop began: the drain must not wait for it.
+    assert (await client.get("/v1/services")).status == 200  # Redis's client is set up
     await client.app.shutdown()
     resp = await client.get("/v1/events?since=0")
     assert resp.status == 200
