@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import sys
@@ -41,6 +42,7 @@ __all__ = [
     "ProtocolSite",
     "Site",
     "configure",
+    "free_port",
     "inherited_socket",
     "install_uvloop",
     "run",
@@ -297,3 +299,62 @@ def run(
         return STARTUP_FAILURE
     except KeyboardInterrupt:
         return 1
+
+
+# -- ports chosen for processes ------------------------------------------------------
+#
+# A port the kernel hands out with bind(0) comes from its range for outgoing
+# connections (/proc/sys/net/ipv4/ip_local_port_range, 32768 to 60999 by
+# default): between the moment it is chosen and the moment the new process
+# binds it, any outgoing connection of the machine may take it as its local
+# port, and the process fails with "address already in use" (seen in the test
+# suite, where hundreds of client connections come and go). free_port() picks
+# below that range instead, where only a listener can take a port, and never
+# hands the same port out twice in one process.
+
+#: The lowest port free_port() picks: above the well-known and most registered services' ports.
+LOWEST_PORT = 10000
+#: Ports handed out by this process: each at most once.
+_ports_given: set[int] = set()
+_port_random = random.SystemRandom()
+
+
+def _outgoing_range() -> tuple[int, int]:
+    """The kernel's range of local ports for outgoing connections (Linux's default elsewhere)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def _bindable(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` a moment ago, outside the range for outgoing connections.
+
+    Falls back to one the kernel picks when no port below that range is
+    free after a few tries (or the range starts too low to leave any).
+    """
+    low, _ = _outgoing_range()
+    if low > LOWEST_PORT + 1000:
+        for _ in range(64):
+            port = _port_random.randrange(LOWEST_PORT, low)
+            if port not in _ports_given and _bindable(host, port):
+                _ports_given.add(port)
+                return port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port = int(sock.getsockname()[1])
+    _ports_given.add(port)
+    return port

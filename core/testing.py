@@ -44,6 +44,7 @@ import pytest_asyncio
 import redis
 from aiohttp import web
 
+from core import runner
 from core.redis import Redis, Subscription, server_binary
 
 __all__ = [
@@ -62,10 +63,8 @@ __all__ = [
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on ``host``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that was free a moment ago on ``host`` (:func:`core.runner.free_port`)."""
+    return runner.free_port(host)
 
 
 def redis_binary() -> str:

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,15 +24,15 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from core.runner import free_port
+
 __all__ = ["RunningSystem"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port("127.0.0.1")
 
 
 class RunningSystem:
