@@ -88,6 +88,7 @@ import orjson
 
 from bench import _openloop
 from bench._run import NOISY_LOAD, Run
+from core.runner import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "bench-upstream"
@@ -333,12 +334,6 @@ def rate_cpus() -> tuple[set[int], set[int]] | None:
     if len(cpus) < 2:
         return None
     return {cpus[-1]}, set(cpus[:-1])
-
-
-def free_port() -> int:
-    from core.testing import free_port as pick
-
-    return pick()
 
 
 async def wait_port(port: int, process: subprocess.Popen[bytes], what: str, log: Path) -> None:
@@ -765,8 +760,8 @@ async def measure(
     others = max(0.0, busy - ours) / max(elapsed, 1e-3)
     result["others_cpus"] = round(others, 3)
     result["quiet"] = others < QUIET_OTHERS
-    if proxy_cpus:
-        own = after["proxy"] - before["proxy"] if "proxy" in after else 0.0
+    if proxy_cpus and "proxy" in after:
+        own = after["proxy"] - before["proxy"]
         result["others_on_proxy_cpus"] = round(max(0.0, pinned - own) / max(elapsed, 1e-3), 3)
     served = max(1, int(result["requests"]))
     for key in ("proxy", "upstream"):

@@ -329,9 +329,12 @@ def _outgoing_range() -> tuple[int, int]:
     return low, high
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def _bindable(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
         except OSError:
@@ -352,8 +355,7 @@ def free_port(host: str = "127.0.0.1") -> int:
             if port not in _ports_given and _bindable(host, port):
                 _ports_given.add(port)
                 return port
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         port = int(sock.getsockname()[1])
     _ports_given.add(port)

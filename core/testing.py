@@ -44,8 +44,8 @@ import pytest_asyncio
 import redis
 from aiohttp import web
 
-from core import runner
 from core.redis import Redis, Subscription, server_binary
+from core.runner import free_port
 
 __all__ = [
     "ClusterTopology",
@@ -60,11 +60,6 @@ __all__ = [
     "subscribed",
     "wait_until",
 ]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on ``host`` (:func:`core.runner.free_port`)."""
-    return runner.free_port(host)
 
 
 def redis_binary() -> str:

@@ -75,7 +75,7 @@ from core.config.files import read_directory
 from core.errors import SettingsError
 from core.redis import REDIS_ERRORS, connect, server_binary
 from core.registry.credentials import service_token, status_token
-from core.runner import free_port as runner_free_port
+from core.runner import free_port
 from core.settings import PRIVATE_UMASK, Secret, check_redis_url, load, option, private_dir
 from core.telemetry.export import check_endpoint, check_sample
 from services import seed
@@ -280,11 +280,6 @@ PROCESSES: tuple[Spec, ...] = (
          restart="rolling"),
 )
 # fmt: on
-
-
-def free_port(host: str) -> int:
-    """A port for a process of the system to bind (:func:`core.runner.free_port`)."""
-    return runner_free_port(host)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:

@@ -395,7 +395,7 @@ class Operations:
         self, spec: Spec, name: str, instance: str, after: Child, port: int | None = None
     ) -> Child:
         """A new, not yet supervised process of ``spec`` (on a free port), listed after ``after``."""
-        from services.launcher import free_port
+        from core.runner import free_port
 
         if port is None:
             port = free_port(self.launcher.settings.host)

@@ -31,10 +31,6 @@ __all__ = ["RunningSystem"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    return free_port("127.0.0.1")
-
-
 class RunningSystem:
     """``python -m services`` in ``run_dir``; a context manager that starts and stops it.
 
@@ -55,7 +51,7 @@ class RunningSystem:
         self.echo = echo
         self.args = args
         self.lines: list[str] = []
-        self.ports = {name: _free_port() for name in ("gateway", "admin", "registry", "configsvc")}
+        self.ports = {name: free_port() for name in ("gateway", "admin", "registry", "configsvc")}
         self.process: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
 
