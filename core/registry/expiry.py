@@ -58,6 +58,10 @@ class Expirer:
         backoff = Backoff()
         while not self._stopped:
             try:
+                # Cleared before the sweep, not after: a poke that arrives while
+                # it runs (a registration with an earlier deadline) must wake the
+                # wait that follows, or that deadline waits a whole interval.
+                self._wake.clear()
                 count, wait = await self.store.sweep()
                 if count:
                     self.expired.inc(count)
@@ -67,7 +71,6 @@ class Expirer:
                 backoff.reset()
                 interval = self._sweep_interval()
                 delay = interval if wait is None else min(interval, wait + _MARGIN)
-                self._wake.clear()
                 if self._stopped:
                     break
                 with contextlib.suppress(TimeoutError):
