@@ -2,7 +2,7 @@
 
 ``python -m bench._http_load load --url URL --connections N --duration S [--rate R]``
 prints one JSON object: ``requests``, ``errors``, ``duration``, ``rps``,
-``p50_ms``, ``p99_ms`` and, with ``--rate``, how far the sends fell behind
+``p50_ms``, ``p99_ms``, ``p999_ms``, ``max_ms`` and, with ``--rate``, how far the sends fell behind
 the schedule.
 
 - Without ``--rate`` it is a closed loop like wrk: N keep-alive connections,
@@ -259,6 +259,8 @@ async def load(
         "rps": round(len(latencies) / elapsed, 1),
         "p50_ms": round(_percentile(latencies, 50) * 1000, 4),
         "p99_ms": round(_percentile(latencies, 99) * 1000, 4),
+        "p999_ms": round(_percentile(latencies, 99.9) * 1000, 4),
+        "max_ms": round(latencies[-1] * 1000, 4) if latencies else 0.0,
     }
     if rate is not None:
         result.update(

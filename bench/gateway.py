@@ -1165,6 +1165,9 @@ async def bench(opts: Options, run: Run) -> dict[str, Any]:
                     fixed[name] = {
                         **median_of(each),
                         "late_p99_ms": statistics.median(r["late_p99_ms"] for r in each),
+                        # The far tail: how long the machine's own stalls held a request.
+                        "p999_ms": statistics.median(r.get("p999_ms", 0.0) for r in each),
+                        "max_ms": max(r.get("max_ms", 0.0) for r in each),
                         "runs": each,
                     }
                     intruded = [
@@ -1197,6 +1200,7 @@ async def bench(opts: Options, run: Run) -> dict[str, Any]:
             "cpu": _cpu_model(),
             "python": platform.python_version(),
             "kernel": platform.release(),
+            "memory_monitor": memory_monitor(),
         },
         "settings": {
             "connections": opts.connections,
@@ -1294,6 +1298,37 @@ def _ratios(summary: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+DAMON = Path("/sys/kernel/mm/damon/admin/kdamonds")
+
+
+def memory_monitor(root: Path = DAMON) -> str | None:
+    """What the kernel's DAMON is doing, when a kdamond runs; None when none does.
+
+    A DAMON context samples the memory it monitors every ``sample_us`` from a
+    kernel thread (kdamond) that holds a CPU for milliseconds at a time on a
+    large machine: a stall every proxy meets at a constant rate, which its
+    p99 shows in proportion to how slowly it drains the backlog it leaves.
+    """
+    running = []
+    for kdamond in sorted(root.glob("[0-9]*")):
+        with contextlib.suppress(OSError, ValueError):
+            if (kdamond / "state").read_text().strip() != "on":
+                continue
+            context = kdamond / "contexts" / "0"
+            intervals = context / "monitoring_attrs" / "intervals"
+            sample_ms = int((intervals / "sample_us").read_text()) / 1000
+            ops = (context / "operations").read_text().strip()
+            actions = sorted(
+                {a.read_text().strip() for a in (context / "schemes").glob("[0-9]*/action")}
+            )
+            running.append(
+                f"kdamond {kdamond.name} ({ops}, sampling every {sample_ms:g} ms"
+                + (f", {'/'.join(actions)}" if actions else "")
+                + ")"
+            )
+    return "DAMON on: " + ", ".join(running) if running else None
+
+
 def _cpu_model() -> str:
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         for line in f:
@@ -1319,6 +1354,11 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
     out(
         f"  machine: {result['machine']['cpus']} CPUs, {result['machine']['cpu']}, Python {result['machine']['python']}"
     )
+    if result["machine"].get("memory_monitor"):
+        out(
+            f"  machine: {result['machine']['memory_monitor']} (a kernel thread that takes"
+            " a CPU now and then: see direct's p99.9 and max)"
+        )
     out("")
     r = result["ratios"]
     quiet = [name for name, row in result["cases"].items() if row.get("quiet")]
@@ -1455,6 +1495,7 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
                     )
                 out(
                     f"  {name:<10} p50 {row['p50_ms']:.3f} ms  p99 {row['p99_ms']:.3f} ms  "
+                    f"p99.9 {row.get('p999_ms', 0.0):.3f} ms  max {row.get('max_ms', 0.0):.2f} ms  "
                     f"(sends late by p99 {row['late_p99_ms']:.3f} ms"
                     + (
                         f"; others took {intruded * 100:.1f}% of the proxy's CPU"

@@ -17,7 +17,7 @@
  * an error.
  *
  * Prints one JSON object: requests, errors, duration, rps, p50_ms, p99_ms,
- * target_rps, late_p99_ms, queued_for_a_connection, cpu_s (its own CPU).
+ * p999_ms, max_ms, target_rps, late_p99_ms, queued_for_a_connection, cpu_s (its own CPU).
  * Exit status 0, or 2 on bad arguments, 1 when it cannot connect.
  */
 #define _GNU_SOURCE
@@ -230,9 +230,9 @@ int main(int argc, char **argv) {
     double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
                  (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
     printf("{\"requests\": %zu, \"errors\": %zu, \"duration\": %.3f, \"rps\": %.1f, "
-           "\"p50_ms\": %.4f, \"p99_ms\": %.4f, \"target_rps\": %.1f, \"late_p99_ms\": %.4f, "
+           "\"p50_ms\": %.4f, \"p99_ms\": %.4f, \"p999_ms\": %.4f, \"max_ms\": %.4f, \"target_rps\": %.1f, \"late_p99_ms\": %.4f, "
            "\"queued_for_a_connection\": %zu, \"cpu_s\": %.3f, \"generator\": \"openloop\"}\n",
            nlat, errors, elapsed, (double)nlat / elapsed, pct_ms(lat, nlat, 50),
-           pct_ms(lat, nlat, 99), rate, pct_ms(late, nlate, 99), queued, cpu);
+           pct_ms(lat, nlat, 99), pct_ms(lat, nlat, 99.9), pct_ms(lat, nlat, 100), rate, pct_ms(late, nlate, 99), queued, cpu);
     return 0;
 }

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.gateway import busy_cpu_seconds, cpus_busy_seconds, routes_toml
+from bench.gateway import busy_cpu_seconds, cpus_busy_seconds, memory_monitor, routes_toml
 from core.routes.table import RouteTable
 from tests.bench.talk import assert_talked
 
@@ -116,6 +116,11 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
             assert "others_on_proxy_cpus" not in fixed["direct"]
         assert fixed["gateway"]["proxy_cpu_us"] > 0
         assert "gateway    CPU per request at this rate" in done.stdout
+        # The far tail, where the machine's own stalls show.
+        for name in ("direct", "gateway"):
+            row = fixed[name]
+            assert row["p99_ms"] <= row["p999_ms"] <= row["max_ms"], name
+        assert "p99.9" in done.stdout
         if "nginx" in fixed:  # nginx's added p99 is the yardstick of the gateway's
             assert fixed["nginx_added_p99_ms"] == round(
                 fixed["nginx"]["p99_ms"] - fixed["direct"]["p99_ms"], 4
@@ -155,3 +160,18 @@ def test_bench_route_file_has_1000_routes_and_the_hit_is_the_last() -> None:
     assert found[0].service == "bench-upstream"
     one = RouteTable.parse(tomllib.loads(routes_toml(1)))
     assert [r.id for r in one.routes] == ["bench"]
+
+
+def test_a_running_damon_is_named_with_its_sampling_interval(tmp_path: Path) -> None:
+    """The report names the kernel's memory monitor when a kdamond runs, as sysfs shows it."""
+    assert memory_monitor(tmp_path) is None  # no kdamond at all
+    context = tmp_path / "0" / "contexts" / "0"
+    (context / "monitoring_attrs" / "intervals").mkdir(parents=True)
+    (context / "schemes" / "0").mkdir(parents=True)
+    (tmp_path / "0" / "state").write_text("off\n")
+    (context / "monitoring_attrs" / "intervals" / "sample_us").write_text("500000\n")
+    (context / "operations").write_text("paddr\n")
+    (context / "schemes" / "0" / "action").write_text("pageout\n")
+    assert memory_monitor(tmp_path) is None  # configured, not running
+    (tmp_path / "0" / "state").write_text("on\n")
+    assert memory_monitor(tmp_path) == "DAMON on: kdamond 0 (paddr, sampling every 500 ms, pageout)"
