@@ -2,8 +2,8 @@
 
 ``python -m bench._http_load load --url URL --connections N --duration S [--rate R]``
 prints one JSON object: ``requests``, ``errors``, ``duration``, ``rps``,
-``p50_ms``, ``p99_ms``, ``p999_ms``, ``max_ms`` and, with ``--rate``, how far the sends fell behind
-the schedule.
+``p50_ms``, ``p99_ms``, ``p999_ms``, ``max_ms`` and, with ``--rate``, how
+far the sends fell behind the schedule.
 
 - Without ``--rate`` it is a closed loop like wrk: N keep-alive connections,
   each sending its next request as soon as the last answer is complete. It is
