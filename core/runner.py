@@ -41,6 +41,7 @@ __all__ = [
     "STARTUP_FAILURE",
     "ProtocolSite",
     "Site",
+    "address_family",
     "configure",
     "free_port",
     "inherited_socket",
@@ -329,12 +330,13 @@ def _outgoing_range() -> tuple[int, int]:
     return low, high
 
 
-def _family(host: str) -> socket.AddressFamily:
+def address_family(host: str) -> socket.AddressFamily:
+    """``AF_INET6`` for an IPv6 address (it has a colon), else ``AF_INET``."""
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def _bindable(host: str, port: int) -> bool:
-    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+    with socket.socket(address_family(host), socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
         except OSError:
@@ -355,7 +357,7 @@ def free_port(host: str = "127.0.0.1") -> int:
             if port not in _ports_given and _bindable(host, port):
                 _ports_given.add(port)
                 return port
-    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+    with socket.socket(address_family(host), socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         port = int(sock.getsockname()[1])
     _ports_given.add(port)

@@ -75,7 +75,7 @@ from core.config.files import read_directory
 from core.errors import SettingsError
 from core.redis import REDIS_ERRORS, connect, server_binary
 from core.registry.credentials import service_token, status_token
-from core.runner import free_port
+from core.runner import address_family, free_port
 from core.settings import PRIVATE_UMASK, Secret, check_redis_url, load, option, private_dir
 from core.telemetry.export import check_endpoint, check_sample
 from services import seed
@@ -284,7 +284,7 @@ PROCESSES: tuple[Spec, ...] = (
 
 def listening_socket(host: str, port: int) -> socket.socket:
     """A TCP socket listening on ``host:port`` (0: any free port), for processes to inherit."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    family = address_family(host)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
