@@ -44,7 +44,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core import log
@@ -68,6 +68,7 @@ __all__ = [
     "RedisError",
     "RedisURL",
     "ReplicaWait",
+    "Script",
     "Subscription",
     "connect",
     "is_cluster",
@@ -181,6 +182,34 @@ def parse_url(url: str) -> RedisURL:
 def is_cluster(client: Redis) -> bool:
     """Whether ``client`` talks to a Redis Cluster (commands routed by slot)."""
     return isinstance(client, RedisCluster)
+
+
+class Script:
+    """A Lua script of ``client``, run by its SHA1 and loaded again whenever the server lacks it.
+
+    ``await script(keys=[...], args=[...])`` answers what the script returns.
+    redis-py loads a script the server doesn't know once per call; a server
+    that restarted between that load and the run (it forgets its scripts)
+    answers ``NOSCRIPT`` again, which here loads it once more instead of
+    failing the call. Scripts are also how this project reads several keys
+    atomically on Cluster (all of one slot): redis-py's asyncio Cluster
+    queues each command of a ``MULTI`` transaction on a private event loop in
+    a thread, which fails while the client is still discovering the topology.
+    """
+
+    __slots__ = ("_script",)
+
+    def __init__(self, client: Redis, source: str) -> None:
+        self._script = client.register_script(source)
+
+    async def __call__(
+        self, keys: list[Any] | None = None, args: list[Any] | None = None, client: Any = None
+    ) -> Any:
+        """Run the script (on ``client``, a pipeline of the same server, to queue it there)."""
+        try:
+            return await self._script(keys=keys, args=args, client=client)
+        except NoScriptError:
+            return await self._script(keys=keys, args=args, client=client)
 
 
 def replicated(client: Redis) -> bool:

@@ -237,6 +237,21 @@ async def test_an_event_stream_opened_while_the_registry_stops_ends_at_once(
     assert body.startswith(b": essaim registry events after rev 0\nretry: 1000\n\n")
 
 
+async def test_an_event_stream_as_the_first_request_of_a_new_registry_opens(
+    make_client: Callable[..., Awaitable[Client]],
+) -> None:
+    # Its reads are the process's first Redis calls, racing the registry's own
+    # (on Cluster: while the client discovers the topology).
+    for _ in range(3):
+        client = await make_client()
+        resp = await client.get("/v1/events?since=0")
+        assert resp.status == 200, await resp.text()
+        line = await asyncio.wait_for(resp.content.readline(), 5)
+        assert line == b": essaim registry events after rev 0\n"
+        resp.close()
+        await client.close()
+
+
 async def test_events_stream_replays_in_revision_order_then_follows(client: Client) -> None:
     for iid in ("a", "b", "c"):
         await put(client, "customers", iid)

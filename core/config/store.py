@@ -46,7 +46,7 @@ import orjson
 from core.config.document import canonical, content_hash
 from core.config.journal import Journal, JournalEntry, entries_from_history
 from core.config.merge import deep_merge
-from core.redis import Redis, ReplicaWait, publish_command, tag
+from core.redis import Redis, ReplicaWait, Script, publish_command, tag
 
 __all__ = [
     "CHANNEL",
@@ -380,9 +380,9 @@ class ConfigStore:
         self.publish = publish_command(redis)
         #: Behind Sentinel a write waits for one replica.
         self.replica_wait = ReplicaWait(redis, timeout=replica_wait)
-        self._write = redis.register_script(_WRITE)
-        self._read = redis.register_script(_READ)
-        self._restore = redis.register_script(_RESTORE)
+        self._write = Script(redis, _WRITE)
+        self._read = Script(redis, _READ)
+        self._restore = Script(redis, _RESTORE)
         self._parsed: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._rendered: OrderedDict[str, bytes] = OrderedDict()
         self._cache_size = cache_size

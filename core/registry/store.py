@@ -31,7 +31,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from core.redis import Redis, publish_command, tag
+from core.redis import Redis, Script, publish_command, tag
 from core.registry.model import (
     HOSTNAME_RE,
     SERVICE_RE,
@@ -286,6 +286,29 @@ return {raw, redis.call('HGET', KEYS[3], ARGV[2]) or '0'}
 """
 )
 
+#: The data's epoch, made on first use (KEYS: epoch; ARGV: a new one).
+_EPOCH = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+"""
+
+#: Retained events after a revision, and what says whether they are enough (KEYS: rev,
+#: events, epoch; ARGV: the first stream id wanted, the most to return): the current
+#: revision, the oldest retained id, the epoch, then each event's id and payload.
+_EVENTS = """
+local out = {redis.call('GET', KEYS[1]) or '0', false, redis.call('GET', KEYS[3]) or ''}
+local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+if oldest[1] then out[2] = oldest[1][1] end
+for _, entry in ipairs(redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])) do
+  local fields, payload = entry[2], ''
+  for i = 1, #fields, 2 do
+    if fields[i] == 'e' then payload = fields[i + 1] end
+  end
+  out[#out + 1] = payload
+end
+return out
+"""
+
 
 class RegistryStore:
     """Every read and write of the registry's Redis state.
@@ -299,15 +322,17 @@ class RegistryStore:
         self.redis = redis
         self.retained = retained
         self.publish = publish_command(redis)
-        self._register = redis.register_script(_REGISTER)
-        self._heartbeat = redis.register_script(_HEARTBEAT)
-        self._update = redis.register_script(_UPDATE)
-        self._deregister = redis.register_script(_DEREGISTER)
-        self._expire = redis.register_script(_EXPIRE)
-        self._due = redis.register_script(_DUE)
-        self._snapshot = redis.register_script(_SNAPSHOT)
-        self._list = redis.register_script(_LIST)
-        self._get = redis.register_script(_GET)
+        self._register = Script(redis, _REGISTER)
+        self._heartbeat = Script(redis, _HEARTBEAT)
+        self._update = Script(redis, _UPDATE)
+        self._deregister = Script(redis, _DEREGISTER)
+        self._expire = Script(redis, _EXPIRE)
+        self._due = Script(redis, _DUE)
+        self._snapshot = Script(redis, _SNAPSHOT)
+        self._list = Script(redis, _LIST)
+        self._get = Script(redis, _GET)
+        self._epoch = Script(redis, _EPOCH)
+        self._events = Script(redis, _EVENTS)
         # The service names the last snapshot saw: the next one names their keys.
         self._names: list[str] = []
 
@@ -469,11 +494,7 @@ class RegistryStore:
 
     async def epoch(self) -> str:
         """The data's epoch: the same until Redis loses the registry's keys (then a new one)."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(EPOCH_KEY, os.urandom(8).hex(), nx=True)
-        pipe.get(EPOCH_KEY)
-        _, epoch = await pipe.execute()
-        return str(epoch)
+        return str(await self._epoch(keys=[EPOCH_KEY], args=[os.urandom(8).hex()]))
 
     async def events_since(
         self, since: int, limit: int = 1000, *, epoch: str | None = None
@@ -484,14 +505,12 @@ class RegistryStore:
         when ``since`` is ahead of the current revision (Redis was emptied), or,
         given the ``epoch`` that ``since`` belongs to, when the data's epoch is
         another one (Redis was emptied and its new revisions already passed
-        ``since``): read in the same transaction as the events.
+        ``since``): read with the events in one script (atomically, on Cluster too).
         """
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.get(REV_KEY)
-        pipe.xrange(EVENTS_KEY, "-", "+", count=1)
-        pipe.xrange(EVENTS_KEY, f"{since + 1}-0", "+", count=limit)
-        pipe.get(EPOCH_KEY)
-        current_raw, oldest, entries, epoch_now = await pipe.execute()
+        flat = await self._events(
+            keys=[REV_KEY, EVENTS_KEY, EPOCH_KEY], args=[f"{since + 1}-0", limit]
+        )
+        current_raw, oldest, epoch_now = flat[0], flat[1], flat[2]
         if epoch is not None and str(epoch_now) != epoch:
             return [], True
         current = int(current_raw or 0)
@@ -499,7 +518,7 @@ class RegistryStore:
             return [], True
         if since == current:
             return [], False
-        oldest_rev = int(oldest[0][0].split("-")[0]) if oldest else current + 1
+        oldest_rev = int(str(oldest).split("-")[0]) if oldest else current + 1
         if oldest_rev > since + 1:
             return [], True
-        return [fields["e"] for _, fields in entries], False
+        return [str(e) for e in flat[3:]], False

@@ -23,7 +23,8 @@ from core.testing import ClusterTopology, SentinelTopology, wait_until
 def test_keys_one_script_touches_share_a_slot_and_streams_spread() -> None:
     registry = {key_slot(k) for k in registry_store.service_keys("customers")}
     registry |= {key_slot(k) for k in registry_store.service_keys("billing")}
-    registry.add(key_slot(registry_store.DEADLINES_KEY))
+    for key in ("DEADLINES_KEY", "REV_KEY", "EVENTS_KEY", "EPOCH_KEY"):  # the stream's reads too
+        registry.add(key_slot(getattr(registry_store, key)))
     assert len(registry) == 1
     config = {key_slot(k) for k in (doc_key("a"), history_key("b"), CONFIG_CHANNEL)}
     assert len(config) == 1
