@@ -27,9 +27,12 @@ $(STAMP): uv.lock pyproject.toml $(UV)
 venv: $(STAMP)
 
 # The suite, but for the benchmarks' smoke runs (make test-bench) and the browser
-# tests (make test-browser: a real browser, the whole system).
+# tests (make test-browser: a real browser, the whole system), spread over every
+# CPU by pytest-xdist (each worker starts its own Redis); `make test XDIST=` runs
+# it in one process.
+XDIST ?= -n auto
 test: $(STAMP)
-	$(PY) -m pytest --ignore=tests/bench --ignore=tests/browser $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) --ignore=tests/bench --ignore=tests/browser $(PYTEST_ARGS)
 
 # Every benchmark's --quick smoke run, so that none rots: a few minutes of
 # processes under load, kept apart so that make test stays short.

@@ -37,7 +37,11 @@ def test_the_first_key_encrypts_and_every_key_decrypts() -> None:
         Cipher(Secret(OTHER)).decrypt(old)
 
 
-@pytest.mark.parametrize("keys", ["short", f"{KEY},", f"{KEY},{KEY[:-2]}"])
+@pytest.mark.parametrize(
+    "keys",
+    ["short", f"{KEY},", f"{KEY},{KEY[:-2]}"],
+    ids=["short", "an-empty-second-key", "a-truncated-second-key"],  # no key in test ids
+)
 def test_a_malformed_key_names_the_setting_not_the_key(keys: str) -> None:
     with pytest.raises(SettingsError, match="CONFIGSVC_ENCRYPT_KEY") as raised:
         Cipher(Secret(keys))
