@@ -44,7 +44,7 @@ import pytest_asyncio
 import redis
 from aiohttp import web
 
-from core.redis import Redis, Subscription, server_binary
+from core.redis import Redis, Subscription, connect, server_binary
 from core.runner import free_port
 
 __all__ = [
@@ -722,6 +722,14 @@ async def redis_url(
         server.start()
     server.client().flushall()
     yield server.url
+
+
+@pytest_asyncio.fixture(name="redis")
+async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
+    """A client (:func:`core.redis.connect`) of :func:`redis_url`'s Redis, closed after the test."""
+    client = connect(redis_url)
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture

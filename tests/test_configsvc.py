@@ -8,7 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 
 import configsvc
 from core.config.store import CHANNEL, REV_KEY
-from core.redis import Redis, connect
+from core.redis import Redis
 from core.settings import Secret
 from core.testing import ComponentFactory, RedisServer, subscribed, wait_until
 
@@ -98,13 +98,6 @@ async def make_client(
 @pytest.fixture
 async def client(make_client: Callable[..., Awaitable[Client]]) -> Client:
     return await make_client()
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    r = connect(redis_url)
-    yield r
-    await r.aclose()
 
 
 async def dump(r: Redis) -> dict[str, Any]:

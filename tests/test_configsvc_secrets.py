@@ -26,7 +26,7 @@ import configsvc
 from core.config.client import ConfigClient
 from core.config.store import doc_key
 from core.config.watch import WatcherProcesses
-from core.redis import Redis, connect
+from core.redis import Redis
 from core.settings import Secret
 from core.testing import ComponentFactory, wait_until
 
@@ -77,13 +77,6 @@ async def make_client(
 @pytest.fixture
 async def client(make_client: Callable[..., Awaitable[Client]]) -> Client:
     return await make_client()
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    r = connect(redis_url)
-    yield r
-    await r.aclose()
 
 
 async def dump(r: Redis) -> dict[str, Any]:

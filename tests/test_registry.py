@@ -7,7 +7,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
 import registry
-from core.redis import Redis, connect
+from core.redis import Redis
 from core.registry.store import DEADLINES_KEY, EVENTS_KEY, heartbeat_key
 from core.settings import Secret
 from core.testing import ComponentFactory, RedisServer, wait_until
@@ -41,13 +41,6 @@ async def make_client(
 @pytest.fixture
 async def client(make_client: Callable[..., Awaitable[Client]]) -> Client:
     return await make_client()
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    r = connect(redis_url)
-    yield r
-    await r.aclose()
 
 
 async def put(client: Client, service: str, iid: str, **body: Any) -> ClientResponse:

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from core.redis import Redis, Script, connect
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    r = connect(redis_url)
-    yield r
-    await r.aclose()
+from core.redis import Redis, Script
 
 
 async def test_a_script_answers_what_it_returns(redis: Redis) -> None:

@@ -66,13 +66,6 @@ def url_of(server: TestServer) -> str:
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = connect(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def make_client(redis: Redis) -> AsyncIterator[ClientFactory]:
     """Starts ConfigClients (with Redis and a short resync unless told) and stops them all."""
     made: list[ConfigClient] = []

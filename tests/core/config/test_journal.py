@@ -9,14 +9,7 @@ import pytest
 
 from core.config.journal import Journal
 from core.config.store import ConfigStore, Write
-from core.redis import Redis, connect
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = connect(redis_url)
-    yield client
-    await client.aclose()
+from core.redis import Redis
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -11,13 +11,6 @@ from core.config.reads import SharedReads
 from core.config.store import ConfigStore
 from core.redis import REDIS_ERRORS, Redis, connect
 from core.testing import RedisServer
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = connect(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def test_a_burst_of_reads_shares_a_few_redis_reads(redis: Redis) -> None:

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import orjson
 import pytest
 
 from core.config.store import CHANNEL, ConfigStore, NotImported, Write
-from core.redis import Redis, connect
+from core.redis import Redis
 from core.testing import subscribed, wait_until
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = connect(redis_url)
-    yield client
-    await client.aclose()
 
 
 async def test_a_batch_is_one_step_with_one_revision_per_changed_document(redis: Redis) -> None:

@@ -21,13 +21,6 @@ STREAM = Keys().stream("item.created")
 
 
 @pytest_asyncio.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = core_redis.connect(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest_asyncio.fixture
 async def db(tmp_path: Path) -> AsyncIterator[Database]:
     database = await Database.open(tmp_path / "data", "inventory", MIGRATIONS)
     yield database
