@@ -294,7 +294,7 @@ return redis.call('GET', KEYS[1])
 
 #: Retained events after a revision, and what says whether they are enough (KEYS: rev,
 #: events, epoch; ARGV: the first stream id wanted, the most to return): the current
-#: revision, the oldest retained id, the epoch, then each event's id and payload.
+#: revision, the oldest retained id, the epoch (empty when none), then each event's payload.
 _EVENTS = """
 local out = {redis.call('GET', KEYS[1]) or '0', false, redis.call('GET', KEYS[3]) or ''}
 local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
