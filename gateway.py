@@ -666,6 +666,7 @@ def build_app(settings: Settings) -> tuple[web.Application, ProxyServer]:
     add_health_routes(app, readiness)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", admin_openapi.build(workers=False).handle)
+    app.router.add_get("/openapi-traffic.json", admin_openapi.traffic(settings.health_path).handle)
     return app, proxy
 
 
@@ -866,7 +867,7 @@ def _parent(settings: Settings, workers: int, argv: list[str]) -> int:
         ready_timeout=30.0,
         stop_timeout=settings.shutdown_timeout + 5.0,
     )
-    app = build_admin(supervisor, [problem_middleware])
+    app = build_admin(supervisor, [problem_middleware], health_path=settings.health_path)
     started = time.monotonic()
     stop = asyncio.Event()
 

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jsonschema
 import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from core.proxy import openapi
 from core.redis import connect
 from core.security.jwks import KeySet
 from core.security.sessions import KEY_PREFIX
@@ -676,3 +678,48 @@ async def test_with_workers_a_logout_is_seen_by_every_worker_within_the_session_
         (await request("GET", system.url + "/by-session/x", cookies=cookies))[0] for _ in range(20)
     ]
     assert statuses == [401] * 20
+
+
+# ----------------------------------------------------------------------------- the document
+
+
+async def test_the_edge_endpoints_answer_as_the_traffic_document_says(start: Start) -> None:
+    """Every answer below is one the document lists, with a body of its schema."""
+    doc = openapi.traffic("/-/health").document()
+    system = await start()
+    seen: list[tuple[str, str, int]] = []
+
+    async def check(method: str, path: str, **kwargs: Any) -> tuple[int, Any, Any]:
+        status, body, headers = await request(method, system.url + path, **kwargs)
+        answers = doc["paths"][path][method.lower()]["responses"]
+        assert str(status) in answers, (method, path, status, body)
+        content = answers[str(status)].get("content", {})
+        if body is not None:
+            media = headers["Content-Type"].split(";")[0]
+            assert media in content, (method, path, status, media)
+            jsonschema.validate(body, content[media]["schema"])
+        else:
+            assert not content, (method, path, status)
+        seen.append((method, path, status))
+        return status, body, headers
+
+    await check("GET", "/-/health")
+    await check("POST", "/-/session", json={"username": "alice", "password": "wrong"})
+    await check("POST", "/-/session", data=b"{", headers={"Content-Type": "application/json"})
+    await check("POST", "/-/session", data=b"x", headers={"Content-Type": "text/plain"})
+    await check("GET", "/-/session")
+    _, body, headers = await check(
+        "POST", "/-/session", json={"username": "alice", "password": "alice-pw"}
+    )
+    cookies = {name: cookie_value(line) for name, line in set_cookies(headers).items()}
+    await check("GET", "/-/session", cookies=cookies)
+    own = {"Origin": system.url}
+    await check("DELETE", "/-/session", cookies=cookies, headers=own)
+    await check(
+        "POST",
+        "/-/session/logout",
+        cookies=cookies,
+        data=f"csrf={body['csrf']}",
+        headers={**own, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert [s for _, _, s in seen] == [200, 401, 400, 415, 401, 200, 200, 403, 204]

@@ -51,11 +51,11 @@ EXAMPLES = settings(
 STREAM_EXAMPLES = settings(EXAMPLES, max_examples=3)
 
 
-async def _document(app: web.Application) -> dict[str, Any]:
+async def _document(app: web.Application, path: str = "/openapi.json") -> dict[str, Any]:
     from aiohttp.test_utils import TestClient, TestServer
 
     async with TestClient(TestServer(app)) as client:
-        resp = await client.get("/openapi.json")
+        resp = await client.get(path)
         assert resp.status == 200
         assert resp.content_type == "application/json"
         doc: dict[str, Any] = await resp.json()
@@ -209,6 +209,18 @@ async def test_the_gateway_admin_documents_are_valid_and_list_exactly_their_rout
     doc = openapi.build(workers=True).document()
     validate(doc)
     assert drift(parent, doc) == ([], [])
+    # The traffic port's own endpoints, served by both shapes of the admin port
+    # (what the port answers is tested against it in test_gateway_sessions).
+    settings = gateway.Settings(redis_url=redis_url, health_path="/-/up")
+    single, _ = gateway.build_app(settings)
+    edge = await _document(single, "/openapi-traffic.json")
+    validate(edge)
+    assert set(edge["paths"]) == {"/-/up", "/-/session", "/-/session/logout"}
+    assert edge == openapi.traffic("/-/up").document()
+    parent = build_admin(cast(Supervisor, None), [], health_path="")
+    edge = await _document(parent, "/openapi-traffic.json")
+    validate(edge)
+    assert set(edge["paths"]) == {"/-/session", "/-/session/logout"}  # no health path
 
 
 @pytest.fixture(scope="module")

@@ -186,8 +186,14 @@ async def workers(request: web.Request) -> web.Response:
     return json_response(request.app[SUPERVISOR].describe())
 
 
-def build_admin(supervisor: Supervisor, middlewares: list[Any]) -> web.Application:
-    """The parent's admin application over ``supervisor``'s workers."""
+def build_admin(
+    supervisor: Supervisor, middlewares: list[Any], *, health_path: str = "/-/health"
+) -> web.Application:
+    """The parent's admin application over ``supervisor``'s workers.
+
+    ``health_path``: the workers' traffic health path (``--health-path``), for
+    the traffic port's document.
+    """
     app = web.Application(middlewares=middlewares)
     app[SUPERVISOR] = supervisor
     app[PROCESS] = new_registry()  # the parent's own process_* series, added to the workers'
@@ -199,4 +205,5 @@ def build_admin(supervisor: Supervisor, middlewares: list[Any]) -> web.Applicati
     app.router.add_get("/health/ready", ready)
     app.router.add_get("/workers", workers)
     app.router.add_get("/openapi.json", openapi.build(workers=True).handle)
+    app.router.add_get("/openapi-traffic.json", openapi.traffic(health_path).handle)
     return app
