@@ -13,7 +13,7 @@ everything else on that port is routed to services, which document their own.
 
 from __future__ import annotations
 
-from core.openapi.schemas import ANY, NUMBER, STRING, array_of, json, obj, problem
+from core.openapi.schemas import ANY, NUMBER, STRING, Schema, array_of, json, obj, problem
 from core.openapi.spec import Spec
 
 __all__ = ["build", "traffic"]
@@ -66,8 +66,13 @@ SESSION = obj(
 _COOKIES = {
     "Set-Cookie": "essaim_session (HttpOnly) and essaim_csrf; SameSite=Strict; Path=/",
 }
-_CLEARED = {"Set-Cookie": "both cookies cleared (Max-Age=0)"}
 _CSRF_REFUSED = problem(403, "the CSRF checks failed: X-CSRF-Token and an own Origin are needed")
+
+
+def _logged_out(description: str) -> tuple[int, Schema]:
+    """A 204 answer that clears both session cookies."""
+    cleared = {"description": "both cookies cleared (Max-Age=0)", "schema": STRING}
+    return 204, {"description": description, "headers": {"Set-Cookie": cleared}}
 
 
 def traffic(health_path: str) -> Spec:
@@ -85,7 +90,7 @@ def traffic(health_path: str) -> Spec:
                 responses=[(200, json(status)), (503, json(status, "draining: stop sending"))],
                 description="Checks neither Redis nor the route table (a bad config push must "
                             "not take every gateway out of rotation). HEAD too.")  # fmt: skip
-    login = obj(username=STRING, password=STRING, extra=False)
+    login = obj(username=STRING, password=STRING)
     spec.op("POST", "/-/session", "Log in: a session and its cookies",
             tags=["sessions"],
             body={"application/json": login, "application/x-www-form-urlencoded": login},
@@ -105,17 +110,12 @@ def traffic(health_path: str) -> Spec:
     spec.op("DELETE", "/-/session", "Log out: the session deleted, its refresh token revoked",
             tags=["sessions"],
             headers={"X-CSRF-Token": (STRING, "the session's csrf value")},
-            responses=[(204, {"description": "logged out (also when there was no session)",
-                              "headers": {"Set-Cookie": {"description": _CLEARED["Set-Cookie"],
-                                                         "schema": STRING}}}),
+            responses=[_logged_out("logged out (also when there was no session)"),
                        _CSRF_REFUSED])  # fmt: skip
     spec.op("POST", "/-/session/logout", "Log out from an HTML form (as DELETE /-/session)",
             tags=["sessions"],
             body={"application/x-www-form-urlencoded": obj(required=(), csrf=STRING)},
             body_required=False,
             headers={"X-CSRF-Token": (STRING, "the session's csrf value, or a csrf form field")},
-            responses=[(204, {"description": "logged out",
-                              "headers": {"Set-Cookie": {"description": _CLEARED["Set-Cookie"],
-                                                         "schema": STRING}}}),
-                       _CSRF_REFUSED])  # fmt: skip
+            responses=[_logged_out("logged out"), _CSRF_REFUSED])  # fmt: skip
     return spec
