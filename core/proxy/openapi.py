@@ -90,7 +90,10 @@ def traffic(health_path: str) -> Spec:
                 responses=[(200, json(status)), (503, json(status, "draining: stop sending"))],
                 description="Checks neither Redis nor the route table (a bad config push must "
                             "not take every gateway out of rotation). HEAD too.")  # fmt: skip
-    login = obj(username=STRING, password=STRING)
+    login = obj(
+        username={**STRING, "minLength": 1, "maxLength": 128},
+        password={**STRING, "minLength": 1, "maxLength": 1024},
+    )
     spec.op("POST", "/-/session", "Log in: a session and its cookies",
             tags=["sessions"],
             body={"application/json": login, "application/x-www-form-urlencoded": login},
