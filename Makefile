@@ -79,8 +79,10 @@ up: $(STAMP)
 
 # Refresh the lock on purpose: every dependency to its newest release that
 # pyproject.toml's ranges allow. Say what moved in CHANGELOG.md.
+# `make lock LOCK_ARGS=` only adds what pyproject.toml newly asks for, moving nothing else.
+LOCK_ARGS ?= --upgrade
 lock: $(UV)
-	$(UV) lock --upgrade --python $(PYTHON)
+	$(UV) lock $(LOCK_ARGS) --python $(PYTHON)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache
