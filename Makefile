@@ -12,7 +12,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 export UV_NO_PROGRESS := 1
 
-.PHONY: test test-bench test-sentinel test-cluster test-browser screenshots lint bench up venv lock clean
+.PHONY: native test-native test test-bench test-sentinel test-cluster test-browser screenshots lint bench up venv lock clean
 
 $(UV): requirements/uv.txt
 	$(PYTHON) -m venv --clear $(TOOLS)
@@ -26,13 +26,31 @@ $(STAMP): uv.lock pyproject.toml $(UV)
 
 venv: $(STAMP)
 
+# The gateway's hot path compiled by mypyc into build/native/ (core/native/loader.py):
+# rebuilt when any file of core/ is newer than the build. Without a C compiler it
+# says so and the gateway runs its Python source, as it always can.
+NATIVE := build/native/manifest.json
+$(NATIVE): $(STAMP) $(shell find core -name '*.py')
+	$(PY) -m core.native.build
+
+native: $(NATIVE)
+
+# The suites of the hot path again, against the compiled build (ESSAIM_NATIVE=require:
+# the run fails at once if the build does not match the source).
+NATIVE_TESTS := tests/core/proxy tests/core/routes tests/core/upstream tests/test_gateway.py \
+	tests/test_gateway_ratelimit.py tests/test_gateway_security.py tests/test_gateway_sessions.py \
+	tests/test_gateway_workers.py tests/test_many_gateways.py tests/core/native
+
+test-native: $(NATIVE)
+	ESSAIM_NATIVE=require $(PY) -m pytest $(XDIST) $(NATIVE_TESTS) $(PYTEST_ARGS)
+
 # The suite, but for the benchmarks' smoke runs (make test-bench) and the browser
 # tests (make test-browser: a real browser, the whole system), spread over every
 # CPU by pytest-xdist (each worker starts its own Redis); `make test XDIST=` runs
 # it in one process.
 XDIST ?= -n auto
 test: $(STAMP)
-	$(PY) -m pytest $(XDIST) --ignore=tests/bench --ignore=tests/browser $(PYTEST_ARGS)
+	ESSAIM_NATIVE=off $(PY) -m pytest $(XDIST) --ignore=tests/bench --ignore=tests/browser $(PYTEST_ARGS)
 
 # Every benchmark's --quick smoke run, so that none rots: a few minutes of
 # processes under load, kept apart so that make test stays short.
@@ -71,10 +89,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-bench: $(STAMP)
+bench: $(STAMP) $(NATIVE)
 	$(PY) -m bench all $(BENCH_ARGS)
 
-up: $(STAMP)
+up: $(STAMP) $(NATIVE)
 	$(PY) -m services $(UP_ARGS)
 
 # Refresh the lock on purpose: every dependency to its newest release that

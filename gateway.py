@@ -44,6 +44,7 @@ from core.config.client import ConfigClient
 from core.errors import SettingsError, StartupError, problem_middleware
 from core.http import Check, add_health_routes, config_check, json_response, redis_health
 from core.metrics import new_registry
+from core.native import loader as native
 from core.proxy import openapi as admin_openapi
 from core.proxy.access import AccessLog, parse_mode
 from core.proxy.bff import SessionEndpoints
@@ -429,6 +430,7 @@ async def health_page(request: web.Request) -> web.Response:
         "registry": watcher.describe(),
         "routes": {"version": router.table.version, "count": len(router.table)},
         "proxy": app[PROXY].describe(),
+        "build": native.BUILD.as_dict(),
     }
     config = app.get(CONFIG)
     if config is not None:
@@ -779,7 +781,12 @@ def _single(settings: Settings) -> int:
                 "--workers 2 or more, or restart with --control-socket and --takeover"
             ),
         )
-        logger.info("gateway ready in %.2fs", time.monotonic() - started)
+        logger.info(
+            "gateway ready in %.2fs (hot path: %s, %s)",
+            time.monotonic() - started,
+            native.BUILD.name,
+            native.BUILD.reason,
+        )
 
     return run(
         [
@@ -892,10 +899,12 @@ def _parent(settings: Settings, workers: int, argv: list[str]) -> int:
     async def on_started(bound: list[tuple[str, str, int]]) -> None:
         await handover()
         logger.info(
-            "gateway ready in %.2fs: %d workers on port %d",
+            "gateway ready in %.2fs: %d workers on port %d (hot path: %s, %s)",
             time.monotonic() - started,
             workers,
             port,
+            native.BUILD.name,
+            native.BUILD.reason,
         )
 
     try:

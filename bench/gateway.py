@@ -380,6 +380,15 @@ async def wait_http(
     raise RuntimeError(f"{what}: {url} did not answer 200 within 30 s:\n{_tail(log)}")
 
 
+async def gateway_build(health_url: str) -> str:
+    """``mypyc`` or ``interpreted`` and why, from a gateway's ``/health`` (core/native/loader.py)."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session, session.get(health_url) as r:
+        build = (await r.json()).get("build") or {}
+    return f"Essaim, hot path {build.get('build', '?')} ({build.get('reason', 'not said')})"
+
+
 def _tail(log: Path, lines: int = 20) -> str:
     try:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
@@ -979,6 +988,10 @@ async def gateways(
             proc = spawn(cmd, log, env)
             stack.callback(stop, proc)
             await wait_http(f"http://127.0.0.1:{admin}/health", proc, name, log)
+            # Which build of the hot path the case runs, as the gateway itself says.
+            build = await gateway_build(f"http://127.0.0.1:{admin}/health")
+            if info["versions"].setdefault("gateway", build) != build:
+                info["versions"][name] = build
             url = f"http://127.0.0.1:{port}{PATH}"
             await wait_http(url, proc, f"{name} routing to the upstream", log)
             if name == "gateway-session-nocache":

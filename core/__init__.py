@@ -22,3 +22,9 @@ packages above it in this list; ``tests/test_layering.py`` checks it):
 Each mechanism lives here once (DESIGN.md principle 4): the gateway and the
 services use the same balancer, breaker, watcher and retry policy.
 """
+
+from core.native.loader import install
+
+# Before any module of the hot path is imported: the compiled build of it,
+# where one matches the source (core/native/loader.py), else the source itself.
+install()

@@ -465,7 +465,11 @@ class ComponentFactory:
         """
         port = port or free_port()
         log = self.workdir / f"{module.replace('.', '_')}-{port}-{len(self.started)}.log"
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith(_PREFIXES)}
+        full_env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(_PREFIXES) or k.startswith(_KEPT)
+        }
         # configsvc keeps its journal in data/configsvc of the working directory
         # (the repository) by default: give the test's components their own.
         full_env["CONFIGSVC_DATA_DIR"] = str(self.workdir / "configsvc-data")
@@ -662,6 +666,8 @@ _PREFIXES = (
     "GATEWAY_", "REGISTRY_", "CONFIGSVC_", "REDIS_URL", "ESSAIM_", "CUSTOMERS_", "INVENTORY_", "BILLING_",
     "AUTH_", "CONSOLE_",
 )  # fmt: skip
+# Which build of the hot path runs (core/native/loader.py) is the test run's choice, not a setting.
+_KEPT = ("ESSAIM_NATIVE",)
 
 
 # --------------------------------------------------------------------------- fixtures

@@ -18,6 +18,7 @@ import pytest_asyncio
 from aiohttp import web
 
 import gateway
+from core.native import loader as native
 from core.redis import connect
 from core.registry.discovery import Registration
 from core.registry.store import Instance
@@ -446,6 +447,8 @@ async def test_admin_shows_routes_upstreams_health_and_metrics(
         assert status == 200
         assert health["status"] == "UP"
         assert health["routes"]["version"] == table["version"]
+        # The gateway runs the build this test process runs (same source, same ESSAIM_NATIVE).
+        assert health["build"] == native.BUILD.as_dict()
         status, ready = await get_json(session, gw.admin + "/health/ready")
         assert (status, ready["status"]) == (200, "UP")
         assert sorted(ready["checks"]) == ["registry", "routes"]

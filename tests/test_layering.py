@@ -17,6 +17,7 @@ CORE = ROOT / "core"
 
 # Lowest first: a package may import the foundation and the packages before it.
 LAYERS = [
+    "native",
     "telemetry",
     "openapi",
     "config",

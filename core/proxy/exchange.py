@@ -861,7 +861,7 @@ class Exchange(ResponseSide):
         return f"{name} at {ep.host}:{ep.port}" if ep is not None else name
 
 
-_failure_log = [0.0, 0, 0]  # the second, lines written in it, lines left out
+_failure_log = [0.0, 0.0, 0.0]  # the second, lines written in it, lines left out
 
 
 def _log_failure(ex: Exchange, problem: HTTPProblem) -> None:
@@ -873,8 +873,8 @@ def _log_failure(ex: Exchange, problem: HTTPProblem) -> None:
     now = time.monotonic()
     second, written, skipped = _failure_log
     if now - second >= 1.0:
-        _failure_log[:] = [now, 0, 0]
-        written = 0
+        _failure_log[:] = [now, 0.0, 0.0]
+        written = 0.0
         if skipped:
             logger.warning("%d more gateway failures were not logged in the last second", skipped)
     if written >= 20:

@@ -64,6 +64,7 @@ class RequestHead:
     """
 
     __slots__ = (
+        "_facts",
         "_unsampled",
         "after_id",
         "before_id",
@@ -88,6 +89,7 @@ class RequestHead:
         self.length = facts.size
         self.chunked = facts.chunked
         self.continue_ = facts.continue_
+        self._facts = facts
         self._unsampled: RequestHead | None = None
 
     def unsampled(self) -> RequestHead:
@@ -98,9 +100,7 @@ class RequestHead:
         """
         twin = self._unsampled
         if twin is None:
-            twin = self._unsampled = RequestHead.__new__(RequestHead)
-            for name in RequestHead.__slots__:
-                setattr(twin, name, getattr(self, name))
+            twin = self._unsampled = RequestHead(self.plan, self.before_id, self._facts)
             twin.trace_flags = b"00"
             twin._unsampled = twin
         return twin
@@ -265,6 +265,7 @@ class Heads:
             if method == b"CONNECT":
                 raise _connect_refused()
             authority, url = _absolute(url, method)
+        facts: HeaderFacts | None
         if upgrade or authority is not None:
             facts = HeaderFacts(
                 headers,
@@ -276,7 +277,7 @@ class Heads:
                 authority=authority,
             )
         else:
-            facts = self._facts  # type: ignore[assignment]
+            facts = self._facts
             if facts is None or facts.headers != headers:
                 facts = self._facts = HeaderFacts(
                     headers,

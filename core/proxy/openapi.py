@@ -34,7 +34,9 @@ def build(*, workers: bool) -> Spec:
             query=per_worker, redis=False, responses=[(200, json(ANY))])  # fmt: skip
     spec.op("GET", "/upstreams", "Every upstream: endpoints, ejections, breaker, counts",
             query=per_worker, redis=False, responses=[(200, json(ANY))])  # fmt: skip
-    health = obj(required=("status",), status=STRING)
+    # build: which build of the hot path runs (mypyc or interpreted) and why (core/native/loader.py).
+    build_ = obj(build={"type": "string", "enum": ["mypyc", "interpreted"]}, reason=STRING)
+    health = obj(required=("status",), status=STRING, build=build_)
     spec.operations(
         "Serving, and how Redis, the registry and config are doing",
         health,

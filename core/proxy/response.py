@@ -78,40 +78,47 @@ class ResponseSide:
 
     upstream_eof = False
 
-    if TYPE_CHECKING:
-        # Provided by Exchange.
-        out: list[bytes] | None
-        resp_mode: int
-        client: Client
-        proxy: Proxy
-        plan: Plan | None
-        endpoint: Endpoint | None
-        conn: UpstreamConnection | None
-        request_id: bytes
-        rate_lines: bytes
-        phase: int
-        status: int
-        bytes_out: int
-        attempt_open: bool
-        close_after: bool
-        body_done: bool
-        head_only: bool
-        http11: bool
-        upgrade: bool
+    # Set by Exchange, which also provides the methods below; declared here
+    # (not only for the type checker) so that mypyc lays them out in C.
+    out: list[bytes] | None
+    resp_mode: int
+    client: Client
+    proxy: Proxy
+    plan: Plan | None
+    endpoint: Endpoint | None
+    conn: UpstreamConnection | None
+    request_id: bytes
+    rate_lines: bytes
+    phase: int
+    status: int
+    bytes_out: int
+    attempt_open: bool
+    close_after: bool
+    body_done: bool
+    head_only: bool
+    http11: bool
+    upgrade: bool
 
-        def _may_retry(self, kind: str, status: int = 0) -> bool: ...
+    def _may_retry(self, kind: str, status: int = 0) -> bool:
+        raise NotImplementedError
 
-        def _retry(self, kind: str) -> None: ...
+    def _retry(self, kind: str) -> None:
+        raise NotImplementedError
 
-        def attempt_failed(self, kind: str, problem: HTTPProblem) -> None: ...
+    def attempt_failed(self, kind: str, problem: HTTPProblem) -> None:
+        raise NotImplementedError
 
-        def may_reconnect(self, conn: UpstreamConnection) -> bool: ...
+    def may_reconnect(self, conn: UpstreamConnection) -> bool:
+        raise NotImplementedError
 
-        def reconnect(self) -> None: ...
+    def reconnect(self) -> None:
+        raise NotImplementedError
 
-        def finish(self) -> None: ...
+    def finish(self) -> None:
+        raise NotImplementedError
 
-        def _service(self) -> str: ...
+    def _service(self) -> str:
+        raise NotImplementedError
 
     def upstream_head(self, status: int, block: bytes, close: bool) -> None:
         plan = self.plan

@@ -19,7 +19,8 @@ exists; that path is the retry path and may cost O(n).
   sequence repeats with a period of ``sum(weights) / gcd(weights)``: the first
   period of picks runs nginx's O(n) loop and records it, later picks read the
   record, so a change of the set costs O(n) and no pause. Periods longer than
-  :attr:`Weighted.MAX_SCHEDULE` are not recorded (each pick runs the loop).
+  :data:`MAX_SCHEDULE` (or the ``max_schedule`` a :class:`Weighted` is given)
+  are not recorded (each pick runs the loop).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Collection, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 __all__ = [
     "BALANCERS",
@@ -54,10 +55,14 @@ class Balanced(Protocol):
 E = TypeVar("E", bound=Balanced)
 
 
+MAX_SCHEDULE = 4096
+"""Longest period :class:`Weighted` keeps as a schedule; above it every pick runs nginx's O(n) loop."""
+
+
 class Balancer(Generic[E]):
     """Base of the balancers: holds the eligible endpoints in a stable order."""
 
-    name = ""
+    name: ClassVar[str] = ""
 
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
@@ -77,7 +82,7 @@ class Balancer(Generic[E]):
 
 
 class RoundRobin(Balancer[E]):
-    name = "round_robin"
+    name: ClassVar[str] = "round_robin"
 
     def __init__(self, rng: random.Random | None = None) -> None:
         super().__init__(rng)
@@ -115,7 +120,7 @@ class RoundRobin(Balancer[E]):
 
 
 class LeastRequest(Balancer[E]):
-    name = "least_request"
+    name: ClassVar[str] = "least_request"
 
     def pick(self, exclude: Collection[str] = ()) -> E | None:
         eps: Sequence[E] = self._eps
@@ -138,13 +143,13 @@ class LeastRequest(Balancer[E]):
 
 
 class Weighted(Balancer[E]):
-    name = "weighted"
+    name: ClassVar[str] = "weighted"
 
-    MAX_SCHEDULE = 4096
-    """Longest period kept as a schedule; above it every pick runs nginx's O(n) loop."""
-
-    def __init__(self, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, rng: random.Random | None = None, *, max_schedule: int = MAX_SCHEDULE
+    ) -> None:
         super().__init__(rng)
+        self._max_schedule = max_schedule
         self._weights: list[int] = []
         self._current: list[int] = []
         self._total = 0
@@ -167,7 +172,7 @@ class Weighted(Balancer[E]):
         # Equal weights: nginx's sequence is the list itself.
         self._schedule = list(eps) if self._total == len(eps) else []
         self._pos = 0
-        self._keep = self._total <= self.MAX_SCHEDULE
+        self._keep = self._total <= self._max_schedule
 
     def pick(self, exclude: Collection[str] = ()) -> E | None:
         if not self._eps:

@@ -164,10 +164,15 @@ def test_decisions_are_kept_from_a_paths_second_request_on_and_new_paths_keep_no
     assert len(router._cache) == 0
     first = router.resolve("GET", b"h", "/items/7", [])
     assert len(router._cache) == 1
-    assert router.resolve("GET", b"h", "/items/7", []) is first
-    assert router.resolve("GET", b"other", "/items/7", []) is not first  # host is in the key
+    # What is kept is what the next request gets: marked here to tell it from a new decision
+    # (not by identity: the compiled build boxes a new tuple for each answer).
+    (key,) = router._cache
+    router._cache[key] = (first[0], "/kept", "")
+    assert router.resolve("GET", b"h", "/items/7", [])[1:] == ("/kept", "")
+    for _ in range(2):
+        assert router.resolve("GET", b"other", "/items/7", [])[1:] == ("/items/7", "")
+    assert len(router._cache) == 2  # host is in the key
     router.install(table, source="test", at=2.0)
     assert len(router._cache) == 0
     again = router.resolve("GET", b"h", "/items/7", [])
     assert (again[0].route, again[1:]) == ("a", ("/items/7", ""))
-    assert again is not first

@@ -237,13 +237,9 @@ def test_weighted_reduces_weights_by_their_gcd() -> None:
 
 def test_weighted_long_periods_run_nginx_loop_with_the_same_sequence() -> None:
     eps = endpoints(7, 3, 2)
-
-    class Unrecorded(Weighted[Endpoint]):
-        MAX_SCHEDULE = 0
-
     recorded: Weighted[Endpoint] = Weighted(random.Random(21))
     recorded.set_endpoints(eps)
-    looped = Unrecorded(random.Random(21))
+    looped: Weighted[Endpoint] = Weighted(random.Random(21), max_schedule=0)
     looped.set_endpoints(eps)
     assert keys(recorded, 36) == keys(looped, 36)
     assert set(keys(looped, 10, exclude=["a"])) <= {"b", "c"}
