@@ -30,8 +30,9 @@ venv: $(STAMP)
 # rebuilt when any file of core/ is newer than the build. Without a C compiler it
 # says so and the gateway runs its Python source, as it always can.
 NATIVE := build/native/manifest.json
+# A failed build stops nothing (the leading -): the source runs, and says why.
 $(NATIVE): $(STAMP) $(shell find core -name '*.py')
-	$(PY) -m core.native.build
+	-$(PY) -m core.native.build
 
 native: $(NATIVE)
 

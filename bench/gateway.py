@@ -30,6 +30,10 @@ at a fixed number of keep-alive connections, to:
   (1 s); ``gateway-session-nocache``: the same with ``--session-cache 0``, a
   Redis round trip per request (the stateful model with immediate logout);
 - ``gateway-1000``: the same with 1,000 routes, the one hit declared last;
+- ``gateway-interpreted``: the same as ``gateway`` with ``ESSAIM_NATIVE=off``:
+  the hot path's Python source, beside the compiled build that ``gateway``
+  runs when ``make native`` built one (the report's proxies line says which
+  build each runs; docs/gateway.md, "The compiled build");
 - ``nginx-wN``, ``gateway-wN``: nginx with N worker processes (and its
   master) and the gateway with ``--workers N`` (its parent and N workers),
   N from ``--workers`` (default: one per CPU), for the scaling from 1 to N.
@@ -956,6 +960,7 @@ async def gateways(
             ("gateway", 1),
             ("gateway-1000", 1),
             ("gateway-accesslog", 1),
+            ("gateway-interpreted", 1),
             ("gateway-session-nocache", 1),
         ]
         names += [(name, 1) for name in collectors]
@@ -969,6 +974,8 @@ async def gateways(
                 k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "REDIS_URL"))
             }
             env["PYTHONUNBUFFERED"] = "1"
+            if name == "gateway-interpreted":
+                env["ESSAIM_NATIVE"] = "off"
             cmd = [
                 sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--port", str(port),
                 "--admin-host", "127.0.0.1", "--admin-port", str(admin),
@@ -1290,6 +1297,7 @@ def _ratios(summary: dict[str, Any], fixed: dict[str, Any]) -> dict[str, Any]:
         "rate_limited_vs_public_cpu": ratio("gateway-limited", "gateway", "proxy_cpu_us"),
         "synced_vs_public_cpu": ratio("gateway-synced", "gateway", "proxy_cpu_us"),
         "access_log_vs_none_cpu": ratio("gateway-accesslog", "gateway", "proxy_cpu_us"),
+        "gateway_vs_interpreted_cpu": ratio("gateway", "gateway-interpreted", "proxy_cpu_us"),
         "otel_vs_none_cpu": ratio("gateway-otel", "gateway", "proxy_cpu_us"),
         "otel_10_vs_none_cpu": ratio("gateway-otel-10", "gateway", "proxy_cpu_us"),
         "otel_0_vs_none_cpu": ratio("gateway-otel-0", "gateway", "proxy_cpu_us"),
@@ -1437,6 +1445,11 @@ def report(result: dict[str, Any], out: Callable[[str], None] = print) -> None:
         out(
             f"rate-limited route (a Redis round trip) / public route, CPU per request: "
             f"{r['rate_limited_vs_public_cpu']:.2f}x"
+        )
+    if r.get("gateway_vs_interpreted_cpu") is not None:
+        out(
+            f"gateway / gateway-interpreted (the hot path's source), CPU per request: "
+            f"{r['gateway_vs_interpreted_cpu']:.2f}x"
         )
     if r.get("access_log_vs_none_cpu") is not None:
         out(

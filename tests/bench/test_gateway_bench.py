@@ -65,6 +65,7 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
             "gateway-otel-10",
             "gateway-otel-0",
             "gateway-1000",
+            "gateway-interpreted",
             "gateway-w2",
         }
         if (ROOT / "gateway.py").exists()
@@ -89,6 +90,14 @@ def test_quick_run_without_nginx_and_wrk_reports_every_case_it_can_run(tmp_path:
         assert result["ratios"]["rate_limited_vs_public_cpu"] is not None
         assert result["ratios"]["synced_vs_public_cpu"] is not None
         assert result["ratios"]["access_log_vs_none_cpu"] is not None
+        # The hot path's source beside whichever build "gateway" runs, each as its /health says.
+        assert result["ratios"]["gateway_vs_interpreted_cpu"] is not None
+        versions = result["settings"]["versions"]
+        assert versions["gateway"].startswith("Essaim, hot path ")
+        assert versions.get("gateway-interpreted", versions["gateway"]) == (
+            "Essaim, hot path interpreted (ESSAIM_NATIVE=off)"
+        )
+        assert "gateway / gateway-interpreted (the hot path's source)" in done.stdout
         # The export's CPU is in the runs: each ended once the collector had its spans.
         assert result["ratios"]["otel_vs_none_cpu"] is not None
         assert cases["gateway-otel"]["spans"] > 0
