@@ -135,6 +135,7 @@ def build(out: Path, *, jobs: int) -> dict[str, object]:
             "mypy": mypy.version.__version__,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "modules": modules,
+            "extensions": {file: digest(lib / file) for file in modules.values()},
             "sources": hashes,
         }
         (lib / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))

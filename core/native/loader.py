@@ -5,8 +5,8 @@ unless a compiled build of exactly this source is present. ``make native``
 (:mod:`core.native.build`) compiles them with mypyc into ``build/native/``,
 never beside the sources, and writes a manifest there: the SHA-256 of every
 compiled module's source and of every ``core`` module they import
-(transitively; mypyc reads their types and inlines their constants), the
-extension suffix of the interpreter it was built for, and mypy's version.
+(transitively; mypyc reads their types and inlines their constants) and
+of each extension file it wrote, the extension suffix of the interpreter it was built for, and mypy's version.
 
 :func:`install`, called once when :mod:`core` is imported, reads that
 manifest. If every file still hashes to what was compiled, it puts a finder
@@ -162,11 +162,18 @@ def check(directory: Path) -> tuple[dict[str, Path] | None, str]:
             return None, f"{relative} is gone since the build (make native rebuilds)"
         if actual != expected:
             return None, f"{relative} changed since the build (make native rebuilds)"
+    extensions = manifest.get("extensions")
+    if not isinstance(extensions, dict):
+        return None, f"unreadable {manifest_path}: no extensions"
     files: dict[str, Path] = {}
     for module, relative in modules.items():
         file = directory / str(relative)
-        if not file.is_file():
+        try:
+            actual = digest(file)
+        except OSError:
             return None, f"{file} is missing (make native rebuilds)"
+        if actual != extensions.get(str(relative)):
+            return None, f"{file} is not the file built (make native rebuilds)"
         files[module] = file
     return files, f"built by mypy {manifest.get('mypy', '?')} from this source"
 

@@ -67,6 +67,7 @@ def fake_build(directory: Path, *, sources: dict[str, str] | None = None) -> dic
         "extension_suffix": suffix,
         "mypy": "test",
         "modules": modules,
+        "extensions": {file: native.digest(directory / file) for file in modules.values()},
         "sources": sources,
     }
     write(directory, manifest)
@@ -131,6 +132,16 @@ def test_a_source_edited_since_the_build_turns_the_whole_build_away(tmp_path: Pa
             lambda d, m: (d / "core" / "proxy" / ("head" + native.extension_suffix())).unlink(),
             "{d}/core/proxy/head{suffix} is missing (make native rebuilds)",
         ),
+        (
+            lambda d, m: (d / "core" / "proxy" / ("wire" + native.extension_suffix())).write_bytes(
+                b"x"
+            ),
+            "{d}/core/proxy/wire{suffix} is not the file built (make native rebuilds)",
+        ),
+        (
+            lambda d, m: write(d, {k: v for k, v in m.items() if k != "extensions"}),
+            "unreadable {d}/manifest.json: no extensions",
+        ),
     ],
     ids=[
         "no-manifest",
@@ -140,6 +151,8 @@ def test_a_source_edited_since_the_build_turns_the_whole_build_away(tmp_path: Pa
         "other-modules",
         "gone",
         "missing-so",
+        "other-so",
+        "no-extensions",
     ],
 )
 def test_a_build_that_does_not_match_is_refused_with_the_reason(
