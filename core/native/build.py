@@ -143,7 +143,7 @@ def build(out: Path, *, jobs: int) -> dict[str, object]:
         shutil.rmtree(old, ignore_errors=True)
         if out.exists():
             out.rename(old)
-        (lib).rename(out)
+        lib.rename(out)
         shutil.rmtree(old, ignore_errors=True)
         return manifest
     finally:

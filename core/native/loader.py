@@ -5,15 +5,16 @@ unless a compiled build of exactly this source is present. ``make native``
 (:mod:`core.native.build`) compiles them with mypyc into ``build/native/``,
 never beside the sources, and writes a manifest there: the SHA-256 of every
 compiled module's source and of every ``core`` module they import
-(transitively; mypyc reads their types and inlines their constants) and
-of each extension file it wrote, the extension suffix of the interpreter it was built for, and mypy's version.
+(transitively; mypyc reads their types and inlines their constants) and of
+each extension file it wrote, the extension suffix of the interpreter it
+was built for, and mypy's version.
 
 :func:`install`, called once when :mod:`core` is imported, reads that
 manifest. If every file still hashes to what was compiled, it puts a finder
 first on :data:`sys.meta_path` that serves the compiled modules (and mypyc's
 shared library) from ``build/native/``; all other imports pass through it
 untouched. If anything differs (a source edited since the build, another
-interpreter, a file missing), nothing compiled is loaded at all: compiled
+interpreter, a file missing or replaced), nothing compiled is loaded at all: compiled
 modules call each other directly in C, so a half-compiled set could run
 stale code. The process runs interpreted and :data:`BUILD` says why.
 
