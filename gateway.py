@@ -782,10 +782,7 @@ def _single(settings: Settings) -> int:
             ),
         )
         logger.info(
-            "gateway ready in %.2fs (hot path: %s, %s)",
-            time.monotonic() - started,
-            native.BUILD.name,
-            native.BUILD.reason,
+            "gateway ready in %.2fs (hot path: %s)", time.monotonic() - started, native.BUILD
         )
 
     return run(
@@ -899,12 +896,11 @@ def _parent(settings: Settings, workers: int, argv: list[str]) -> int:
     async def on_started(bound: list[tuple[str, str, int]]) -> None:
         await handover()
         logger.info(
-            "gateway ready in %.2fs: %d workers on port %d (hot path: %s, %s)",
+            "gateway ready in %.2fs: %d workers on port %d (hot path: %s)",
             time.monotonic() - started,
             workers,
             port,
-            native.BUILD.name,
-            native.BUILD.reason,
+            native.BUILD,
         )
 
     try:

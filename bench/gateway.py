@@ -362,7 +362,8 @@ async def wait_http(
     what: str,
     log: Path,
     headers: tuple[str, ...] = (),
-) -> None:
+) -> bytes:
+    """Poll ``url`` until it answers 200; that answer's body."""
     import aiohttp
 
     sent = dict(h.split(": ", 1) for h in headers)
@@ -377,19 +378,16 @@ async def wait_http(
                     url, headers=sent, timeout=aiohttp.ClientTimeout(total=1)
                 ) as r:
                     if r.status == 200:
-                        return
+                        return await r.read()
             except (TimeoutError, aiohttp.ClientError):
                 pass
             await asyncio.sleep(0.1)
     raise RuntimeError(f"{what}: {url} did not answer 200 within 30 s:\n{_tail(log)}")
 
 
-async def gateway_build(health_url: str) -> str:
-    """``mypyc`` or ``interpreted`` and why, from a gateway's ``/health`` (core/native/loader.py)."""
-    import aiohttp
-
-    async with aiohttp.ClientSession() as session, session.get(health_url) as r:
-        build = (await r.json()).get("build") or {}
+def gateway_build(health: bytes) -> str:
+    """``mypyc`` or ``interpreted`` and why, from a gateway's ``/health`` body (core/native/loader.py)."""
+    build = orjson.loads(health).get("build") or {}
     return f"Essaim, hot path {build.get('build', '?')} ({build.get('reason', 'not said')})"
 
 
@@ -994,9 +992,9 @@ async def gateways(
                 cmd += ["--otel-endpoint", collector.url, "--otel-sample", str(sample)]
             proc = spawn(cmd, log, env)
             stack.callback(stop, proc)
-            await wait_http(f"http://127.0.0.1:{admin}/health", proc, name, log)
+            health = await wait_http(f"http://127.0.0.1:{admin}/health", proc, name, log)
             # Which build of the hot path the case runs, as the gateway itself says.
-            build = await gateway_build(f"http://127.0.0.1:{admin}/health")
+            build = gateway_build(health)
             if info["versions"].setdefault("gateway", build) != build:
                 info["versions"][name] = build
             url = f"http://127.0.0.1:{port}{PATH}"

@@ -83,9 +83,8 @@ def dependencies(modules: tuple[str, ...] = MODULES) -> list[str]:
 
 def compiler() -> str | None:
     """The C compiler that setuptools would call (``$CC``, else the interpreter's), if it exists."""
-    command = os.environ.get("CC") or str(sysconfig.get_config_var("CC") or "cc")
-    executable = command.split()[0] if command.split() else "cc"
-    return shutil.which(executable)
+    command = (os.environ.get("CC") or str(sysconfig.get_config_var("CC") or "")).split()
+    return shutil.which(command[0] if command else "cc")
 
 
 def build(out: Path, *, jobs: int) -> dict[str, object]:

@@ -83,6 +83,10 @@ class Build:
     reason: str
     directory: Path | None = None
 
+    def __str__(self) -> str:
+        """For log lines: ``mypyc (built by mypy 2.4.1 from this source)``."""
+        return f"{self.name} ({self.reason})"
+
     def as_dict(self) -> dict[str, str]:
         """The JSON face: ``{"build": ..., "reason": ...}``."""
         return {"build": self.name, "reason": self.reason}
