@@ -38,12 +38,12 @@ native: $(NATIVE)
 
 # The suites of the hot path again, against the compiled build (ESSAIM_NATIVE=require:
 # the run fails at once if the build does not match the source): the gateway's, and
-# those of what else imports the compiled modules (service calls, discovery, the system).
+# those of what else imports the compiled modules (service calls, discovery, recovery).
 NATIVE_TESTS := tests/core/proxy tests/core/routes tests/core/upstream tests/test_gateway.py \
 	tests/test_gateway_ratelimit.py tests/test_gateway_security.py tests/test_gateway_sessions.py \
 	tests/test_gateway_workers.py tests/test_many_gateways.py tests/core/native \
-	tests/core/service tests/core/registry/test_discovery.py tests/services/test_edge_attacks.py \
-	tests/services/test_demo_routes.py tests/test_recovery.py tests/test_openapi.py
+	tests/core/service tests/core/registry/test_discovery.py tests/test_recovery.py \
+	tests/test_openapi.py
 
 test-native: $(NATIVE)
 	ESSAIM_NATIVE=require $(PY) -m pytest $(XDIST) $(NATIVE_TESTS) $(PYTEST_ARGS)

@@ -126,8 +126,15 @@ def checkout(home: Path) -> Path:
 
 
 def launcher_env(**extra: str) -> dict[str, str]:
-    """The environment of a user who set none of the launcher's variables (nor ``REDIS_URL``)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ESSAIM_", "REDIS_URL"))}
+    """The environment of a user who set none of the launcher's variables (nor ``REDIS_URL``).
+
+    ``ESSAIM_NATIVE*`` stays: which build of the hot path runs is the test run's choice.
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ESSAIM_", "REDIS_URL")) or k.startswith("ESSAIM_NATIVE")
+    }
     return {**env, **extra}
 
 
