@@ -56,7 +56,7 @@ from core.proxy.wire import SampledTraceIds
 from core.redis import Redis, connect
 from core.registry.discovery import Watcher
 from core.registry.store import SERVICE_RE
-from core.routes.sources import ConfigRoutes, RouteFile
+from core.routes.sources import ConfigRoutes, RouteFile, read_route_file
 from core.routes.table import Timeouts
 from core.runner import BAD_SETTINGS, STARTUP_FAILURE, ProtocolSite, Site, configure, run
 from core.security.access import AUTH_VIA, Policy
@@ -700,6 +700,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return BAD_SETTINGS
     workers = settings.workers or cpu_count()
     try:
+        if settings.routes and not settings.config_url:
+            read_route_file(settings.routes)
         if workers == 1:
             return _single(settings)
         return _parent(settings, workers, args)

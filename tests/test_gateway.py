@@ -645,3 +645,6 @@ def test_an_invalid_route_file_at_start_exits_3_naming_route_and_field(tmp_path:
     )  # fmt: skip
     assert proc.returncode == 3
     assert "route 'x', field 'service'" in proc.stderr
+    # Refused before anything else: no worker started, Redis never waited for.
+    assert "Redis unreachable" not in proc.stderr
+    assert "worker" not in proc.stderr

@@ -31,7 +31,20 @@ from core.routes.table import RouteError, RouteTable
 
 logger = log.get("gateway.routes")
 
-__all__ = ["ConfigRoutes", "RouteFile", "table_from_config"]
+__all__ = ["ConfigRoutes", "RouteFile", "read_route_file", "table_from_config"]
+
+
+def read_route_file(path: str) -> RouteTable:
+    """The table in the TOML file at ``path``; :class:`StartupError` if it is unreadable or invalid.
+
+    The gateway calls it before it binds a port, connects to Redis or starts
+    a worker, so that a bad file is refused at once (exit code 3) rather
+    than after the registry's start-up wait.
+    """
+    try:
+        return RouteTable.load_file(path)
+    except RouteError as exc:
+        raise StartupError(f"route file {path}: {exc}") from None
 
 
 def table_from_config(config: Mapping[str, Any], version: str | None) -> RouteTable:
@@ -79,10 +92,7 @@ class RouteFile:
     def load(self) -> None:
         """Read and install the file now; :class:`StartupError` if it is unreadable or invalid."""
         self._seen = self._stat()
-        try:
-            table = RouteTable.load_file(self.path)
-        except RouteError as exc:
-            raise StartupError(f"route file {self.path}: {exc}") from None
+        table = read_route_file(self.path)
         self.router.install(table, source=f"file:{self.path}", at=time.time())
 
     def check(self) -> bool:
