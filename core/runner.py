@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import random
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -304,20 +307,40 @@ def run(
 
 # -- ports chosen for processes ------------------------------------------------------
 #
-# A port the kernel hands out with bind(0) comes from its range for outgoing
-# connections (/proc/sys/net/ipv4/ip_local_port_range, 32768 to 60999 by
-# default): between the moment it is chosen and the moment the new process
-# binds it, any outgoing connection of the machine may take it as its local
-# port, and the process fails with "address already in use" (seen in the test
-# suite, where hundreds of client connections come and go). free_port() picks
-# below that range instead, where only a listener can take a port, and never
-# hands the same port out twice in one process.
+# Ports for processes to bind: chosen here, bound later by whoever asked for one.
+#
+# A port the kernel hands out with bind(0) comes from its range for
+# outgoing connections (/proc/sys/net/ipv4/ip_local_port_range, 32768 to
+# 60999 by default): between the moment it is chosen and the moment the new
+# process binds it, any outgoing connection of the machine may take it as its
+# local port, and the process fails with "address already in use" (seen in
+# the test suite, where hundreds of client connections come and go).
+# free_port() picks below that range instead, where only a listener can
+# take a port.
+#
+# A port is free a moment ago, not reserved: two processes choosing at the
+# same time (two pytest-xdist workers, a test and the launcher it started)
+# could both find the same port free and both hand it out. So every choice is
+# written, under an exclusive flock, to a ledger file shared by the
+# machine's processes of the same user (essaim-ports-<uid> in the
+# temporary directory); a port in the ledger is not chosen again by anyone
+# for HOLD seconds, time enough for its taker to bind it, after which
+# a bound port is refused by the bind check anyway. Without a usable ledger
+# (a read-only temporary directory) the choice is per process only, as before.
+# One process never hands out the same port twice.
 
 #: The lowest port free_port() picks: above the well-known and most registered services' ports.
 LOWEST_PORT = 10000
+#: Seconds a port handed out stays out of every other process's choice.
+HOLD = 120.0
 #: Ports handed out by this process: each at most once.
 _ports_given: set[int] = set()
 _port_random = random.SystemRandom()
+
+
+def address_family(host: str) -> socket.AddressFamily:
+    """``AF_INET6`` for an IPv6 address (it has a colon), else ``AF_INET``."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def _outgoing_range() -> tuple[int, int]:
@@ -330,11 +353,6 @@ def _outgoing_range() -> tuple[int, int]:
     return low, high
 
 
-def address_family(host: str) -> socket.AddressFamily:
-    """``AF_INET6`` for an IPv6 address (it has a colon), else ``AF_INET``."""
-    return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
 def _bindable(host: str, port: int) -> bool:
     with socket.socket(address_family(host), socket.SOCK_STREAM) as sock:
         try:
@@ -344,21 +362,72 @@ def _bindable(host: str, port: int) -> bool:
     return True
 
 
+def ledger_path() -> str:
+    """The file where this user's processes record the ports they handed out."""
+    return os.path.join(tempfile.gettempdir(), f"essaim-ports-{os.getuid()}")
+
+
+@contextlib.contextmanager
+def _ledger() -> Iterator[dict[int, float] | None]:
+    """The ledger's live entries (port -> until when), held locked; written back on exit.
+
+    ``None`` when the ledger cannot be opened or locked: the caller goes on alone.
+    """
+    try:
+        fd = os.open(ledger_path(), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            yield None
+            return
+        now = time.time()
+        entries: dict[int, float] = {}
+        with os.fdopen(os.dup(fd), "r+") as f:
+            for line in f.read().splitlines():
+                with contextlib.suppress(ValueError):
+                    port, until = line.split()
+                    if float(until) > now:
+                        entries[int(port)] = float(until)
+            yield entries
+            f.seek(0)
+            f.truncate()
+            f.write("".join(f"{p} {u:.3f}\n" for p, u in entries.items()))
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on ``host`` a moment ago, outside the range for outgoing connections.
 
-    Falls back to one the kernel picks when no port below that range is
-    free after a few tries (or the range starts too low to leave any).
+    Not handed out before by this process, nor by another of this user's
+    processes in the last :data:`HOLD` seconds (see the module doc). Falls
+    back to one the kernel picks when no port below that range is free after
+    a few tries (or the range starts too low to leave any).
     """
     low, _ = _outgoing_range()
-    if low > LOWEST_PORT + 1000:
-        for _ in range(64):
-            port = _port_random.randrange(LOWEST_PORT, low)
-            if port not in _ports_given and _bindable(host, port):
-                _ports_given.add(port)
-                return port
+    with _ledger() as taken:
+        if low > LOWEST_PORT + 1000:
+            for _ in range(64):
+                port = _port_random.randrange(LOWEST_PORT, low)
+                if port in _ports_given or (taken is not None and port in taken):
+                    continue
+                if _bindable(host, port):
+                    break
+            else:
+                port = _kernel_port(host)
+        else:
+            port = _kernel_port(host)
+        _ports_given.add(port)
+        if taken is not None:
+            taken[port] = time.time() + HOLD
+    return port
+
+
+def _kernel_port(host: str) -> int:
     with socket.socket(address_family(host), socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port = int(sock.getsockname()[1])
-    _ports_given.add(port)
-    return port
+        return int(sock.getsockname()[1])
