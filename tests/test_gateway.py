@@ -595,6 +595,68 @@ async def test_200_mib_stream_both_ways_with_bounded_gateway_memory(
     assert peak - baseline < 48 * 1024 * 1024, (baseline, peak)
 
 
+async def _read_answer(reader: asyncio.StreamReader, *, pace: bool = False) -> tuple[int, bytes]:
+    """One HTTP/1.1 answer with a Content-Length; ``pace``: read it 16 KiB at a time, slowly."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = int(re.search(rb"(?i)\r\ncontent-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    body = bytearray()
+    while len(body) < length:
+        body += await reader.read(
+            min(16 * 1024, length - len(body)) if pace else length - len(body)
+        )
+        if pace:
+            await asyncio.sleep(0.0005)  # a slow client: the gateway's writes to it back up
+    return status, bytes(body)
+
+
+async def test_an_upstream_connection_paused_by_a_slow_client_is_pooled_reading(
+    redis_url: str,
+    tmp_path: Path,
+    start_gateway: StartGateway,
+) -> None:
+    # A slow client makes the gateway pause reading the upstream connection;
+    # when the answer completes while paused, the connection goes back to
+    # the pool. It was pooled paused: the next request on it was written,
+    # its answer never read, and the client got 504 after the per-try timeout.
+    # Sizes whose last read by the gateway (uvloop reads up to 256 KiB) is
+    # large enough to pause the client's transport once more.
+    sizes = [4 * 1024 * 1024 + k * 40 * 1024 for k in range(2, 7)] * 2
+
+    async def download(request: web.Request) -> web.Response:
+        return web.Response(body=b"y" * int(request.query["size"]))
+
+    async def small(request: web.Request) -> web.Response:
+        return web.Response(text="small")
+
+    app = web.Application()
+    app.router.add_get("/files/big", download)
+    app.router.add_get("/files/small", small)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    routes = tmp_path / "routes.toml"
+    routes.write_text(
+        '[[routes]]\nid = "files"\nprefix = "/files"\n'
+        f'urls = ["http://127.0.0.1:{port}"]\ntimeouts = {{ per_try = 5, total = 5 }}\n'
+    )
+    gw = await start_gateway(redis_url, "--routes", str(routes))
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.comp.port)
+    try:
+        for size in sizes:
+            writer.write(f"GET /files/big?size={size} HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
+            status, body = await asyncio.wait_for(_read_answer(reader, pace=True), 60)
+            assert (status, len(body)) == (200, size)
+            writer.write(b"GET /files/small HTTP/1.1\r\nHost: gw\r\n\r\n")
+            status, body = await asyncio.wait_for(_read_answer(reader), 15)
+            assert (status, body) == (200, b"small")
+    finally:
+        writer.close()
+        await runner.cleanup()
+
+
 async def test_sigterm_lets_a_request_in_flight_finish_and_exits_0(
     redis_url: str,
     tmp_path: Path,

@@ -82,10 +82,12 @@ class UpstreamConnection(asyncio.Protocol):
         "key",
         "lost",
         "pool",
+        "reading_paused",
         "receiver",
         "requests",
         "transport",
         "tunnel",
+        "writing_paused",
     )
 
     def __init__(self, pool: Pool, key: Hashable, address: Address) -> None:
@@ -116,6 +118,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel = False
         self.idle_since = 0.0
         self.requests = 0
+        #: Reading paused by the client's backpressure (see :meth:`pause_reading`).
+        self.reading_paused = False
+        #: The transport's write buffer is over its high-water mark.
+        self.writing_paused = False
 
     # -- asyncio.Protocol ----------------------------------------------------------
 
@@ -243,10 +249,12 @@ class UpstreamConnection(asyncio.Protocol):
             receiver.upstream_lost(self, "eof" if exc is None else "reset")
 
     def pause_writing(self) -> None:
+        self.writing_paused = True
         if self.receiver is not None:
             self.receiver.pause_client(True)
 
     def resume_writing(self) -> None:
+        self.writing_paused = False
         if self.receiver is not None:
             self.receiver.pause_client(False)
 
@@ -325,6 +333,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport.write(data)
 
     def pause_reading(self, paused: bool) -> None:
+        """Stop (or resume) reading the upstream: the client takes the answer slower than it comes."""
+        if paused == self.reading_paused:
+            return
+        self.reading_paused = paused
         if self.transport is not None and not self.lost:
             if paused:
                 self.transport.pause_reading()
@@ -387,10 +399,18 @@ class Pool:
         return conn
 
     def release(self, conn: UpstreamConnection, now: float) -> None:
-        """Take back ``conn`` after a complete exchange; close it if it can't be reused."""
-        if conn.lost or conn.close_after:
+        """Take back ``conn`` after a complete exchange; close it if it can't be reused.
+
+        A connection is kept reading while idle (so that its close is seen,
+        and so that the next request's answer is read): an exchange that
+        completed while its slow client had reading paused leaves it paused,
+        and it is resumed here. One whose request is still being written out
+        (the upstream answered before taking the whole body) is closed.
+        """
+        if conn.lost or conn.close_after or conn.writing_paused:
             self.discard(conn)
             return
+        conn.pause_reading(False)
         conns = self.idle.get(conn.key)
         if conns is None:
             conns = self.idle[conn.key] = []

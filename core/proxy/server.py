@@ -32,7 +32,7 @@ from core.errors import BadRequest, HeaderTooLarge, HTTPProblem, InternalError, 
 from core.proxy.access import AccessLog
 from core.proxy.bff import SessionEndpoints
 from core.proxy.contract import Limits
-from core.proxy.exchange import DONE, PAUSE_BUFFER, Exchange
+from core.proxy.exchange import DONE, PAUSE_BUFFER, PAUSE_UPSTREAM, Exchange
 from core.proxy.head import Heads
 from core.proxy.pool import Pool, UpstreamConnection
 from core.proxy.stats import Stats
@@ -348,6 +348,10 @@ class ClientConnection(asyncio.Protocol):
         if close or (self.proxy.draining and not self.queue):
             self._close(linger=close and not exchange.body_done)
             return
+        # A reason the finished exchange had to stop reading from the client
+        # (its body waiting for, or backing up on, the upstream) is gone with it.
+        if self.paused & (PAUSE_BUFFER | PAUSE_UPSTREAM):
+            self.pause(PAUSE_BUFFER | PAUSE_UPSTREAM, False)
         queue = self.queue
         if queue:
             nxt = queue.popleft()
