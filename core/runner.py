@@ -404,7 +404,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on ``host`` a moment ago, outside the range for outgoing connections.
 
     Not handed out before by this process, nor by another of this user's
-    processes in the last :data:`HOLD` seconds (see the module doc). Falls
+    processes in the last :data:`HOLD` seconds (the comment above says why). Falls
     back to one the kernel picks when no port below that range is free after
     a few tries (or the range starts too low to leave any).
     """
