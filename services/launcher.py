@@ -86,8 +86,19 @@ from services.supervisor import Child, Output, StartupFailed, Supervisor
 
 MARKER = ".essaim-run"
 EXIT_STARTUP = 3
+#: The last line of the banner printed once the system is up (after the pid,
+#: user and try lines): what a reader of the output waits for.
+BANNER_END = "Ctrl-C stops everything."
 
-__all__ = ["PROCESSES", "TOKENS", "LauncherSettings", "Spec", "check_config_dir", "main"]
+__all__ = [
+    "BANNER_END",
+    "PROCESSES",
+    "TOKENS",
+    "LauncherSettings",
+    "Spec",
+    "check_config_dir",
+    "main",
+]
 
 
 PORTS = ("gateway_port", "gateway_admin_port", "registry_port", "configsvc_port", "auth_port")
@@ -585,7 +596,7 @@ class Launcher:
             f"curl -s '{gw}/billing/bills/1?wait=5' {bearer}",
         ):
             self.out.say(f"  {line}")
-        self.out.say("Ctrl-C stops everything.")
+        self.out.say(BANNER_END)
 
     def urls(self) -> dict[str, str]:
         """Where each component answers (Redis's password masked), by name."""

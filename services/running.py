@@ -25,6 +25,7 @@ from pathlib import Path
 from types import TracebackType
 
 from core.runner import free_port
+from services.launcher import BANNER_END
 
 __all__ = ["RunningSystem"]
 
@@ -100,7 +101,9 @@ class RunningSystem:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         deadline = time.monotonic() + self.timeout
-        while not any("the system is up" in line for line in self.lines):
+        # The banner's last line: "the system is up" comes first, the lines
+        # after it (pids, passwords) may not be read yet when it is.
+        while not any(BANNER_END in line for line in self.lines):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 tail = "\n".join(self.lines[-40:])
                 self.stop()

@@ -40,6 +40,7 @@ from redis.exceptions import AuthenticationError
 
 from core.redis import connect
 from core.testing import RedisServer, free_port, wait_until
+from services.launcher import BANNER_END
 from tests.console import Shell, console_blocks, fenced_blocks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,7 +185,9 @@ async def up(launcher: Launcher) -> dict[str, int]:
     """Wait for the system to be up; the pid of each process, by name, as the banner lists them."""
 
     def up_or_gone() -> bool:
-        return launcher.printed("the system is up") or launcher.process.returncode is not None
+        # The banner's last line: the pid lines come after "the system is up",
+        # and a loaded machine can show the first before the reader has the rest.
+        return launcher.printed(re.escape(BANNER_END)) or launcher.process.returncode is not None
 
     await wait_until(up_or_gone, 90, 0.05, "the system up")
     assert launcher.process.returncode is None, "\n".join(launcher.lines)
