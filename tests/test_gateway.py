@@ -241,6 +241,14 @@ async def test_known_service_without_up_instance_is_503_with_retry_after(
 # ----------------------------------------------------------------------------- static routes
 
 
+async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    """``app`` served on a free loopback port: its runner (to clean up) and the port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, runner.addresses[0][1]
+
+
 def write_routes(path: Path, *routes: dict[str, Any]) -> None:
     lines = []
     for route in routes:
@@ -548,11 +556,7 @@ async def test_200_mib_stream_both_ways_with_bounded_gateway_memory(
     app = web.Application(client_max_size=size * 2)
     app.router.add_get("/files/down", download)
     app.router.add_post("/files/up", upload)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await serve(app)
     routes = tmp_path / "routes.toml"
     write_routes(routes, {"id": "files", "prefix": "/files", "urls": [f"http://127.0.0.1:{port}"]})
     gw = await start_gateway(
@@ -632,11 +636,7 @@ async def test_an_upstream_connection_paused_by_a_slow_client_is_pooled_reading(
     app = web.Application()
     app.router.add_get("/files/big", download)
     app.router.add_get("/files/small", small)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await serve(app)
     routes = tmp_path / "routes.toml"
     routes.write_text(
         '[[routes]]\nid = "files"\nprefix = "/files"\n'
@@ -671,11 +671,7 @@ async def test_sigterm_lets_a_request_in_flight_finish_and_exits_0(
 
     app = web.Application()
     app.router.add_get("/slow", slow)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
+    runner, port = await serve(app)
     routes = tmp_path / "routes.toml"
     write_routes(routes, {"id": "s", "prefix": "/", "urls": [f"http://127.0.0.1:{port}"]})
     gw = await start_gateway(redis_url, "--routes", str(routes))
